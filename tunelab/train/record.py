@@ -1,0 +1,128 @@
+"""What a run leaves behind while it trains, in OpenAI's shapes: the job record, events and metrics.
+
+- `job.json`: a `fine_tuning.job` object (id `ftjob-…`, status, hyperparameters, `fine_tuned_model`,
+  `trained_tokens`, `error`), rewritten atomically at every status change.
+- `events.jsonl`: `fine_tuning.job.event` objects, appended as they happen (a crash loses at most one).
+- `metrics.csv`: OpenAI's result-file columns `step,train_loss,train_accuracy,valid_loss,
+  valid_mean_token_accuracy`, one row per step, flushed every row.
+- `loss_curve.png`: redrawn at every validation and at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import secrets
+import time
+from pathlib import Path
+
+from tunelab.files import write_json_atomically
+
+METRIC_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+
+
+def new_job_id() -> str:
+    return "ftjob-" + secrets.token_hex(12)
+
+
+def fine_tuned_model_name(base_name: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's naming: ft:<base>:<suffix>:<id> (the org field is our suffix; tunelab has no orgs)."""
+    return f"ft:{base_name}:{suffix or 'tunelab'}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+class RunRecorder:
+    """Writes a run directory's job record, events, metrics and loss curve as training goes."""
+
+    def __init__(self, run_dir: Path, job: dict):
+        self.run_dir = run_dir
+        self.job = job
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._events = (run_dir / "events.jsonl").open("a", encoding="utf-8")
+        self._metrics_file = (run_dir / "metrics.csv").open("w", newline="", encoding="utf-8")
+        self._metrics = csv.writer(self._metrics_file)
+        self._metrics.writerow(METRIC_COLUMNS)
+        self.rows: list[dict] = []
+        self.save_job()
+
+    def save_job(self) -> None:
+        write_json_atomically(self.run_dir / "job.json", self.job)
+
+    def set_status(self, status: str, **changes) -> None:
+        self.job.update(status=status, **changes)
+        if status in ("succeeded", "failed", "cancelled"):
+            self.job["finished_at"] = int(time.time())
+        self.save_job()
+        self.event(f"Job {status}" if status != "running" else "Fine-tuning job started")
+
+    def event(self, message: str, level: str = "info", data: dict | None = None, kind: str = "message") -> None:
+        record = {
+            "object": "fine_tuning.job.event",
+            "id": "ftevent-" + secrets.token_hex(12),
+            "created_at": int(time.time()),
+            "level": level,
+            "message": message,
+            "data": data or {},
+            "type": kind,
+        }
+        self._events.write(json.dumps(record) + "\n")
+        self._events.flush()
+
+    def metrics(self, step: int, train_loss: float, train_accuracy: float,
+                valid_loss: float | None = None, valid_accuracy: float | None = None) -> None:
+        row = {
+            "step": step,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "valid_loss": valid_loss,
+            "valid_mean_token_accuracy": valid_accuracy,
+        }
+        self.rows.append(row)
+        self._metrics.writerow(["" if row[c] is None else (f"{row[c]:.6f}" if c != "step" else row[c])
+                                for c in METRIC_COLUMNS])
+        self._metrics_file.flush()
+        total = self.job.get("estimated_total_steps") or "?"
+        message = f"Step {step}/{total}: training loss={train_loss:.4f}"
+        if valid_loss is not None:
+            message += f", validation loss={valid_loss:.4f}"
+        self.event(message, data={k: v for k, v in row.items() if v is not None}, kind="metrics")
+
+    def plot_loss_curve(self) -> Path:
+        return plot_loss_curve(self.rows, self.run_dir / "loss_curve.png")
+
+    def close(self) -> None:
+        self._events.close()
+        self._metrics_file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv back as dicts with floats (None where a column is empty)."""
+    with (Path(run_dir) / "metrics.csv").open(encoding="utf-8") as handle:
+        return [
+            {key: (float(value) if value not in ("", None) else None) for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def plot_loss_curve(rows: list[dict], path: Path) -> Path:
+    """Training loss per step (and validation loss where measured), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.6), dpi=110)
+    steps = [r["step"] for r in rows]
+    axis.plot(steps, [r["train_loss"] for r in rows], label="train loss", color="#4c72b0", alpha=0.85)
+    valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
+    if valid:
+        axis.plot(*zip(*valid), "o-", label="validation loss", color="#dd8452")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (assistant tokens)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    temporary.replace(path)
+    return path
