@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from tunelab import __version__
 from tunelab.console import console
@@ -23,6 +25,8 @@ from tunelab.console import console
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# peft asks transformers a deprecated question on every get_peft_model; nothing for the user to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 app = typer.Typer(
     help="Fine-tune language models: prepare chat data, train locally (LoRA), evaluate against the base "
@@ -34,7 +38,8 @@ app = typer.Typer(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    # Unwrapped and unstyled inside, so `file:line: field: problem` stays on one line for people and tools.
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -24,7 +24,7 @@ BASE, FINE_TUNED = "base", "fine-tuned"
 
 
 def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: str | None = None,
-             max_new_tokens: int = 200, batch_size: int = 16, limit: int | None = None,
+             max_new_tokens: int = 200, batch_size: int = 64, limit: int | None = None,
              show_progress: bool = True) -> Path:
     """Generate, score and report. Returns the directory holding results.json and report.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

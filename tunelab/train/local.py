@@ -31,7 +31,7 @@ from tunelab.train.render import IGNORE_INDEX, RenderedExample, render_conversat
 
 
 # Examples in the validation sample measured at intervals during training (the whole file at the end).
-VALID_SAMPLE_SIZE = 24
+VALID_SAMPLE_SIZE = 16
 
 
 def train(config: TrainConfig, show_progress: bool = True) -> Path:

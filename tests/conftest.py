@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny model built inside the tests (2 layers, small vocabulary) — never downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SYSTEM = "You are the customer support assistant for Brightlane Home, an online home goods store."
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "support"
+
+
+def build_tiny_model(directory: Path, corpus: list[str]) -> Path:
+    """A 2-layer Gemma 3 model with a byte-level BPE tokenizer trained on `corpus`, saved as a HF directory.
+
+    initializer_range is large so the tied (frozen) embeddings let logits move: at the usual 0.02 a LoRA
+    on a random 64-wide model cannot push any logit past ~1.3 and the loss barely moves.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    from tunelab.models.templates import GEMMA_CHAT_TEMPLATE
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+        sliding_window=64, initializer_range=0.3, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    model = Gemma3ForCausalLM(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def support_conversations() -> list[dict]:
+    return read_jsonl(EXAMPLES / "train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, support_conversations) -> Path:
+    corpus = [m["content"] for c in support_conversations for m in c["messages"]]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from tunelab.models.resolve import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture()
+def write_jsonl(tmp_path):
+    def write(name: str, conversations: list[dict]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(c) + "\n" for c in conversations), encoding="utf-8")
+        return path
+
+    return write

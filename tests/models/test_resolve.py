@@ -1,0 +1,66 @@
+"""Model resolution: the forms --model takes, and a conversion cache that concurrent runs cannot corrupt."""
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from tunelab.models.resolve import _convert_once, cache_dir, resolve_model
+
+
+def slow_build(out: Path) -> None:
+    """Stands in for the 40-second GGUF conversion: slow, and leaves a trace of each time it runs."""
+    out.mkdir()
+    time.sleep(1.5)
+    (out / "weights.bin").write_bytes(b"x" * 1000)
+    (out / "config.json").write_text("{}")
+    with open(out.parent.parent.parent / "builds.log", "a") as log:
+        log.write("built\n")
+
+
+def convert(target: str) -> None:
+    _convert_once(Path(target), slow_build)
+
+
+def test_two_first_runs_at_once_convert_once_and_leave_a_complete_cache(tmp_path):
+    target = tmp_path / "models" / "m"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=convert, args=(str(target),)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert (tmp_path / "builds.log").read_text() == "built\n"
+    assert (target / "config.json").is_file() and (target / "weights.bin").stat().st_size == 1000
+    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == ["m"]  # no temp dirs
+
+
+def test_a_failed_conversion_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "models" / "m"
+
+    def broken(out: Path) -> None:
+        out.mkdir()
+        (out / "half-written").write_text("…")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        _convert_once(target, broken)
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+
+
+def test_model_spec_forms(tmp_path, tiny_model_dir):
+    local = resolve_model(str(tiny_model_dir))
+    assert local.source == "local" and Path(local.path) == tiny_model_dir.resolve()
+    assert resolve_model("google/gemma-3-270m").source == "hub"
+    with pytest.raises(FileNotFoundError, match="no such GGUF"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path))

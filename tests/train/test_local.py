@@ -1,0 +1,70 @@
+"""The training recipe on a tiny model: loss goes down, the run directory stands alone, errors are clear."""
+
+import csv
+import json
+
+import pytest
+
+from tunelab.config import TrainConfig, default_n_epochs
+from tunelab.data.chat import DataError
+from tunelab.train.local import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir, support_conversations):
+    data_dir = tmp_path_factory.mktemp("data")
+    train_file, valid_file = data_dir / "train.jsonl", data_dir / "valid.jsonl"
+    train_file.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:24]))
+    valid_file.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[24:32]))
+    config = TrainConfig(data=str(train_file), validation=str(valid_file), model=str(tiny_model_dir),
+                         out=str(data_dir / "run"), n_epochs=4, batch_size=4, learning_rate_multiplier=25,
+                         suffix="tiny", seed=7)
+    return train(config, show_progress=False)
+
+
+def test_loss_goes_down(tiny_run):
+    rows = list(csv.DictReader((tiny_run / "metrics.csv").open()))
+    assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    assert len(rows) == 24  # 24 examples / batch 4 × 4 epochs
+    first_epoch = sum(float(r["train_loss"]) for r in rows[:6]) / 6
+    last_epoch = sum(float(r["train_loss"]) for r in rows[-6:]) / 6
+    assert last_epoch < first_epoch * 0.9, (first_epoch, last_epoch)
+    valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
+    assert len(valid) >= 2 and valid[-1] < valid[0]
+
+
+def test_run_directory_is_self_contained(tiny_run):
+    for name in ["config.yaml", "job.json", "metrics.csv", "events.jsonl", "loss_curve.png",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "tokenizer/tokenizer.json", "tokenizer/chat_template.jinja"]:
+        assert (tiny_run / name).is_file(), name
+    assert not list(tiny_run.glob("adapter/*.bin"))  # safetensors only
+    job = json.loads((tiny_run / "job.json").read_text())
+    assert job["object"] == "fine_tuning.job" and job["id"].startswith("ftjob-")
+    assert job["status"] == "succeeded" and job["error"] is None
+    assert job["fine_tuned_model"].startswith("ft:") and ":tiny:" in job["fine_tuned_model"]
+    assert job["hyperparameters"] == {"n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 25.0}
+    assert job["trained_tokens"] > 0
+    events = [json.loads(line) for line in (tiny_run / "events.jsonl").read_text().splitlines()]
+    assert all(e["object"] == "fine_tuning.job.event" for e in events)
+    assert sum(e["type"] == "metrics" for e in events) == 24
+
+
+def test_bad_data_names_file_line_and_field(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                   '{"messages": [{"role": "robot", "content": "hi"}]}\n'
+                   "not json\n")
+    with pytest.raises(DataError) as caught:
+        train(TrainConfig(data=str(bad), model=str(tiny_model_dir), out=str(tmp_path / "run")), show_progress=False)
+    text = str(caught.value)
+    assert f"{bad}:2: messages[0].role: unrecognised role 'robot'" in text
+    assert f"{bad}:2: messages: no assistant message" in text
+    assert f"{bad}:3: line: not valid JSON" in text
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_openai_default_epochs_rule():
+    assert default_n_epochs(160) == 3
+    assert default_n_epochs(10) == 10  # 10 × 10 reaches the 100-example minimum
+    assert default_n_epochs(20_000) == 1
