@@ -24,7 +24,7 @@ def test_a_house_style_reply_scores_100(rubric):
     result = rubric.score(prompt("My lamp arrived and the package was crushed."), GOOD)
     assert result.score == 100
     assert set(result.checks) == {"greeting", "sign_off", "brief", "timeframe", "no_exclamation",
-                                  "no_unfortunately", "asks_order_number"}
+                                  "no_unfortunately"}
 
 
 def test_each_rule_can_fail(rubric):
@@ -34,11 +34,13 @@ def test_each_rule_can_fail(rubric):
     assert result.score == 0
 
 
-def test_order_number_check_applies_only_when_the_number_is_missing(rubric):
-    with_number = rubric.score(prompt("My order BL-123456 has not arrived."), GOOD)
-    assert "asks_order_number" not in with_number.checks
-    account_question = rubric.score(prompt("How do I change my password?"), GOOD)
-    assert "asks_order_number" not in account_question.checks
+def test_order_number_must_be_quoted_once_the_customer_gave_it(rubric):
+    asked = prompt("My order BL-123456 has not arrived.")
+    assert rubric.score(asked, GOOD).checks["quotes_order_number"] is False
+    quoting = GOOD.replace("Could you reply with your order number (it starts with BL-) and a photo?",
+                           "I've checked BL-123456.")
+    assert rubric.score(asked, quoting).checks["quotes_order_number"] is True
+    assert "quotes_order_number" not in rubric.score(prompt("How do I change my password?"), GOOD).checks
 
 
 def test_rubric_file_errors_name_the_check(tmp_path):

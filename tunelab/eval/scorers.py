@@ -1,8 +1,8 @@
 """Scorers: each turns (prompt, reply, reference) into a number from 0 to 100.
 
 - RubricScorer: a house-style rubric written as YAML — checks a reply must pass, each a regular
-  expression, a prefix/suffix, or a sentence limit, optionally applying only when the prompt matches a
-  pattern. The score is the percentage of applicable checks passed. Users write one per task; the demo's
+  expression, a prefix/suffix, a sentence limit, or "quote what the prompt gave" (an order number),
+  optionally applying only when the prompt matches a pattern. The score is the percentage of applicable checks passed. Users write one per task; the demo's
   is `examples/support/rubric.yaml`.
 - SimilarityScorer: cosine similarity between the reply and the reference reply, embedded with
   all-MiniLM-L6-v2 (shipped inside a PyPI package, so it works offline), times 100.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences")
+CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences", "quotes_from_prompt")
 _SENTENCE_END = re.compile(r"[.?!](?:\s+|$)")
 
 
@@ -33,13 +33,15 @@ class RubricCheck:
     strip: list[str] = field(default_factory=list)  # patterns removed before counting sentences
 
     def applies(self, prompt_text: str, last_user_text: str) -> bool:
+        if self.kind == "quotes_from_prompt" and not re.search(self.value, prompt_text):
+            return False  # nothing in the prompt to quote
         if self.when_prompt_matches and not re.search(self.when_prompt_matches, last_user_text, re.I):
             return False
         if self.unless_prompt_matches and re.search(self.unless_prompt_matches, prompt_text, re.I):
             return False
         return True
 
-    def passes(self, reply: str) -> bool:
+    def passes(self, reply: str, prompt_text: str = "") -> bool:
         if self.kind == "starts_with":
             return re.match(self.value, reply) is not None
         if self.kind == "ends_with":
@@ -53,6 +55,8 @@ class RubricCheck:
             for pattern in self.strip:
                 body = re.sub(pattern, "", body)
             return len(_SENTENCE_END.findall(body.strip() + " ")) <= int(self.value)
+        if self.kind == "quotes_from_prompt":  # e.g. an order number the customer gave must be repeated
+            return any(found in reply for found in re.findall(self.value, prompt_text))
         raise ValueError(f"unknown check kind {self.kind}")
 
 
@@ -91,7 +95,7 @@ class RubricScorer:
     def score(self, prompt: list[dict], reply: str) -> RubricScore:
         prompt_text = "\n".join(m.get("content") or "" for m in prompt)
         last_user = next((m.get("content") or "" for m in reversed(prompt) if m["role"] == "user"), "")
-        results = {c.id: c.passes(reply) for c in self.checks if c.applies(prompt_text, last_user)}
+        results = {c.id: c.passes(reply, prompt_text) for c in self.checks if c.applies(prompt_text, last_user)}
         return RubricScore(100.0 * sum(results.values()) / max(len(results), 1), results)
 
 
