@@ -12,6 +12,7 @@ house style in 40 updates. `auto` settings (3 epochs) give a better model at thr
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from tunelab.eval.report import verdict_text
 from tunelab.eval.run import evaluate
 from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
 from tunelab.train.local import train
+from tunelab.train.record import read_events
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "support"
 DEMO_SETTINGS = dict(n_epochs=1, batch_size=4, learning_rate_multiplier=2.0)
@@ -46,11 +48,11 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
 
     console.rule("2. fine-tune the default model")
     was_cached = (cache_dir() / "models" / "gemma-3-270m" / "config.json").is_file()
-    load_started = time.monotonic()
+    conversion_started = time.monotonic()
     resolve_model(DEFAULT_MODEL)
-    load_seconds = time.monotonic() - load_started
-    console.print(f"Model: Gemma 3 270M ({'cached conversion reused' if was_cached else 'converted from GGUF'}, "
-                  f"{load_seconds:.1f} s)")
+    conversion_seconds = time.monotonic() - conversion_started
+    console.print("Model: Gemma 3 270M, " + ("cached conversion reused" if was_cached
+                                              else f"converted from GGUF in {conversion_seconds:.0f} s"))
     if out.exists():
         if not (out / "job.json").is_file():
             raise FileExistsError(f"{out} exists and is not a tunelab run; choose another --out")
@@ -60,19 +62,20 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     run_dir = train(TrainConfig(data=str(train_file), validation=str(test_file), out=str(out), suffix="support",
                                 **settings))
     train_seconds = time.monotonic() - train_started
+    load_seconds = next(e["data"]["model_load_seconds"] for e in read_events(run_dir)
+                        if "model_load_seconds" in e["data"])
 
     console.rule("3. evaluate base vs fine-tuned on the held-out set")
     eval_started = time.monotonic()
     eval_dir = evaluate(str(run_dir), str(test_file), rubric=str(rubric))
     eval_seconds = time.monotonic() - eval_started
 
-    import json
-
     results = json.loads((eval_dir / "results.json").read_text())
     console.rule("summary")
     print(
         f"Fine-tuned Gemma 3 270M with LoRA on {len(train_set)} support conversations in {train_seconds:.0f} s "
-        f"(model ready in {load_seconds:.1f} s, {'cached' if was_cached else 'first conversion'}). "
+        f"(model load {load_seconds:.1f} s, "
+        + ("from the cached conversion). " if was_cached else f"after a first conversion of {conversion_seconds:.0f} s). ")
         + verdict_text(results)
         + f" Evaluation took {eval_seconds:.0f} s; the whole demo {time.monotonic() - started:.0f} s."
     )

@@ -48,6 +48,7 @@ def test_run_directory_is_self_contained(tiny_run):
     events = [json.loads(line) for line in (tiny_run / "events.jsonl").read_text().splitlines()]
     assert all(e["object"] == "fine_tuning.job.event" for e in events)
     assert sum(e["type"] == "metrics" for e in events) == 24
+    assert any("model_load_seconds" in e["data"] for e in events)
 
 
 def test_bad_data_names_file_line_and_field(tmp_path, tiny_model_dir):

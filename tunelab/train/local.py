@@ -44,6 +44,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> Path:
     train_conversations = read_conversations(config.data)
     valid_conversations = read_conversations(config.validation) if config.validation else []
     hyper = resolve_hyperparameters(config, len(train_conversations))
+    load_started = time.monotonic()
     resolved = resolve_model(config.model)
     tokenizer = load_tokenizer(resolved.path)
     train_examples = _render_all(tokenizer, train_conversations, config.max_length, config.data)
@@ -53,6 +54,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     compute_dtype = _best_compute_dtype(device)
     model = _lora_model(load_model(resolved.path, dtype=compute_dtype), config).to(device)
+    load_seconds = time.monotonic() - load_started
 
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
@@ -81,13 +83,15 @@ def train(config: TrainConfig, show_progress: bool = True) -> Path:
     }
     recorder = RunRecorder(run_dir, job)
     recorder.set_status("running")
+    recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s", data={"model_load_seconds": round(load_seconds, 2)})
     _write_resolved_config(run_dir, config, hyper)
     tokenizer.save_pretrained(run_dir / "tokenizer")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(
         f"[bold]{job_id}[/] · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
         f"batch {hyper.batch_size}, lr {hyper.learning_rate:.1e} · LoRA r={config.lora_r} "
-        f"({trainable / 1e6:.2f}M trainable) · {device} {str(compute_dtype).removeprefix('torch.')}"
+        f"({trainable / 1e6:.2f}M trainable) · {device} {str(compute_dtype).removeprefix('torch.')} · "
+        f"model loaded in {load_seconds:.1f} s"
     )
 
     # --- fit -------------------------------------------------------------------------------------------

@@ -94,6 +94,12 @@ class RunRecorder:
         self._metrics_file.close()
 
 
+def read_events(run_dir: Path) -> list[dict]:
+    """events.jsonl back as a list, oldest first."""
+    lines = (Path(run_dir) / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """metrics.csv back as dicts with floats (None where a column is empty)."""
     with (Path(run_dir) / "metrics.csv").open(encoding="utf-8") as handle:
