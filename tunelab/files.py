@@ -18,6 +18,3 @@ def write_text_atomically(path: Path, text: str) -> None:
 def write_json_atomically(path: Path, data) -> None:
     write_text_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
-
-def write_jsonl_atomically(path: Path, records) -> None:
-    write_text_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

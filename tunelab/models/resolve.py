@@ -140,11 +140,3 @@ def load_model(path: str, dtype=None):
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
     )
-
-
-def copy_tokenizer(source_path: str, destination: Path) -> None:
-    """Save a model's tokenizer (with its chat template) into a run directory, so the run stands alone."""
-    tokenizer = load_tokenizer(source_path)
-    destination.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(destination)
-

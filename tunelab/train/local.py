@@ -123,8 +123,7 @@ def _render_all(tokenizer, conversations, max_length, path) -> list[RenderedExam
     if truncated:
         console.print(f"[yellow]{path}: {truncated} example(s) longer than {max_length} tokens are truncated[/]")
     examples = [RenderedExample(e.input_ids[:max_length], e.labels[:max_length]) for e in examples]
-    empty = [i + 1 for i, e in enumerate(examples) if e.trained_tokens == 0]
-    if len(empty) == len(examples) and examples:
+    if examples and all(e.trained_tokens == 0 for e in examples):
         raise ValueError(f"{path}: no example has a trained token (all assistant turns weight 0 or cut off)")
     return examples
 

@@ -100,15 +100,6 @@ def read_events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.csv back as dicts with floats (None where a column is empty)."""
-    with (Path(run_dir) / "metrics.csv").open(encoding="utf-8") as handle:
-        return [
-            {key: (float(value) if value not in ("", None) else None) for key, value in row.items()}
-            for row in csv.DictReader(handle)
-        ]
-
-
 def plot_loss_curve(rows: list[dict], path: Path) -> Path:
     """Training loss per step (and validation loss where measured), saved as a PNG."""
     import matplotlib
