@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["train", "eval", "chat", "demo"]
+COMMANDS = ["train", "eval", "chat", "demo", "data"]
 
 
 def tunelab(*args):
@@ -19,9 +19,9 @@ def test_top_level_help_lists_every_command():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + ["data validate"])
 def test_every_command_has_help(command):
-    result = tunelab(command, "--help")
+    result = tunelab(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout and "--help" in result.stdout
 

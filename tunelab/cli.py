@@ -4,6 +4,7 @@
     tunelab train --data train.jsonl --validation valid.jsonl
     tunelab eval --model runs/ftjob-… --data test.jsonl --rubric rubric.yaml
     tunelab chat runs/ftjob-… "My order hasn't arrived."
+    tunelab data validate train.jsonl --validation valid.jsonl
 """
 
 from __future__ import annotations
@@ -176,6 +177,46 @@ def chat(
             console.print(f"[yellow](stopped at the {max_new_tokens}-token limit)[/]")
         if not interactive:
             return
+
+
+data_app = typer.Typer(help="Prepare chat data. So far: validate (format rules and quality warnings).",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Path = typer.Argument(..., help="Chat JSONL to check."),
+    validation: Optional[Path] = typer.Option(None, "--validation", help="Validation file: also checks overlap (leakage)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
+) -> None:
+    """Check a chat JSONL file: every format error OpenAI rejects, and the seeds' quality warnings, in one pass.
+
+    Token statistics, truncation and cost estimates are not in this version yet.
+    """
+    from collections import defaultdict
+
+    from tunelab.data.validate import validate_file
+
+    report = validate_file(file, validation)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        grouped = defaultdict(list)
+        for finding in report.findings:
+            grouped[(finding.severity, finding.code)].append(finding)
+        for (severity, code), findings in sorted(grouped.items()):
+            lines = [str(f.line) for f in findings if f.line][:5]
+            where = f" lines {', '.join(lines)}{' …' if len(findings) > 5 else ''}" if lines else ""
+            colour = "red" if severity == "error" else "yellow"
+            console.print(f"[{colour}]{severity}[/] {code} ×{len(findings)}{where}: {escape(findings[0].message)}",
+                          soft_wrap=True)
+        status = "no problems" if not report.findings else (
+            f"{len(report.errors)} error(s), {len(report.findings) - len(report.errors)} warning(s)")
+        console.print(f"{file}: {report.examples} examples, {status}")
+    if report.errors or (strict and report.findings):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,17 +1,15 @@
 """Read OpenAI chat JSONL (`{"messages": [...]}` per line) with errors that name file, line and field.
 
-This is the structural check training needs before it starts; `tunelab data validate` (a fuller rule set
-with warnings, statistics and cost) builds on the same reader.
+Training refuses a file with any format error (the rules live in `tunelab.data.validate`, which also
+reports warnings and statistics); this reader returns the conversations or raises every problem at once.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
-MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
+from tunelab.data.validate import example_errors, read_jsonl_lines
 
 
 @dataclass(frozen=True)
@@ -44,55 +42,20 @@ def read_conversations(path: str | Path) -> list[dict]:
         raise DataError([DataProblem(str(path), 0, "file", "no such file")])
     conversations: list[dict] = []
     problems: list[DataProblem] = []
-    with path.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problems.append(DataProblem(str(path), line_number, "line", "not valid UTF-8"))
-                continue
-            except json.JSONDecodeError as error:
-                problems.append(DataProblem(str(path), line_number, "line", f"not valid JSON ({error.msg})"))
-                continue
-            found = _check_conversation(record)
-            problems += [DataProblem(str(path), line_number, field, message) for field, message in found]
-            if not found:
-                conversations.append(record)
+    for line_number, record, unreadable in read_jsonl_lines(path):
+        if unreadable:
+            problems.append(DataProblem(str(path), line_number, "line", f"{unreadable[1]} [{unreadable[0]}]"))
+            continue
+        found = example_errors(record)
+        problems += [DataProblem(str(path), line_number, field or "line", f"{message} [{code}]")
+                     for code, field, message in found]
+        if not found:
+            conversations.append(record)
     if not conversations and not problems:
         problems.append(DataProblem(str(path), 0, "file", "the file holds no conversations"))
     if problems:
         raise DataError(problems)
     return conversations
-
-
-def _check_conversation(record) -> list[tuple[str, str]]:
-    """The problems that make a record unusable for training, as (field path, message) pairs."""
-    if not isinstance(record, dict):
-        return [("line", "each line must be a JSON object")]
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return [("messages", "missing or not a non-empty list of messages")]
-    problems = []
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            problems.append((where, "each message must be an object"))
-            continue
-        if message.get("role") not in ROLES:
-            problems.append((f"{where}.role", f"unrecognised role {message.get('role')!r}"))
-        unknown = set(message) - MESSAGE_KEYS
-        if unknown:
-            problems.append((where, f"unrecognised key(s) {sorted(unknown)}"))
-        content = message.get("content")
-        if not isinstance(content, str) and not message.get("tool_calls") and not message.get("function_call"):
-            problems.append((f"{where}.content", "missing, or not a string"))
-        if "weight" in message and message["weight"] not in (0, 1):
-            problems.append((f"{where}.weight", f"must be 0 or 1, got {message['weight']!r}"))
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-        problems.append(("messages", "no assistant message, so nothing to learn from"))
-    return problems
 
 
 def split_prompt_and_reply(conversation: dict) -> tuple[list[dict], str]:

@@ -1,0 +1,113 @@
+"""`tunelab data validate`: one malformed file per error code, each flagged with exactly that code at the
+right line (through the real command and its --json output); a clean file passes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is my order?"},
+                     {"role": "assistant", "content": "It ships within 2 business days."}]}
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "track", "arguments": '{"order": "BL-1"}'}}
+
+
+def tool_example(arguments='{"order": "BL-1"}', tool_call_id="call_1", tools=None):
+    call = dict(TOOL_CALL, function={"name": "track", "arguments": arguments})
+    return {"tools": tools or [{"type": "function", "function": {"name": "track", "parameters": {}}}],
+            "messages": [{"role": "user", "content": "Track BL-1"},
+                         {"role": "assistant", "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": tool_call_id, "content": "in transit"},
+                         {"role": "assistant", "content": "It is in transit and arrives in 2 days."}]}
+
+
+# code → the bad line (placed as line 4 among good examples)
+BAD_LINES = {
+    "data_type": "[1, 2]",
+    "missing_messages_list": json.dumps({"prompt": "hi", "completion": "there"}),
+    "message_missing_key": json.dumps({"messages": [{"content": "hi"}, {"role": "assistant", "content": "Hello there."}]}),
+    "message_unrecognized_key": json.dumps({"messages": [{"role": "user", "content": "hi", "mood": "sad"},
+                                                         {"role": "assistant", "content": "Hello there."}]}),
+    "unrecognized_role": json.dumps({"messages": [{"role": "customer", "content": "hi"},
+                                                  {"role": "assistant", "content": "Hello there."}]}),
+    "missing_content": json.dumps({"messages": [{"role": "user", "content": ""},
+                                                {"role": "assistant", "content": "Hello there."}]}),
+    "example_missing_assistant_message": json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+    "invalid_json": '{"messages": [',
+    "not_utf8": b'{"messages": "\xff\xfe"}',
+    "invalid_weight": json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "Hello there.", "weight": 0.5}]}),
+    "invalid_tool_arguments": json.dumps(tool_example(arguments="order=BL-1")),
+    "invalid_tools": json.dumps(tool_example(tools=[{"type": "function", "function": {"parameters": {}}}])),
+    "tool_call_id_mismatch": json.dumps(tool_example(tool_call_id="call_9")),
+}
+
+
+def validate(*args):
+    return subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", *map(str, args), "--json"],
+                          capture_output=True, timeout=120)
+
+
+def write_file(path, bad_line):
+    good = json.dumps(GOOD).encode()
+    lines = [good, good.replace(b"order", b"parcel"), good.replace(b"brief", b"kind")]
+    lines.append(bad_line if isinstance(bad_line, bytes) else bad_line.encode())
+    lines += [good.replace(b"Where", f"Where ({n})".encode()) for n in range(10)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("code", sorted(BAD_LINES))
+def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
+    result = validate(write_file(tmp_path / f"{code}.jsonl", BAD_LINES[code]))
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    errors = [f for f in report["findings"] if f["severity"] == "error"]
+    assert [(f["code"], f["line"]) for f in errors] == [(code, 4)], errors
+
+
+def test_file_level_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    few = tmp_path / "few.jsonl"
+    few.write_text(json.dumps(GOOD) + "\n")
+    for path, code in ((empty, "empty_file"), (few, "too_few_examples")):
+        result = validate(path)
+        assert result.returncode == 1
+        assert [f["code"] for f in json.loads(result.stdout)["findings"] if f["severity"] == "error"] == [code]
+
+
+def test_clean_file_passes_and_warnings_do_not_fail_unless_strict(tmp_path):
+    path = write_file(tmp_path / "clean.jsonl", json.dumps(GOOD).replace("order", "refund"))
+    result = validate(path)
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    assert report["examples"] == 14
+    codes = {f["code"] for f in report["findings"]}
+    assert codes == {"few_examples"}  # 14 < 50: a warning, not an error
+    strict = subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", str(path), "--strict"],
+                            capture_output=True, timeout=120)
+    assert strict.returncode == 1
+
+
+def test_quality_warnings_point_at_lines(tmp_path):
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    conflicting = json.loads(json.dumps(GOOD))
+    conflicting["messages"][2]["content"] = "It was cancelled yesterday, sorry about that."
+    path = write_file(tmp_path / "quality.jsonl", json.dumps(short))
+    with path.open("a") as handle:
+        handle.write(json.dumps(GOOD) + "\n" + json.dumps(conflicting) + "\n")
+    findings = json.loads(validate(path).stdout)["findings"]
+    where = {(f["code"], f["line"]) for f in findings}
+    assert ("reply_too_short", 4) in where
+    assert ("duplicate_example", 15) in where  # line 15 repeats line 1
+    assert ("conflicting_answers", 16) in where
+    assert ("missing_system_message", 0) in where
+
+
+def test_overlap_with_validation_file_is_reported(tmp_path):
+    training = write_file(tmp_path / "train.jsonl", json.dumps(GOOD).replace("order", "refund"))
+    validation = tmp_path / "valid.jsonl"
+    validation.write_text(json.dumps(GOOD) + "\n")
+    findings = json.loads(validate(training, "--validation", validation).stdout)["findings"]
+    assert any(f["code"] == "validation_overlap" and f"{validation}:1" in f["message"] for f in findings)
