@@ -1,6 +1,7 @@
 """The main job, end to end on the bundled example (`make demo` / `tunelab demo`):
 
-1. validate examples/support/train.jsonl and test.jsonl (structure, and no conversation on both sides);
+1. validate examples/support/train.jsonl and test.jsonl with `tunelab data validate` (format, quality, and
+   no held-out prompt in the training set);
 2. fine-tune the default model (Gemma 3 270M) with LoRA on the training set;
 3. evaluate base vs fine-tuned on the held-out set with the house-style rubric and reference similarity;
 4. print a one-paragraph summary and `REPORT: <path>`.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from tunelab.config import TrainConfig
 from tunelab.console import console
-from tunelab.data.chat import read_conversations
+from tunelab.data.validate import validate_file
 from tunelab.eval.report import verdict_text
 from tunelab.eval.run import evaluate
 from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
@@ -36,15 +37,7 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     train_file, test_file, rubric = EXAMPLE_DIR / "train.jsonl", EXAMPLE_DIR / "test.jsonl", EXAMPLE_DIR / "rubric.yaml"
 
     console.rule("1. validate the example data")
-    train_set, test_set = read_conversations(train_file), read_conversations(test_file)
-    for path, conversations in ((train_file, train_set), (test_file, test_set)):
-        multi_turn = sum(sum(m["role"] == "assistant" for m in c["messages"]) > 1 for c in conversations)
-        console.print(f"✓ {path.name}: {len(conversations)} conversations ({multi_turn} multi-turn), no format problems")
-    seen = {_user_text(c) for c in train_set}
-    leaked = sum(_user_text(c) in seen for c in test_set)
-    if leaked:
-        raise ValueError(f"{leaked} held-out conversation(s) also appear in the training set")
-    console.print("✓ no held-out conversation appears in the training set")
+    train_examples = _validate_example_data(train_file, test_file)
 
     console.rule("2. fine-tune the default model")
     was_cached = (cache_dir() / "models" / "gemma-3-270m" / "config.json").is_file()
@@ -73,7 +66,7 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     results = json.loads((eval_dir / "results.json").read_text())
     console.rule("summary")
     print(
-        f"Fine-tuned Gemma 3 270M with LoRA on {len(train_set)} support conversations in {train_seconds:.0f} s "
+        f"Fine-tuned Gemma 3 270M with LoRA on {train_examples} support conversations in {train_seconds:.0f} s "
         f"(model load {load_seconds:.1f} s, "
         + ("from the cached conversion). " if was_cached else f"after a first conversion of {conversion_seconds:.0f} s). ")
         + verdict_text(results)
@@ -84,5 +77,19 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     return report
 
 
-def _user_text(conversation: dict) -> str:
-    return "\n".join(m["content"].strip().lower() for m in conversation["messages"] if m["role"] == "user")
+def _validate_example_data(train_file: Path, test_file: Path) -> int:
+    """`tunelab data validate` on the bundled files, the held-out one doubling as the leakage check.
+
+    The example data is ours, so any finding (even a warning) is a bug in it. Returns the training count.
+    """
+    counts = {}
+    for path, validation in ((train_file, test_file), (test_file, None)):
+        report = validate_file(path, validation)
+        if report.findings:
+            shown = "; ".join(f"{f.code} at line {f.line}: {f.message}" for f in report.findings[:5])
+            raise ValueError(f"{path}: {len(report.findings)} finding(s): {shown}")
+        counts[path] = report.examples
+        overlap = f", no overlap with {validation.name}" if validation else ""
+        console.print(f"✓ {path.name}: {report.examples} conversations ({report.stats['multi_turn']} multi-turn), "
+                      f"no errors or warnings{overlap}")
+    return counts[train_file]
