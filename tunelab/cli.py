@@ -4,7 +4,10 @@
     tunelab train --data train.jsonl --validation valid.jsonl
     tunelab eval --model runs/ftjob-… --data test.jsonl --rubric rubric.yaml
     tunelab chat runs/ftjob-… "My order hasn't arrived."
-    tunelab data validate train.jsonl --validation valid.jsonl
+    tunelab data convert raw.csv --out train.jsonl --system "You are…"
+    tunelab data validate train.jsonl --validation valid.jsonl [--target openai:gpt-4o-mini]
+    tunelab data stats train.jsonl
+    tunelab data split all.jsonl --test-size 0.2 --out-dir data/
 """
 
 from __future__ import annotations
@@ -179,44 +182,207 @@ def chat(
             return
 
 
-data_app = typer.Typer(help="Prepare chat data. So far: validate (format rules and quality warnings).",
-                       no_args_is_help=True)
+data_app = typer.Typer(help="Prepare chat data: convert, validate, stats, split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+MODEL_HELP = "Count tokens as this local model will: 'default', a model directory, or a .gguf file."
+TARGET_HELP = "Count tokens and cost for OpenAI instead, e.g. openai:gpt-4o-mini."
+MAX_TOKENS_HELP = "Token limit per example (default: what training cuts at: 1024 locally, OpenAI's limit)."
+
+
+def _check_data(file: Path, validation: Optional[Path], model: str, target: Optional[str],
+                max_tokens: Optional[int]):
+    """Validate with token counts, showing progress; the shared core of `validate` and `stats`."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tunelab.data.tokens import token_counter
+    from tunelab.data.validate import validate_file
+
+    try:
+        counter = token_counter(None if model == "none" else model, target) if (target or model != "none") else None
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    size = file.stat().st_size if file.is_file() else 0
+    with Progress(TextColumn("[bold]checking[/]"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("check", total=size)
+        return validate_file(file, validation, counter, max_tokens,
+                             progress=lambda done: progress.update(task, completed=done))
+
+
+def _print_findings(report) -> None:
+    from collections import defaultdict
+
+    grouped = defaultdict(list)
+    for finding in report.findings:
+        grouped[(finding.severity, finding.code, finding.file)].append(finding)
+    for (severity, code, file), findings in sorted(grouped.items()):
+        lines = [str(f.line) for f in findings if f.line][:5]
+        where = f" lines {', '.join(lines)}{' …' if len(findings) > 5 else ''}" if lines else ""
+        colour = "red" if severity == "error" else "yellow"
+        source = f" in {file}" if file else ""
+        console.print(f"[{colour}]{severity}[/] {code} ×{len(findings)}{source}{where}: {escape(findings[0].message)}",
+                      soft_wrap=True)
+
+
+def _print_stats(report, histogram: bool = False) -> None:
+    stats = report.stats
+    console.print(f"[bold]{report.file}[/]: {stats['examples']} examples ({stats.get('valid_examples', 0)} valid, "
+                  f"{stats['multi_turn']} multi-turn)")
+    rows = [("assistant reply, characters", stats.get("assistant_reply_chars"))]
+    tokens = stats.get("tokens")
+    if tokens:
+        rows += [("tokens per example", tokens["per_example"]), ("trained tokens per example", tokens["trained_per_example"])]
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("", "min", "mean", "p50", "p90", "p95", "max"):
+        table.add_column(column, justify="right" if column else "left")
+    for name, values in rows:
+        if values:
+            table.add_row(name, *(str(values[key]) for key in ("min", "mean", "p50", "p90", "p95", "max")))
+    console.print(table)
+    if tokens:
+        label = tokens["counted_with"] + ("" if tokens["exact"] else " [yellow](estimate)[/]")
+        console.print(f"tokens: {tokens['total']:,} in all, {tokens['trained']:,} trained on — counted with {label}")
+        if tokens["examples_over_limit"]:
+            console.print(f"[yellow]{tokens['examples_over_limit']} example(s) over the {tokens['limit']}-token limit: "
+                          f"{tokens['tokens_cut']:,} tokens would be cut[/]")
+        if histogram and report.token_lengths:
+            _print_histogram(report.token_lengths)
+    cost = report.cost
+    if cost and cost["backend"] == "openai":
+        console.print(f"cost on OpenAI ({cost['model']}): {cost['n_epochs']} epochs × {cost['tokens_per_epoch']:,} "
+                      f"tokens = {cost['billed_tokens']:,} billed tokens ≈ [bold]${cost['usd']:,.2f}[/] at "
+                      f"${cost['usd_per_million_tokens']}/1M (prices as of {cost['prices_as_of']}; check current prices)")
+    elif cost:
+        console.print(f"local training ({cost['model']}): {cost['n_epochs']} epochs × {cost['tokens_per_epoch']:,} tokens "
+                      f"≈ [bold]{_duration(cost['seconds'])}[/] at ~{cost['tokens_per_second']:.0f} tokens/s "
+                      f"({cost['throughput_source']}; a GPU is far faster)")
+
+
+def _print_histogram(values, bins: int = 10) -> None:
+    low, high = min(values), max(values)
+    width = max(1, -(-(high - low + 1) // bins))
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, (value - low) // width)] += 1
+    peak = max(counts)
+    console.print("tokens per example:")
+    for index, count in enumerate(counts):
+        start = low + index * width
+        console.print(f"  {start:>7,}–{start + width - 1:<7,} {'█' * round(40 * count / peak):<40} {count:,}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @data_app.command("validate")
 def data_validate(
     file: Path = typer.Argument(..., help="Chat JSONL to check."),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation file: also checks overlap (leakage)."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP + " 'none' skips token counts."),
+    target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=MAX_TOKENS_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
 ) -> None:
-    """Check a chat JSONL file: every format error OpenAI rejects, and the seeds' quality warnings, in one pass.
-
-    Token statistics, truncation and cost estimates are not in this version yet.
-    """
-    from collections import defaultdict
-
-    from tunelab.data.validate import validate_file
-
-    report = validate_file(file, validation)
+    """Check a chat JSONL file: every format error OpenAI rejects, the seeds' quality warnings, duplicates,
+    leakage and truncation, all in one pass; then token statistics and the cost of training on it."""
+    report = _check_data(file, validation, model, target, max_tokens)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        grouped = defaultdict(list)
-        for finding in report.findings:
-            grouped[(finding.severity, finding.code)].append(finding)
-        for (severity, code), findings in sorted(grouped.items()):
-            lines = [str(f.line) for f in findings if f.line][:5]
-            where = f" lines {', '.join(lines)}{' …' if len(findings) > 5 else ''}" if lines else ""
-            colour = "red" if severity == "error" else "yellow"
-            console.print(f"[{colour}]{severity}[/] {code} ×{len(findings)}{where}: {escape(findings[0].message)}",
-                          soft_wrap=True)
+        _print_findings(report)
+        if report.stats:
+            _print_stats(report)
         status = "no problems" if not report.findings else (
             f"{len(report.errors)} error(s), {len(report.findings) - len(report.errors)} warning(s)")
         console.print(f"{file}: {report.examples} examples, {status}")
     if report.errors or (strict and report.findings):
         raise typer.Exit(1)
+
+
+@data_app.command("stats")
+def data_stats(
+    file: Path = typer.Argument(..., help="Chat JSONL."),
+    model: str = typer.Option("default", "--model", help=MODEL_HELP),
+    target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=MAX_TOKENS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics and cost as JSON on stdout."),
+) -> None:
+    """Token statistics (total and trained, per example), their distribution, and the cost of training."""
+    report = _check_data(file, None, model, target, max_tokens)
+    if as_json:
+        print(json.dumps({"file": report.file, "stats": report.stats, "cost": report.cost}, indent=2))
+        return
+    _print_stats(report, histogram=True)
+    if report.errors:
+        console.print(f"[yellow]{len(report.errors)} format error(s): those lines are not counted; "
+                      f"`tunelab data validate {file}` lists them[/]")
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Path = typer.Argument(..., help="CSV, JSONL or JSON list to convert."),
+    out: Path = typer.Option(..., "--out", help="Chat JSONL to write."),
+    fmt: str = typer.Option("auto", "--format", help="auto, openai, input-output, alpaca or sharegpt."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt for every conversation that has none."),
+    input_column: str = typer.Option("input", "--input-column", help="input-output: the prompt's column/key."),
+    output_column: str = typer.Option("ideal_output", "--output-column", help="input-output: the reply's column/key."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Convert input/ideal_output pairs, Alpaca or ShareGPT into OpenAI chat JSONL; says what it dropped."""
+    from tunelab.data.formats import ConversionError, convert_file
+
+    if out.exists() and not force:
+        _fail(f"{out} already exists; pass --force to replace it")
+    try:
+        report = convert_file(source, out, fmt, system, input_column, output_column)
+    except ConversionError as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        console.print(f"{source} ({report.format}) → {out}: {report.written} conversations written, "
+                      f"{len(report.dropped)} dropped")
+        for reason, count in report.dropped_by_reason().most_common():
+            lines = [str(line) for line, why in report.dropped if why == reason][:5]
+            console.print(f"  [yellow]dropped ×{count}[/] (lines {', '.join(lines)}{' …' if count > 5 else ''}): "
+                          f"{escape(reason)}", soft_wrap=True)
+        console.print(f"next: tunelab data validate {out}")
+    if report.written == 0:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    file: Path = typer.Argument(..., help="Chat JSONL to split."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Writes train.jsonl and test.jsonl here."),
+    test_size: float = typer.Option(0.2, "--test-size", help="Held-out share (0.2) or count (50)."),
+    seed: int = typer.Option(42, "--seed", help="Shuffle seed."),
+    force: bool = typer.Option(False, "--force", help="Replace existing train.jsonl/test.jsonl."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Held-out split, de-duplicated first and grouped by prompt, so nothing lands on both sides."""
+    from tunelab.data.chat import DataError
+    from tunelab.data.split import split_file
+
+    try:
+        report = split_file(file, out_dir, test_size, seed, overwrite=force)
+    except (DataError, ValueError, FileExistsError) as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(f"{report.train}: {report.train_examples} conversations; {report.test}: {report.test_examples}"
+                      f" ({report.duplicates_removed} duplicate(s) removed first, {report.prompt_groups} distinct prompts)")
 
 
 @app.command()

@@ -75,12 +75,15 @@ class ResolvedHyperparameters:
 
 
 def default_n_epochs(n_examples: int) -> int:
-    """OpenAI's default-epochs rule: 3, raised or lowered so examples x epochs stays in 100..25,000."""
+    """OpenAI's default-epochs rule: 3, raised or lowered so examples x epochs stays in 100..25,000.
+
+    Integer division as in OpenAI's data-preparation checker, so 30 examples get 3 epochs, not 4.
+    """
     target_epochs, min_epochs, max_epochs = 3, 1, 25
     min_examples, max_examples = 100, 25_000
     epochs = target_epochs
     if n_examples * target_epochs < min_examples:
-        epochs = min(max_epochs, -(-min_examples // n_examples))
+        epochs = min(max_epochs, min_examples // n_examples)
     elif n_examples * target_epochs > max_examples:
         epochs = max(min_epochs, max_examples // n_examples)
     return epochs

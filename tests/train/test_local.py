@@ -68,4 +68,6 @@ def test_bad_data_names_file_line_and_field(tmp_path, tiny_model_dir):
 def test_openai_default_epochs_rule():
     assert default_n_epochs(160) == 3
     assert default_n_epochs(10) == 10  # 10 × 10 reaches the 100-example minimum
+    assert default_n_epochs(30) == 3  # 100 // 30, as OpenAI's checker computes it
+    assert default_n_epochs(3) == 25  # capped
     assert default_n_epochs(20_000) == 1

@@ -1,6 +1,6 @@
 """Validate chat JSONL: every problem in one pass, each with severity, code, line and field path.
 
-    tunelab data validate train.jsonl --validation valid.jsonl [--strict] [--json]
+    tunelab data validate train.jsonl --validation valid.jsonl [--model M | --target openai:MODEL] [--json]
 
 Errors use the codes of OpenAI's data-preparation checker (`data_type`, `missing_messages_list`,
 `message_missing_key`, `message_unrecognized_key`, `unrecognized_role`, `missing_content`,
@@ -8,14 +8,19 @@ Errors use the codes of OpenAI's data-preparation checker (`data_type`, `missing
 `invalid_weight`, `invalid_tool_arguments`, `invalid_tools` and `tool_call_id_mismatch`.
 Warnings carry the seeds' quality rules: fewer than 50 examples, assistant replies outside 10–2,000
 characters, duplicate conversations, one prompt with conflicting answers, training/validation overlap, and
-examples without a system or user message. The file is streamed, so memory does not grow with it.
+examples without a system or user message, and examples longer than the token limit (`--max-tokens`,
+else what training would cut at), with how many tokens would be cut.
+
+Token statistics and the cost come from `tokens.py` and `cost.py`. The file is streamed in batches: what
+is kept per example is a few integers (its token lengths and hashes for the duplicate checks).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import Counter, defaultdict
+import os
+from array import array
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,7 @@ MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id
 OPENAI_MIN_EXAMPLES = 10  # OpenAI rejects files with fewer
 SIGNAL_MIN_EXAMPLES = 50  # the seeds: "fewer than 50 examples — not enough signal"
 REPLY_MIN_CHARS, REPLY_MAX_CHARS = 10, 2000  # the seeds' quality bounds for an assistant reply
+BATCH = 1000  # examples tokenized together
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Finding:
     line: int
     path: str
     message: str
+    file: str = ""
 
 
 @dataclass
@@ -43,6 +50,8 @@ class ValidationReport:
     examples: int = 0
     findings: list[Finding] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    cost: dict | None = None
+    token_lengths: array = field(default_factory=lambda: array("I"))  # per valid example, in file order
 
     @property
     def errors(self) -> list[Finding]:
@@ -50,7 +59,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"file": self.file, "examples": self.examples, "findings": [asdict(f) for f in self.findings],
-                "stats": self.stats, "cost": None}
+                "stats": self.stats, "cost": self.cost}
 
 
 def example_errors(record) -> list[tuple[str, str, str]]:
@@ -127,61 +136,234 @@ def _tools_errors(tools) -> list[tuple[str, str, str]]:
     return errors
 
 
-def read_jsonl_lines(path: Path):
-    """Yield (line number, record, None) per non-blank line, or (line, None, (code, message)) if it won't parse."""
+def read_jsonl_lines(path: Path, start: int = 0, end: int | None = None, first_line: int = 1):
+    """Yield (line number, record, None) per non-blank line, or (line, None, (code, message)) if it won't parse.
+
+    `start`/`end` select a byte range that begins at a line start (`first_line` is its line number).
+    """
+    for line, _, raw in _raw_lines(path, start, end, first_line):
+        yield line, *_parse(raw)
+
+
+def _raw_lines(path: Path, start: int, end: int | None, first_line: int):
+    """(line number, byte position after the line, bytes) for each non-blank line of a byte range."""
     with Path(path).open("rb") as handle:
-        for line, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield line, json.loads(raw.decode("utf-8")), None
-            except UnicodeDecodeError:
-                yield line, None, ("not_utf8", "the line is not valid UTF-8")
-            except json.JSONDecodeError as error:
-                yield line, None, ("invalid_json", f"not valid JSON ({error.msg}, column {error.colno})")
+        handle.seek(start)
+        position = start
+        for line, raw in enumerate(handle, start=first_line):
+            if end is not None and position >= end:
+                return
+            position += len(raw)
+            if raw.strip():
+                yield line, position, raw
 
 
-def _fingerprint(text: str) -> str:
-    return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
+def _parse(raw: bytes) -> tuple[object, tuple[str, str] | None]:
+    try:
+        return json.loads(raw), None
+    except UnicodeDecodeError:
+        return None, ("not_utf8", "the line is not valid UTF-8")
+    except json.JSONDecodeError as error:
+        return None, ("invalid_json", f"not valid JSON ({error.msg}, column {error.colno})")
 
 
-def _prompt_and_reply_text(messages: list[dict]) -> tuple[str, str]:
+# Deleted before comparing texts for near-duplicates: ASCII punctuation, digits and whitespace.
+_IGNORED_FOR_NEAR = str.maketrans("", "", "".join(chr(c) for c in range(128) if not chr(c).isalpha()))
+
+
+def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:
+    """Hashes of the conversation (case ignored), of it with punctuation, digits and spacing also ignored
+    (near-duplicates), of its prompt, and of its last reply (both compared as near-duplicates are)."""
     last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-    prompt = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages[:last])
-    return prompt, str(messages[last].get("content") or "")
+    prompt = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages[:last]).lower()
+    reply = str(messages[last].get("content") or "").lower()
+    later = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages[last + 1:]).lower()
+    whole = f"{prompt}\n{reply}\n{later}"
+    return (hash(whole), hash(whole.translate(_IGNORED_FOR_NEAR)), hash(prompt.translate(_IGNORED_FOR_NEAR)),
+            hash(reply.translate(_IGNORED_FOR_NEAR)))
 
 
-def validate_file(path: str | Path, validation: str | Path | None = None) -> ValidationReport:
-    """All findings for a training file (and its overlap with a validation file, if given)."""
-    report = _scan(Path(path))
+@dataclass
+class _Scan:
+    """What one pass over (part of) a file found; parts of a file scanned in parallel are merged."""
+
+    findings: list[Finding] = field(default_factory=list)
+    examples: int = 0
+    counts: Counter = field(default_factory=Counter)
+    reply_lengths: array = field(default_factory=lambda: array("I"))
+    token_totals: array = field(default_factory=lambda: array("I"))
+    token_trained: array = field(default_factory=lambda: array("I"))
+    first_line_of: dict = field(default_factory=dict)  # conversation hash → first line
+    first_line_of_near: dict = field(default_factory=dict)
+    first_answer: dict = field(default_factory=dict)  # prompt hash → (reply hash, line)
+    prompts: list = field(default_factory=list)  # (line, prompt hash), for the leakage check
+
+
+PARALLEL_FROM_BYTES = 8_000_000  # smaller files are scanned in one process: forking costs more than it saves
+
+
+def validate_file(path: str | Path, validation: str | Path | None = None, counter=None,
+                  max_tokens: int | None = None, progress=None) -> ValidationReport:
+    """All findings and statistics for a training file, and its overlap with a validation file if given.
+
+    `counter` (from `tokens.py`) adds token statistics, truncation warnings and the cost; `max_tokens` is
+    the limit (default: the counter's own, i.e. what training or OpenAI would cut at). `progress(bytes)`
+    is called as the file is read.
+    """
+    path = Path(path)
+    limit = max_tokens or (counter.default_limit if counter else None)
+    report = ValidationReport(str(path))
+    if not path.is_file():
+        report.findings.append(Finding("error", "empty_file", 0, "", "no such file"))
+        return report
+    scan = _scan_file(path, counter, limit, progress)
+    _file_level_findings(scan)
+    scan.findings.sort(key=lambda finding: finding.line)
+    report.examples, report.findings = scan.examples, scan.findings
+    report.stats = {
+        "examples": scan.examples,
+        "valid_examples": len(scan.prompts),
+        "multi_turn": scan.counts["multi_turn"],
+        "assistant_reply_chars": distribution(scan.reply_lengths),
+    }
+    if counter:
+        report.token_lengths = scan.token_totals
+        cut = [total - limit for total in scan.token_totals if limit and total > limit]
+        report.stats["tokens"] = {
+            "counted_with": counter.label, "exact": counter.exact, "limit": limit,
+            "total": sum(scan.token_totals), "trained": sum(scan.token_trained),
+            "per_example": distribution(scan.token_totals), "trained_per_example": distribution(scan.token_trained),
+            "examples_over_limit": len(cut), "tokens_cut": sum(cut),
+        }
+        if scan.token_totals:
+            from tunelab.data.cost import estimate
+
+            report.cost = estimate(counter, scan.token_totals, limit)
     if validation:
-        validation_report = _scan(Path(validation))
-        training_prompts = report.stats.pop("_prompts")
-        for line, prompt in validation_report.stats.pop("_prompts").items():
-            if prompt in training_prompts.values():
-                report.findings.append(Finding("warning", "validation_overlap", line, "messages",
-                                               f"{validation}:{line} has the same prompt as a training example "
-                                               "(leakage: validation scores would be optimistic)"))
-    report.stats.pop("_prompts", None)
+        _check_validation_file(Path(validation), scan, report)
     return report
 
 
-def _scan(path: Path) -> ValidationReport:
-    report = ValidationReport(str(path))
-    add = report.findings.append
-    if not path.is_file():
-        add(Finding("error", "empty_file", 0, "", "no such file"))
-        return report
-    seen_conversations: dict[str, int] = {}
-    answers_by_prompt: dict[str, dict[str, int]] = defaultdict(dict)
-    prompts: dict[int, str] = {}
-    counts = Counter()
-    reply_lengths = []
-    for line, record, unreadable in read_jsonl_lines(path):
+def _check_validation_file(validation: Path, training: _Scan, report: ValidationReport) -> None:
+    """The validation file's errors, and its prompts that also occur in training (leakage)."""
+    held_out = _scan_file(validation, None, None, None) if validation.is_file() else _Scan(
+        findings=[Finding("error", "empty_file", 0, "", "no such file")])
+    if held_out.examples == 0 and not held_out.findings:
+        held_out.findings.append(Finding("error", "empty_file", 0, "", "the file holds no examples"))
+    for finding in held_out.findings:  # OpenAI's 10-example minimum is for training files only
+        if finding.severity == "error":
+            finding.file = str(validation)
+            report.findings.append(finding)
+    training_prompts = {prompt for _, prompt in training.prompts}
+    for line, prompt in held_out.prompts:
+        if prompt in training_prompts:
+            report.findings.append(Finding("warning", "validation_overlap", line, "messages",
+                                           f"{validation}:{line} has the same prompt as a training example "
+                                           "(leakage: validation scores would be optimistic)", str(validation)))
+
+
+def _scan_file(path: Path, counter, limit, progress) -> _Scan:
+    """Scan a file, in one process per core when it is big enough to be worth it."""
+    size = path.stat().st_size
+    workers = min(os.cpu_count() or 1, 8) if size >= PARALLEL_FROM_BYTES else 1
+    if workers == 1:
+        return _scan_range(path, 0, None, 1, counter, limit, progress)
+    ranges = _line_aligned_ranges(path, workers)
+    import multiprocessing
+
+    # Forked workers inherit the loaded tokenizer and the shared progress counter through this global,
+    # rather than having them pickled.
+    context = multiprocessing.get_context("fork")
+    global _worker_state
+    _worker_state = (counter, limit, context.Value("q", 0))
+    with context.Pool(len(ranges)) as pool:
+        pending = pool.starmap_async(_scan_range_in_worker, [(path, *r) for r in ranges], chunksize=1)
+        while not pending.ready():
+            pending.wait(0.2)
+            if progress:
+                progress(_worker_state[2].value)
+        parts = pending.get()
+    _worker_state = None
+    return _merge(parts)
+
+
+_worker_state = None  # (token counter, limit, bytes read by all workers) while a parallel scan runs
+
+
+def _scan_range_in_worker(path, start, end, first_line) -> _Scan:
+    counter, limit, bytes_read = _worker_state
+    reported = 0
+
+    def report_bytes(count: int) -> None:  # count: bytes of this range read so far
+        nonlocal reported
+        with bytes_read.get_lock():
+            bytes_read.value += count - reported
+        reported = count
+
+    return _scan_range(path, start, end, first_line, counter, limit, report_bytes)
+
+
+def _line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int | None, int]]:
+    """(start byte, end byte, first line number) for `parts` pieces of the file, cut at line ends."""
+    size = path.stat().st_size
+    cuts = [0]
+    with path.open("rb") as handle:
+        for index in range(1, parts):
+            handle.seek(max(cuts[-1], size * index // parts))
+            handle.readline()  # move to the start of the next line
+            cuts.append(handle.tell())
+        cuts.append(size)
+        first_lines, lines_so_far = [], 1
+        for start, end in zip(cuts, cuts[1:]):
+            first_lines.append(lines_so_far)
+            handle.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                block = handle.read(min(remaining, 1 << 24))
+                lines_so_far += block.count(b"\n")
+                remaining -= len(block)
+    return [(start, end, first) for start, end, first in zip(cuts, cuts[1:], first_lines) if end > start]
+
+
+def _merge(parts: list[_Scan]) -> _Scan:
+    """Join the scans of consecutive pieces, finding the duplicates that span pieces."""
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.findings += part.findings
+        merged.examples += part.examples
+        merged.counts += part.counts
+        for name in ("reply_lengths", "token_totals", "token_trained"):
+            getattr(merged, name).extend(getattr(part, name))
+        merged.prompts += part.prompts
+        duplicates = set()
+        for whole, line in part.first_line_of.items():
+            if whole in merged.first_line_of:
+                merged.findings.append(_duplicate(line, merged.first_line_of[whole]))
+                duplicates.add(line)
+            else:
+                merged.first_line_of[whole] = line
+        for near, line in part.first_line_of_near.items():
+            if near in merged.first_line_of_near and line not in duplicates:
+                merged.findings.append(_near_duplicate(line, merged.first_line_of_near[near]))
+            merged.first_line_of_near.setdefault(near, line)
+        for prompt, (reply, line) in part.first_answer.items():
+            earlier = merged.first_answer.setdefault(prompt, (reply, line))
+            if earlier[0] != reply:
+                merged.findings.append(_conflict(line, earlier[1]))
+    return merged
+
+
+def _scan_range(path: Path, start: int, end: int | None, first_line: int, counter, limit, progress) -> _Scan:
+    """One pass over a byte range of a file: findings and what the statistics need."""
+    scan = _Scan()
+    add = scan.findings.append
+    pending: list[tuple[int, list[dict]]] = []
+    for line, position, raw in _raw_lines(path, start, end, first_line):
+        record, unreadable = _parse(raw)
         if unreadable:
             add(Finding("error", unreadable[0], line, "", unreadable[1]))
             continue
-        report.examples += 1
+        scan.examples += 1
         errors = example_errors(record)
         for code, where, message in errors:
             add(Finding("error", code, line, where, message))
@@ -189,56 +371,94 @@ def _scan(path: Path) -> ValidationReport:
             continue
         messages = record["messages"]
         roles = Counter(m.get("role") for m in messages)
-        counts["multi_turn"] += roles["assistant"] > 1
-        counts["missing_system"] += roles["system"] == 0
-        counts["missing_user"] += roles["user"] == 0
+        scan.counts["multi_turn"] += roles["assistant"] > 1
+        scan.counts["missing_system"] += roles["system"] == 0
+        scan.counts["missing_user"] += roles["user"] == 0
         for index, message in enumerate(messages):
             if message.get("role") != "assistant" or not isinstance(message.get("content"), str):
                 continue
             length = len(message["content"])
-            reply_lengths.append(length)
+            scan.reply_lengths.append(length)
             if length < REPLY_MIN_CHARS or length > REPLY_MAX_CHARS:
                 code = "reply_too_short" if length < REPLY_MIN_CHARS else "reply_too_long"
                 add(Finding("warning", code, line, f"messages[{index}].content",
                             f"assistant reply of {length} characters; the seeds' quality bounds are "
                             f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS}"))
-        conversation = _fingerprint(json.dumps(messages, sort_keys=True))
-        if conversation in seen_conversations:
-            add(Finding("warning", "duplicate_example", line, "messages",
-                        f"same conversation as line {seen_conversations[conversation]}"))
-        else:
-            seen_conversations[conversation] = line
-        prompt, reply = (_fingerprint(t) for t in _prompt_and_reply_text(messages))
-        prompts[line] = prompt
-        others = {r: l for r, l in answers_by_prompt[prompt].items() if r != reply}
-        if others:
-            add(Finding("warning", "conflicting_answers", line, "messages",
-                        f"same prompt as line {min(others.values())} with a different answer"))
-        answers_by_prompt[prompt].setdefault(reply, line)
-    if report.examples == 0 and not report.findings:
+        whole, near, prompt, reply = fingerprints(messages)
+        if whole in scan.first_line_of:
+            add(_duplicate(line, scan.first_line_of[whole]))
+        elif near in scan.first_line_of_near:
+            add(_near_duplicate(line, scan.first_line_of_near[near]))
+        scan.first_line_of.setdefault(whole, line)
+        scan.first_line_of_near.setdefault(near, line)
+        earlier_reply, earlier_line = scan.first_answer.setdefault(prompt, (reply, line))
+        if earlier_reply != reply:
+            add(_conflict(line, earlier_line))
+        scan.prompts.append((line, prompt))
+        if counter:
+            pending.append((line, messages))
+            if len(pending) >= BATCH:
+                _count_tokens(pending, counter, limit, scan)
+                pending = []
+                if progress:
+                    progress(position - start)
+    if counter:
+        _count_tokens(pending, counter, limit, scan)
+    if progress and scan.examples:
+        progress(position - start)
+    return scan
+
+
+def _duplicate(line: int, first: int) -> Finding:
+    return Finding("warning", "duplicate_example", line, "messages", f"same conversation as line {first}")
+
+
+def _near_duplicate(line: int, first: int) -> Finding:
+    return Finding("warning", "near_duplicate_example", line, "messages",
+                   f"same conversation as line {first} apart from punctuation, digits or spacing")
+
+
+def _conflict(line: int, first: int) -> Finding:
+    return Finding("warning", "conflicting_answers", line, "messages",
+                   f"same prompt as line {first} with a different answer")
+
+
+def _count_tokens(pending: list[tuple[int, list[dict]]], counter, limit: int | None, scan: _Scan) -> None:
+    """Token counts for a batch of examples, with a warning for each one the limit would cut."""
+    if not pending:
+        return
+    for (line, _), count in zip(pending, counter.count_batch([messages for _, messages in pending])):
+        scan.token_totals.append(count.total)
+        scan.token_trained.append(count.trained)
+        if limit and count.total > limit:
+            scan.findings.append(Finding(
+                "warning", "example_too_long", line, "messages",
+                f"{count.total} tokens; over the limit of {limit}, so training cuts the last "
+                f"{count.total - limit} — the end of the conversation, replies included. Shorten it "
+                "or raise --max-tokens"))
+
+
+def _file_level_findings(scan: _Scan) -> None:
+    add = scan.findings.append
+    if scan.examples == 0 and not scan.findings:
         add(Finding("error", "empty_file", 0, "", "the file holds no examples"))
-    elif 0 < report.examples < OPENAI_MIN_EXAMPLES:
-        add(Finding("error", "too_few_examples", 0, "", f"{report.examples} examples; OpenAI requires at least "
+    elif 0 < scan.examples < OPENAI_MIN_EXAMPLES:
+        add(Finding("error", "too_few_examples", 0, "", f"{scan.examples} examples; OpenAI requires at least "
                     f"{OPENAI_MIN_EXAMPLES}"))
-    elif report.examples < SIGNAL_MIN_EXAMPLES:
-        add(Finding("warning", "few_examples", 0, "", f"{report.examples} examples: below {SIGNAL_MIN_EXAMPLES} there "
+    elif scan.examples < SIGNAL_MIN_EXAMPLES:
+        add(Finding("warning", "few_examples", 0, "", f"{scan.examples} examples: below {SIGNAL_MIN_EXAMPLES} there "
                     "is not enough signal; 100–500 good ones is the usual recommendation"))
     for key, code, what in (("missing_system", "missing_system_message", "system"),
                             ("missing_user", "missing_user_message", "user")):
-        if counts[key]:
-            add(Finding("warning", code, 0, "", f"{counts[key]} example(s) have no {what} message"))
-    report.stats = {
-        "examples": report.examples,
-        "multi_turn": counts["multi_turn"],
-        "assistant_reply_chars": _distribution(reply_lengths),
-        "_prompts": prompts,
-    }
-    return report
+        if scan.counts[key]:
+            add(Finding("warning", code, 0, "", f"{scan.counts[key]} example(s) have no {what} message"))
 
 
-def _distribution(values: list[int]) -> dict:
+def distribution(values) -> dict:
+    """min, mean, median, p90, p95, max and count of a list of numbers."""
     if not values:
         return {}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "max": ordered[-1], "count": len(ordered)}
+    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 1), "p50": pick(0.5),
+            "p90": pick(0.9), "p95": pick(0.95), "max": ordered[-1], "count": len(ordered)}

@@ -73,17 +73,24 @@ def render_conversation(tokenizer, messages: list[dict], max_length: int | None 
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     labels = [IGNORE_INDEX] * len(input_ids)
-    span_index = 0
-    for position, (start, end) in enumerate(encoding["offset_mapping"]):
+    for position in trained_positions(encoding["offset_mapping"], spans):
+        labels[position] = input_ids[position]
+    if max_length is not None:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return RenderedExample(input_ids, labels)
+
+
+def trained_positions(offsets, spans: list[tuple[int, int]]) -> list[int]:
+    """Indexes of the tokens that carry loss: those starting inside a trained character span."""
+    positions, span_index = [], 0
+    for position, (start, end) in enumerate(offsets):
         while span_index < len(spans) and start >= spans[span_index][1]:
             span_index += 1
         if span_index == len(spans):
             break
         if end > start and start >= spans[span_index][0]:
-            labels[position] = input_ids[position]
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return RenderedExample(input_ids, labels)
+            positions.append(position)
+    return positions
 
 
 def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
