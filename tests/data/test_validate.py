@@ -43,16 +43,18 @@ BAD_LINES = {
 }
 
 
-def validate(*args):
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", *map(str, args), "--json"],
-                          capture_output=True, timeout=120)
+def validate(*args, model="none"):
+    """The real command; token counting is off unless a model is given (these tests are about the rules)."""
+    return subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", *map(str, args), "--json",
+                           "--model", str(model)], capture_output=True, timeout=300)
 
 
 def write_file(path, bad_line):
     good = json.dumps(GOOD).encode()
     lines = [good, good.replace(b"order", b"parcel"), good.replace(b"brief", b"kind")]
     lines.append(bad_line if isinstance(bad_line, bytes) else bad_line.encode())
-    lines += [good.replace(b"Where", f"Where ({n})".encode()) for n in range(10)]
+    fillers = ["today", "again", "please", "now", "kindly", "exactly", "still", "then", "anyway", "though"]
+    lines += [good.replace(b"Where", f"Where, {word},".encode()) for word in fillers]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
 
@@ -85,8 +87,8 @@ def test_clean_file_passes_and_warnings_do_not_fail_unless_strict(tmp_path):
     assert report["examples"] == 14
     codes = {f["code"] for f in report["findings"]}
     assert codes == {"few_examples"}  # 14 < 50: a warning, not an error
-    strict = subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", str(path), "--strict"],
-                            capture_output=True, timeout=120)
+    strict = subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", str(path), "--strict",
+                             "--model", "none"], capture_output=True, timeout=120)
     assert strict.returncode == 1
 
 
@@ -111,3 +113,68 @@ def test_overlap_with_validation_file_is_reported(tmp_path):
     validation.write_text(json.dumps(GOOD) + "\n")
     findings = json.loads(validate(training, "--validation", validation).stdout)["findings"]
     assert any(f["code"] == "validation_overlap" and f"{validation}:1" in f["message"] for f in findings)
+
+
+def test_near_duplicates_are_told_apart_from_exact_ones(tmp_path):
+    near = json.dumps(GOOD).replace("Where is my order?", "where is my ORDER")  # case and punctuation only
+    path = write_file(tmp_path / "near.jsonl", near)
+    with path.open("a") as handle:
+        handle.write(json.dumps(GOOD) + "\n")
+    where = {(f["code"], f["line"]) for f in json.loads(validate(path).stdout)["findings"]}
+    assert ("near_duplicate_example", 4) in where
+    assert ("duplicate_example", 15) in where
+    assert ("near_duplicate_example", 15) not in where  # an exact duplicate is reported once, as exact
+
+
+def test_parallel_scan_finds_what_a_single_pass_finds(tmp_path, monkeypatch, support_conversations):
+    """Big files are scanned by one process per core; duplicates across the cut must still be found."""
+    from tunelab.data import validate as validate_module
+
+    conversations = support_conversations * 2  # every conversation twice, the copies in the second half
+    conversations.insert(5, {"messages": [{"role": "user", "content": "hi"}]})  # an error in the first half
+    path = tmp_path / "doubled.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    single = validate_module.validate_file(path)
+    monkeypatch.setattr(validate_module, "PARALLEL_FROM_BYTES", 1)
+    monkeypatch.setattr(validate_module.os, "cpu_count", lambda: 2)
+    parallel = validate_module.validate_file(path)
+    as_set = lambda report: sorted((f.code, f.line, f.message) for f in report.findings)  # noqa: E731
+    assert as_set(parallel) == as_set(single)
+    assert sum(f.code == "duplicate_example" for f in parallel.findings) == len(support_conversations)
+    assert parallel.stats == single.stats
+
+
+def test_token_counts_truncation_and_local_estimate(tmp_path, tiny_model_dir, tiny_tokenizer, support_conversations):
+    from tunelab.data.tokens import Counts
+    from tunelab.train.render import render_conversation
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:60]))
+    reference = []
+    for conversation in support_conversations[:60]:
+        example = render_conversation(tiny_tokenizer, conversation["messages"])
+        reference.append(Counts(len(example.input_ids), example.trained_tokens))
+    limit = sorted(c.total for c in reference)[45]  # about a quarter of the examples are longer
+    result = validate(path, "--max-tokens", limit, model=tiny_model_dir)
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads(result.stdout)
+    tokens = report["stats"]["tokens"]
+    assert (tokens["total"], tokens["trained"]) == (sum(c.total for c in reference), sum(c.trained for c in reference))
+    too_long = [f["line"] for f in report["findings"] if f["code"] == "example_too_long"]
+    assert too_long == [line for line, c in enumerate(reference, start=1) if c.total > limit]
+    assert tokens["tokens_cut"] == sum(c.total - limit for c in reference if c.total > limit)
+    cost = report["cost"]
+    assert cost["backend"] == "local" and cost["n_epochs"] == 3  # OpenAI's rule for 60 examples
+    assert cost["tokens_per_epoch"] == sum(min(c.total, limit) for c in reference)
+
+
+def test_openai_target_cost(tmp_path, support_conversations):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:40]))
+    result = validate(path, "--target", "openai:gpt-4o-mini")
+    report = json.loads(result.stdout)
+    tokens, cost = report["stats"]["tokens"], report["cost"]
+    assert tokens["counted_with"].startswith("o200k_base") and tokens["exact"]
+    assert cost["model"] == "gpt-4o-mini-2024-07-18" and cost["n_epochs"] == 3  # 40 × 3 ≥ 100
+    assert cost["billed_tokens"] == 3 * tokens["total"]
+    assert cost["usd"] == round(3 * tokens["total"] * 3.00 / 1e6, 2)
