@@ -71,6 +71,8 @@ class LocalTokenCounter:
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._bare: dict[str, tuple[int, ...]] = {}
         self._spaced: dict[str, tuple[int, ...]] = {}
+        self._pieces: dict[str, tuple[int, ...]] = {}  # chunks cut at template markers, see _cache_chunks
+        self._markers = _template_markers(tokenizer) if self._use_chunks else None
 
     def count_batch(self, conversations: list[list[dict]]) -> list[Counts]:
         rendered = [self._render(messages) for messages in conversations]
@@ -132,22 +134,54 @@ class LocalTokenCounter:
         return Counts(total, sum(tokens_starting_before(end) - tokens_starting_before(start) for start, end in spans))
 
     def _cache_chunks(self, split) -> bool:
-        """Tokenize the chunks not seen before; False (and the chunk path off) if a token has no width."""
+        """Tokenize the chunks not seen before; False (and the chunk path off) if a token has no width.
+
+        A chunk where a template marker meets a word (`word<end_of_turn>\n<start_of_turn>model\nWord`) is
+        almost always new, so such chunks are cut at the markers — the tokenizer cuts there too, since
+        added tokens are matched before anything else — and built from cached pieces.
+        """
         missing_bare = {first for first, _, _ in split}.difference(self._bare)
         missing_spaced = set(chain.from_iterable(rest for _, rest, _ in split)).difference(self._spaced)
         if len(self._bare) + len(self._spaced) + len(missing_bare) + len(missing_spaced) > _CHUNK_CACHE_LIMIT:
             self._bare.clear()
             self._spaced.clear()
+            self._pieces.clear()
             return self._cache_chunks(split)
-        for cache, keys, prefix in ((self._bare, list(missing_bare), ""), (self._spaced, list(missing_spaced), " ")):
-            encodings = self._backend.encode_batch([prefix + key for key in keys], add_special_tokens=False)
-            for key, encoding in zip(keys, encodings):
-                if any(end <= start for start, end in encoding.offsets):
-                    # render.trained_positions never trains such a token; counting it needs the plain path.
-                    self._use_chunks = False
-                    return False
-                cache[key] = tuple(start for start, _ in encoding.offsets)
+        missing = [(self._bare, key, key) for key in missing_bare] + \
+                  [(self._spaced, key, " " + key) for key in missing_spaced]
+        parts_of = [[part for part in self._markers.split(chunk) if part] if self._markers else [chunk]
+                    for _, _, chunk in missing]
+        new_parts = list(set(chain.from_iterable(parts_of)).difference(self._pieces))
+        for part, encoding in zip(new_parts, self._backend.encode_batch(new_parts, add_special_tokens=False)):
+            if any(end <= start for start, end in encoding.offsets):
+                # render.trained_positions never trains such a token; counting it needs the plain path.
+                self._use_chunks = False
+                return False
+            self._pieces[part] = tuple(start for start, _ in encoding.offsets)
+        for (cache, key, _), parts in zip(missing, parts_of):
+            if len(parts) == 1:
+                cache[key] = self._pieces[parts[0]]
+                continue
+            starts, offset = [], 0
+            for part in parts:
+                starts += [start + offset for start in self._pieces[part]]
+                offset += len(part)
+            cache[key] = tuple(starts)
         return True
+
+
+def _template_markers(tokenizer) -> re.Pattern | None:
+    """The added tokens a chat template writes (turn markers, BOS/EOS), as a splitting pattern.
+
+    Only tokens that take no neighbouring whitespace (no lstrip/rstrip/single_word) and match the raw
+    text (not normalized) qualify: for those, the text on either side is tokenized independently.
+    """
+    template = getattr(tokenizer, "chat_template", None) or ""
+    wanted = {tokenizer.bos_token, tokenizer.eos_token}
+    markers = [token.content for token in tokenizer.added_tokens_decoder.values()
+               if (token.content in template or token.content in wanted) and len(token.content) > 1
+               and not (token.lstrip or token.rstrip or token.single_word or token.normalized)]
+    return re.compile("(" + "|".join(map(re.escape, sorted(markers, key=len, reverse=True))) + ")") if markers else None
 
 
 def _chunk_keys(text: str) -> tuple[str, list[str], bool]:

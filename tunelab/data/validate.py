@@ -193,10 +193,13 @@ class _Scan:
     reply_lengths: array = field(default_factory=lambda: array("I"))
     token_totals: array = field(default_factory=lambda: array("I"))
     token_trained: array = field(default_factory=lambda: array("I"))
-    first_line_of: dict = field(default_factory=dict)  # conversation hash → first line
-    first_line_of_near: dict = field(default_factory=dict)
-    first_answer: dict = field(default_factory=dict)  # prompt hash → (reply hash, line)
-    prompts: list = field(default_factory=list)  # (line, prompt hash), for the leakage check
+    # Per valid example, in file order: its line and the hashes of `fingerprints` (12–40 bytes in all,
+    # so memory grows by a few percent of the file, not with it). Duplicates are found from these at the end.
+    lines: array = field(default_factory=lambda: array("I"))
+    whole: array = field(default_factory=lambda: array("q"))
+    near: array = field(default_factory=lambda: array("q"))
+    prompt: array = field(default_factory=lambda: array("q"))
+    reply: array = field(default_factory=lambda: array("q"))
 
 
 PARALLEL_FROM_BYTES = 8_000_000  # smaller files are scanned in one process: forking costs more than it saves
@@ -217,12 +220,13 @@ def validate_file(path: str | Path, validation: str | Path | None = None, counte
         report.findings.append(Finding("error", "empty_file", 0, "", "no such file"))
         return report
     scan = _scan_file(path, counter, limit, progress)
+    _duplicate_findings(scan)
     _file_level_findings(scan)
     scan.findings.sort(key=lambda finding: finding.line)
     report.examples, report.findings = scan.examples, scan.findings
     report.stats = {
         "examples": scan.examples,
-        "valid_examples": len(scan.prompts),
+        "valid_examples": len(scan.lines),
         "multi_turn": scan.counts["multi_turn"],
         "assistant_reply_chars": distribution(scan.reply_lengths),
     }
@@ -254,8 +258,8 @@ def _check_validation_file(validation: Path, training: _Scan, report: Validation
         if finding.severity == "error":
             finding.file = str(validation)
             report.findings.append(finding)
-    training_prompts = {prompt for _, prompt in training.prompts}
-    for line, prompt in held_out.prompts:
+    training_prompts = set(training.prompt)
+    for line, prompt in zip(held_out.lines, held_out.prompt):
         if prompt in training_prompts:
             report.findings.append(Finding("warning", "validation_overlap", line, "messages",
                                            f"{validation}:{line} has the same prompt as a training example "
@@ -326,31 +330,48 @@ def _line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int | None, 
 
 
 def _merge(parts: list[_Scan]) -> _Scan:
-    """Join the scans of consecutive pieces, finding the duplicates that span pieces."""
+    """Join the scans of consecutive pieces of a file (their per-example arrays stay in file order)."""
     merged = parts[0]
     for part in parts[1:]:
         merged.findings += part.findings
         merged.examples += part.examples
         merged.counts += part.counts
-        for name in ("reply_lengths", "token_totals", "token_trained"):
+        for name in ("reply_lengths", "token_totals", "token_trained", "lines", "whole", "near", "prompt", "reply"):
             getattr(merged, name).extend(getattr(part, name))
-        merged.prompts += part.prompts
-        duplicates = set()
-        for whole, line in part.first_line_of.items():
-            if whole in merged.first_line_of:
-                merged.findings.append(_duplicate(line, merged.first_line_of[whole]))
-                duplicates.add(line)
-            else:
-                merged.first_line_of[whole] = line
-        for near, line in part.first_line_of_near.items():
-            if near in merged.first_line_of_near and line not in duplicates:
-                merged.findings.append(_near_duplicate(line, merged.first_line_of_near[near]))
-            merged.first_line_of_near.setdefault(near, line)
-        for prompt, (reply, line) in part.first_answer.items():
-            earlier = merged.first_answer.setdefault(prompt, (reply, line))
-            if earlier[0] != reply:
-                merged.findings.append(_conflict(line, earlier[1]))
     return merged
+
+
+def _duplicate_findings(scan: _Scan) -> None:
+    """Exact and near duplicates, and prompts answered differently, each pointing at the first occurrence."""
+    import numpy as np
+
+    if not scan.lines:
+        return
+    lines = np.frombuffer(scan.lines, dtype=np.uint32)
+    first_whole, first_near, first_prompt = (_first_with_same_key(np.frombuffer(keys, dtype=np.int64))
+                                             for keys in (scan.whole, scan.near, scan.prompt))
+    replies = np.frombuffer(scan.reply, dtype=np.int64)
+    index = np.arange(len(lines))
+    add = scan.findings.append
+    for i in np.flatnonzero(first_whole != index):
+        add(_duplicate(int(lines[i]), int(lines[first_whole[i]])))
+    for i in np.flatnonzero((first_near != index) & (first_whole == index)):
+        add(_near_duplicate(int(lines[i]), int(lines[first_near[i]])))
+    for i in np.flatnonzero((first_prompt != index) & (replies != replies[first_prompt])):
+        add(_conflict(int(lines[i]), int(lines[first_prompt[i]])))
+
+
+def _first_with_same_key(keys):
+    """For each position, the position of the first element with the same key."""
+    import numpy as np
+
+    order = np.argsort(keys, kind="stable")  # equal keys stay in file order, so a group starts with its first
+    ordered = keys[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]
+    group_first = order[np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))]
+    first = np.empty_like(order)
+    first[order] = group_first
+    return first
 
 
 def _scan_range(path: Path, start: int, end: int | None, first_line: int, counter, limit, progress) -> _Scan:
@@ -384,17 +405,9 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
                 add(Finding("warning", code, line, f"messages[{index}].content",
                             f"assistant reply of {length} characters; the seeds' quality bounds are "
                             f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS}"))
-        whole, near, prompt, reply = fingerprints(messages)
-        if whole in scan.first_line_of:
-            add(_duplicate(line, scan.first_line_of[whole]))
-        elif near in scan.first_line_of_near:
-            add(_near_duplicate(line, scan.first_line_of_near[near]))
-        scan.first_line_of.setdefault(whole, line)
-        scan.first_line_of_near.setdefault(near, line)
-        earlier_reply, earlier_line = scan.first_answer.setdefault(prompt, (reply, line))
-        if earlier_reply != reply:
-            add(_conflict(line, earlier_line))
-        scan.prompts.append((line, prompt))
+        for name, value in zip(("whole", "near", "prompt", "reply"), fingerprints(messages)):
+            getattr(scan, name).append(value)
+        scan.lines.append(line)
         if counter:
             pending.append((line, messages))
             if len(pending) >= BATCH:
