@@ -323,7 +323,7 @@ def _line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int | None, 
             handle.seek(start)
             remaining = end - start
             while remaining > 0:
-                block = handle.read(min(remaining, 1 << 24))
+                block = handle.read(min(remaining, 1 << 20))
                 lines_so_far += block.count(b"\n")
                 remaining -= len(block)
     return [(start, end, first) for start, end, first in zip(cuts, cuts[1:], first_lines) if end > start]
