@@ -46,3 +46,18 @@ def test_a_few_steps_on_the_default_model_then_generate(tmp_path, default_model,
     assert loaded.has_adapter
     reply = generate_replies(loaded, [support_conversations[9]["messages"][:2]], max_new_tokens=8)[0]
     assert reply.text and reply.completion_tokens <= 8
+
+
+def test_token_counts_on_the_default_tokenizer_equal_rendering(default_model, support_conversations):
+    """Gemma's 262k vocabulary qualifies for the chunk cache; its counts must equal the training render."""
+    from tunelab.data.tokens import Counts, LocalTokenCounter, splits_at_word_starts
+
+    tokenizer = load_tokenizer(default_model.path)
+    assert splits_at_word_starts(tokenizer)
+    conversations = [c["messages"] for c in support_conversations] + [
+        [{"role": "user", "content": "two  spaces, <b> </b>, ünïcödé 😀 "}, {"role": "assistant", "content": "Fine."}]]
+    expected = []
+    for messages in conversations:
+        example = render_conversation(tokenizer, messages)
+        expected.append(Counts(len(example.input_ids), example.trained_tokens))
+    assert LocalTokenCounter(tokenizer, "gemma").count_batch(conversations) == expected
