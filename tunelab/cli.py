@@ -199,7 +199,7 @@ def _check_data(file: Path, validation: Optional[Path], model: str, target: Opti
     from tunelab.data.validate import validate_file
 
     try:
-        counter = token_counter(None if model == "none" else model, target) if (target or model != "none") else None
+        counter = None if model == "none" and not target else token_counter(model, target)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
     size = file.stat().st_size if file.is_file() else 0

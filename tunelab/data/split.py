@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.data.chat import read_conversations
-from tunelab.data.validate import fingerprints
+from tunelab.data.validate import conversation_texts, fingerprints
 from tunelab.files import write_text_atomically
 
 
@@ -46,15 +46,14 @@ def split_file(path: str | Path, out_dir: str | Path, test_size: float = 0.2, se
             continue
         seen.add(near)
         unique.append(conversation)
-        groups.setdefault(_prompt_text(conversation["messages"]), []).append(conversation)
+        prompt, _, _ = conversation_texts(conversation["messages"])
+        groups.setdefault(" ".join(prompt.lower().split()), []).append(conversation)
     wanted = _test_count(test_size, len(unique))
     order = list(groups.values())
     random.Random(seed).shuffle(order)
-    test, train = [], []
-    for group in order:
-        (test if len(test) < wanted else train).append(group)
-    test_examples = [c for group in test for c in group]
-    train_examples = [c for group in train for c in group]
+    test_examples, train_examples = [], []
+    for group in order:  # whole groups, until the held-out side has the wanted number of examples
+        (test_examples if len(test_examples) < wanted else train_examples).extend(group)
     if not train_examples or not test_examples:
         raise ValueError(f"{path}: {len(unique)} distinct conversations in {len(groups)} prompt group(s) cannot "
                          f"be split into two non-empty sides at --test-size {test_size}")
@@ -68,12 +67,6 @@ def split_file(path: str | Path, out_dir: str | Path, test_size: float = 0.2, se
         write_text_atomically(target, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in examples))
     return SplitReport(str(targets[0]), str(targets[1]), len(train_examples), len(test_examples),
                        len(conversations) - len(unique), len(groups))
-
-
-def _prompt_text(messages: list[dict]) -> str:
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages[:last])
-    return " ".join(prompt.lower().split())
 
 
 def _test_count(test_size: float, total: int) -> int:

@@ -136,12 +136,9 @@ def _tools_errors(tools) -> list[tuple[str, str, str]]:
     return errors
 
 
-def read_jsonl_lines(path: Path, start: int = 0, end: int | None = None, first_line: int = 1):
-    """Yield (line number, record, None) per non-blank line, or (line, None, (code, message)) if it won't parse.
-
-    `start`/`end` select a byte range that begins at a line start (`first_line` is its line number).
-    """
-    for line, _, raw in _raw_lines(path, start, end, first_line):
+def read_jsonl_lines(path: Path):
+    """Yield (line number, record, None) per non-blank line, or (line, None, (code, message)) if it won't parse."""
+    for line, _, raw in _raw_lines(path, 0, None, 1):
         yield line, *_parse(raw)
 
 
@@ -171,13 +168,17 @@ def _parse(raw: bytes) -> tuple[object, tuple[str, str] | None]:
 _IGNORED_FOR_NEAR = str.maketrans("", "", "".join(chr(c) for c in range(128) if not chr(c).isalpha()))
 
 
+def conversation_texts(messages: list[dict]) -> tuple[str, str, str]:
+    """The prompt (everything before the last assistant message), that reply, and what follows, as text."""
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+    as_text = lambda part: "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in part)  # noqa: E731
+    return as_text(messages[:last]), str(messages[last].get("content") or ""), as_text(messages[last + 1:])
+
+
 def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:
     """Hashes of the conversation (case ignored), of it with punctuation, digits and spacing also ignored
     (near-duplicates), of its prompt, and of its last reply (both compared as near-duplicates are)."""
-    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-    prompt = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages[:last]).lower()
-    reply = str(messages[last].get("content") or "").lower()
-    later = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages[last + 1:]).lower()
+    prompt, reply, later = (text.lower() for text in conversation_texts(messages))
     whole = f"{prompt}\n{reply}\n{later}"
     return (hash(whole), hash(whole.translate(_IGNORED_FOR_NEAR)), hash(prompt.translate(_IGNORED_FOR_NEAR)),
             hash(reply.translate(_IGNORED_FOR_NEAR)))
@@ -279,15 +280,18 @@ def _scan_file(path: Path, counter, limit, progress) -> _Scan:
     # rather than having them pickled.
     context = multiprocessing.get_context("fork")
     global _worker_state
-    _worker_state = (counter, limit, context.Value("q", 0))
-    with context.Pool(len(ranges)) as pool:
-        pending = pool.starmap_async(_scan_range_in_worker, [(path, *r) for r in ranges], chunksize=1)
-        while not pending.ready():
-            pending.wait(0.2)
-            if progress:
-                progress(_worker_state[2].value)
-        parts = pending.get()
-    _worker_state = None
+    bytes_read = context.Value("q", 0)
+    _worker_state = (counter, limit, bytes_read)
+    try:
+        with context.Pool(len(ranges)) as pool:
+            pending = pool.starmap_async(_scan_range_in_worker, [(path, *r) for r in ranges], chunksize=1)
+            while not pending.ready():
+                pending.wait(0.2)
+                if progress:
+                    progress(bytes_read.value)
+            parts = pending.get()
+    finally:
+        _worker_state = None
     return _merge(parts)
 
 
