@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["train", "eval", "chat", "demo", "data"]
+COMMANDS = ["train", "eval", "chat", "demo", "data", "presets"]
 
 
 def tunelab(*args):
@@ -19,7 +19,7 @@ def test_top_level_help_lists_every_command():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", COMMANDS + ["data validate"])
+@pytest.mark.parametrize("command", COMMANDS + ["data validate", "data render", "presets copy"])
 def test_every_command_has_help(command):
     result = tunelab(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
@@ -38,3 +38,31 @@ def test_train_with_bad_data_exits_1_naming_the_line(tmp_path):
 def test_train_without_data_says_so():
     result = tunelab("train")
     assert result.returncode == 1 and "--data is required" in result.stderr
+
+
+def test_presets_list_and_copy(tmp_path):
+    listed = tunelab("presets", "list")
+    assert listed.returncode == 0 and "qwen2.5-0.5b" in listed.stderr and "llama-3.1-8b-qlora" in listed.stderr
+    target = tmp_path / "mine.yaml"
+    copied = tunelab("presets", "copy", "qwen2.5-0.5b", str(target))
+    assert copied.returncode == 0 and "Qwen/Qwen2.5-0.5B-Instruct" in target.read_text()
+    again = tunelab("presets", "copy", "qwen2.5-0.5b", str(target))
+    assert again.returncode == 1 and "--force" in again.stderr
+    unknown = tunelab("presets", "copy", "gpt-5", str(tmp_path / "x.yaml"))
+    assert unknown.returncode == 1 and "no preset named 'gpt-5'" in unknown.stderr
+
+
+def test_data_render_marks_exactly_the_assistant_replies(tmp_path, tiny_model_dir):
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, '
+                    '{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}, '
+                    '{"role": "assistant", "content": "Goodbye.", "weight": 0}]}\n')
+    result = tunelab("data", "render", str(data), "--model", str(tiny_model_dir), "--plain")
+    assert result.returncode == 0, result.stderr
+    header, body = result.stdout.split("\n", 1)
+    assert header.startswith(f"--- {data}:1 ·") and "trained" in header
+    # The first reply and its end-of-turn marker are trained; the weight-0 reply is context only.
+    assert "⟦Hello!<end_of_turn>\n⟧" in body and "⟦" not in body.split("⟧", 1)[1]
+    assert "Goodbye." in body
+    missing = tunelab("data", "render", str(data), "--model", str(tiny_model_dir), "--line", "7")
+    assert missing.returncode == 1 and f"{data}:7: no conversation on that line" in missing.stderr

@@ -8,6 +8,8 @@
     tunelab data validate train.jsonl --validation valid.jsonl [--target openai:gpt-4o-mini]
     tunelab data stats train.jsonl
     tunelab data split all.jsonl --test-size 0.2 --out-dir data/
+    tunelab data render train.jsonl --limit 2
+    tunelab presets list
 """
 
 from __future__ import annotations
@@ -66,37 +68,65 @@ def train(
     model: Optional[str] = typer.Option(None, "--model", help="'default' (Gemma 3 270M), a model directory, a .gguf file, or a hub id."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<job id>)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with these same settings; flags override it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a bundled preset (`tunelab presets list`); --config and flags override it."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last complete checkpoint."),
+    method: Optional[str] = typer.Option(None, "--method", help="lora (default), dora, full, or qlora (4-bit, CUDA only)."),
     n_epochs: Optional[str] = typer.Option(None, "--n-epochs", help="Epochs, or 'auto' (OpenAI's rule: 3, adjusted for dataset size)."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Examples per step, or 'auto'."),
-    learning_rate_multiplier: Optional[str] = typer.Option(None, "--learning-rate-multiplier", help="Multiplies the LoRA base rate 2e-4, or 'auto' (1)."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Examples per optimizer step, or 'auto'."),
+    micro_batch_size: Optional[str] = typer.Option(None, "--micro-batch-size", help="Examples per forward pass (gradients accumulate up to --batch-size), or 'auto'."),
+    learning_rate_multiplier: Optional[str] = typer.Option(None, "--learning-rate-multiplier", help="Multiplies the base rate (2e-4 for LoRA, 2e-5 for full), or 'auto' (1)."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)."),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 32)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate examples to this many tokens (default 1024)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass to save memory."),
+    kernels: Optional[str] = typer.Option(None, "--kernels", help="auto, none, liger or unsloth (the last two on CUDA only)."),
+    validation_split: Optional[float] = typer.Option(None, "--validation-split", help="With no --validation, hold out this fraction of the data for validation."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Validate every N steps (default: four times per run, and at the end)."),
+    early_stopping_patience: Optional[int] = typer.Option(None, "--early-stopping-patience", help="Stop after N validations without improvement, keeping the best weights."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N steps (always at each epoch's end)."),
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to the fine-tuned model's name."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 42)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the finished job as JSON on stdout."),
 ) -> None:
-    """Fine-tune a model with LoRA on chat data; writes a self-contained run directory."""
+    """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory."""
     from tunelab.config import TrainConfig
     from tunelab.data.chat import DataError
+    from tunelab.train.local import RunExists
     from tunelab.train.local import train as run_training
+    from tunelab.train.methods import MethodUnavailable
+    from tunelab.train.render import TemplateMismatch
 
     flags = dict(data=data and str(data), validation=validation and str(validation), model=model,
-                 out=out and str(out), n_epochs=_int_or_auto(n_epochs), batch_size=_int_or_auto(batch_size),
+                 out=out and str(out), method=method, n_epochs=_int_or_auto(n_epochs),
+                 batch_size=_int_or_auto(batch_size), micro_batch_size=_int_or_auto(micro_batch_size),
                  learning_rate_multiplier=_float_or_auto(learning_rate_multiplier), lora_r=lora_r,
-                 lora_alpha=lora_alpha, max_length=max_length, suffix=suffix, seed=seed)
+                 lora_alpha=lora_alpha, max_length=max_length, gradient_checkpointing=gradient_checkpointing,
+                 kernels=kernels, validation_split=validation_split, eval_every=eval_every,
+                 early_stopping_patience=early_stopping_patience, checkpoint_every=checkpoint_every,
+                 suffix=suffix, seed=seed)
+    if resume:
+        # A resumed run keeps its own settings; only how it is shown may change.
+        changed = [name for name, value in flags.items() if value is not None]
+        if changed or config or preset:
+            _fail(f"--resume continues {resume} with the settings in its config.yaml; drop "
+                  + ", ".join(f"--{name.replace('_', '-')}" for name in changed + (["config"] if config else [])
+                              + (["preset"] if preset else [])))
+        config = resume / "config.yaml"
+        if not config.is_file():
+            _fail(f"{resume}: not a tunelab run directory (no config.yaml)")
     try:
-        settings = TrainConfig.from_yaml(config, **flags) if config else TrainConfig(
-            **{k: v for k, v in flags.items() if v is not None})
+        settings = TrainConfig.from_sources(config, preset=preset, **flags)
     except (ValueError, TypeError, OSError) as error:
         _fail(str(error))
     if not settings.data:
-        _fail("--data is required (or a --config that sets `data`)")
+        _fail("--data is required (or a --config or --preset that sets `data`)")
     try:
-        run_dir = run_training(settings, show_progress=not quiet)
-    except DataError as error:
+        run_dir = run_training(settings, show_progress=not quiet, resume=resume is not None)
+    except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError) as error:
         _fail(str(error))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under `accelerate launch`, the first process reports
     if as_json:
         print((run_dir / "job.json").read_text())
     else:
@@ -182,7 +212,7 @@ def chat(
             return
 
 
-data_app = typer.Typer(help="Prepare chat data: convert, validate, stats, split.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare chat data: convert, validate, stats, split, render.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 MODEL_HELP = "Count tokens as this local model will: 'default', a model directory, or a .gguf file."
@@ -383,6 +413,97 @@ def data_split(
     else:
         console.print(f"{report.train}: {report.train_examples} conversations; {report.test}: {report.test_examples}"
                       f" ({report.duplicates_removed} duplicate(s) removed first, {report.prompt_groups} distinct prompts)")
+
+
+@data_app.command("render")
+def data_render(
+    file: Path = typer.Argument(..., help="Chat JSONL to show."),
+    model: str = typer.Option("default", "--model", help="Whose chat template and tokenizer: 'default', a model directory or a run directory."),
+    line: Optional[int] = typer.Option(None, "--line", help="Show the example on this line of FILE."),
+    limit: int = typer.Option(3, "--limit", help="How many examples to show (from the start, or from --line)."),
+    plain: bool = typer.Option(False, "--plain", help="No colour: trained text is wrapped in ⟦ ⟧."),
+) -> None:
+    """Show examples as the model is trained on them: trained tokens green, context dim."""
+    from tunelab.data.chat import DataError, read_numbered_conversations
+    from tunelab.train.render import TemplateMismatch, render_conversation, show_mask
+
+    try:
+        numbered = read_numbered_conversations(file)
+    except DataError as error:
+        _fail(str(error))
+    if line is not None:
+        numbered = [(n, c) for n, c in numbered if n >= line]
+        if not numbered or numbered[0][0] != line:
+            _fail(f"{file}:{line}: no conversation on that line")
+    tokenizer = _tokenizer_for(model)
+    if not plain:
+        console.print("[bold green]trained[/] · [dim]context (no loss)[/]")
+    for number, conversation in numbered[:limit]:
+        try:
+            example = render_conversation(tokenizer, conversation["messages"])
+        except TemplateMismatch as error:
+            _fail(f"{file}:{number}: {error}")
+        header = f"{file}:{number} · {len(example.input_ids)} tokens, {example.trained_tokens} trained"
+        if plain:
+            print(f"--- {header}")
+            print(show_mask(tokenizer, example, plain=True))
+        else:
+            console.rule(escape(header))
+            console.print(show_mask(tokenizer, example), soft_wrap=True, highlight=False)
+
+
+def _tokenizer_for(model: str):
+    """The tokenizer (with chat template) of a model spec or of a run directory."""
+    from tunelab.models.resolve import load_tokenizer, resolve_model
+
+    path = Path(model)
+    if (path / "tokenizer" / "tokenizer_config.json").is_file():
+        return load_tokenizer(str(path / "tokenizer"))
+    try:
+        return load_tokenizer(resolve_model(model).path)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        _fail(str(error))
+
+
+presets_app = typer.Typer(help="Bundled training presets: list them, copy one to edit.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+
+
+@presets_app.command("list")
+def presets_list() -> None:
+    """The bundled presets, with their model and method."""
+    from rich.table import Table
+
+    from tunelab.presets import list_presets
+
+    table = Table("preset", "model", "method", "description", box=None)
+    for preset in list_presets():
+        table.add_row(preset.name, str(preset.settings.get("model", "")), str(preset.settings.get("method", "lora")),
+                      preset.description)
+    console.print(table)
+    console.print("Use one: [bold]tunelab train --preset NAME --data FILE[/], or copy it to edit: "
+                  "[bold]tunelab presets copy NAME FILE[/]")
+
+
+@presets_app.command("copy")
+def presets_copy(
+    name: str = typer.Argument(..., help="Preset name (see `tunelab presets list`)."),
+    destination: Optional[Path] = typer.Argument(None, help="Where to write it (default NAME.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Copy a preset to a YAML file you can edit and pass to `tunelab train --config`."""
+    from tunelab.files import write_text_atomically
+    from tunelab.presets import preset_path
+
+    try:
+        source = preset_path(name)
+    except ValueError as error:
+        _fail(str(error))
+    destination = destination or Path(f"{name}.yaml")
+    if destination.exists() and not force:
+        _fail(f"{destination} already exists; pass --force to replace it")
+    write_text_atomically(destination, source.read_text(encoding="utf-8"))
+    console.print(f"{destination}: copied preset {name}; train with `tunelab train --config {destination} --data FILE`")
 
 
 @app.command()

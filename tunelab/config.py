@@ -13,9 +13,12 @@ import yaml
 
 AUTO = "auto"
 
-# The learning rate that `learning_rate_multiplier` multiplies. 2e-4 is the usual LoRA rate (Unsloth,
-# Axolotl and LLaMA-Factory defaults); full fine-tuning would want ~100x less.
-LORA_BASE_LEARNING_RATE = 2e-4
+# The learning rate that `learning_rate_multiplier` multiplies, per method. 2e-4 is the usual LoRA rate
+# (Unsloth, Axolotl and LLaMA-Factory defaults); full fine-tuning changes every weight and wants ten times
+# less (TRL's SFT default is 2e-5).
+BASE_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+METHODS = tuple(BASE_LEARNING_RATES)
+KERNELS = ("auto", "none", "liger", "unsloth")
 
 
 @dataclass
@@ -32,8 +35,13 @@ class TrainConfig:
     """Run directory (default: runs/<job id>)."""
     suffix: str | None = None
     """Up to 64 characters added to the fine-tuned model's name, as OpenAI's `suffix`."""
+    method: str = "lora"
+    """'lora', 'dora' (weight-decomposed LoRA), 'full' (every weight), or 'qlora' (4-bit base, CUDA only)."""
     n_epochs: int | str = AUTO
     batch_size: int | str = AUTO
+    """Examples per optimizer step (OpenAI's meaning), whatever the micro-batch size."""
+    micro_batch_size: int | str = AUTO
+    """Examples per forward pass (auto: the batch size); smaller ones accumulate gradients, to save memory."""
     learning_rate_multiplier: float | str = AUTO
     lora_r: int = 16
     lora_alpha: int = 32
@@ -42,8 +50,18 @@ class TrainConfig:
     """Comma-separated module names, or 'all-linear'."""
     max_length: int = 1024
     """Longest example in tokens; longer ones are truncated (and the run says how many)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: ~30% slower, much less memory for long examples."""
+    kernels: str = "auto"
+    """'auto' (Liger's fused kernels when installed on CUDA), 'liger', 'unsloth' (CUDA only), or 'none'."""
+    validation_split: float = 0.0
+    """With no validation file, hold out this fraction of the training data (seeded) for validation."""
     eval_every: int = 0
-    """Validate every N steps (0: about eight times in the run, and at the end)."""
+    """Validate every N steps (0: about four times in the run, and at the end)."""
+    early_stopping_patience: int = 0
+    """Stop after this many validations without a lower validation loss, keeping the best weights (0: off)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every N steps (checkpoints are always written at the end of each epoch)."""
     seed: int = 42
 
     def to_dict(self) -> dict:
@@ -51,14 +69,70 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        """Read a YAML run file; unknown keys are an error naming the key and the file."""
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = set(loaded) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        loaded.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**loaded)
+        """Read a YAML run file; flags given as `overrides` win. Errors name the file and the setting."""
+        return cls.from_sources(path, **overrides)
+
+    @classmethod
+    def from_sources(cls, path: str | Path | None = None, preset: str | None = None, **flags) -> "TrainConfig":
+        """Settings from a preset, then a YAML file, then flags, each overriding the one before."""
+        settings: dict = {}
+        if preset:
+            from tunelab.presets import preset_path
+
+            settings.update(_read_settings(preset_path(preset)))
+        if path:
+            settings.update(_read_settings(Path(path)))
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        config = cls(**settings)
+        config.check(source=str(path or (f"preset {preset}" if preset else "flags")))
+        return config
+
+    def check(self, source: str = "settings") -> None:
+        """Raise ValueError naming the setting when a value is of the wrong kind or out of range."""
+        def fail(name, message):
+            raise ValueError(f"{source}: {name}: {message} (got {getattr(self, name)!r})")
+
+        for name in ("lora_r", "lora_alpha", "max_length", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                fail(name, "must be a whole number")
+        for name in ("eval_every", "early_stopping_patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                fail(name, "must be a whole number ≥ 0")
+        for name in ("n_epochs", "batch_size", "micro_batch_size"):
+            value = getattr(self, name)
+            if value != AUTO and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                fail(name, "must be a whole number ≥ 1 or 'auto'")
+        if self.learning_rate_multiplier != AUTO and (
+                not isinstance(self.learning_rate_multiplier, (int, float)) or self.learning_rate_multiplier <= 0):
+            fail("learning_rate_multiplier", "must be a number > 0 or 'auto'")
+        if not isinstance(self.validation_split, (int, float)) or not 0 <= self.validation_split < 1:
+            fail("validation_split", "must be a fraction from 0 up to (not including) 1")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+            fail("lora_dropout", "must be a fraction from 0 up to (not including) 1")
+        if self.method not in METHODS:
+            fail("method", f"must be one of {', '.join(METHODS)}")
+        if self.kernels not in KERNELS:
+            fail("kernels", f"must be one of {', '.join(KERNELS)}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            fail("gradient_checkpointing", "must be true or false")
+        if self.validation and self.validation_split:
+            fail("validation_split", "cannot be used together with a validation file")
+
+
+def _read_settings(path: Path) -> dict:
+    """A YAML mapping of TrainConfig fields; unknown keys are an error naming the key and the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(loaded) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -68,10 +142,16 @@ class ResolvedHyperparameters:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    micro_batch_size: int
+    base_learning_rate: float = BASE_LEARNING_RATES["lora"]
 
     @property
     def learning_rate(self) -> float:
-        return LORA_BASE_LEARNING_RATE * self.learning_rate_multiplier
+        return self.base_learning_rate * self.learning_rate_multiplier
+
+    @property
+    def accumulation_steps(self) -> int:
+        return -(-self.batch_size // self.micro_batch_size)
 
 
 def default_n_epochs(n_examples: int) -> int:
@@ -102,8 +182,11 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> ResolvedHyp
     def pick(value, default):
         return default if value in (None, AUTO) else value
 
+    batch_size = int(pick(config.batch_size, default_batch_size(n_examples)))
     return ResolvedHyperparameters(
         n_epochs=int(pick(config.n_epochs, default_n_epochs(n_examples))),
-        batch_size=int(pick(config.batch_size, default_batch_size(n_examples))),
+        batch_size=batch_size,
         learning_rate_multiplier=float(pick(config.learning_rate_multiplier, 1.0)),
+        micro_batch_size=min(batch_size, int(pick(config.micro_batch_size, batch_size))),
+        base_learning_rate=BASE_LEARNING_RATES[config.method],
     )

@@ -37,10 +37,15 @@ class DataError(ValueError):
 
 def read_conversations(path: str | Path) -> list[dict]:
     """Return every conversation in a chat JSONL file, or raise DataError listing every problem."""
+    return [conversation for _line, conversation in read_numbered_conversations(path)]
+
+
+def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, conversation) for every conversation in a chat JSONL file, or raise DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError([DataProblem(str(path), 0, "file", "no such file")])
-    conversations: list[dict] = []
+    conversations: list[tuple[int, dict]] = []
     problems: list[DataProblem] = []
     for line_number, record, unreadable in read_jsonl_lines(path):
         if unreadable:
@@ -50,7 +55,7 @@ def read_conversations(path: str | Path) -> list[dict]:
         problems += [DataProblem(str(path), line_number, field or "line", f"{message} [{code}]")
                      for code, field, message in found]
         if not found:
-            conversations.append(record)
+            conversations.append((line_number, record))
     if not conversations and not problems:
         problems.append(DataProblem(str(path), 0, "file", "the file holds no conversations"))
     if problems:

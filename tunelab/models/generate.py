@@ -29,10 +29,11 @@ class LoadedModel:
     tokenizer: object
     base_name: str
     fine_tuned_name: str | None  # None when no adapter is loaded
+    fully_fine_tuned: bool = False  # every weight changed: there is no adapter to switch off
 
     @property
     def has_adapter(self) -> bool:
-        return self.fine_tuned_name is not None
+        return self.fine_tuned_name is not None and not self.fully_fine_tuned
 
 
 @dataclass
@@ -47,6 +48,9 @@ def _adapter_state(loaded: LoadedModel, use_adapter: bool):
 
     Merging is done in place and undone for base-model generation, so one copy of the weights serves both.
     """
+    if loaded.fully_fine_tuned and not use_adapter:
+        raise ValueError(f"{loaded.fine_tuned_name} is a full fine-tune: it has no adapter to switch off for a "
+                         f"base-model answer; load the base model ({loaded.base_name}) on its own")
     if not loaded.has_adapter:
         return nullcontext()
     model = loaded.model
@@ -61,8 +65,10 @@ def _adapter_state(loaded: LoadedModel, use_adapter: bool):
 
 
 def is_run_directory(path: str | Path) -> bool:
+    """A finished run: an adapter (LoRA, DoRA, QLoRA) or, for full fine-tuning, a whole model."""
     path = Path(path)
-    return (path / "adapter" / "adapter_config.json").is_file() and (path / "config.yaml").is_file()
+    result = (path / "adapter" / "adapter_config.json").is_file() or (path / "model" / "config.json").is_file()
+    return result and (path / "config.yaml").is_file()
 
 
 def load_for_generation(model_or_run: str) -> LoadedModel:
@@ -74,11 +80,13 @@ def load_for_generation(model_or_run: str) -> LoadedModel:
         config = yaml.safe_load((run / "config.yaml").read_text())
         resolved = resolve_model(config["model"])
         tokenizer = load_tokenizer(str(run / "tokenizer"))
-        model = PeftModel.from_pretrained(load_model(resolved.path), str(run / "adapter"))
+        full = (run / "model" / "config.json").is_file()
+        model = load_model(str(run / "model")) if full else PeftModel.from_pretrained(load_model(resolved.path),
+                                                                                     str(run / "adapter"))
         job_path = run / "job.json"
         job = json.loads(job_path.read_text()) if job_path.is_file() else {}
         name = job.get("fine_tuned_model") or f"ft:{resolved.name}:{run.name}"
-        return LoadedModel(model.eval(), tokenizer, resolved.name, name)
+        return LoadedModel(model.eval(), tokenizer, resolved.name, name, fully_fine_tuned=full)
     resolved = resolve_model(model_or_run)
     return LoadedModel(load_model(resolved.path).eval(), load_tokenizer(resolved.path), resolved.name, None)
 

@@ -1,14 +1,21 @@
 """Local fine-tuning: the whole recipe, readable top to bottom (setup → fit → save).
 
-    tunelab train --data examples/support/train.jsonl --validation examples/support/test.jsonl
+    tunelab train --data train.jsonl --validation valid.jsonl
+    tunelab train --resume runs/ftjob-…            # continue a crashed or cancelled run exactly
+    accelerate launch --multi_gpu --num_processes 2 -m tunelab.cli train --data …   # data-parallel
 
-A plain PyTorch loop rather than transformers.Trainer, because the speed on a CPU comes from three things
-a generic trainer does not do:
-1. Logits only where there is loss. The default model's LM head (262k vocabulary) is most of the compute;
-   we run the decoder body, pick the hidden states whose next token is an assistant token, and multiply
-   only those by the head.
-2. bf16 base weights with fp32 LoRA weights under bf16 autocast, where the CPU has bf16 matrix units.
-3. Length-sorted batches (shuffled as batches), so padding is a few tokens rather than most of the batch.
+A plain PyTorch loop rather than transformers.Trainer, because the speed comes from things a generic
+trainer does not do:
+1. The loss (train/loss.py): logits only at trained tokens, and the LM head, softmax and their gradient
+   fused into one chunked pass that never holds the full logits.
+2. Length-sorted batches (shuffled as batches), so padding is a few tokens rather than most of the batch;
+   a batch too big for memory is split into micro-batches whose gradients add up to the same step.
+3. bf16 base weights with fp32 LoRA weights under bf16 autocast, where the hardware has bf16 units.
+
+Crash safety: a checkpoint (train/checkpoints.py) at the end of every epoch, and every N steps if asked,
+holds the weights, the optimizer, the schedule, the random states and the metrics so far. The data order
+of an epoch depends only on the seed and the epoch number, so a resumed run visits exactly the batches the
+uninterrupted run would have, and ends with the same weights and metrics.
 """
 
 from __future__ import annotations
@@ -16,54 +23,189 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 
 from tunelab.config import TrainConfig, resolve_hyperparameters
 from tunelab.console import console
-from tunelab.data.chat import read_conversations
-from tunelab.models.resolve import load_model, load_tokenizer, resolve_model
-from tunelab.train.record import RunRecorder, fine_tuned_model_name, new_job_id
-from tunelab.train.render import IGNORE_INDEX, RenderedExample, render_conversation
+from tunelab.data.chat import read_conversations, read_numbered_conversations
+from tunelab.files import write_text_atomically
+from tunelab.models.resolve import load_tokenizer, resolve_model
+from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
+from tunelab.train.loss import TrainedTokenLoss
+from tunelab.train.methods import (check_method_available, chosen_kernels, compute_dtype, load_trainable_state,
+                                   trainable_model, trainable_state, training_device)
+from tunelab.train.record import RunRecorder, fine_tuned_model_name, new_job_id, read_job
+from tunelab.train.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_conversation
 
-
-# Examples in the validation sample measured at intervals during training (the whole file at the end).
+# Examples in the validation sample measured at intervals during training (the whole set at the end).
 VALID_SAMPLE_SIZE = 16
 
 
-def train(config: TrainConfig, show_progress: bool = True) -> Path:
-    """Fine-tune with LoRA as `config` says; returns the run directory (self-contained)."""
+class RunExists(FileExistsError):
+    """The run directory already holds a run; resume it or choose another."""
+
+
+@dataclass
+class Cluster:
+    """This process's place among the data-parallel processes (one process: rank 0 of 1)."""
+
+    accelerator: object
+    rank: int
+    world: int
+    device: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (the values unchanged with one process)."""
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def sum_gradients(self, parameters: list[torch.Tensor]) -> None:
+        """Add up the gradients of all processes, in one flat all-reduce."""
+        if self.world == 1:
+            return
+        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([g.reshape(-1) for g in gradients])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for parameter in parameters:
+            parameter.grad = flat[offset:offset + parameter.numel()].view_as(parameter).clone()
+            offset += parameter.numel()
+
+    def broadcast(self, value):
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+
+
+def join_cluster() -> Cluster:
+    """Set up data parallelism when launched by `accelerate launch`/torchrun; one process otherwise."""
+    from accelerate import Accelerator
+
+    device = training_device()
+    accelerator = Accelerator(cpu=device == "cpu")
+    state = accelerator.state
+    return Cluster(accelerator, state.process_index, state.num_processes, str(accelerator.device))
+
+
+def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
+          should_stop: Callable[[int], bool] | None = None) -> Path:
+    """Fine-tune as `config` says; returns the run directory (self-contained).
+
+    `resume=True` continues the run in `config.out` from its last complete checkpoint. `should_stop(step)`
+    is asked after every step; returning True cancels the run cleanly (its checkpoints stay resumable).
+    """
     started = time.time()
-    job_id = new_job_id()
+    check_method_available(config, training_device())
+    cluster = join_cluster()
+    job_id = cluster.broadcast(new_job_id())
     run_dir = Path(config.out or Path("runs") / job_id)
+    if resume:
+        job_id = read_job(run_dir)["id"]
+    elif (run_dir / "job.json").exists():
+        raise RunExists(f"{run_dir} already holds a run; resume it with `tunelab train --resume {run_dir}` "
+                        "or choose another --out")
 
     # --- setup: data, model, adapter -------------------------------------------------------------------
-    train_conversations = read_conversations(config.data)
+    numbered_train = read_numbered_conversations(config.data)
+    train_conversations = [conversation for _line, conversation in numbered_train]
     valid_conversations = read_conversations(config.validation) if config.validation else []
+    if config.validation_split and not valid_conversations:
+        train_conversations, valid_conversations = _hold_out(train_conversations, config.validation_split,
+                                                             config.seed)
     hyper = resolve_hyperparameters(config, len(train_conversations))
     load_started = time.monotonic()
     resolved = resolve_model(config.model)
     tokenizer = load_tokenizer(resolved.path)
-    train_examples = _render_all(tokenizer, train_conversations, config.max_length, config.data)
-    valid_examples = _render_all(tokenizer, valid_conversations, config.max_length, config.validation)
+    check_template_agreement(tokenizer, numbered_train, config.data)
+    train_examples = _render_all(tokenizer, train_conversations, config.max_length, config.data, cluster)
+    valid_examples = _render_all(tokenizer, valid_conversations, config.max_length,
+                                 config.validation or f"{config.data} (held-out slice)", cluster)
 
     torch.manual_seed(config.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    compute_dtype = _best_compute_dtype(device)
-    model = _lora_model(load_model(resolved.path, dtype=compute_dtype), config).to(device)
+    model = trainable_model(resolved, config, cluster.device)
     load_seconds = time.monotonic() - load_started
 
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
     eval_every = config.eval_every or max(1, total_steps // 4)
-    job = {
+    job = read_job(run_dir) if resume else _new_job(job_id, started, resolved.name, config, hyper, total_steps)
+    recorder = RunRecorder(run_dir, job, resume=resume) if cluster.is_main else None
+    if recorder:
+        recorder.set_status("running")
+        recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
+                       data={"model_load_seconds": round(load_seconds, 2)})
+        if not resume:
+            _write_resolved_config(run_dir, config, hyper)
+            tokenizer.save_pretrained(run_dir / "tokenizer")
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        dtype = str(compute_dtype(cluster.device)).removeprefix("torch.")
+        console.print(
+            f"[bold]{job_id}[/] · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
+            f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
+            + f", lr {hyper.learning_rate:.1e} · {config.method}"
+            + (f" r={config.lora_r}" if config.method != "full" else "")
+            + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype}"
+            + (f" × {cluster.world} processes" if cluster.world > 1 else "")
+            + (f" · kernels {chosen_kernels(config, cluster.device)}" if cluster.device.startswith("cuda") else "")
+            + f" · model loaded in {load_seconds:.1f} s"
+        )
+
+    # --- fit -------------------------------------------------------------------------------------------
+    fit = Fit(model, tokenizer, train_examples, valid_examples, hyper, config, total_steps, eval_every,
+              cluster, recorder, run_dir, show_progress, should_stop)
+    try:
+        if resume:
+            fit.restore(latest_checkpoint(run_dir))
+        outcome = fit.run()
+    except BaseException as error:
+        if recorder:
+            status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+            recorder.set_status(status, error={"code": type(error).__name__, "message": str(error), "param": None})
+            recorder.close()
+        raise
+
+    # --- save ------------------------------------------------------------------------------------------
+    if recorder:
+        if outcome == "cancelled":
+            recorder.set_status("cancelled")
+            recorder.close()
+            console.print(f"Cancelled at step {fit.step}; resume with `tunelab train --resume {run_dir}`")
+            return run_dir
+        _save_trained(model, config, run_dir)
+        recorder.plot_loss_curve()
+        recorder.set_status("succeeded", fine_tuned_model=fine_tuned_model_name(resolved.name, config.suffix, job_id),
+                            trained_tokens=fit.tokens_seen)
+        recorder.close()
+        console.print(f"Done in {time.time() - started:.0f} s → {run_dir}")
+    cluster.barrier()
+    return run_dir
+
+
+def _new_job(job_id, started, model_name, config: TrainConfig, hyper, total_steps) -> dict:
+    """A fine_tuning.job object, as OpenAI's API returns it."""
+    return {
         "object": "fine_tuning.job",
         "id": job_id,
         "created_at": int(started),
-        "model": resolved.name,
+        "model": model_name,
         "status": "running",
         "training_file": str(config.data),
         "validation_file": str(config.validation) if config.validation else None,
@@ -81,46 +223,21 @@ def train(config: TrainConfig, show_progress: bool = True) -> Path:
         "finished_at": None,
         "estimated_total_steps": total_steps,
     }
-    recorder = RunRecorder(run_dir, job)
-    recorder.set_status("running")
-    recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s", data={"model_load_seconds": round(load_seconds, 2)})
-    _write_resolved_config(run_dir, config, hyper)
-    tokenizer.save_pretrained(run_dir / "tokenizer")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    console.print(
-        f"[bold]{job_id}[/] · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
-        f"batch {hyper.batch_size}, lr {hyper.learning_rate:.1e} · LoRA r={config.lora_r} "
-        f"({trainable / 1e6:.2f}M trainable) · {device} {str(compute_dtype).removeprefix('torch.')} · "
-        f"model loaded in {load_seconds:.1f} s"
-    )
-
-    # --- fit -------------------------------------------------------------------------------------------
-    try:
-        trained_tokens = _fit(model, tokenizer, train_examples, valid_examples, hyper, total_steps,
-                              eval_every, config.seed, device, recorder, show_progress)
-    except BaseException as error:
-        status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
-        recorder.set_status(status, error={"code": type(error).__name__, "message": str(error), "param": None})
-        recorder.close()
-        raise
-
-    # --- save ------------------------------------------------------------------------------------------
-    _save_adapter(model, run_dir / "adapter")
-    recorder.plot_loss_curve()
-    recorder.set_status(
-        "succeeded",
-        fine_tuned_model=fine_tuned_model_name(resolved.name, config.suffix, job_id),
-        trained_tokens=trained_tokens,
-    )
-    recorder.close()
-    console.print(f"Done in {time.time() - started:.0f} s → {run_dir}")
-    return run_dir
 
 
-def _render_all(tokenizer, conversations, max_length, path) -> list[RenderedExample]:
+def _hold_out(conversations: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded random slice of the training data kept back for validation (at least one example)."""
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:max(1, round(len(order) * fraction))])
+    return ([c for i, c in enumerate(conversations) if i not in held],
+            [c for i, c in enumerate(conversations) if i in held])
+
+
+def _render_all(tokenizer, conversations, max_length, path, cluster: Cluster) -> list[RenderedExample]:
     examples = [render_conversation(tokenizer, c["messages"]) for c in conversations]
     truncated = sum(len(e.input_ids) > max_length for e in examples)
-    if truncated:
+    if truncated and cluster.is_main:
         console.print(f"[yellow]{path}: {truncated} example(s) longer than {max_length} tokens are truncated[/]")
     examples = [RenderedExample(e.input_ids[:max_length], e.labels[:max_length]) for e in examples]
     if examples and all(e.trained_tokens == 0 for e in examples):
@@ -128,45 +245,20 @@ def _render_all(tokenizer, conversations, max_length, path) -> list[RenderedExam
     return examples
 
 
-def _best_compute_dtype(device: str) -> torch.dtype:
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Example indices grouped into batches of similar length, batches in a shuffled order.
 
-
-def _lora_model(model, config: TrainConfig):
-    from peft import LoraConfig, get_peft_model
-
-    targets = config.target_modules if config.target_modules == "all-linear" else config.target_modules.split(",")
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    # autocast_adapter_dtype keeps the LoRA weights in fp32 over bf16 base weights: the updates are tiny
-    # and would round away in bf16.
-    return get_peft_model(model, lora, autocast_adapter_dtype=True)
-
-
-def assistant_token_loss(model, input_ids, attention_mask, labels):
-    """Summed cross-entropy and correct-prediction count over trained tokens, and how many there were.
-
-    Computes logits only at positions whose next token is trained (see the module docstring).
+    The order depends only on (seed, epoch), so a resumed run can recreate any epoch's batches.
     """
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = causal_lm.get_decoder()
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    targets = labels[:, 1:]
-    trained = targets != IGNORE_INDEX
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][trained])
-    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logits = logits.float()
-    wanted = targets[trained]
-    loss_sum = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
-    correct = (logits.argmax(-1) == wanted).sum()
-    return loss_sum, correct, wanted.numel()
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
-def _collate(examples: list[RenderedExample], pad_id: int, device: str):
+def collate(examples: list[RenderedExample], pad_id: int, device: str):
+    """Right-padded input ids, attention mask and labels for a list of examples."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -179,98 +271,219 @@ def _collate(examples: list[RenderedExample], pad_id: int, device: str):
     return input_ids.to(device), attention.to(device), labels.to(device)
 
 
-def length_sorted_batches(examples: list[RenderedExample], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Indices grouped into batches of similar length; the order of batches is shuffled."""
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random()))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
+class Fit:
+    """The training loop and everything it must carry across a checkpoint."""
+
+    def __init__(self, model, tokenizer, train_examples, valid_examples, hyper, config: TrainConfig, total_steps,
+                 eval_every, cluster: Cluster, recorder: RunRecorder | None, run_dir: Path, show_progress: bool,
+                 should_stop):
+        self.model, self.loss = model, TrainedTokenLoss(model)
+        self.train_examples, self.valid_examples = train_examples, valid_examples
+        self.hyper, self.config, self.total_steps, self.eval_every = hyper, config, total_steps, eval_every
+        self.cluster, self.recorder, self.run_dir = cluster, recorder, run_dir
+        self.show_progress, self.should_stop = show_progress, should_stop
+        self.pad_id = tokenizer.pad_token_id
+        self.lengths = [len(e.input_ids) for e in train_examples]
+        self.trained_counts = [e.trained_tokens for e in train_examples]
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=hyper.learning_rate, weight_decay=0.0)
+        warmup = max(1, total_steps // 10)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+        self.autocast = torch.autocast(cluster.device.split(":")[0], dtype=compute_dtype(cluster.device),
+                                       enabled=compute_dtype(cluster.device) != torch.float32)
+        self.valid_sample = random.Random(config.seed).sample(valid_examples,
+                                                              min(len(valid_examples), VALID_SAMPLE_SIZE))
+        # What a checkpoint carries besides weights and optimizer:
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.tokens_seen, self.train_seconds = 0, 0.0
+        self.rows: list[dict] = []
+        self.best = {"valid_loss": None, "step": 0, "evaluations_since": 0}
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def restore(self, checkpoint) -> None:
+        if checkpoint is None:
+            if self.recorder:
+                self.recorder.event("No complete checkpoint to resume from; starting from step 0")
+            return
+        load_trainable_state(self.model, checkpoint.trainable())
+        restore_training_state(checkpoint, self.optimizer, self.schedule)
+        state = checkpoint.state
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.tokens_seen, self.train_seconds = state["tokens_seen"], state["train_seconds"]
+        self.rows, self.best = state["rows"], state["best"]
+        best_file = checkpoint.path / "best.safetensors"
+        if best_file.exists():
+            from safetensors.torch import load_file
+
+            self.best_weights = load_file(best_file)
+        if self.recorder:
+            self.recorder.restore_rows(self.rows)
+            self.recorder.event(f"Resumed from checkpoint at step {self.step}", data={"step": self.step})
+
+    def save_checkpoint(self) -> None:
+        if self.cluster.is_main:
+            state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens_seen": self.tokens_seen,
+                     "train_seconds": self.train_seconds, "rows": self.rows, "best": self.best}
+            path = save_checkpoint(self.run_dir, self.step, trainable_state(self.model), self.optimizer,
+                                   self.schedule, state)
+            if self.best_weights is not None:
+                from safetensors.torch import save_file
+
+                # Written after the rename, so a crash here only loses the best weights of an early-stopping
+                # run, never the checkpoint; written to a temporary name first all the same.
+                temporary = path / ".best.safetensors.tmp"
+                save_file(self.best_weights, temporary)
+                temporary.rename(path / "best.safetensors")
+            self.recorder.event(f"Checkpoint saved at step {self.step}", data={"step": self.step,
+                                                                               "path": str(path)})
+        self.cluster.barrier()
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Train to the end; returns 'finished', 'stopped early' or 'cancelled'."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console,
+            disable=not (self.show_progress and self.cluster.is_main))
+        self.model.train()
+        with progress:
+            task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="—", speed="—")
+            while self.epoch < self.hyper.n_epochs:
+                batches = epoch_batches(self.lengths, self.hyper.batch_size, self.config.seed, self.epoch)
+                for batch in batches[self.batch_in_epoch:]:
+                    step_started = time.monotonic()
+                    train_loss, train_accuracy = self.train_step(batch)
+                    self.train_seconds += time.monotonic() - step_started
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    if self.batch_in_epoch == len(batches):  # the position a checkpoint records: next epoch
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    valid_loss, valid_accuracy = self.maybe_validate()
+                    self.record(train_loss, train_accuracy, valid_loss, valid_accuracy)
+                    progress.update(task, advance=1, loss=f"{train_loss:.3f}",
+                                    speed=f"{self.tokens_seen / max(self.train_seconds, 1e-9):.0f}")
+                    every = self.config.checkpoint_every
+                    if self.batch_in_epoch == 0 or (every and self.step % every == 0):
+                        self.save_checkpoint()
+                    if self.early_stop_due():
+                        self.finish_early()
+                        return "stopped early"
+                    if self.should_stop and self.should_stop(self.step):
+                        return "cancelled"
+        if self.recorder:
+            self.recorder.event(
+                f"Trained {self.tokens_seen} tokens in {self.train_seconds:.0f} s "
+                f"({self.tokens_seen / max(self.train_seconds, 1e-9):.0f} tokens/s)",
+                data={"tokens": self.tokens_seen, "train_seconds": round(self.train_seconds, 3)})
+        return "finished"
+
+    def train_step(self, batch: list[int]) -> tuple[float, float]:
+        """One optimizer step over `batch` (this process's share, in micro-batches); global loss and accuracy."""
+        cluster, hyper = self.cluster, self.hyper
+        # Normalise by the whole batch's trained tokens, across processes and micro-batches, so the step is
+        # the same whatever the split: one mean over every trained token of the batch.
+        batch_trained = sum(self.trained_counts[i] for i in batch)
+        mine = batch[cluster.rank::cluster.world]
+        loss_total, correct_total, tokens = 0.0, 0, 0
+        for start in range(0, len(mine), hyper.micro_batch_size):
+            micro = [self.train_examples[i] for i in mine[start:start + hyper.micro_batch_size]]
+            input_ids, attention, labels = collate(micro, self.pad_id, cluster.device)
+            with self.autocast:
+                loss_sum, correct, _count = self.loss(input_ids, attention, labels)
+            (loss_sum / max(batch_trained, 1)).backward()
+            loss_total += loss_sum.item()
+            correct_total += int(correct)
+            tokens += int(attention.sum())
+        cluster.sum_gradients(self.parameters)
+        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total, correct_total, tokens = cluster.sum([loss_total, correct_total, tokens])
+        self.tokens_seen += int(tokens)
+        return loss_total / max(batch_trained, 1), correct_total / max(batch_trained, 1)
+
+    def maybe_validate(self) -> tuple[float | None, float | None]:
+        if not self.valid_examples:
+            return None, None
+        last = self.step == self.total_steps
+        if not (last or self.step % self.eval_every == 0):
+            return None, None
+        # As OpenAI does: a fixed sample at intervals (cheap), the whole set at the end.
+        subset = self.valid_examples if last else self.valid_sample
+        valid_loss, valid_accuracy = self.evaluate(subset)
+        if self.config.early_stopping_patience:
+            self.track_best(valid_loss)
+        return valid_loss, valid_accuracy
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[RenderedExample]) -> tuple[float, float]:
+        """Mean loss and token accuracy over every trained token of `examples` (shared among processes)."""
+        self.model.eval()
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))[self.cluster.rank::self.cluster.world]
+        loss_total, correct_total, count_total = 0.0, 0, 0
+        for start in range(0, len(order), self.hyper.micro_batch_size):
+            batch = [examples[i] for i in order[start:start + self.hyper.micro_batch_size]]
+            input_ids, attention, labels = collate(batch, self.pad_id, self.cluster.device)
+            with self.autocast:
+                loss_sum, correct, count = self.loss(input_ids, attention, labels)
+            loss_total, correct_total, count_total = loss_total + loss_sum.item(), correct_total + int(correct), count_total + count
+        self.model.train()
+        loss_total, correct_total, count_total = self.cluster.sum([loss_total, correct_total, count_total])
+        return loss_total / max(count_total, 1), correct_total / max(count_total, 1)
+
+    def record(self, train_loss, train_accuracy, valid_loss, valid_accuracy) -> None:
+        row = {"step": self.step, "train_loss": train_loss, "train_accuracy": train_accuracy,
+               "valid_loss": valid_loss, "valid_mean_token_accuracy": valid_accuracy}
+        self.rows.append(row)
+        if not self.recorder:
+            return
+        self.recorder.metrics(self.step, train_loss, train_accuracy, valid_loss, valid_accuracy)
+        if valid_loss is not None:
+            console.log(f"step {self.step}/{self.total_steps}: train loss {train_loss:.3f}, "
+                        f"valid loss {valid_loss:.3f}, valid token accuracy {valid_accuracy:.1%}")
+            self.recorder.plot_loss_curve()
+
+    # --- early stopping --------------------------------------------------------------------------------
+    def track_best(self, valid_loss: float) -> None:
+        if self.best["valid_loss"] is None or valid_loss < self.best["valid_loss"]:
+            self.best = {"valid_loss": valid_loss, "step": self.step, "evaluations_since": 0}
+            self.best_weights = {name: t.detach().clone().cpu() for name, t in trainable_state(self.model).items()}
+        else:
+            self.best["evaluations_since"] += 1
+
+    def early_stop_due(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return bool(patience) and self.best["evaluations_since"] >= patience and self.step < self.total_steps
+
+    def finish_early(self) -> None:
+        """Stop: put back the weights of the best validation, and say so."""
+        load_trainable_state(self.model, self.best_weights)
+        if self.recorder:
+            self.recorder.event(
+                f"Early stopping at step {self.step}: validation loss has not improved for "
+                f"{self.config.early_stopping_patience} evaluations; keeping the weights of step {self.best['step']} "
+                f"(validation loss {self.best['valid_loss']:.4f})", data=dict(self.best, stopped_at=self.step))
 
 
-def _fit(model, tokenizer, train_examples, valid_examples, hyper, total_steps, eval_every, seed, device,
-         recorder: RunRecorder, show_progress: bool) -> int:
-    """The training loop. Returns the number of tokens processed (OpenAI's trained_tokens)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.0)
-    warmup = max(1, total_steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    )
-    rng = random.Random(seed)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=_best_compute_dtype(device) == torch.bfloat16)
-    pad_id = tokenizer.pad_token_id
-    tokens_seen, step, started = 0, 0, time.monotonic()
-    valid_sample = random.Random(seed).sample(valid_examples, min(len(valid_examples), VALID_SAMPLE_SIZE))
-
-    progress = Progress(
-        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console, disable=not show_progress,
-    )
-    with progress:
-        task = progress.add_task("train", total=total_steps, loss="—", speed="—")
-        model.train()
-        for _epoch in range(hyper.n_epochs):
-            for batch in length_sorted_batches(train_examples, hyper.batch_size, rng):
-                input_ids, attention, labels = _collate([train_examples[i] for i in batch], pad_id, device)
-                with autocast:
-                    loss_sum, correct, count = assistant_token_loss(model, input_ids, attention, labels)
-                loss = loss_sum / max(count, 1)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens_seen += int(attention.sum())
-                speed = tokens_seen / (time.monotonic() - started)
-                train_loss, train_accuracy = loss.item(), correct.item() / max(count, 1)
-                valid_loss = valid_accuracy = None
-                if valid_examples and (step % eval_every == 0 or step == total_steps):
-                    # As OpenAI does: a fixed sample at intervals (cheap), the whole file at the end.
-                    subset = valid_examples if step == total_steps else valid_sample
-                    valid_loss, valid_accuracy = evaluate_loss(model, subset, hyper.batch_size, pad_id,
-                                                               device, autocast)
-                    console.log(f"step {step}/{total_steps}: train loss {train_loss:.3f}, "
-                                f"valid loss {valid_loss:.3f}, valid token accuracy {valid_accuracy:.1%}")
-                    recorder.plot_loss_curve()
-                recorder.metrics(step, train_loss, train_accuracy, valid_loss, valid_accuracy)
-                progress.update(task, advance=1, loss=f"{train_loss:.3f}", speed=f"{speed:.0f}")
-    recorder.event(f"Trained {tokens_seen} tokens in {time.monotonic() - started:.0f} s "
-                   f"({tokens_seen / (time.monotonic() - started):.0f} tokens/s)")
-    return tokens_seen
-
-
-@torch.no_grad()
-def evaluate_loss(model, examples, batch_size, pad_id, device, autocast) -> tuple[float, float]:
-    """Mean loss and token accuracy over every trained token of `examples`."""
-    model.eval()
-    loss_total, correct_total, count_total = 0.0, 0, 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        batch = [examples[i] for i in order[start:start + batch_size]]
-        input_ids, attention, labels = _collate(batch, pad_id, device)
-        with autocast:
-            loss_sum, correct, count = assistant_token_loss(model, input_ids, attention, labels)
-        loss_total, correct_total, count_total = loss_total + loss_sum.item(), correct_total + correct.item(), count_total + count
-    model.train()
-    return loss_total / max(count_total, 1), correct_total / max(count_total, 1)
-
-
-def _save_adapter(model, destination: Path) -> None:
-    """Save the PEFT adapter (safetensors) to a temporary directory, then rename it into place."""
+def _save_trained(model, config: TrainConfig, run_dir: Path) -> None:
+    """The result: `adapter/` (PEFT, safetensors) or, for full fine-tuning, `model/` — renamed into place."""
+    destination = run_dir / ("model" if config.method == "full" else "adapter")
     temporary = destination.with_name(f".{destination.name}.tmp")
     model.save_pretrained(temporary, safe_serialization=True)
     if destination.exists():
-        raise FileExistsError(f"{destination} already exists; refusing to overwrite a finished adapter")
+        raise FileExistsError(f"{destination} already exists; refusing to overwrite a finished result")
     temporary.rename(destination)
 
 
 def _write_resolved_config(run_dir: Path, config: TrainConfig, hyper) -> None:
     """config.yaml: the run's settings with `auto` resolved — `tunelab train --config` reproduces the run."""
-    from tunelab.files import write_text_atomically
-
     resolved = replace(config, out=str(run_dir), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
-                       learning_rate_multiplier=hyper.learning_rate_multiplier)
+                       learning_rate_multiplier=hyper.learning_rate_multiplier,
+                       micro_batch_size=hyper.micro_batch_size)
     write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(resolved.to_dict(), sort_keys=False))

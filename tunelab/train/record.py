@@ -30,19 +30,50 @@ def fine_tuned_model_name(base_name: str, suffix: str | None, job_id: str) -> st
     return f"ft:{base_name}:{suffix or 'tunelab'}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-class RunRecorder:
-    """Writes a run directory's job record, events, metrics and loss curve as training goes."""
+def read_job(run_dir: Path) -> dict:
+    """A run's job.json; a clear error when the directory holds no run."""
+    path = Path(run_dir) / "job.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a tunelab run (no job.json)")
+    return json.loads(path.read_text(encoding="utf-8"))
 
-    def __init__(self, run_dir: Path, job: dict):
+
+class RunRecorder:
+    """Writes a run directory's job record, events, metrics and loss curve as training goes.
+
+    With `resume=True` the events are appended to, and metrics.csv is rewritten from the checkpoint's rows
+    (`restore_rows`), dropping any rows the interrupted run wrote after its last checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, job: dict, resume: bool = False):
         self.run_dir = run_dir
         self.job = job
         run_dir.mkdir(parents=True, exist_ok=True)
         self._events = (run_dir / "events.jsonl").open("a", encoding="utf-8")
-        self._metrics_file = (run_dir / "metrics.csv").open("w", newline="", encoding="utf-8")
+        self.rows: list[dict] = []
+        self._open_metrics()
+        if resume:
+            self.job.update(finished_at=None, error=None)
+        self.save_job()
+
+    def _open_metrics(self) -> None:
+        self._metrics_file = (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8")
         self._metrics = csv.writer(self._metrics_file)
         self._metrics.writerow(METRIC_COLUMNS)
-        self.rows: list[dict] = []
-        self.save_job()
+
+    def restore_rows(self, rows: list[dict]) -> None:
+        """Start metrics.csv again from a checkpoint's rows."""
+        self._metrics_file.close()
+        self._open_metrics()
+        self.rows = []
+        for row in rows:
+            self._write_row(row)
+
+    def _write_row(self, row: dict) -> None:
+        self.rows.append(row)
+        self._metrics.writerow(["" if row[c] is None else (f"{row[c]:.6f}" if c != "step" else row[c])
+                                for c in METRIC_COLUMNS])
+        self._metrics_file.flush()
 
     def save_job(self) -> None:
         write_json_atomically(self.run_dir / "job.json", self.job)
@@ -76,10 +107,7 @@ class RunRecorder:
             "valid_loss": valid_loss,
             "valid_mean_token_accuracy": valid_accuracy,
         }
-        self.rows.append(row)
-        self._metrics.writerow(["" if row[c] is None else (f"{row[c]:.6f}" if c != "step" else row[c])
-                                for c in METRIC_COLUMNS])
-        self._metrics_file.flush()
+        self._write_row(row)
         total = self.job.get("estimated_total_steps") or "?"
         message = f"Step {step}/{total}: training loss={train_loss:.4f}"
         if valid_loss is not None:

@@ -99,12 +99,62 @@ def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def show_mask(tokenizer, example: RenderedExample) -> str:
-    """A rich-markup view of a rendered example: trained tokens green, context dim."""
+# Conversations checked before training; the check is about how the template and tokenizer meet at the
+# prompt/reply boundary, which the first thousand examples show as well as all of them.
+TEMPLATE_CHECK_LIMIT = 1000
+
+
+def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, dict]], path,
+                             limit: int = TEMPLATE_CHECK_LIMIT) -> int:
+    """Check that what inference sends is, token for token, what training trained after.
+
+    For every trained assistant turn, the prompt inference renders (the conversation so far with the
+    generation prompt) is tokenized on its own, as `chat`, `eval` and `serve` do, and must equal the first
+    tokens of the training example. Raises TemplateMismatch naming the file, line and message otherwise.
+    Returns the number of turns checked.
+    """
+    checked = 0
+    for line, conversation in numbered_conversations[:limit]:
+        messages = conversation["messages"]
+        try:
+            text, spans = trained_character_spans(tokenizer, messages)
+        except TemplateMismatch as error:
+            raise TemplateMismatch(f"{path}:{line}: {error}") from None
+        training_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
+        for index in assistant_turns:
+            prompt_ids = render_prompt_ids(tokenizer, messages[:index])
+            if training_ids[:len(prompt_ids)] != prompt_ids:
+                at = next((k for k, (a, b) in enumerate(zip(prompt_ids, training_ids)) if a != b),
+                          min(len(prompt_ids), len(training_ids)))
+                shown = lambda ids: repr(tokenizer.decode(ids[max(0, at - 3):at + 3]))  # noqa: E731
+                raise TemplateMismatch(
+                    f"{path}:{line}: messages[{index}]: the prompt sent at inference tokenizes differently from the "
+                    f"same text inside the training example (from token {at}: inference {shown(prompt_ids)}, "
+                    f"training {shown(training_ids)}), so the model would be trained after tokens it never sees "
+                    "when answering. Usually a reply starting with whitespace or punctuation that merges with the "
+                    "template's header; strip it, or use a template that ends its header with a special token.")
+            checked += 1
+    return checked
+
+
+def show_mask(tokenizer, example: RenderedExample, plain: bool = False) -> str:
+    """A view of which tokens are trained: rich markup (trained green, context dim), or with `plain`,
+    trained runs wrapped in ⟦ ⟧ for terminals without colour and for tools."""
     from rich.markup import escape
 
-    pieces = []
+    runs: list[tuple[bool, list[int]]] = []
     for token_id, label in zip(example.input_ids, example.labels):
-        piece = escape(tokenizer.decode([token_id]))
-        pieces.append(f"[bold green]{piece}[/]" if label != IGNORE_INDEX else f"[dim]{piece}[/]")
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token_id)
+        else:
+            runs.append((trained, [token_id]))
+    pieces = []
+    for trained, ids in runs:
+        text = tokenizer.decode(ids)
+        if plain:
+            pieces.append(f"⟦{text}⟧" if trained else text)
+        else:
+            pieces.append(f"[bold green]{escape(text)}[/]" if trained else f"[dim]{escape(text)}[/]")
     return "".join(pieces)

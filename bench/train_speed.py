@@ -1,0 +1,169 @@
+"""tunelab's trainer against TRL's SFTTrainer: the same LoRA, data and model, on this machine.
+
+    .venv/bin/python bench/train_speed.py [--runs 1] [--data examples/support/train.jsonl]
+
+Needs TRL (`pip install -e '.[bench]'`). Each arm runs in its own process (so peak memory is its own):
+1. TRL's `SFTTrainer` as its users configure it: TRL's defaults (gradient checkpointing on), bf16 where the
+   CPU has bf16 matrix units, `assistant_only_loss=True`, batch size 8, one epoch, lr 2e-4 with 10% warmup;
+2. `tunelab train` with the same settings (LoRA r=16, alpha 32, all linear layers, one epoch, batch 8).
+
+Speed is tokens (prompt and reply, no padding) per second of the training loop, model loading excluded.
+Loss is compared two ways: the mean training loss over the epoch as each trainer logged it, and the
+loss of each final model over the whole training set measured by one evaluator (the fair comparison:
+the two trainers visit batches in different orders). The last line is `speedup_vs_trl: X.XX`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+BATCH_SIZE, LEARNING_RATE, SEED = 8, 2e-4, 42
+
+
+def cpu_has_bf16() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def final_training_loss(model, tokenizer, conversations) -> float:
+    """Mean loss per assistant token of a trained model over the training set (one evaluator for both)."""
+    import torch
+
+    from tunelab.train.local import collate
+    from tunelab.train.loss import TrainedTokenLoss
+    from tunelab.train.render import render_conversation
+
+    examples = [render_conversation(tokenizer, c["messages"], max_length=1024) for c in conversations]
+    examples.sort(key=lambda e: len(e.input_ids))
+    loss = TrainedTokenLoss(model.eval())
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_bf16()):
+        for start in range(0, len(examples), BATCH_SIZE):
+            input_ids, attention, labels = collate(examples[start:start + BATCH_SIZE], tokenizer.pad_token_id, "cpu")
+            loss_sum, _correct, trained = loss(input_ids, attention, labels)
+            total, count = total + loss_sum.item(), count + trained
+    return total / count
+
+
+def run_trl(data: Path, model_dir: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import trl
+    from trl import SFTConfig, SFTTrainer
+
+    from tunelab.data.chat import read_conversations
+
+    conversations = read_conversations(str(data))
+    rows = [{"messages": [{"role": m["role"], "content": m["content"]} for m in c["messages"]]} for c in conversations]
+    bf16 = cpu_has_bf16()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # The official Gemma 3 template with TRL's `{% generation %}` markers, as a TRL user would point to it.
+    training_template = Path(trl.__file__).parent / "chat_templates" / "gemma3_training.jinja"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    steps = -(-len(rows) // BATCH_SIZE)
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(output_dir=out, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=1,
+                         learning_rate=LEARNING_RATE, lr_scheduler_type="linear", warmup_steps=max(1, steps // 10),
+                         assistant_only_loss=True, chat_template_path=str(training_template), bf16=bf16, max_length=1024, logging_steps=1,
+                         save_strategy="no", report_to=[], seed=SEED, use_cpu=True, dataloader_num_workers=0)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
+        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        trained_model = trainer.model
+        trained_model.config.use_cache = False
+    return {"tokens": tokens, "seconds": seconds, "logged_losses": losses, "bf16": bf16,
+            "final_loss": final_training_loss(trained_model, tokenizer, conversations)}
+
+
+def run_tunelab(data: Path, model_dir: str) -> dict:
+    import csv
+
+    from tunelab.config import TrainConfig
+    from tunelab.data.chat import read_conversations
+    from tunelab.models.generate import load_for_generation
+    from tunelab.train.local import train
+    from tunelab.train.record import read_events
+
+    conversations = read_conversations(str(data))
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(data=str(data), model=model_dir, out=str(Path(out) / "run"), n_epochs=1,
+                             batch_size=BATCH_SIZE, learning_rate_multiplier=LEARNING_RATE / 2e-4,
+                             lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], seed=SEED)
+        run_dir = train(config, show_progress=False)
+        timing = next(e["data"] for e in read_events(run_dir) if "train_seconds" in e["data"])
+        losses = [float(row["train_loss"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
+        trained = load_for_generation(str(run_dir))
+        final = final_training_loss(trained.model, trained.tokenizer, conversations)
+    return {"tokens": timing["tokens"], "seconds": timing["train_seconds"], "logged_losses": losses,
+            "bf16": cpu_has_bf16(), "final_loss": final}
+
+
+def run_arm(arm: str, data: Path) -> dict:
+    """Run one arm in a fresh process; its own peak memory comes back with its figures."""
+    command = [sys.executable, __file__, "--arm", arm, "--data", str(data)]
+    finished = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    if finished.returncode != 0:
+        sys.exit(f"{arm} arm failed:\n{finished.stderr[-4000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "support" / "train.jsonl")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each arm; medians are reported")
+    parser.add_argument("--arm", choices=["trl", "tunelab"], help=argparse.SUPPRESS)
+    options = parser.parse_args()
+
+    if options.arm:
+        from tunelab.models.resolve import resolve_model
+
+        model_dir = resolve_model("default").path
+        figures = (run_trl if options.arm == "trl" else run_tunelab)(options.data, model_dir)
+        figures["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(figures))
+        return
+
+    results = {"trl": [], "tunelab": []}
+    for run in range(options.runs):
+        for arm in results:  # alternated, so machine noise falls on both arms alike
+            figures = run_arm(arm, options.data)
+            figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
+            results[arm].append(figures)
+            print(f"run {run + 1} {arm:8s} {figures['tokens_per_s']:7.1f} tokens/s  "
+                  f"({figures['tokens']} tokens in {figures['seconds']:.0f} s), final loss {figures['final_loss']:.4f}, "
+                  f"peak {figures['peak_mib']:.0f} MiB", flush=True)
+
+    def median(arm, key):
+        return statistics.median(f[key] for f in results[arm])
+
+    print(f"\ndata: {options.data} · bf16: {results['trl'][0]['bf16']} · medians of {options.runs} run(s)")
+    print(f"{'':10s}{'tokens/s':>10s}{'epoch-mean train loss':>24s}{'final-model train loss':>25s}{'peak MiB':>10s}")
+    for arm in results:
+        epoch_mean = statistics.median(statistics.fmean(f["logged_losses"]) for f in results[arm])
+        print(f"{arm:10s}{median(arm, 'tokens_per_s'):10.1f}{epoch_mean:24.4f}{median(arm, 'final_loss'):25.4f}"
+              f"{median(arm, 'peak_mib'):10.0f}")
+    loss_gap = median("tunelab", "final_loss") / median("trl", "final_loss") - 1
+    print(f"final-model loss, tunelab vs TRL: {loss_gap:+.1%}")
+    print(f"speedup_vs_trl: {median('tunelab', 'tokens_per_s') / median('trl', 'tokens_per_s'):.2f}")
+
+
+if __name__ == "__main__":
+    main()

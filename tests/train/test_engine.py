@@ -1,0 +1,247 @@
+"""The training engine on a tiny model: accumulation, pinned loss, exact resume, checkpoints, methods,
+early stopping, two processes under accelerate, and the template agreement check."""
+
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.config import TrainConfig
+from tunelab.train.checkpoints import complete_checkpoints, latest_checkpoint
+from tunelab.train.loss import linear_cross_entropy
+from tunelab.train.render import TemplateMismatch, check_template_agreement
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory, support_conversations):
+    directory = tmp_path_factory.mktemp("engine-data")
+    train_file, valid_file = directory / "train.jsonl", directory / "valid.jsonl"
+    train_file.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:16]))
+    valid_file.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[16:24]))
+    return train_file, valid_file
+
+
+def settings(data_files, model_dir, out, **changes) -> TrainConfig:
+    base = dict(data=str(data_files[0]), model=str(model_dir), out=str(out), n_epochs=3, batch_size=4,
+                learning_rate_multiplier=25, seed=3)
+    return TrainConfig(**dict(base, **changes))
+
+
+def run(config: TrainConfig, **options) -> Path:
+    from tunelab.train.local import train
+
+    return train(config, show_progress=False, **options)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader((run_dir / "metrics.csv").open()))
+
+
+def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def test_fused_loss_equals_plain_cross_entropy_in_value_and_gradient(monkeypatch):
+    import tunelab.train.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "CHUNK_BYTES", 4 * 50 * 7)  # 7 tokens per chunk: several chunks
+    torch.manual_seed(0)
+    for scale, softcap in [(1.0, None), (40.0, None), (1.0, 3.0)]:  # 40: logits past the no-shift range
+        hidden = (torch.randn(30, 8) * scale).requires_grad_()
+        weight = torch.randn(50, 8, requires_grad=True)
+        targets = torch.randint(0, 50, (30,))
+        loss, correct = linear_cross_entropy(hidden, weight, targets, softcap)
+        (loss * 0.5).backward()
+        hidden_ref, weight_ref = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+        logits = hidden_ref @ weight_ref.T
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        reference = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        (reference * 0.5).backward()
+        assert torch.allclose(loss, reference, rtol=1e-5)
+        assert int(correct) == int((logits.argmax(-1) == targets).sum())
+        assert torch.allclose(hidden.grad, hidden_ref.grad, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(weight.grad, weight_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_one_by_eight_accumulation_equals_eight_by_one(tmp_path, data_files, tiny_model_dir):
+    whole = run(settings(data_files, tiny_model_dir, tmp_path / "whole", batch_size=8, n_epochs=2))
+    accumulated = run(settings(data_files, tiny_model_dir, tmp_path / "accumulated", batch_size=8,
+                               micro_batch_size=1, n_epochs=2))
+    for a, b in zip(metric_rows(whole), metric_rows(accumulated)):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-5)
+    whole_weights, accumulated_weights = adapter(whole), adapter(accumulated)
+    for name, tensor in whole_weights.items():
+        # Adam turns summation-order rounding (1e-7) into differences of a small part of one step (lr 5e-3).
+        assert torch.allclose(tensor, accumulated_weights[name], rtol=1e-4, atol=1e-4), name
+    job = json.loads((accumulated / "job.json").read_text())
+    assert job["hyperparameters"]["batch_size"] == 8  # OpenAI's meaning: examples per step
+
+
+def test_pinned_loss_on_the_tiny_model(tmp_path, data_files, tiny_model_dir):
+    """The loss of a fixed run, pinned: any change to rendering, masking, loss or optimizer moves it."""
+    rows = metric_rows(run(settings(data_files, tiny_model_dir, tmp_path / "run")))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert len(losses) == 12
+    assert losses[0] == pytest.approx(PINNED_FIRST_LOSS, abs=2e-3)
+    assert losses[-1] == pytest.approx(PINNED_LAST_LOSS, abs=2e-3)
+    assert losses[-1] < losses[0] * 0.95
+
+
+PINNED_FIRST_LOSS = 14.7159
+PINNED_LAST_LOSS = 12.6328
+
+
+def test_resume_after_cancel_equals_uninterrupted(tmp_path, data_files, tiny_model_dir):
+    uninterrupted = run(settings(data_files, tiny_model_dir, tmp_path / "uninterrupted",
+                                 validation=str(data_files[1])))
+    config = settings(data_files, tiny_model_dir, tmp_path / "resumed", validation=str(data_files[1]))
+    cancelled = run(config, should_stop=lambda step: step == 6)  # 4 steps per epoch: mid-epoch 2
+    assert json.loads((cancelled / "job.json").read_text())["status"] == "cancelled"
+    assert latest_checkpoint(cancelled).step == 4  # the end of epoch 1
+    resumed = run(config, resume=True)
+    job = json.loads((resumed / "job.json").read_text())
+    assert job["status"] == "succeeded"
+    assert (resumed / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+    expected = adapter(uninterrupted)
+    for name, tensor in adapter(resumed).items():
+        assert torch.equal(tensor, expected[name]), name
+    messages = [e["message"] for e in map(json.loads, (resumed / "events.jsonl").read_text().splitlines())]
+    assert "Resumed from checkpoint at step 4" in messages
+
+
+def test_killed_process_resumes_to_the_same_adapter(tmp_path, data_files, tiny_model_dir):
+    """A real crash: SIGKILL the CLI after its first checkpoints, then `tunelab train --resume`."""
+    arguments = ["--data", str(data_files[0]), "--model", str(tiny_model_dir), "--n-epochs", "30",
+                 "--batch-size", "4", "--learning-rate-multiplier", "25", "--seed", "3", "--checkpoint-every", "1"]
+    uninterrupted = run(settings(data_files, tiny_model_dir, tmp_path / "uninterrupted", n_epochs=30))
+    out = tmp_path / "crashed"
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "train", *arguments, "--out", str(out),
+                                "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(complete_checkpoints(out)) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((out / "job.json").read_text())["status"] == "running"  # died without a word
+    assert not (out / "adapter").exists()
+    resumed = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--resume", str(out), "--quiet"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = adapter(uninterrupted)
+    for name, tensor in adapter(out).items():
+        assert torch.equal(tensor, expected[name]), name
+    assert len(complete_checkpoints(out)) == 3  # the newest three are kept
+
+
+def test_resume_refuses_changed_settings_and_half_written_checkpoints_are_ignored(tmp_path, data_files,
+                                                                                   tiny_model_dir):
+    run_dir = run(settings(data_files, tiny_model_dir, tmp_path / "run", n_epochs=1))
+    newest = latest_checkpoint(run_dir)
+    half_written = run_dir / "checkpoints" / ".step-000099.tmp-1234"
+    half_written.mkdir()
+    (half_written / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    assert latest_checkpoint(run_dir).step == newest.step
+    assert not half_written.exists()  # cleaned away
+    changed = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--resume", str(run_dir), "--n-epochs", "5"],
+                             capture_output=True, text=True)
+    assert changed.returncode == 1 and "--n-epochs" in changed.stderr
+    again = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--data", str(data_files[0]), "--model",
+                            str(tiny_model_dir), "--out", str(run_dir)], capture_output=True, text=True)
+    assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_dora_and_full_fine_tuning_train_and_save(tmp_path, data_files, tiny_model_dir):
+    from tunelab.models.generate import generate_replies, load_for_generation
+
+    dora = run(settings(data_files, tiny_model_dir, tmp_path / "dora", method="dora"))
+    assert json.loads((dora / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    assert any("lora_magnitude_vector" in name for name in adapter(dora))
+    full = run(settings(data_files, tiny_model_dir, tmp_path / "full", method="full", learning_rate_multiplier=50))
+    assert (full / "model" / "model.safetensors").is_file() and not (full / "adapter").exists()
+    for run_dir in (dora, full):
+        losses = [float(r["train_loss"]) for r in metric_rows(run_dir)]
+        assert sum(losses[-4:]) < sum(losses[:4]) * 0.95, (run_dir.name, losses)
+    loaded = load_for_generation(str(full))
+    assert loaded.fully_fine_tuned
+    with pytest.raises(ValueError, match="full fine-tune"):
+        generate_replies(loaded, [[{"role": "user", "content": "hi"}]], max_new_tokens=2, use_adapter=False)
+
+
+def test_qlora_and_gpu_kernels_are_refused_on_a_cpu_with_the_reason(tmp_path, data_files, tiny_model_dir):
+    for flags, phrase in [(["--method", "qlora"], "CUDA"), (["--kernels", "unsloth"], "CUDA")]:
+        result = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--data", str(data_files[0]), "--model",
+                                 str(tiny_model_dir), "--out", str(tmp_path / "never"), *flags],
+                                capture_output=True, text=True)
+        assert result.returncode == 1 and phrase in result.stderr, result.stderr
+        assert not (tmp_path / "never").exists()
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path, data_files, tiny_model_dir):
+    # A learning rate 500 times the usual makes validation loss rise between the 2nd and 3rd evaluation
+    # (steps 4 → 6) on this model, seed and data; with patience 1 training stops there.
+    run_dir = run(settings(data_files, tiny_model_dir, tmp_path / "run", validation=str(data_files[1]), n_epochs=10,
+                           learning_rate_multiplier=500, eval_every=2, early_stopping_patience=1))
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    stop = next(e for e in events if e["message"].startswith("Early stopping"))
+    valid = {int(r["step"]): float(r["valid_loss"]) for r in metric_rows(run_dir) if r["valid_loss"]}
+    assert stop["data"]["stopped_at"] == max(valid) < 40  # stopped at an evaluation, long before the end
+    assert valid[max(valid)] > min(valid.values())
+    assert stop["data"]["step"] == min(valid, key=valid.get) == 4  # and kept the best evaluation's weights:
+    best = load_file(run_dir / "checkpoints" / "step-000004" / "trainable.safetensors")  # (epoch 1's end)
+    saved = adapter(run_dir)
+    assert saved and all(torch.equal(t, best[name.replace(".weight", ".default.weight")]) for name, t in saved.items())
+    assert json.loads((run_dir / "job.json").read_text())["status"] == "succeeded"
+
+
+def test_validation_split_holds_out_a_slice(tmp_path, data_files, tiny_model_dir):
+    run_dir = run(settings(data_files, tiny_model_dir, tmp_path / "run", validation_split=0.25, n_epochs=1))
+    rows = metric_rows(run_dir)
+    assert len(rows) == 3  # 12 of the 16 examples left to train on, batch 4
+    assert rows[-1]["valid_loss"] and rows[-1]["valid_mean_token_accuracy"]
+
+
+def test_two_processes_under_accelerate_match_one(tmp_path, data_files, tiny_model_dir):
+    single = run(settings(data_files, tiny_model_dir, tmp_path / "single", n_epochs=2))
+    out = tmp_path / "two"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "tunelab.cli", "train", "--data", str(data_files[0]), "--model", str(tiny_model_dir),
+              "--out", str(out), "--n-epochs", "2", "--batch-size", "4", "--learning-rate-multiplier", "25",
+              "--seed", "3", "--quiet"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(launch, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("RUN:") == 1  # one report, from the first process
+    assert "× 2 processes" in result.stderr
+    for a, b in zip(metric_rows(single), metric_rows(out)):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
+    expected = adapter(single)
+    for name, tensor in adapter(out).items():
+        assert torch.allclose(tensor, expected[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_template_agreement_check_names_file_line_and_message(tiny_tokenizer, tmp_path):
+    conversations = [(1, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}),
+                     (2, {"messages": [{"role": "user", "content": "Help"},
+                                       {"role": "assistant", "content": "Sure, here is how."}]})]
+    assert check_template_agreement(tiny_tokenizer, conversations, "train.jsonl") == 2
+    merging = copy.deepcopy(tiny_tokenizer)
+    # A token spanning the end of the generation prompt and the start of a reply: the prompt alone
+    # tokenizes as "…model", "\n", while the training text has "…model", "\nSure".
+    merging.add_tokens(["\nSure"])
+    with pytest.raises(TemplateMismatch) as caught:
+        check_template_agreement(merging, conversations, "train.jsonl")
+    assert str(caught.value).startswith("train.jsonl:2: messages[1]: the prompt sent at inference tokenizes differently")

@@ -1,0 +1,45 @@
+"""Bundled run presets: YAML files holding TrainConfig fields for a model family, to start from.
+
+    tunelab presets list
+    tunelab presets copy qwen2.5-0.5b my-run.yaml     # then edit it and: tunelab train --config my-run.yaml
+    tunelab train --preset qwen2.5-0.5b --data train.jsonl
+
+A preset's first comment line is its description. Presets set the model and the settings that depend on
+its size (method, rank, micro-batch, checkpointing); data, epochs and seeds stay the user's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    path: Path
+    description: str
+    settings: dict
+
+
+def list_presets() -> list[Preset]:
+    presets = []
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        first = text.splitlines()[0] if text else ""
+        description = first.lstrip("# ").strip() if first.startswith("#") else ""
+        presets.append(Preset(path.stem, path, description, yaml.safe_load(text) or {}))
+    return presets
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of preset `name`; a clear error listing the presets when there is none."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(p.name for p in list_presets())
+        raise ValueError(f"no preset named {name!r}; presets: {names}")
+    return path

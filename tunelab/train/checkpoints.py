@@ -1,0 +1,125 @@
+"""Checkpoints under RUN/checkpoints/, written so that a crash at any moment leaves a usable run.
+
+Each checkpoint is a directory `step-000120/` holding everything needed to continue exactly:
+- `trainable.safetensors`: the trained weights (LoRA/DoRA adapter tensors, or the whole model for full
+  fine-tuning) — safetensors, like every weight file tunelab writes;
+- `optimizer.safetensors`: AdamW's moment tensors; `state.json`: the optimizer's scalars and parameter
+  groups, the learning-rate schedule's position, the epoch and batch reached, the random-number states,
+  the metric rows so far and the early-stopping record;
+- `rng.safetensors`: torch's random state (dropout masks depend on it).
+
+No pickle anywhere, so loading a checkpoint cannot run code. A checkpoint is written into a hidden
+temporary directory and renamed into place when complete; a rename is atomic, so a directory named
+`step-*` is always whole and a half-written one (left by a crash) is never picked up. The newest three are
+kept, as OpenAI keeps the last three epochs' checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+KEEP_LAST = 3
+PREFIX = "step-"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    state: dict
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        return load_file(self.path / "trainable.safetensors")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    state: dict, keep_last: int = KEEP_LAST) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    temporary = root / f".{final.name}.tmp-{os.getpid()}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in trainable.items()},
+              temporary / "trainable.safetensors")
+    optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer.state_dict())
+    save_file(optimizer_tensors, temporary / "optimizer.safetensors")
+    save_file({"torch": torch.get_rng_state()}, temporary / "rng.safetensors")
+    record = dict(state, step=step, optimizer=optimizer_scalars, scheduler=scheduler.state_dict())
+    (temporary / "state.json").write_text(json.dumps(record), encoding="utf-8")
+    _sync_directory(temporary)
+    if final.exists():  # the same step written again after a resume: the new one replaces it
+        shutil.rmtree(final)
+    temporary.rename(final)
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoint directories, oldest first (temporary ones are skipped)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint, or None; stale temporary directories are removed."""
+    for stale in checkpoint_dir(run_dir).glob(f".{PREFIX}*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        return None
+    path = checkpoints[-1]
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return Checkpoint(path, state["step"], state)
+
+
+def restore_training_state(checkpoint: Checkpoint, optimizer, scheduler) -> None:
+    """Put the optimizer, schedule and torch's random state back as they were at the checkpoint."""
+    tensors = load_file(checkpoint.path / "optimizer.safetensors")
+    optimizer.load_state_dict(_join_optimizer_state(tensors, checkpoint.state["optimizer"]))
+    scheduler.load_state_dict(checkpoint.state["scheduler"])
+    torch.set_rng_state(load_file(checkpoint.path / "rng.safetensors")["torch"])
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict as safetensors-ready tensors plus JSON-ready scalars."""
+    tensors, scalars = {}, {"param_groups": state_dict["param_groups"], "scalars": {}}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars["scalars"][f"{index}.{name}"] = value
+    return tensors, scalars
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(scalars["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush the checkpoint's files to disk before the rename makes it visible."""
+    for path in directory.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())

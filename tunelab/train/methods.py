@@ -1,0 +1,163 @@
+"""The model that trains: base weights loaded for the chosen method, with adapters and kernels attached.
+
+Methods:
+- `lora` (default): low-rank adapters on every linear layer of the body; the base stays frozen.
+- `dora`: weight-decomposed LoRA (magnitude and direction trained apart; PEFT's `use_dora`), a little
+  better than LoRA at the same rank, about 1.5–2× slower per step.
+- `full`: every weight trains; fp32 master weights (bf16 compute where the hardware has it).
+- `qlora`: the base loaded in 4-bit NF4 through bitsandbytes, LoRA on top. bitsandbytes' 4-bit kernels need
+  CUDA, so on other devices this is refused up front with the reason, not half-run.
+
+Kernels (`kernels` setting): on CUDA, Liger Kernel's fused RMSNorm, RoPE and gated-MLP kernels when it is
+installed (`auto`), or Unsloth's patched model when asked for (`unsloth`). Neither exists for CPUs; `auto`
+then means none, and naming one explicitly is an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from tunelab.config import TrainConfig
+from tunelab.models.resolve import ResolvedModel, load_model
+
+
+class MethodUnavailable(RuntimeError):
+    """The chosen method or kernel cannot run on this machine; the message says why and what instead."""
+
+
+def training_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    """bf16 where the hardware multiplies it natively, else fp16 on old GPUs, else fp32."""
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def chosen_kernels(config: TrainConfig, device: str) -> str:
+    """'liger', 'unsloth' or 'none', after checking that what was asked for can run here."""
+    on_cuda = device.startswith("cuda")
+    if config.kernels == "auto":
+        return "liger" if on_cuda and _installed("liger_kernel") else "none"
+    if config.kernels in ("liger", "unsloth"):
+        if not on_cuda:
+            raise MethodUnavailable(f"kernels: {config.kernels} runs on CUDA GPUs only and this machine has none; "
+                                    "use kernels: auto (tunelab's own fused loss runs everywhere)")
+        package = "liger_kernel" if config.kernels == "liger" else "unsloth"
+        if not _installed(package):
+            raise MethodUnavailable(f"kernels: {config.kernels} needs the `{package.replace('_', '-')}` package: "
+                                    f"pip install 'tunelab[{config.kernels}]'")
+    return config.kernels
+
+
+def check_method_available(config: TrainConfig, device: str) -> None:
+    """Refuse, with the reason, a method this machine cannot run — before any data or model is loaded."""
+    if config.method == "qlora":
+        if not device.startswith("cuda"):
+            raise MethodUnavailable("method: qlora loads the base model in 4 bits with bitsandbytes, whose kernels "
+                                    "need a CUDA GPU, and this machine has none; use method: lora (same adapters, "
+                                    "base weights in 16/32 bits)")
+        if not _installed("bitsandbytes"):
+            raise MethodUnavailable("method: qlora needs the `bitsandbytes` package: pip install 'tunelab[cuda]'")
+    chosen_kernels(config, device)
+
+
+def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str):
+    """The base model for `config.method`, adapters attached, on `device`, ready to train."""
+    check_method_available(config, device)
+    kernels = chosen_kernels(config, device)
+    dtype = compute_dtype(device)
+    if kernels == "unsloth":
+        return _unsloth_model(resolved, config, dtype)
+    if config.method == "qlora":
+        model = _four_bit_model(resolved, dtype)
+    elif config.method == "full":
+        # fp32 master weights: bf16 cannot hold the small updates of full fine-tuning.
+        model = load_model(resolved.path, dtype=torch.float32).to(device)
+    else:
+        # LoRA trains only the adapters, so the frozen base can sit in the compute dtype (half the memory).
+        model = load_model(resolved.path, dtype=dtype).to(device)
+    model.config.use_cache = False
+    if kernels == "liger":
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        # tunelab computes the loss itself (train/loss.py), so Liger's loss kernels stay off.
+        _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing works with a frozen embedding layer (no input-grad hook needed).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.method == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    return _with_lora(model, config)
+
+
+def _with_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=_target_modules(config), use_dora=config.method == "dora",
+                      task_type="CAUSAL_LM")
+    # autocast_adapter_dtype keeps the adapter weights in fp32 over bf16 base weights: the updates are tiny
+    # and would round away in bf16.
+    return get_peft_model(model, lora, autocast_adapter_dtype=True)
+
+
+def _target_modules(config: TrainConfig):
+    if config.target_modules == "all-linear":
+        return "all-linear"
+    return [name.strip() for name in config.target_modules.split(",") if name.strip()]
+
+
+def _four_bit_model(resolved: ResolvedModel, dtype: torch.dtype):
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, quantization_config=quantization, dtype=dtype,
+                                                 device_map={"": torch.cuda.current_device()})
+    # Casts norms to fp32 and freezes the base; checkpointing is switched on (or not) by the caller.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _unsloth_model(resolved: ResolvedModel, config: TrainConfig, dtype: torch.dtype):
+    from unsloth import FastLanguageModel
+
+    model, _tokenizer = FastLanguageModel.from_pretrained(model_name=resolved.path, max_seq_length=config.max_length,
+                                                          dtype=dtype, load_in_4bit=config.method == "qlora",
+                                                          full_finetuning=config.method == "full")
+    if config.method == "full":
+        return model
+    targets = _target_modules(config)
+    if targets == "all-linear":
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return FastLanguageModel.get_peft_model(
+        model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=targets, use_dora=config.method == "dora", random_state=config.seed,
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The tensors that training changes, by name (adapter weights, or every weight for full fine-tuning)."""
+    return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable tensors back into `model` (names must match exactly)."""
+    parameters = dict(model.named_parameters())
+    missing = [name for name in tensors if name not in parameters]
+    if missing:
+        raise ValueError(f"checkpoint holds weights the model lacks, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            parameters[name].copy_(tensor)
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
