@@ -52,15 +52,18 @@ def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
-def test_fused_loss_equals_plain_cross_entropy_in_value_and_gradient(monkeypatch):
+@pytest.mark.parametrize("frozen_head", [False, True])  # True: the CPU path over vocabulary blocks
+def test_fused_loss_equals_plain_cross_entropy_in_value_and_gradient(monkeypatch, frozen_head):
     import tunelab.train.loss as loss_module
 
     monkeypatch.setattr(loss_module, "CHUNK_BYTES", 4 * 50 * 7)  # 7 tokens per chunk: several chunks
+    monkeypatch.setattr(loss_module, "CACHE_BLOCK_BYTES", 4 * 30 * 7)  # and several vocabulary blocks
     torch.manual_seed(0)
     for scale, softcap in [(1.0, None), (40.0, None), (1.0, 3.0)]:  # 40: logits past the no-shift range
         hidden = (torch.randn(30, 8) * scale).requires_grad_()
-        weight = torch.randn(50, 8, requires_grad=True)
-        targets = torch.randint(0, 50, (30,))
+        weight = torch.randn(500, 8, requires_grad=not frozen_head)
+        targets = torch.randint(0, 500, (30,))
+        targets[::2] = (hidden @ weight.T).argmax(-1)[::2]  # half of them predicted right
         loss, correct = linear_cross_entropy(hidden, weight, targets, softcap)
         (loss * 0.5).backward()
         hidden_ref, weight_ref = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
@@ -70,9 +73,10 @@ def test_fused_loss_equals_plain_cross_entropy_in_value_and_gradient(monkeypatch
         reference = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         (reference * 0.5).backward()
         assert torch.allclose(loss, reference, rtol=1e-5)
-        assert int(correct) == int((logits.argmax(-1) == targets).sum())
+        assert int(correct) == int((logits.argmax(-1) == targets).sum()) >= 15
         assert torch.allclose(hidden.grad, hidden_ref.grad, rtol=1e-4, atol=1e-5)
-        assert torch.allclose(weight.grad, weight_ref.grad, rtol=1e-4, atol=1e-5)
+        if not frozen_head:
+            assert torch.allclose(weight.grad, weight_ref.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_one_by_eight_accumulation_equals_eight_by_one(tmp_path, data_files, tiny_model_dir):

@@ -339,6 +339,7 @@ class Fit:
                 temporary.rename(path / "best.safetensors")
             self.recorder.event(f"Checkpoint saved at step {self.step}", data={"step": self.step,
                                                                                "path": str(path)})
+            self.recorder.plot_loss_curve()  # so the curve grows during runs without validation too
         self.cluster.barrier()
 
     # --- the loop --------------------------------------------------------------------------------------

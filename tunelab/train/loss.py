@@ -30,6 +30,46 @@ CHUNK_BYTES = 256 * 2**20
 SAFE_LOGIT = 60.0
 
 
+# On a CPU, a block of the vocabulary at a time: logits blocks of this size stay in the last-level cache, so
+# exponentiating and summing them costs no trip to memory.
+CACHE_BLOCK_BYTES = 4 * 2**20
+
+
+def _vocabulary_blocked(hidden, weight, targets):
+    """(loss sum, correct count, gradient for `hidden`) in one pass over vocabulary blocks, or None.
+
+    Without subtracting row maxima (see SAFE_LOGIT), softmax − one-hot times the head needs only two sums
+    that add up block by block: S = Σ exp(z) and N = Σ exp(z)·W, giving loss = log S − z_target and
+    gradient = N / S − W_target. Each block of logits is made, used and dropped while in cache. Returns
+    None when some logit leaves the safe range; the caller then takes the shifted path.
+    """
+    hidden = hidden.to(weight.dtype)
+    tokens, vocabulary = hidden.shape[0], weight.shape[0]
+    block = max(256, CACHE_BLOCK_BYTES // (4 * max(tokens, 1)))
+    sums = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
+    weighted = torch.zeros(tokens, weight.shape[1], dtype=torch.float32, device=hidden.device)
+    best = torch.full((tokens,), -float("inf"), device=hidden.device)
+    best_index = torch.zeros(tokens, dtype=torch.long, device=hidden.device)
+    for start in range(0, vocabulary, block):
+        rows = weight[start:start + block]
+        logits = (hidden @ rows.T).float()
+        maxima, indexes = logits.max(dim=-1)
+        if bool((maxima >= SAFE_LOGIT).any()):
+            return None
+        better = maxima > best  # strictly: the first of equal maxima wins, as argmax does
+        best, best_index = torch.where(better, maxima, best), torch.where(better, indexes + start, best_index)
+        exponentials = logits.exp_()
+        sums += exponentials.sum(dim=-1)
+        weighted.addmm_(exponentials.to(weight.dtype), rows)
+    if bool((best <= -SAFE_LOGIT).any()):
+        return None
+    wanted_rows = weight[targets].float()
+    wanted_logits = (hidden.float() * wanted_rows).sum(dim=-1)
+    loss_sum = (sums.log() - wanted_logits).sum()
+    correct = (best_index == targets).sum()
+    return loss_sum, correct, weighted / sums[:, None] - wanted_rows
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T` against `targets`, gradients computed in the forward.
 
@@ -47,8 +87,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         chunk_size = max(16, CHUNK_BYTES // (4 * weight.shape[0]))
+        blocked = None
         with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], chunk_size):
+            if hidden.device.type == "cpu" and softcap is None and not needs_weight_grad:
+                blocked = _vocabulary_blocked(hidden, weight, targets)
+            if blocked is not None:
+                loss_sum, correct, grad_hidden = blocked
+                if not needs_hidden_grad:
+                    grad_hidden = None
+            for start in range(0, hidden.shape[0] if blocked is None else 0, chunk_size):
                 chunk = hidden[start:start + chunk_size].to(weight.dtype)
                 wanted = targets[start:start + chunk_size]
                 rows = torch.arange(len(wanted), device=hidden.device)
