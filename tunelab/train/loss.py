@@ -95,7 +95,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 loss_sum, correct, grad_hidden = blocked
                 if not needs_hidden_grad:
                     grad_hidden = None
-            for start in range(0, hidden.shape[0] if blocked is None else 0, chunk_size):
+            # The token-chunk path, for everything the blocked pass does not cover (or refused).
+            chunk_starts = range(0, hidden.shape[0], chunk_size) if blocked is None else ()
+            for start in chunk_starts:
                 chunk = hidden[start:start + chunk_size].to(weight.dtype)
                 wanted = targets[start:start + chunk_size]
                 rows = torch.arange(len(wanted), device=hidden.device)
