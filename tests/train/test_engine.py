@@ -79,6 +79,44 @@ def test_fused_loss_equals_plain_cross_entropy_in_value_and_gradient(monkeypatch
             assert torch.allclose(weight.grad, weight_ref.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_merged_lora_layers_train_exactly_like_peft(tiny_model_dir, tiny_tokenizer):
+    from tunelab.models.resolve import resolve_model
+    from tunelab.train.loss import TrainedTokenLoss
+    from tunelab.train.methods import trainable_model
+
+    model = trainable_model(resolve_model(str(tiny_model_dir)), TrainConfig(data="x", lora_dropout=0.0), "cpu")
+    layers = [m for m in model.modules() if "forward" in m.__dict__]
+    assert len(layers) == 2 * 7  # every projection of both layers takes the merged path
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero, which would hide a wrong B gradient or merge
+            parameter.data.normal_(0, 0.02)
+    ids = torch.tensor([tiny_tokenizer.encode("the order arrived late and the box was damaged")] * 2)
+    labels = ids.clone()
+    labels[0, :4] = -100
+    loss = TrainedTokenLoss(model)
+
+    def loss_and_gradients():
+        total, _, _ = loss(ids, torch.ones_like(ids), labels)
+        total.backward()
+        gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad(set_to_none=True)
+        return total.detach(), gradients
+
+    merged_loss, merged_gradients = loss_and_gradients()
+    for layer in layers:
+        del layer.forward  # back to PEFT's own forward
+    peft_loss, peft_gradients = loss_and_gradients()
+    assert torch.allclose(merged_loss, peft_loss, rtol=1e-5)
+    assert merged_gradients.keys() == peft_gradients.keys() and len(peft_gradients) == 2 * 7 * 2
+    for name, gradient in peft_gradients.items():
+        assert gradient.abs().max() > 0, name
+        assert torch.allclose(merged_gradients[name], gradient, rtol=1e-4, atol=1e-6), name
+
+    dropout_model = trainable_model(resolve_model(str(tiny_model_dir)), TrainConfig(data="x", lora_dropout=0.1), "cpu")
+    assert not any("forward" in m.__dict__ for m in dropout_model.modules())  # dropout keeps PEFT's path
+
+
 def test_one_by_eight_accumulation_equals_eight_by_one(tmp_path, data_files, tiny_model_dir):
     whole = run(settings(data_files, tiny_model_dir, tmp_path / "whole", batch_size=8, n_epochs=2))
     accumulated = run(settings(data_files, tiny_model_dir, tmp_path / "accumulated", batch_size=8,

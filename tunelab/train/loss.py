@@ -31,8 +31,9 @@ SAFE_LOGIT = 60.0
 
 
 # On a CPU, a block of the vocabulary at a time: logits blocks of this size stay in the last-level cache, so
-# exponentiating and summing them costs no trip to memory.
-CACHE_BLOCK_BYTES = 4 * 2**20
+# exponentiating and summing them costs no trip to memory. 7 MB measured fastest between 4 and 12 MB on a
+# two-core CPU with a 32 MB cache (wider blocks also make the multiplications more efficient).
+CACHE_BLOCK_BYTES = 7 * 2**20
 
 
 def _vocabulary_blocked(hidden, weight, targets):
@@ -45,7 +46,8 @@ def _vocabulary_blocked(hidden, weight, targets):
     """
     hidden = hidden.to(weight.dtype)
     tokens, vocabulary = hidden.shape[0], weight.shape[0]
-    block = max(256, CACHE_BLOCK_BYTES // (4 * max(tokens, 1)))
+    # A whole number of 128-row tiles: a ragged block width slows the logits multiplication by a quarter.
+    block = max(128, CACHE_BLOCK_BYTES // (4 * max(tokens, 1)) // 128 * 128)
     sums = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
     weighted = torch.zeros(tokens, weight.shape[1], dtype=torch.float32, device=hidden.device)
     best = torch.full((tokens,), -float("inf"), device=hidden.device)

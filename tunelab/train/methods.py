@@ -21,6 +21,7 @@ import torch
 
 from tunelab.config import TrainConfig
 from tunelab.models.resolve import ResolvedModel, load_model
+from tunelab.train.merged_lora import train_through_merged_weights
 
 
 class MethodUnavailable(RuntimeError):
@@ -105,7 +106,9 @@ def _with_lora(model, config: TrainConfig):
                       task_type="CAUSAL_LM")
     # autocast_adapter_dtype keeps the adapter weights in fp32 over bf16 base weights: the updates are tiny
     # and would round away in bf16.
-    return get_peft_model(model, lora, autocast_adapter_dtype=True)
+    model = get_peft_model(model, lora, autocast_adapter_dtype=True)
+    train_through_merged_weights(model)
+    return model
 
 
 def _target_modules(config: TrainConfig):

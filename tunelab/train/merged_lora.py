@@ -1,0 +1,79 @@
+"""LoRA layers that train through one multiplication instead of three.
+
+PEFT computes a LoRA layer as `base(x) + B(A(x)) * scaling`: the base product, then the low-rank product
+written out at full output width, a scaling pass and an addition pass over that same full-width tensor —
+and the mirror image in the backward pass. On a CPU the three extra passes over (tokens × output) floats
+are memory traffic that costs as much as a sixth of a training step.
+
+Here the frozen weight and the adapter are merged for each step instead, W' = W + scaling · B·A (a
+rank-r update of a matrix that is small next to the activations), and the layer is one product x·W'ᵀ. The
+backward pass needs only x and the small A and B: grad x = g·W', grad B = scaling · gᵀ·(x·Aᵀ) and
+grad A = scaling · (g·B)ᵀ·x. That is exactly LoRA's gradient, up to fp32 rounding order.
+
+Used only where that holds: plain LoRA (no DoRA), no adapter dropout (dropout applies to the adapter's
+input alone, which a merged weight cannot express), fp32 weights (merging into bf16 would round away an
+update far smaller than the weight), and while gradients are on. Everything else — inference, generation,
+`disable_adapter()` — goes through PEFT's own forward.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+class _MergedLoRALinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, lora_a, lora_b, scaling):
+        merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+        ctx.save_for_backward(inputs, weight, lora_a, lora_b)
+        ctx.scaling = scaling
+        return torch.nn.functional.linear(inputs, merged, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs, weight, lora_a, lora_b = ctx.saved_tensors
+        scaling = ctx.scaling
+        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
+        input_rows = inputs.reshape(-1, inputs.shape[-1])
+        grad_inputs = None
+        if ctx.needs_input_grad[0]:
+            # Rebuilt rather than saved: a merge costs little next to keeping every layer's W' alive.
+            merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+            grad_inputs = (grad_rows @ merged).view_as(inputs)
+        grad_a = (grad_rows @ lora_b).T.mm(input_rows).mul_(scaling)
+        grad_b = grad_rows.T.mm(input_rows @ lora_a.T).mul_(scaling)
+        return grad_inputs, None, None, grad_a, grad_b, None
+
+
+def _merged_forward(layer, inputs, *args, **kwargs):
+    if args or kwargs or layer.disable_adapters or layer.merged or not torch.is_grad_enabled():
+        return type(layer).forward(layer, inputs, *args, **kwargs)
+    name = layer.active_adapters[0]
+    return _MergedLoRALinear.apply(inputs, layer.base_layer.weight, layer.base_layer.bias,
+                                   layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
+
+
+def _can_merge(layer) -> bool:
+    base = layer.base_layer
+    if not isinstance(base, torch.nn.Linear) or len(layer.active_adapters) != 1:
+        return False
+    name = layer.active_adapters[0]
+    return (name in layer.lora_A and name not in getattr(layer, "lora_variant", {})
+            and not layer.use_dora.get(name, False)
+            and isinstance(layer.lora_dropout[name], torch.nn.Identity)
+            and base.weight.dtype == torch.float32 and layer.lora_A[name].weight.dtype == torch.float32
+            and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad))
+
+
+def train_through_merged_weights(model) -> int:
+    """Switch every eligible PEFT LoRA linear layer of `model` to the merged path; returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    switched = 0
+    for layer in model.modules():
+        if isinstance(layer, LoraLinear) and _can_merge(layer):
+            layer.forward = types.MethodType(_merged_forward, layer)
+            switched += 1
+    return switched
