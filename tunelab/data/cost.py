@@ -23,9 +23,10 @@ from tunelab.config import default_n_epochs
 PRICES_FILE = Path(__file__).with_name("openai_prices.yaml")
 
 # tunelab train on the embedded default (Gemma 3 270M, LoRA r=16 on all linear layers, fp32, batch 8),
-# on a two-core x86-64 CPU without AVX-512 or bf16: 9,380 tokens in 170 s (measured 2026-11-24).
+# on a two-core x86-64 CPU without AVX-512 or bf16: 29,487 tokens in 229 s over the demo's training set
+# (bench/train_speed.py, 2026-11-24), rounded down because these machines vary by ±15% from run to run.
 DEFAULT_MODEL_PARAMETERS = 268_098_176
-DEFAULT_MODEL_TOKENS_PER_SECOND = 55.0
+DEFAULT_MODEL_TOKENS_PER_SECOND = 120.0
 THROUGHPUT_SOURCE = "tunelab train on Gemma 3 270M, 2-core CPU, fp32 (2026-11-24)"
 
 
