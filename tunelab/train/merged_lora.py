@@ -60,8 +60,8 @@ def _can_merge(layer) -> bool:
     if not isinstance(base, torch.nn.Linear) or len(layer.active_adapters) != 1:
         return False
     name = layer.active_adapters[0]
+    # DoRA and PEFT's other variants register in lora_variant; only plain LoRA merges this way.
     return (name in layer.lora_A and name not in getattr(layer, "lora_variant", {})
-            and not layer.use_dora.get(name, False)
             and isinstance(layer.lora_dropout[name], torch.nn.Identity)
             and base.weight.dtype == torch.float32 and layer.lora_A[name].weight.dtype == torch.float32
             and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad))
