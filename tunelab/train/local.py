@@ -36,6 +36,7 @@ from tunelab.data.chat import read_conversations, read_numbered_conversations
 from tunelab.files import write_text_atomically
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
+from tunelab.train.host_memory import keep_freed_memory
 from tunelab.train.loss import TrainedTokenLoss
 from tunelab.train.methods import (check_method_available, chosen_kernels, compute_dtype, load_trainable_state,
                                    trainable_model, trainable_state, training_device)
@@ -115,6 +116,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     started = time.time()
     check_method_available(config, training_device())
     cluster = join_cluster()
+    if cluster.device == "cpu":
+        keep_freed_memory()  # activations are re-allocated every step; reuse beats fresh pages
     job_id = cluster.broadcast(new_job_id())
     run_dir = Path(config.out or Path("runs") / job_id)
     if resume:

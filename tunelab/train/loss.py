@@ -43,6 +43,10 @@ def _vocabulary_blocked(hidden, weight, targets):
     that add up block by block: S = Σ exp(z) and N = Σ exp(z)·W, giving loss = log S − z_target and
     gradient = N / S − W_target. Each block of logits is made, used and dropped while in cache. Returns
     None when some logit leaves the safe range; the caller then takes the shifted path.
+
+    A prediction counts as correct when the target's logit is the row's maximum. Taking maxima without
+    their positions (amax) costs a fifth of max-with-indices; the target logits are picked out of the
+    blocks they fall in, so they are the very values the maxima were taken over.
     """
     hidden = hidden.to(weight.dtype)
     tokens, vocabulary = hidden.shape[0], weight.shape[0]
@@ -51,25 +55,31 @@ def _vocabulary_blocked(hidden, weight, targets):
     sums = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
     weighted = torch.zeros(tokens, weight.shape[1], dtype=torch.float32, device=hidden.device)
     best = torch.full((tokens,), -float("inf"), device=hidden.device)
-    best_index = torch.zeros(tokens, dtype=torch.long, device=hidden.device)
-    for start in range(0, vocabulary, block):
+    wanted_logits = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
+    # Tokens grouped by the block their target falls in: by_target[bounds[k]:bounds[k + 1]] for block k.
+    by_target = torch.argsort(targets)
+    sorted_targets = targets[by_target]
+    bounds = torch.searchsorted(sorted_targets, torch.arange(0, vocabulary + block, block,
+                                                             device=targets.device)).tolist()
+    for index, start in enumerate(range(0, vocabulary, block)):
         rows = weight[start:start + block]
         logits = (hidden @ rows.T).float()
-        maxima, indexes = logits.max(dim=-1)
+        maxima = logits.amax(dim=-1)
         if bool((maxima >= SAFE_LOGIT).any()):
             return None
-        better = maxima > best  # strictly: the first of equal maxima wins, as argmax does
-        best, best_index = torch.where(better, maxima, best), torch.where(better, indexes + start, best_index)
+        torch.maximum(best, maxima, out=best)
+        low, high = bounds[index], bounds[index + 1]
+        if high > low:
+            wanted = by_target[low:high]
+            wanted_logits[wanted] = logits[wanted, sorted_targets[low:high] - start]
         exponentials = logits.exp_()
         sums += exponentials.sum(dim=-1)
         weighted.addmm_(exponentials.to(weight.dtype), rows)
     if bool((best <= -SAFE_LOGIT).any()):
         return None
-    wanted_rows = weight[targets].float()
-    wanted_logits = (hidden.float() * wanted_rows).sum(dim=-1)
     loss_sum = (sums.log() - wanted_logits).sum()
-    correct = (best_index == targets).sum()
-    return loss_sum, correct, weighted / sums[:, None] - wanted_rows
+    correct = (wanted_logits >= best).sum()
+    return loss_sum, correct, weighted / sums[:, None] - weight[targets].float()
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

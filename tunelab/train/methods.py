@@ -21,6 +21,7 @@ import torch
 
 from tunelab.config import TrainConfig
 from tunelab.models.resolve import ResolvedModel, load_model
+from tunelab.train.fused_norm import fuse_rms_norms
 from tunelab.train.merged_lora import train_through_merged_weights
 
 
@@ -88,6 +89,8 @@ def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str):
 
         # tunelab computes the loss itself (train/loss.py), so Liger's loss kernels stay off.
         _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+    else:
+        fuse_rms_norms(model)  # Liger brings its own; elsewhere ours (fp32 steps only)
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing works with a frozen embedding layer (no input-grad hook needed).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
