@@ -316,3 +316,8 @@ def test_template_agreement_check_names_file_line_and_message(tiny_tokenizer, tm
     with pytest.raises(TemplateMismatch) as caught:
         check_template_agreement(merging, conversations, "train.jsonl")
     assert str(caught.value).startswith("train.jsonl:2: messages[1]: the prompt sent at inference tokenizes differently")
+    # Every conversation is checked, not a leading sample: a bad reply on line 1,500 is found too.
+    many = [(line, conversations[0][1]) for line in range(1, 1500)] + [(1500, conversations[1][1])]
+    with pytest.raises(TemplateMismatch) as caught:
+        check_template_agreement(merging, many, "train.jsonl")
+    assert str(caught.value).startswith("train.jsonl:1500: messages[1]:")

@@ -99,22 +99,19 @@ def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-# Conversations checked before training; the check is about how the template and tokenizer meet at the
-# prompt/reply boundary, which the first thousand examples show as well as all of them.
-TEMPLATE_CHECK_LIMIT = 1000
-
-
-def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, dict]], path,
-                             limit: int = TEMPLATE_CHECK_LIMIT) -> int:
+def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, dict]], path) -> int:
     """Check that what inference sends is, token for token, what training trained after.
 
     For every trained assistant turn, the prompt inference renders (the conversation so far with the
     generation prompt) is tokenized on its own, as `chat`, `eval` and `serve` do, and must equal the first
     tokens of the training example. Raises TemplateMismatch naming the file, line and message otherwise.
     Returns the number of turns checked.
+
+    Every conversation is checked, not a sample: whether a reply merges with the template's header depends
+    on that reply's own first characters (a leading space or punctuation), so one bad line anywhere counts.
     """
     checked = 0
-    for line, conversation in numbered_conversations[:limit]:
+    for line, conversation in numbered_conversations:
         messages = conversation["messages"]
         try:
             text, spans = trained_character_spans(tokenizer, messages)
