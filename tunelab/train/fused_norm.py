@@ -27,15 +27,21 @@ import torch
 _OFFSET_WEIGHT_CLASSES = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gemma3nRMSNorm")
 
 
+def _normalised(inputs, weight, eps: float, offset: bool):
+    """(x · r · scale, r, scale) with r = rsqrt(mean(x²) + eps) per row and scale = w, or 1 + w (Gemma)."""
+    scale = weight + 1 if offset else weight
+    width = inputs.shape[-1]
+    # A norm is one pass over x; squaring x first would write a full-size temporary.
+    inverse_rms = torch.linalg.vector_norm(inputs, dim=-1, keepdim=True).square_().div_(width).add_(eps).rsqrt_()
+    return torch.mul(inputs, inverse_rms).mul_(scale), inverse_rms, scale
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs, weight, eps, offset):
-        scale = weight + 1 if offset else weight
-        width = inputs.shape[-1]
-        # A norm is one pass over x; squaring x first would write a full-size temporary.
-        inverse_rms = torch.linalg.vector_norm(inputs, dim=-1, keepdim=True).square_().div_(width).add_(eps).rsqrt_()
+        output, inverse_rms, scale = _normalised(inputs, weight, eps, offset)
         ctx.save_for_backward(inputs, inverse_rms, scale)
-        return torch.mul(inputs, inverse_rms).mul_(scale)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -71,8 +77,7 @@ def _agrees_with_own_forward(norm, eps: float, offset: bool) -> bool:
     probe = torch.randn(3, width, generator=generator).to(norm.weight.device)
     with torch.no_grad():
         expected = type(norm).forward(norm, probe)
-        fused = _RMSNorm.forward(types.SimpleNamespace(save_for_backward=lambda *_: None), probe,
-                                 norm.weight.float(), eps, offset)
+        fused, _, _ = _normalised(probe, norm.weight.float(), eps, offset)
     return expected.shape == fused.shape and torch.allclose(expected.float(), fused, rtol=1e-4, atol=1e-5)
 
 
@@ -81,11 +86,9 @@ def fuse_rms_norms(model) -> int:
     verdicts: dict[type, bool] = {}
     switched = 0
     for module in model.modules():
-        cls = type(module)
-        weight = getattr(module, "weight", None)
-        eps = _eps(module)
-        if not cls.__name__.endswith("RMSNorm") or not isinstance(weight, torch.nn.Parameter) or weight.ndim != 1 \
-                or eps is None:
+        cls, weight, eps = type(module), getattr(module, "weight", None), _eps(module)
+        is_norm = cls.__name__.endswith("RMSNorm") and isinstance(weight, torch.nn.Parameter) and weight.ndim == 1
+        if not is_norm or eps is None:
             continue
         offset = cls.__name__ in _OFFSET_WEIGHT_CLASSES
         if cls not in verdicts:
