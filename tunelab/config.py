@@ -54,6 +54,8 @@ class TrainConfig:
     """Recompute activations in the backward pass: ~30% slower, much less memory for long examples."""
     kernels: str = "auto"
     """'auto' (Liger's fused kernels when installed on CUDA), 'liger', 'unsloth' (CUDA only), or 'none'."""
+    fsdp: bool = False
+    """Under several processes, shard weights, gradients and optimizer state (FSDP2) instead of copying them."""
     validation_split: float = 0.0
     """With no validation file, hold out this fraction of the training data (seeded) for validation."""
     eval_every: int = 0
@@ -114,8 +116,9 @@ class TrainConfig:
             fail("method", f"must be one of {', '.join(METHODS)}")
         if self.kernels not in KERNELS:
             fail("kernels", f"must be one of {', '.join(KERNELS)}")
-        if not isinstance(self.gradient_checkpointing, bool):
-            fail("gradient_checkpointing", "must be true or false")
+        for name in ("gradient_checkpointing", "fsdp"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
         if self.validation and self.validation_split:
             fail("validation_split", "cannot be used together with a validation file")
 

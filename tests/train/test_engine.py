@@ -282,19 +282,36 @@ def test_validation_split_holds_out_a_slice(tmp_path, data_files, tiny_model_dir
     assert rows[-1]["valid_loss"] and rows[-1]["valid_mean_token_accuracy"]
 
 
-def test_two_processes_under_accelerate_match_one(tmp_path, data_files, tiny_model_dir):
-    single = run(settings(data_files, tiny_model_dir, tmp_path / "single", n_epochs=2))
-    out = tmp_path / "two"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "tunelab.cli", "train", "--data", str(data_files[0]), "--model", str(tiny_model_dir),
-              "--out", str(out), "--n-epochs", "2", "--batch-size", "4", "--learning-rate-multiplier", "25",
-              "--seed", "3", "--quiet"]
+def launch_two_processes(*arguments: str, fsdp: bool = False) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `tunelab train` in two CPU processes (sharded with FSDP2 if asked)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no",
+              *(["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]),
+              "-m", "tunelab.cli", "train", *arguments, "--quiet"]
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(launch, capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("RUN:") == 1  # one report, from the first process
-    assert "× 2 processes" in result.stderr
+    return result
+
+
+def training_arguments(data_files, model_dir, out, **changes) -> list[str]:
+    """The command-line flags of `settings(...)` with the same changes."""
+    config = settings(data_files, model_dir, out, **changes)
+    defaults = TrainConfig()
+    flags = []
+    for name, value in config.to_dict().items():
+        if value != getattr(defaults, name):
+            flag = f"--{name.replace('_', '-')}"
+            flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
+def test_two_processes_under_accelerate_match_one(tmp_path, data_files, tiny_model_dir):
+    single = run(settings(data_files, tiny_model_dir, tmp_path / "single", n_epochs=2))
+    out = tmp_path / "two"
+    result = launch_two_processes(*training_arguments(data_files, tiny_model_dir, out, n_epochs=2))
+    assert "× 2 processes" in " ".join(result.stderr.split()) and "FSDP" not in result.stderr
     for a, b in zip(metric_rows(single), metric_rows(out)):
         assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
     expected = adapter(single)
@@ -302,6 +319,69 @@ def test_two_processes_under_accelerate_match_one(tmp_path, data_files, tiny_mod
         # As in the accumulation test: Adam can turn summation-order rounding on a near-zero gradient into
         # a small part of one step (measured: one element off by 2e-5, with weights up to 0.1).
         assert torch.allclose(tensor, expected[name], rtol=1e-3, atol=1e-4), name
+
+
+# Batches of 3 over 2 processes, one example per pass: one process makes two passes and the other one,
+# and the last batch of each epoch (16 = 5 × 3 + 1) leaves one process with nothing but a pass that keeps
+# it in step. Validation (8 examples) runs on both.
+UNEVEN = dict(n_epochs=2, batch_size=3, micro_batch_size=1)
+
+
+def test_fsdp_sharded_lora_matches_one_process_and_checkpoints_whole_tensors(tmp_path, data_files, tiny_model_dir):
+    changes = dict(UNEVEN, validation=str(data_files[1]))
+    single = run(settings(data_files, tiny_model_dir, tmp_path / "single", **changes))
+    out = tmp_path / "sharded"
+    # Asked for in the settings (`--fsdp`) here; by `accelerate launch --use_fsdp` in the next test.
+    result = launch_two_processes(*training_arguments(data_files, tiny_model_dir, out, fsdp=True, **changes))
+    assert "× 2 processes (FSDP: weights sharded)" in " ".join(result.stderr.split())  # unwrapped
+    share = next(e["data"] for e in map(json.loads, (out / "events.jsonl").read_text().splitlines())
+                 if "weights_held" in e["data"])
+    assert share["weights_held"] <= share["weights"] // 2 + 2048  # half, give or take uneven slices
+    single_rows, sharded_rows = metric_rows(single), metric_rows(out)
+    assert len(sharded_rows) == len(single_rows) == 12
+    for a, b in zip(single_rows, sharded_rows):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
+        assert float(b["train_accuracy"]) == pytest.approx(float(a["train_accuracy"]), abs=1e-9)
+        assert bool(a["valid_loss"]) == bool(b["valid_loss"])
+        if a["valid_loss"]:
+            assert float(b["valid_loss"]) == pytest.approx(float(a["valid_loss"]), rel=1e-4)
+    expected = adapter(single)
+    assert set(adapter(out)) == set(expected)
+    for name, tensor in adapter(out).items():
+        assert torch.allclose(tensor, expected[name], rtol=1e-3, atol=1e-4), name
+    # Checkpoints hold whole tensors (gathered from the slices), the same as a one-process run writes.
+    single_checkpoint, sharded_checkpoint = latest_checkpoint(single), latest_checkpoint(out)
+    assert sharded_checkpoint.step == single_checkpoint.step == 12
+    for file in ("trainable.safetensors", "optimizer.safetensors"):
+        reference, gathered = (load_file(c.path / file) for c in (single_checkpoint, sharded_checkpoint))
+        assert set(gathered) == set(reference)
+        for name, tensor in gathered.items():
+            assert tensor.shape == reference[name].shape, (file, name)
+            assert torch.allclose(tensor, reference[name], rtol=1e-3, atol=1e-4), (file, name)
+
+
+def test_fsdp_full_fine_tuning_resumes_a_one_process_checkpoint_to_the_same_model(tmp_path, data_files,
+                                                                                  tiny_model_dir):
+    """Every weight sharded, the tied LM head included; the optimizer state sliced from a whole checkpoint."""
+    changes = dict(UNEVEN, method="full", learning_rate_multiplier=50)
+    uninterrupted = run(settings(data_files, tiny_model_dir, tmp_path / "uninterrupted", **changes))
+    out = tmp_path / "resumed"
+    run(settings(data_files, tiny_model_dir, out, **changes), should_stop=lambda step: step == 8)
+    assert latest_checkpoint(out).step == 6  # the end of epoch 1, written by one process
+    result = launch_two_processes("--resume", str(out), fsdp=True)
+    assert "Resumed from checkpoint at step 6" in (out / "events.jsonl").read_text()
+    assert "FSDP: weights sharded" in " ".join(result.stderr.split())
+    expected_rows, resumed_rows = metric_rows(uninterrupted), metric_rows(out)
+    assert len(resumed_rows) == len(expected_rows) == 12
+    for a, b in zip(expected_rows, resumed_rows):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
+    expected = load_file(uninterrupted / "model" / "model.safetensors")
+    resumed = load_file(out / "model" / "model.safetensors")
+    assert set(resumed) == set(expected)
+    base = load_file(Path(tiny_model_dir) / "model.safetensors")
+    for name, tensor in resumed.items():
+        assert torch.allclose(tensor, expected[name], rtol=1e-3, atol=1e-4), name
+        assert not torch.equal(tensor, base[name]), f"{name} did not train"
 
 
 def test_template_agreement_check_names_file_line_and_message(tiny_tokenizer, tmp_path):

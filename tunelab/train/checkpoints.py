@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.train.sharding import sliced_optimizer_state
+
 KEEP_LAST = 3
 PREFIX = "step-"
 
@@ -43,9 +45,13 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler,
                     state: dict, keep_last: int = KEEP_LAST) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`."""
+    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`.
+
+    `trainable` and `optimizer_state` (an optimizer's state_dict) hold whole tensors, gathered first if the
+    run is sharded (train/sharding.py).
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
@@ -55,7 +61,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     temporary.mkdir()
     save_file({name: tensor.detach().contiguous().cpu() for name, tensor in trainable.items()},
               temporary / "trainable.safetensors")
-    optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer.state_dict())
+    optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer_state)
     save_file(optimizer_tensors, temporary / "optimizer.safetensors")
     save_file({"torch": torch.get_rng_state()}, temporary / "rng.safetensors")
     record = dict(state, step=step, optimizer=optimizer_scalars, scheduler=scheduler.state_dict())
@@ -93,7 +99,8 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
 def restore_training_state(checkpoint: Checkpoint, optimizer, scheduler) -> None:
     """Put the optimizer, schedule and torch's random state back as they were at the checkpoint."""
     tensors = load_file(checkpoint.path / "optimizer.safetensors")
-    optimizer.load_state_dict(_join_optimizer_state(tensors, checkpoint.state["optimizer"]))
+    whole = _join_optimizer_state(tensors, checkpoint.state["optimizer"])
+    optimizer.load_state_dict(sliced_optimizer_state(whole, optimizer))
     scheduler.load_state_dict(checkpoint.state["scheduler"])
     torch.set_rng_state(load_file(checkpoint.path / "rng.safetensors")["torch"])
 

@@ -3,6 +3,7 @@
     tunelab train --data train.jsonl --validation valid.jsonl
     tunelab train --resume runs/ftjob-…            # continue a crashed or cancelled run exactly
     accelerate launch --multi_gpu --num_processes 2 -m tunelab.cli train --data …   # data-parallel
+    accelerate launch --use_fsdp --num_processes 2 -m tunelab.cli train --data …     # sharded (FSDP2)
 
 A plain PyTorch loop rather than transformers.Trainer, because the speed comes from things a generic
 trainer does not do:
@@ -21,6 +22,7 @@ uninterrupted run would have, and ends with the same weights and metrics.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -32,16 +34,17 @@ import yaml
 
 from tunelab.config import TrainConfig, resolve_hyperparameters
 from tunelab.console import console
-from tunelab.data.chat import read_conversations, read_numbered_conversations
+from tunelab.data.chat import read_numbered_conversations
 from tunelab.files import write_text_atomically
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
 from tunelab.train.host_memory import keep_freed_memory
 from tunelab.train.loss import TrainedTokenLoss
-from tunelab.train.methods import (check_method_available, chosen_kernels, compute_dtype, load_trainable_state,
-                                   trainable_model, trainable_state, training_device)
+from tunelab.train.methods import (MethodUnavailable, check_method_available, chosen_kernels, compute_dtype,
+                                   load_trainable_state, trainable_model, trainable_state, training_device)
 from tunelab.train.record import RunRecorder, fine_tuned_model_name, new_job_id, read_job
-from tunelab.train.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_conversation
+from tunelab.train.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
+from tunelab.train.sharding import gathered, gathered_optimizer_state, local_share, shard
 
 # Examples in the validation sample measured at intervals during training (the whole set at the end).
 VALID_SAMPLE_SIZE = 16
@@ -53,12 +56,18 @@ class RunExists(FileExistsError):
 
 @dataclass
 class Cluster:
-    """This process's place among the data-parallel processes (one process: rank 0 of 1)."""
+    """This process's place among the data-parallel processes (one process: rank 0 of 1).
+
+    Unsharded, every process holds the whole model and gradients are summed after each step
+    (`sum_gradients`); sharded (FSDP, train/sharding.py), each holds a slice and PyTorch sums gradients
+    into the slices during the backward pass.
+    """
 
     accelerator: object
     rank: int
     world: int
     device: str
+    sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -96,14 +105,19 @@ class Cluster:
             self.accelerator.wait_for_everyone()
 
 
-def join_cluster() -> Cluster:
-    """Set up data parallelism when launched by `accelerate launch`/torchrun; one process otherwise."""
+def join_cluster(fsdp: bool = False) -> Cluster:
+    """Set up data parallelism when launched by `accelerate launch`/torchrun; one process otherwise.
+
+    Sharded when asked for by `fsdp` or by `accelerate launch --use_fsdp`, and there is more than one process.
+    """
     from accelerate import Accelerator
 
     device = training_device()
     accelerator = Accelerator(cpu=device == "cpu")
     state = accelerator.state
-    return Cluster(accelerator, state.process_index, state.num_processes, str(accelerator.device))
+    fsdp = fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return Cluster(accelerator, state.process_index, state.num_processes, str(accelerator.device),
+                   sharded=fsdp and state.num_processes > 1)
 
 
 def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
@@ -115,7 +129,10 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     """
     started = time.time()
     check_method_available(config, training_device())
-    cluster = join_cluster()
+    cluster = join_cluster(config.fsdp)
+    if cluster.sharded and (config.method == "qlora" or config.kernels == "unsloth"):
+        raise MethodUnavailable("fsdp: sharding 4-bit weights or Unsloth's patched model is not supported; "
+                                "use method: lora or full with FSDP, or plain data parallelism")
     if cluster.device == "cpu":
         keep_freed_memory()  # activations are re-allocated every step; reuse beats fresh pages
     job_id = cluster.broadcast(new_job_id())
@@ -128,19 +145,20 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
 
     # --- setup: data, model, adapter -------------------------------------------------------------------
     numbered_train = read_numbered_conversations(config.data)
-    train_conversations = [conversation for _line, conversation in numbered_train]
-    valid_conversations = read_conversations(config.validation) if config.validation else []
-    if config.validation_split and not valid_conversations:
-        train_conversations, valid_conversations = _hold_out(train_conversations, config.validation_split,
-                                                             config.seed)
-    hyper = resolve_hyperparameters(config, len(train_conversations))
+    numbered_valid = read_numbered_conversations(config.validation) if config.validation else []
     load_started = time.monotonic()
     resolved = resolve_model(config.model)
     tokenizer = load_tokenizer(resolved.path)
-    check_template_agreement(tokenizer, numbered_train, config.data)
-    train_examples = _render_all(tokenizer, train_conversations, config.max_length, config.data, cluster)
-    valid_examples = _render_all(tokenizer, valid_conversations, config.max_length,
-                                 config.validation or f"{config.data} (held-out slice)", cluster)
+    # Rendered once, whole: the template check needs the untruncated ids, training the truncated ones.
+    train_examples = render_numbered(tokenizer, numbered_train, config.data)
+    check_template_agreement(tokenizer, numbered_train, config.data, rendered=train_examples)
+    valid_examples = render_numbered(tokenizer, numbered_valid, config.validation)
+    if config.validation_split and not valid_examples:
+        train_examples, valid_examples = _hold_out(train_examples, config.validation_split, config.seed)
+    train_examples = _truncated(train_examples, config.max_length, config.data, cluster)
+    valid_examples = _truncated(valid_examples, config.max_length,
+                                config.validation or f"{config.data} (held-out slice)", cluster)
+    hyper = resolve_hyperparameters(config, len(train_examples))
 
     torch.manual_seed(config.seed)
     model = trainable_model(resolved, config, cluster.device)
@@ -167,6 +185,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
             + (f" r={config.lora_r}" if config.method != "full" else "")
             + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype}"
             + (f" × {cluster.world} processes" if cluster.world > 1 else "")
+            + (" (FSDP: weights sharded)" if cluster.sharded else "")
             + (f" · kernels {chosen_kernels(config, cluster.device)}" if cluster.device.startswith("cuda") else "")
             + f" · model loaded in {load_seconds:.1f} s"
         )
@@ -174,6 +193,10 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     # --- fit -------------------------------------------------------------------------------------------
     fit = Fit(model, tokenizer, train_examples, valid_examples, hyper, config, total_steps, eval_every,
               cluster, recorder, run_dir, show_progress, should_stop)
+    if recorder and cluster.sharded:
+        held, weights = local_share(model)
+        recorder.event(f"FSDP: each process holds its slice of the weights, here {held:,} of {weights:,}",
+                       data={"weights_held": held, "weights": weights})
     try:
         if resume:
             fit.restore(latest_checkpoint(run_dir))
@@ -186,13 +209,15 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
         raise
 
     # --- save ------------------------------------------------------------------------------------------
+    # Sharded weights are gathered by every process together; the first one writes them.
+    whole = {name: gathered(t) for name, t in trainable_state(model).items()} if cluster.sharded else None
     if recorder:
         if outcome == "cancelled":
             recorder.set_status("cancelled")
             recorder.close()
             console.print(f"Cancelled at step {fit.step}; resume with `tunelab train --resume {run_dir}`")
             return run_dir
-        _save_trained(model, config, run_dir)
+        _save_trained(model, config, run_dir, whole)
         recorder.plot_loss_curve()
         recorder.set_status("succeeded", fine_tuned_model=fine_tuned_model_name(resolved.name, config.suffix, job_id),
                             trained_tokens=fit.tokens_seen)
@@ -228,17 +253,18 @@ def _new_job(job_id, started, model_name, config: TrainConfig, hyper, total_step
     }
 
 
-def _hold_out(conversations: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def _hold_out(examples: list[RenderedExample], fraction: float,
+              seed: int) -> tuple[list[RenderedExample], list[RenderedExample]]:
     """A seeded random slice of the training data kept back for validation (at least one example)."""
-    order = list(range(len(conversations)))
+    order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     held = set(order[:max(1, round(len(order) * fraction))])
-    return ([c for i, c in enumerate(conversations) if i not in held],
-            [c for i, c in enumerate(conversations) if i in held])
+    return ([e for i, e in enumerate(examples) if i not in held],
+            [e for i, e in enumerate(examples) if i in held])
 
 
-def _render_all(tokenizer, conversations, max_length, path, cluster: Cluster) -> list[RenderedExample]:
-    examples = [render_conversation(tokenizer, c["messages"]) for c in conversations]
+def _truncated(examples: list[RenderedExample], max_length, path, cluster: Cluster) -> list[RenderedExample]:
+    """Examples cut to `max_length` tokens (saying how many were), refusing a set with nothing to train."""
     truncated = sum(len(e.input_ids) > max_length for e in examples)
     if truncated and cluster.is_main:
         console.print(f"[yellow]{path}: {truncated} example(s) longer than {max_length} tokens are truncated[/]")
@@ -281,6 +307,8 @@ class Fit:
                  eval_every, cluster: Cluster, recorder: RunRecorder | None, run_dir: Path, show_progress: bool,
                  should_stop):
         self.model, self.loss = model, TrainedTokenLoss(model)
+        if cluster.sharded:
+            shard(self.loss, model, cluster.device)  # before the optimizer, which must hold the sliced weights
         self.train_examples, self.valid_examples = train_examples, valid_examples
         self.hyper, self.config, self.total_steps, self.eval_every = hyper, config, total_steps, eval_every
         self.cluster, self.recorder, self.run_dir = cluster, recorder, run_dir
@@ -327,18 +355,22 @@ class Fit:
             self.recorder.event(f"Resumed from checkpoint at step {self.step}", data={"step": self.step})
 
     def save_checkpoint(self) -> None:
+        # Whole tensors, gathered by every process together if sharded, so any number of processes can resume.
+        trainable = {name: gathered(t) for name, t in trainable_state(self.model).items()}
+        optimizer_state = gathered_optimizer_state(self.optimizer)
+        best_weights = None if self.best_weights is None else {
+            name: gathered(t) for name, t in self.best_weights.items()}
         if self.cluster.is_main:
             state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens_seen": self.tokens_seen,
                      "train_seconds": self.train_seconds, "rows": self.rows, "best": self.best}
-            path = save_checkpoint(self.run_dir, self.step, trainable_state(self.model), self.optimizer,
-                                   self.schedule, state)
-            if self.best_weights is not None:
+            path = save_checkpoint(self.run_dir, self.step, trainable, optimizer_state, self.schedule, state)
+            if best_weights is not None:
                 from safetensors.torch import save_file
 
                 # Written after the rename, so a crash here only loses the best weights of an early-stopping
                 # run, never the checkpoint; written to a temporary name first all the same.
                 temporary = path / ".best.safetensors.tmp"
-                save_file(self.best_weights, temporary)
+                save_file({name: t.contiguous() for name, t in best_weights.items()}, temporary)
                 temporary.rename(path / "best.safetensors")
             self.recorder.event(f"Checkpoint saved at step {self.step}", data={"step": self.step,
                                                                                "path": str(path)})
@@ -392,18 +424,24 @@ class Fit:
         # Normalise by the whole batch's trained tokens, across processes and micro-batches, so the step is
         # the same whatever the split: one mean over every trained token of the batch.
         batch_trained = sum(self.trained_counts[i] for i in batch)
-        mine = batch[cluster.rank::cluster.world]
+        passes = self.passes(batch, hyper.micro_batch_size)
         loss_total, correct_total, tokens = 0.0, 0, 0
-        for start in range(0, len(mine), hyper.micro_batch_size):
-            micro = [self.train_examples[i] for i in mine[start:start + hyper.micro_batch_size]]
+        for number, indices in enumerate(passes):
+            micro = [self.train_examples[i] for i in (indices or batch[:1])]
             input_ids, attention, labels = collate(micro, self.pad_id, cluster.device)
+            if cluster.sharded:  # sum the passes' gradients locally; reduce-scatter once, after the last
+                self.loss.set_requires_gradient_sync(number == len(passes) - 1)
             with self.autocast:
                 loss_sum, correct, _count = self.loss(input_ids, attention, labels)
+            if indices is None:  # a pass that only keeps this process in step with the others
+                (loss_sum * 0).backward()
+                continue
             (loss_sum / max(batch_trained, 1)).backward()
             loss_total += loss_sum.item()
             correct_total += int(correct)
             tokens += int(attention.sum())
-        cluster.sum_gradients(self.parameters)
+        if not cluster.sharded:
+            cluster.sum_gradients(self.parameters)
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
         self.optimizer.step()
         self.schedule.step()
@@ -411,6 +449,20 @@ class Fit:
         loss_total, correct_total, tokens = cluster.sum([loss_total, correct_total, tokens])
         self.tokens_seen += int(tokens)
         return loss_total / max(batch_trained, 1), correct_total / max(batch_trained, 1)
+
+    def passes(self, indices: list[int], size: int) -> list[list[int] | None]:
+        """This process's share of `indices`, in forward passes of up to `size` examples.
+
+        Sharded, every process makes as many passes as the busiest one, since each pass gathers weights from
+        all of them; the extra passes are None and count for nothing.
+        """
+        cluster = self.cluster
+        mine = indices[cluster.rank::cluster.world]
+        passes: list[list[int] | None] = [mine[start:start + size] for start in range(0, len(mine), size)]
+        if cluster.sharded:
+            busiest = math.ceil(math.ceil(len(indices) / cluster.world) / size)
+            passes += [None] * (busiest - len(passes))
+        return passes
 
     def maybe_validate(self) -> tuple[float | None, float | None]:
         if not self.valid_examples:
@@ -429,13 +481,15 @@ class Fit:
     def evaluate(self, examples: list[RenderedExample]) -> tuple[float, float]:
         """Mean loss and token accuracy over every trained token of `examples` (shared among processes)."""
         self.model.eval()
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))[self.cluster.rank::self.cluster.world]
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         loss_total, correct_total, count_total = 0.0, 0, 0
-        for start in range(0, len(order), self.hyper.micro_batch_size):
-            batch = [examples[i] for i in order[start:start + self.hyper.micro_batch_size]]
+        for indices in self.passes(order, self.hyper.micro_batch_size):
+            batch = [examples[i] for i in (indices or order[:1])]
             input_ids, attention, labels = collate(batch, self.pad_id, self.cluster.device)
             with self.autocast:
                 loss_sum, correct, count = self.loss(input_ids, attention, labels)
+            if indices is None:  # in step with the other processes only
+                continue
             loss_total, correct_total, count_total = loss_total + loss_sum.item(), correct_total + int(correct), count_total + count
         self.model.train()
         loss_total, correct_total, count_total = self.cluster.sum([loss_total, correct_total, count_total])
@@ -475,11 +529,14 @@ class Fit:
                 f"(validation loss {self.best['valid_loss']:.4f})", data=dict(self.best, stopped_at=self.step))
 
 
-def _save_trained(model, config: TrainConfig, run_dir: Path) -> None:
-    """The result: `adapter/` (PEFT, safetensors) or, for full fine-tuning, `model/` — renamed into place."""
+def _save_trained(model, config: TrainConfig, run_dir: Path, trained: dict[str, torch.Tensor] | None) -> None:
+    """The result: `adapter/` (PEFT, safetensors) or, for full fine-tuning, `model/` — renamed into place.
+
+    `trained`: the trained tensors gathered from a sharded model (None: the model holds them whole).
+    """
     destination = run_dir / ("model" if config.method == "full" else "adapter")
     temporary = destination.with_name(f".{destination.name}.tmp")
-    model.save_pretrained(temporary, safe_serialization=True)
+    model.save_pretrained(temporary, safe_serialization=True, state_dict=trained)
     if destination.exists():
         raise FileExistsError(f"{destination} already exists; refusing to overwrite a finished result")
     temporary.rename(destination)

@@ -23,6 +23,7 @@ from tunelab.config import TrainConfig
 from tunelab.models.resolve import ResolvedModel, load_model
 from tunelab.train.fused_norm import fuse_rms_norms
 from tunelab.train.merged_lora import train_through_merged_weights
+from tunelab.train.sharding import sliced_like
 
 
 class MethodUnavailable(RuntimeError):
@@ -155,14 +156,14 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable tensors back into `model` (names must match exactly)."""
+    """Copy saved trainable tensors back into `model` (names must match exactly; sliced if it is sharded)."""
     parameters = dict(model.named_parameters())
     missing = [name for name in tensors if name not in parameters]
     if missing:
         raise ValueError(f"checkpoint holds weights the model lacks, e.g. {missing[:3]}")
     with torch.no_grad():
         for name, tensor in tensors.items():
-            parameters[name].copy_(tensor)
+            parameters[name].copy_(sliced_like(tensor, parameters[name]))
 
 
 def _installed(package: str) -> bool:

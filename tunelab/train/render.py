@@ -99,7 +99,19 @@ def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, dict]], path) -> int:
+def render_numbered(tokenizer, numbered_conversations: list[tuple[int, dict]], path) -> list[RenderedExample]:
+    """Every conversation rendered whole (untruncated); a template that cannot place the mask names file:line."""
+    examples = []
+    for line, conversation in numbered_conversations:
+        try:
+            examples.append(render_conversation(tokenizer, conversation["messages"]))
+        except TemplateMismatch as error:
+            raise TemplateMismatch(f"{path}:{line}: {error}") from None
+    return examples
+
+
+def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, dict]], path,
+                             rendered: list[RenderedExample] | None = None) -> int:
     """Check that what inference sends is, token for token, what training trained after.
 
     For every trained assistant turn, the prompt inference renders (the conversation so far with the
@@ -109,15 +121,14 @@ def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, 
 
     Every conversation is checked, not a sample: whether a reply merges with the template's header depends
     on that reply's own first characters (a leading space or punctuation), so one bad line anywhere counts.
+    `rendered`: the conversations' examples from `render_numbered`, when the caller has them already.
     """
+    if rendered is None:
+        rendered = render_numbered(tokenizer, numbered_conversations, path)
     checked = 0
-    for line, conversation in numbered_conversations:
+    for (line, conversation), example in zip(numbered_conversations, rendered, strict=True):
         messages = conversation["messages"]
-        try:
-            text, spans = trained_character_spans(tokenizer, messages)
-        except TemplateMismatch as error:
-            raise TemplateMismatch(f"{path}:{line}: {error}") from None
-        training_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        training_ids = example.input_ids
         assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
         for index in assistant_turns:
             prompt_ids = render_prompt_ids(tokenizer, messages[:index])
