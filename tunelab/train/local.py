@@ -44,7 +44,7 @@ from tunelab.train.methods import (MethodUnavailable, check_method_available, ch
                                    load_trainable_state, trainable_model, trainable_state, training_device)
 from tunelab.train.record import RunRecorder, fine_tuned_model_name, new_job_id, read_job
 from tunelab.train.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
-from tunelab.train.sharding import gathered, gathered_optimizer_state, local_share, shard
+from tunelab.train.sharding import gathered_optimizer_state, gathered_to_cpu, local_share, shard
 
 # Examples in the validation sample measured at intervals during training (the whole set at the end).
 VALID_SAMPLE_SIZE = 16
@@ -161,7 +161,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     hyper = resolve_hyperparameters(config, len(train_examples))
 
     torch.manual_seed(config.seed)
-    model = trainable_model(resolved, config, cluster.device)
+    model = trainable_model(resolved, config, cluster.device, sharded=cluster.sharded)
     load_seconds = time.monotonic() - load_started
 
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
@@ -210,7 +210,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
 
     # --- save ------------------------------------------------------------------------------------------
     # Sharded weights are gathered by every process together; the first one writes them.
-    whole = {name: gathered(t) for name, t in trainable_state(model).items()} if cluster.sharded else None
+    whole = gathered_to_cpu(trainable_state(model), keep=cluster.is_main) if cluster.sharded else None
     if recorder:
         if outcome == "cancelled":
             recorder.set_status("cancelled")
@@ -356,11 +356,11 @@ class Fit:
 
     def save_checkpoint(self) -> None:
         # Whole tensors, gathered by every process together if sharded, so any number of processes can resume.
-        trainable = {name: gathered(t) for name, t in trainable_state(self.model).items()}
-        optimizer_state = gathered_optimizer_state(self.optimizer)
-        best_weights = None if self.best_weights is None else {
-            name: gathered(t) for name, t in self.best_weights.items()}
-        if self.cluster.is_main:
+        main = self.cluster.is_main
+        trainable = gathered_to_cpu(trainable_state(self.model), keep=main)
+        optimizer_state = gathered_optimizer_state(self.optimizer, keep=main)
+        best_weights = None if self.best_weights is None else gathered_to_cpu(self.best_weights, keep=main)
+        if main:
             state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens_seen": self.tokens_seen,
                      "train_seconds": self.train_seconds, "rows": self.rows, "best": self.best}
             path = save_checkpoint(self.run_dir, self.step, trainable, optimizer_state, self.schedule, state)

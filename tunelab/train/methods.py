@@ -69,21 +69,26 @@ def check_method_available(config: TrainConfig, device: str) -> None:
     chosen_kernels(config, device)
 
 
-def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str):
-    """The base model for `config.method`, adapters attached, on `device`, ready to train."""
+def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str, sharded: bool = False):
+    """The base model for `config.method`, adapters attached, on `device`, ready to train.
+
+    `sharded`: left in host memory instead, for FSDP to move each process's slice to `device` (a model
+    that does not fit one device cannot be put on it whole first).
+    """
     check_method_available(config, device)
     kernels = chosen_kernels(config, device)
     dtype = compute_dtype(device)
+    place = "cpu" if sharded else device
     if kernels == "unsloth":
         return _unsloth_model(resolved, config, dtype)
     if config.method == "qlora":
         model = _four_bit_model(resolved, dtype)
     elif config.method == "full":
         # fp32 master weights: bf16 cannot hold the small updates of full fine-tuning.
-        model = load_model(resolved.path, dtype=torch.float32).to(device)
+        model = load_model(resolved.path, dtype=torch.float32).to(place)
     else:
         # LoRA trains only the adapters, so the frozen base can sit in the compute dtype (half the memory).
-        model = load_model(resolved.path, dtype=dtype).to(device)
+        model = load_model(resolved.path, dtype=dtype).to(place)
     model.config.use_cache = False
     if kernels == "liger":
         from liger_kernel.transformers import _apply_liger_kernel_to_instance

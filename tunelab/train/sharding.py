@@ -14,8 +14,10 @@ train/loss.py reads the head weight.
 Two things follow from every process holding only a slice:
 - All processes must run the same number of forward passes, since each gathers weights together with the
   others. A process with fewer examples in a batch runs a pass that counts for nothing (see Fit).
-- Weights written to disk are gathered first (`gathered`), and weights read back are sliced again
-  (`sliced_like`); checkpoints therefore hold whole tensors and resume under any number of processes.
+- Weights written to disk are gathered first (`gathered_to_cpu`), one tensor at a time and kept only by
+  the process that writes, and weights read back are sliced again (`sliced_like`). Checkpoints therefore
+  hold whole tensors and resume under any number of processes. The writing process does hold every trained
+  tensor in host memory while it writes (the whole model, for full fine-tuning).
 """
 
 from __future__ import annotations
@@ -61,11 +63,20 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def gathered(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a sharded one (a collective: every process must call it); others unchanged."""
+def gathered_to_cpu(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    """Whole copies of `tensors` in host memory where `keep` (the writing process), else nothing.
+
+    A collective when they are sharded: every process calls it with the same names in the same order, and
+    each tensor is gathered by all of them together, then dropped at once by those that do not keep it.
+    """
     from torch.distributed.tensor import DTensor
 
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    whole = {}
+    for name, tensor in tensors.items():
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if keep:
+            whole[name] = full.detach().cpu()
+    return whole
 
 
 def sliced_like(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
@@ -80,12 +91,13 @@ def sliced_like(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def gathered_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """`optimizer.state_dict()` with whole tensors (a collective when the parameters are sharded)."""
+def gathered_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool) -> dict:
+    """`optimizer.state_dict()` with whole tensors in host memory where `keep` (as `gathered_to_cpu`)."""
     state_dict = optimizer.state_dict()
-    state = {index: {name: gathered(value) if isinstance(value, torch.Tensor) else value
-                     for name, value in values.items()}
-             for index, values in state_dict["state"].items()}
+    state = {}
+    for index, values in state_dict["state"].items():
+        tensors = gathered_to_cpu({name: v for name, v in values.items() if isinstance(v, torch.Tensor)}, keep)
+        state[index] = {name: tensors.get(name) if isinstance(v, torch.Tensor) else v for name, v in values.items()}
     return {"state": state, "param_groups": state_dict["param_groups"]}
 
 
