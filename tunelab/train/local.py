@@ -370,7 +370,7 @@ class Fit:
                 # Written after the rename, so a crash here only loses the best weights of an early-stopping
                 # run, never the checkpoint; written to a temporary name first all the same.
                 temporary = path / ".best.safetensors.tmp"
-                save_file({name: t.contiguous() for name, t in best_weights.items()}, temporary)
+                save_file(best_weights, temporary)
                 temporary.rename(path / "best.safetensors")
             self.recorder.event(f"Checkpoint saved at step {self.step}", data={"step": self.step,
                                                                                "path": str(path)})
