@@ -80,6 +80,7 @@ def train(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate examples to this many tokens (default 1024)."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass to save memory."),
     kernels: Optional[str] = typer.Option(None, "--kernels", help="auto, none, liger or unsloth (the last two on CUDA only)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute format: auto (bf16 where the hardware has bf16 units, else fp32 on CPUs and fp16 on old GPUs), fp32, bf16 or fp16."),
     fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Under several processes (accelerate launch), shard the model instead of copying it (FSDP2)."),
     validation_split: Optional[float] = typer.Option(None, "--validation-split", help="With no --validation, hold out this fraction of the data for validation."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Validate every N steps (default: four times per run, and at the end)."),
@@ -103,7 +104,7 @@ def train(
                  batch_size=_int_or_auto(batch_size), micro_batch_size=_int_or_auto(micro_batch_size),
                  learning_rate_multiplier=_float_or_auto(learning_rate_multiplier), lora_r=lora_r,
                  lora_alpha=lora_alpha, max_length=max_length, gradient_checkpointing=gradient_checkpointing,
-                 kernels=kernels, fsdp=fsdp, validation_split=validation_split, eval_every=eval_every,
+                 kernels=kernels, dtype=dtype, fsdp=fsdp, validation_split=validation_split, eval_every=eval_every,
                  early_stopping_patience=early_stopping_patience, checkpoint_every=checkpoint_every,
                  suffix=suffix, seed=seed)
     if resume:

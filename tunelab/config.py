@@ -19,6 +19,7 @@ AUTO = "auto"
 BASE_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 METHODS = tuple(BASE_LEARNING_RATES)
 KERNELS = ("auto", "none", "liger", "unsloth")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # what each means: tunelab/models/precision.py
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainConfig:
     """Recompute activations in the backward pass: ~30% slower, much less memory for long examples."""
     kernels: str = "auto"
     """'auto' (Liger's fused kernels when installed on CUDA), 'liger', 'unsloth' (CUDA only), or 'none'."""
+    dtype: str = "auto"
+    """Compute format: 'auto' (bf16 where the hardware has bf16 units, fp16 on older GPUs, else fp32), or
+    'fp32', 'bf16', 'fp16' to force one. Trained weights stay fp32 in every case; fp16 uses loss scaling."""
     fsdp: bool = False
     """Under several processes, shard weights, gradients and optimizer state (FSDP2) instead of copying them."""
     validation_split: float = 0.0
@@ -114,6 +118,8 @@ class TrainConfig:
             fail("lora_dropout", "must be a fraction from 0 up to (not including) 1")
         if self.method not in METHODS:
             fail("method", f"must be one of {', '.join(METHODS)}")
+        if self.dtype not in DTYPES:
+            fail("dtype", f"must be one of {', '.join(DTYPES)}")
         if self.kernels not in KERNELS:
             fail("kernels", f"must be one of {', '.join(KERNELS)}")
         for name in ("gradient_checkpointing", "fsdp"):

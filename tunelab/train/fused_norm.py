@@ -12,9 +12,13 @@ With x̂ = x · r, r = rsqrt(mean(x²) + eps) and g the incoming gradient, the g
 so the forward pass saves x and the per-row r only, and the backward is one product, one row-wise dot
 and one fused multiply-add over the activations. Same idea as Liger Kernel's RMSNorm, in plain PyTorch.
 
-Which classes qualify is checked rather than assumed: each norm class is run both ways on a random input
-once, and only a class whose own forward agrees with this one is switched. fp32 only, with gradients on;
-anything else (bf16 compute, inference) goes through the model's own forward.
+16-bit activations (bf16 or fp16 training) are normalised in fp32 and the result is rounded back to the
+input's format once, as the model files do it; the backward pass works in fp32 too and saves the 16-bit
+input, not an fp32 copy of it.
+
+Which classes qualify is checked rather than assumed: each norm class is run both ways on a random fp32
+input once, and only a class whose own forward agrees with this one is switched. While gradients are on;
+inference goes through the model's own forward.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ _OFFSET_WEIGHT_CLASSES = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gem
 
 
 def _normalised(inputs, weight, eps: float, offset: bool):
-    """(x · r · scale, r, scale) with r = rsqrt(mean(x²) + eps) per row and scale = w, or 1 + w (Gemma)."""
-    scale = weight + 1 if offset else weight
+    """(x · r · scale, r, scale) with r = rsqrt(mean(x²) + eps) per row and scale = w, or 1 + w (Gemma).
+
+    Computed in fp32 whatever the input's format; the output is in the input's format.
+    """
+    scale = weight.float() + 1 if offset else weight.float()
     width = inputs.shape[-1]
-    # A norm is one pass over x; squaring x first would write a full-size temporary.
-    inverse_rms = torch.linalg.vector_norm(inputs, dim=-1, keepdim=True).square_().div_(width).add_(eps).rsqrt_()
-    return torch.mul(inputs, inverse_rms).mul_(scale), inverse_rms, scale
+    # A norm is one pass over x; squaring x first would write a full-size temporary. (The norm of a 16-bit
+    # input is accumulated in fp32.)
+    inverse_rms = torch.linalg.vector_norm(inputs, dim=-1, keepdim=True, dtype=torch.float32)
+    inverse_rms = inverse_rms.square_().div_(width).add_(eps).rsqrt_()
+    return torch.mul(inputs, inverse_rms).mul_(scale).to(inputs.dtype), inverse_rms, scale
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -41,20 +50,22 @@ class _RMSNorm(torch.autograd.Function):
     def forward(ctx, inputs, weight, eps, offset):
         output, inverse_rms, scale = _normalised(inputs, weight, eps, offset)
         ctx.save_for_backward(inputs, inverse_rms, scale)
+        ctx.weight_dtype = weight.dtype
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        inputs, inverse_rms, scale = ctx.saved_tensors
+        saved_inputs, inverse_rms, scale = ctx.saved_tensors
+        inputs, grad_output = saved_inputs.float(), grad_output.float()  # no copies when already fp32
         width = inputs.shape[-1]
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_output * inputs * inverse_rms).reshape(-1, width).sum(0)
+            grad_weight = (grad_output * inputs * inverse_rms).reshape(-1, width).sum(0).to(ctx.weight_dtype)
         grad_scaled = grad_output * scale
         row_dot = torch.linalg.vecdot(grad_scaled, inputs, dim=-1).unsqueeze(-1)
         coefficient = row_dot.mul_(inverse_rms.pow(3)).div_(width)
         grad_inputs = grad_scaled.mul_(inverse_rms).addcmul_(inputs, coefficient, value=-1)
-        return grad_inputs, grad_weight, None, None
+        return grad_inputs.to(saved_inputs.dtype), grad_weight, None, None
 
 
 def _eps(norm) -> float | None:
@@ -65,7 +76,7 @@ def _eps(norm) -> float | None:
 
 
 def _fused_forward(norm, inputs):
-    if inputs.dtype != torch.float32 or norm.weight.dtype != torch.float32 or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled():
         return type(norm).forward(norm, inputs)
     return _RMSNorm.apply(inputs, norm.weight, norm._fused_eps, norm._fused_offset)
 
@@ -77,7 +88,7 @@ def _agrees_with_own_forward(norm, eps: float, offset: bool) -> bool:
     probe = torch.randn(3, width, generator=generator).to(norm.weight.device)
     with torch.no_grad():
         expected = type(norm).forward(norm, probe)
-        fused, _, _ = _normalised(probe, norm.weight.float(), eps, offset)
+        fused, _, _ = _normalised(probe, norm.weight, eps, offset)
     return expected.shape == fused.shape and torch.allclose(expected.float(), fused, rtol=1e-4, atol=1e-5)
 
 

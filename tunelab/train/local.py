@@ -36,6 +36,7 @@ from tunelab.config import TrainConfig, resolve_hyperparameters
 from tunelab.console import console
 from tunelab.data.chat import read_numbered_conversations
 from tunelab.files import write_text_atomically
+from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
 from tunelab.train.host_memory import keep_freed_memory
@@ -133,6 +134,10 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     if cluster.sharded and (config.method == "qlora" or config.kernels == "unsloth"):
         raise MethodUnavailable("fsdp: sharding 4-bit weights or Unsloth's patched model is not supported; "
                                 "use method: lora or full with FSDP, or plain data parallelism")
+    dtype = compute_dtype(config, cluster.device)
+    if cluster.sharded and dtype == torch.float16:
+        raise MethodUnavailable("fsdp: fp16 loss scaling of sharded gradients is not supported; "
+                                "use dtype: bf16 or fp32")
     if cluster.device == "cpu":
         keep_freed_memory()  # activations are re-allocated every step; reuse beats fresh pages
     job_id = cluster.broadcast(new_job_id())
@@ -174,16 +179,17 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
         if not resume:
-            _write_resolved_config(run_dir, config, hyper)
+            _write_resolved_config(run_dir, config, hyper, dtype)
             tokenizer.save_pretrained(run_dir / "tokenizer")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        dtype = str(compute_dtype(cluster.device)).removeprefix("torch.")
+        emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
         console.print(
             f"[bold]{job_id}[/] · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
             + f", lr {hyper.learning_rate:.1e} · {config.method}"
             + (f" r={config.lora_r}" if config.method != "full" else "")
-            + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype}"
+            + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype_name(dtype)}"
+            + (" (emulated: this CPU has no bf16 units, so this is slow)" if emulated else "")
             + (f" × {cluster.world} processes" if cluster.world > 1 else "")
             + (" (FSDP: weights sharded)" if cluster.sharded else "")
             + (f" · kernels {chosen_kernels(config, cluster.device)}" if cluster.device.startswith("cuda") else "")
@@ -322,8 +328,11 @@ class Fit:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
-        self.autocast = torch.autocast(cluster.device.split(":")[0], dtype=compute_dtype(cluster.device),
-                                       enabled=compute_dtype(cluster.device) != torch.float32)
+        dtype = compute_dtype(config, cluster.device)
+        self.autocast = torch.autocast(cluster.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+        # fp16 cannot hold small gradients (below 6e-8 they flush to zero): the loss is scaled up before the
+        # backward pass and the gradients scaled back down before the step, skipping steps that overflowed.
+        self.scaler = torch.amp.GradScaler(cluster.device.split(":")[0], enabled=dtype == torch.float16)
         self.valid_sample = random.Random(config.seed).sample(valid_examples,
                                                               min(len(valid_examples), VALID_SAMPLE_SIZE))
         # What a checkpoint carries besides weights and optimizer:
@@ -345,6 +354,8 @@ class Fit:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.tokens_seen, self.train_seconds = state["tokens_seen"], state["train_seconds"]
         self.rows, self.best = state["rows"], state["best"]
+        if state.get("loss_scale"):
+            self.scaler.load_state_dict(state["loss_scale"])
         best_file = checkpoint.path / "best.safetensors"
         if best_file.exists():
             from safetensors.torch import load_file
@@ -362,7 +373,8 @@ class Fit:
         best_weights = None if self.best_weights is None else gathered_to_cpu(self.best_weights, keep=main)
         if main:
             state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens_seen": self.tokens_seen,
-                     "train_seconds": self.train_seconds, "rows": self.rows, "best": self.best}
+                     "train_seconds": self.train_seconds, "rows": self.rows, "best": self.best,
+                     "loss_scale": self.scaler.state_dict()}
             path = save_checkpoint(self.run_dir, self.step, trainable, optimizer_state, self.schedule, state)
             if best_weights is not None:
                 from safetensors.torch import save_file
@@ -436,14 +448,16 @@ class Fit:
             if indices is None:  # a pass that only keeps this process in step with the others
                 (loss_sum * 0).backward()
                 continue
-            (loss_sum / max(batch_trained, 1)).backward()
+            self.scaler.scale(loss_sum / max(batch_trained, 1)).backward()
             loss_total += loss_sum.item()
             correct_total += int(correct)
             tokens += int(attention.sum())
         if not cluster.sharded:
             cluster.sum_gradients(self.parameters)
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_total, correct_total, tokens = cluster.sum([loss_total, correct_total, tokens])
@@ -542,9 +556,9 @@ def _save_trained(model, config: TrainConfig, run_dir: Path, trained: dict[str, 
     temporary.rename(destination)
 
 
-def _write_resolved_config(run_dir: Path, config: TrainConfig, hyper) -> None:
+def _write_resolved_config(run_dir: Path, config: TrainConfig, hyper, dtype: torch.dtype) -> None:
     """config.yaml: the run's settings with `auto` resolved — `tunelab train --config` reproduces the run."""
     resolved = replace(config, out=str(run_dir), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
                        learning_rate_multiplier=hyper.learning_rate_multiplier,
-                       micro_batch_size=hyper.micro_batch_size)
+                       micro_batch_size=hyper.micro_batch_size, dtype=dtype_name(dtype))
     write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(resolved.to_dict(), sort_keys=False))

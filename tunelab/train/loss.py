@@ -74,7 +74,10 @@ def _vocabulary_blocked(hidden, weight, targets):
             wanted_logits[wanted] = logits[wanted, sorted_targets[low:high] - start]
         exponentials = logits.exp_()
         sums += exponentials.sum(dim=-1)
-        weighted.addmm_(exponentials.to(weight.dtype), rows)
+        if weight.dtype == torch.float32:
+            weighted.addmm_(exponentials, rows)
+        else:  # the 16-bit product (matrix units) added into the fp32 sum: no fp32 copy of the head block
+            weighted += exponentials.to(weight.dtype) @ rows
     if bool((best <= -SAFE_LOGIT).any()):
         return None
     loss_sum = (sums.log() - wanted_logits).sum()
@@ -92,17 +95,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap):
+    def forward(ctx, hidden, weight, targets, softcap, compute_dtype):
         needs_hidden_grad, needs_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden, dtype=torch.float32) if needs_hidden_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight_grad else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         chunk_size = max(16, CHUNK_BYTES // (4 * weight.shape[0]))
+        # The multiplications run in the compute dtype (an fp32 master head is cast once per call); softmax
+        # sums, the loss and the gradients accumulate in fp32.
+        head = weight.to(compute_dtype)
+        # fp16 overflows at 65,504, far below e^60: its exponentials are always taken after the row shift,
+        # which the blocked pass does not do.
+        always_shift = head.dtype == torch.float16
         blocked = None
         with torch.autocast(hidden.device.type, enabled=False):
-            if hidden.device.type == "cpu" and softcap is None and not needs_weight_grad:
-                blocked = _vocabulary_blocked(hidden, weight, targets)
+            if hidden.device.type == "cpu" and softcap is None and not needs_weight_grad and not always_shift:
+                blocked = _vocabulary_blocked(hidden, head, targets)
             if blocked is not None:
                 loss_sum, correct, grad_hidden = blocked
                 if not needs_hidden_grad:
@@ -110,10 +119,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # The token-chunk path, for everything the blocked pass does not cover (or refused).
             chunk_starts = range(0, hidden.shape[0], chunk_size) if blocked is None else ()
             for start in chunk_starts:
-                chunk = hidden[start:start + chunk_size].to(weight.dtype)
+                chunk = hidden[start:start + chunk_size].to(head.dtype)
                 wanted = targets[start:start + chunk_size]
                 rows = torch.arange(len(wanted), device=hidden.device)
-                logits = (chunk @ weight.T).float()
+                logits = (chunk @ head.T).float()
                 if softcap:
                     capped = torch.tanh(logits / softcap)
                     logits = capped * softcap
@@ -121,7 +130,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 maxima, predicted = logits.max(dim=-1)
                 correct += (predicted == wanted).sum()
                 shift = None
-                if not bool(((maxima > -SAFE_LOGIT) & (maxima < SAFE_LOGIT)).all()):
+                if always_shift or not bool(((maxima > -SAFE_LOGIT) & (maxima < SAFE_LOGIT)).all()):
                     shift = maxima[:, None]
                     logits.sub_(shift)
                 exponentials = logits.exp_()
@@ -134,19 +143,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if softcap:
                     softmax = exponentials.div_(sums[:, None])
                     softmax[rows, wanted] -= 1
-                    grad_logits = softmax.mul_(1 - capped * capped).to(weight.dtype)
+                    grad_logits = softmax.mul_(1 - capped * capped).to(head.dtype)
                     if grad_hidden is not None:
-                        grad_hidden[start:start + chunk_size] = (grad_logits @ weight).float()
+                        grad_hidden[start:start + chunk_size] = (grad_logits @ head).float()
                     if grad_weight is not None:
                         grad_weight += (grad_logits.T @ chunk).float()
                     continue
                 if grad_hidden is not None:
                     grad_hidden[start:start + chunk_size] = (
-                        (exponentials.to(weight.dtype) @ weight).float() / sums[:, None] - weight[wanted].float())
+                        (exponentials.to(head.dtype) @ head).float() / sums[:, None] - head[wanted].float())
                 if grad_weight is not None:
                     softmax = exponentials.div_(sums[:, None])
                     softmax[rows, wanted] -= 1
-                    grad_weight += (softmax.to(weight.dtype).T @ chunk).float()
+                    grad_weight += (softmax.to(head.dtype).T @ chunk).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         ctx.mark_non_differentiable(correct)
@@ -159,12 +168,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = (grad_hidden * grad_loss).to(ctx.hidden_dtype)
         if grad_weight is not None:
             grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None
+        return grad_hidden, grad_weight, None, None, None
 
 
-def linear_cross_entropy(hidden, weight, targets, softcap: float | None = None):
-    """(summed loss, number of correct argmax predictions) of the LM head over `hidden` rows."""
-    return _LinearCrossEntropy.apply(hidden, weight, targets, softcap)
+def linear_cross_entropy(hidden, weight, targets, softcap: float | None = None, compute_dtype=None):
+    """(summed loss, number of correct argmax predictions) of the LM head over `hidden` rows.
+
+    `compute_dtype`: what the head multiplications run in (default: the weight's own dtype); the loss and
+    the gradients are accumulated in fp32 and returned in the inputs' dtypes.
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, targets, softcap, compute_dtype or weight.dtype)
 
 
 class TrainedTokenLoss(torch.nn.Module):
@@ -190,5 +203,9 @@ class TrainedTokenLoss(torch.nn.Module):
         trained = targets != IGNORE_INDEX
         head = causal_lm.get_output_embeddings()
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-        loss_sum, correct = linear_cross_entropy(hidden[:, :-1][trained], head.weight, targets[trained], softcap)
+        device = hidden.device.type
+        # Under autocast the head multiplies in the autocast dtype, as every other layer does.
+        compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+        loss_sum, correct = linear_cross_entropy(hidden[:, :-1][trained], head.weight, targets[trained], softcap,
+                                                 compute_dtype)
         return loss_sum, correct, int(trained.sum())

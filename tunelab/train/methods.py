@@ -20,6 +20,7 @@ import importlib.util
 import torch
 
 from tunelab.config import TrainConfig
+from tunelab.models.precision import PrecisionUnavailable, best_device, resolve_dtype
 from tunelab.models.resolve import ResolvedModel, load_model
 from tunelab.train.fused_norm import fuse_rms_norms
 from tunelab.train.merged_lora import train_through_merged_weights
@@ -27,18 +28,16 @@ from tunelab.train.sharding import sliced_like
 
 
 class MethodUnavailable(RuntimeError):
-    """The chosen method or kernel cannot run on this machine; the message says why and what instead."""
+    """The chosen method, kernel or dtype cannot run on this machine; the message says why and what instead."""
 
 
 def training_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return best_device()
 
 
-def compute_dtype(device: str) -> torch.dtype:
-    """bf16 where the hardware multiplies it natively, else fp16 on old GPUs, else fp32."""
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+def compute_dtype(config: TrainConfig, device: str) -> torch.dtype:
+    """The format the forward and backward passes multiply in (models/precision.py decides `auto`)."""
+    return resolve_dtype(config.dtype, device)
 
 
 def chosen_kernels(config: TrainConfig, device: str) -> str:
@@ -67,6 +66,13 @@ def check_method_available(config: TrainConfig, device: str) -> None:
         if not _installed("bitsandbytes"):
             raise MethodUnavailable("method: qlora needs the `bitsandbytes` package: pip install 'tunelab[cuda]'")
     chosen_kernels(config, device)
+    try:
+        dtype = compute_dtype(config, device)
+    except PrecisionUnavailable as error:
+        raise MethodUnavailable(str(error)) from None
+    if dtype == torch.float16 and config.method == "qlora":
+        raise MethodUnavailable("dtype: fp16 with method: qlora is not supported (bitsandbytes' 4-bit layers and "
+                                "fp16 loss scaling do not mix well); use dtype: bf16 or fp32")
 
 
 def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str, sharded: bool = False):
@@ -77,7 +83,7 @@ def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str, s
     """
     check_method_available(config, device)
     kernels = chosen_kernels(config, device)
-    dtype = compute_dtype(device)
+    dtype = compute_dtype(config, device)
     place = "cpu" if sharded else device
     if kernels == "unsloth":
         return _unsloth_model(resolved, config, dtype)

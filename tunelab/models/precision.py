@@ -1,0 +1,72 @@
+"""Which device and which number format a model runs in: one decision, shared by training and inference.
+
+    tunelab train --dtype auto|fp32|bf16|fp16
+
+`auto` picks what the hardware multiplies fastest without losing the training signal:
+- CUDA: bf16 where the GPU has it (Ampere and later), else fp16 with loss scaling;
+- CPU: bf16 where the CPU has bf16 matrix units (AVX-512 BF16 or AMX: `_is_mkldnn_bf16_supported()`),
+  else fp32. On a CPU without those units bf16 is emulated and runs hundreds of times slower, so it is
+  only ever used there when asked for by name (tests do, to prove the bf16 path on any machine).
+
+Whatever the compute format, trained weights stay in fp32 (LoRA adapters, and full fine-tuning's master
+weights): their updates are far smaller than a 16-bit weight's rounding step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.config import DTYPES
+_BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PrecisionUnavailable(RuntimeError):
+    """The requested number format cannot run on this device; the message says why and what instead."""
+
+
+def best_device() -> str:
+    """'cuda' when a CUDA GPU is present, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), not by emulation."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def native_bf16(device: str) -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """The compute dtype for a `dtype` setting on `device`; `auto` is the hardware's fastest safe choice."""
+    if name not in DTYPES:
+        raise PrecisionUnavailable(f"dtype: {name!r} is not one of {', '.join(DTYPES)}")
+    if name == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if native_bf16(device) else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    if name == "bf16" and device.startswith("cuda") and not native_bf16(device):
+        raise PrecisionUnavailable("dtype: bf16 needs a GPU of the Ampere generation or later, and this one has "
+                                   "no bf16 units; use dtype: fp16 (with loss scaling) or fp32")
+    return _BY_NAME[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'fp32', 'bf16' or 'fp16': the setting's own spelling of a torch dtype."""
+    return next(name for name, value in _BY_NAME.items() if value == dtype)
+
+
+def inference_dtype(trained_with: str | None, device: str) -> torch.dtype:
+    """The format to generate in: the run's own where this device runs it natively, else fp32.
+
+    A run trained in bf16 on a machine with bf16 units and then used on one without would otherwise run
+    emulated bf16, hundreds of times slower; fp32 holds every bf16 weight exactly, so nothing is lost.
+    """
+    if device.startswith("cuda"):
+        return resolve_dtype(trained_with or "auto", device)
+    if trained_with == "bf16" and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
