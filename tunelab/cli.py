@@ -66,6 +66,7 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Training data: OpenAI chat JSONL."),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data (chat JSONL)."),
     model: Optional[str] = typer.Option(None, "--model", help="'default' (Gemma 3 270M), a model directory, a .gguf file, or a hub id."),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template file, for a model that has none of its own."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<job id>)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with these same settings; flags override it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Start from a bundled preset (`tunelab presets list`); --config and flags override it."),
@@ -94,12 +95,14 @@ def train(
     """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory."""
     from tunelab.config import TrainConfig
     from tunelab.data.chat import DataError
-    from tunelab.train.local import RunExists
+    from tunelab.models.templates import MissingChatTemplate
+    from tunelab.train.local import NothingToTrain, RunExists
     from tunelab.train.local import train as run_training
     from tunelab.train.methods import MethodUnavailable
     from tunelab.train.render import TemplateMismatch
 
     flags = dict(data=data and str(data), validation=validation and str(validation), model=model,
+                 chat_template=chat_template and str(chat_template),
                  out=out and str(out), method=method, n_epochs=_int_or_auto(n_epochs),
                  batch_size=_int_or_auto(batch_size), micro_batch_size=_int_or_auto(micro_batch_size),
                  learning_rate_multiplier=_float_or_auto(learning_rate_multiplier), lora_r=lora_r,
@@ -117,6 +120,7 @@ def train(
         config = resume / "config.yaml"
         if not config.is_file():
             _fail(f"{resume}: not a tunelab run directory (no config.yaml)")
+        flags["out"] = str(resume)  # where the run is now, wherever it was when it started
     try:
         settings = TrainConfig.from_sources(config, preset=preset, **flags)
     except (ValueError, TypeError, OSError) as error:
@@ -125,7 +129,8 @@ def train(
         _fail("--data is required (or a --config or --preset that sets `data`)")
     try:
         run_dir = run_training(settings, show_progress=not quiet, resume=resume is not None)
-    except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError) as error:
+    except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError, MissingChatTemplate,
+            NothingToTrain) as error:
         _fail(str(error))
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the first process reports

@@ -32,6 +32,8 @@ class TrainConfig:
     """Optional validation data (chat JSONL) for valid_loss and valid_mean_token_accuracy."""
     model: str = "default"
     """Base model: 'default', a Hugging Face directory, a .gguf file, or a hub id."""
+    chat_template: str | None = None
+    """A Jinja chat template file, for a model without a template of its own (saved with the run)."""
     out: str | None = None
     """Run directory (default: runs/<job id>)."""
     suffix: str | None = None

@@ -171,8 +171,17 @@ _IGNORED_FOR_NEAR = str.maketrans("", "", "".join(chr(c) for c in range(128) if 
 def conversation_texts(messages: list[dict]) -> tuple[str, str, str]:
     """The prompt (everything before the last assistant message), that reply, and what follows, as text."""
     last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-    as_text = lambda part: "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in part)  # noqa: E731
-    return as_text(messages[:last]), str(messages[last].get("content") or ""), as_text(messages[last + 1:])
+    as_text = lambda part: "\n".join(f"{m.get('role')}: {_message_text(m)}" for m in part)  # noqa: E731
+    return as_text(messages[:last]), _message_text(messages[last]), as_text(messages[last + 1:])
+
+
+def _message_text(message: dict) -> str:
+    """A message's text and its tool calls (names and arguments), so calls count when comparing examples."""
+    text = str(message.get("content") or "")
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {} if isinstance(call, dict) else {}
+        text += f"\n[call {function.get('name')} {function.get('arguments')}]"
+    return text
 
 
 def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:

@@ -55,7 +55,7 @@ greedy decoding, at most {{ results.max_new_tokens }} new tokens · {{ results.s
 <b>reference</b><pre>{{ example.reference }}</pre></div>
 {% for name in systems %}{% set o = example.outputs[name] %}<div><b>{{ name }}</b>
 <span class="meta">{% if results.rubric %}rubric {{ "%.0f"|format(o.rubric) }} · {% endif %}similarity {{ "%.0f"|format(o.similarity) }} ·
-{% if o.finish_reason == 'stop' %}<span class="pass">ended turn</span>{% else %}<span class="fail">hit token limit</span>{% endif %}</span>
+{% if o.finish_reason != 'length' %}<span class="pass">ended turn</span>{% else %}<span class="fail">hit token limit</span>{% endif %}</span>
 <pre>{{ o.text }}</pre>{% if o.rubric_checks %}<span class="meta">{% for id, ok in o.rubric_checks.items() %}<span class="{{ 'pass' if ok else 'fail' }}">{{ '✓' if ok else '✗' }} {{ id }}</span> {% endfor %}</span>{% endif %}</div>
 {% endfor %}</div></div>{% endfor %}
 </body></html>

@@ -65,7 +65,7 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
         summary[system] = {
             "model": model_names[system],
             "similarity": round(mean(similarities), 2),
-            "ended_turn_rate": round(mean(g.finish_reason == "stop" for g in generations[system]), 4),
+            "ended_turn_rate": round(mean(g.finish_reason != "length" for g in generations[system]), 4),
             "mean_completion_tokens": round(mean(g.completion_tokens for g in generations[system]), 1),
         }
         if rubric_scorer:

@@ -2,22 +2,28 @@
 
 A run directory (from `tunelab train`) is self-contained: its `config.yaml` names the base model, its
 `adapter/` holds the LoRA weights and its `tokenizer/` the tokenizer with the chat template it was trained
-with. Generation stops at the template's end-of-turn token; a reply that hits the token limit instead is
-reported with `finish_reason="length"`, as OpenAI does.
+with. Generation stops at the template's end-of-turn token or the model's own EOS ids; a reply that hits
+the token limit instead is reported with `finish_reason="length"`, and one that calls tools with
+`finish_reason="tool_calls"` and its calls parsed into OpenAI's `tool_calls`, as OpenAI does.
+
+The model goes on the best device (a CUDA GPU when there is one) in the run's compute format where that
+device runs it natively (models/precision.py); a QLoRA run's base is loaded in 4 bits on CUDA, as it was
+trained, and in full precision elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from tunelab.models.precision import best_device, inference_dtype
 from tunelab.models.resolve import load_model, load_tokenizer, resolve_model
-from tunelab.models.templates import end_of_turn_token_ids
+from tunelab.models.templates import parse_tool_calls, stop_token_ids
 from tunelab.train.render import render_prompt_ids
 
 
@@ -38,9 +44,11 @@ class LoadedModel:
 
 @dataclass
 class Generation:
-    text: str
-    finish_reason: str  # "stop" (ended its turn) or "length" (hit max_new_tokens)
+    text: str  # the reply as written, tool-call blocks included
+    finish_reason: str  # "stop" (ended its turn), "length" (hit max_new_tokens) or "tool_calls"
     completion_tokens: int
+    tool_calls: list[dict] = field(default_factory=list)  # OpenAI-shaped, parsed from `text`
+    content: str | None = None  # `text` without its tool calls (None when it is only calls)
 
 
 def _adapter_state(loaded: LoadedModel, use_adapter: bool):
@@ -56,7 +64,9 @@ def _adapter_state(loaded: LoadedModel, use_adapter: bool):
     model = loaded.model
     merged = any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))
     if use_adapter:
-        if not merged:
+        # Merged only into fp32 weights: a 16-bit weight would round away most of a LoRA update (the
+        # "merged model is worse than the adapter" complaint); there PEFT adds the adapter's product instead.
+        if not merged and next(model.parameters()).dtype == torch.float32:
             model.merge_adapter()
         return nullcontext()
     if merged:
@@ -71,24 +81,47 @@ def is_run_directory(path: str | Path) -> bool:
     return result and (path / "config.yaml").is_file()
 
 
-def load_for_generation(model_or_run: str) -> LoadedModel:
-    """Load a run directory (base + adapter) or a plain model spec ('default', a path, a hub id)."""
+def load_for_generation(model_or_run: str, chat_template: str | None = None, device: str | None = None) -> LoadedModel:
+    """Load a run directory (base + adapter, or a full fine-tune) or a plain model spec ('default', a path,
+    a hub id; `chat_template` for a model without one of its own), on `device` (default: the best one)."""
+    device = device or best_device()
     if is_run_directory(model_or_run):
         from peft import PeftModel
 
         run = Path(model_or_run)
         config = yaml.safe_load((run / "config.yaml").read_text())
+        dtype = inference_dtype(config.get("dtype"), device)
         resolved = resolve_model(config["model"])
         tokenizer = load_tokenizer(str(run / "tokenizer"))
         full = (run / "model" / "config.json").is_file()
-        model = load_model(str(run / "model")) if full else PeftModel.from_pretrained(load_model(resolved.path),
-                                                                                     str(run / "adapter"))
+        if full:
+            model = load_model(str(run / "model"), dtype=dtype)
+        else:
+            base = _four_bit_base(resolved.path, dtype) if config.get("method") == "qlora" and device == "cuda" \
+                else load_model(resolved.path, dtype=dtype)
+            model = PeftModel.from_pretrained(base, str(run / "adapter"))
         job_path = run / "job.json"
         job = json.loads(job_path.read_text()) if job_path.is_file() else {}
         name = job.get("fine_tuned_model") or f"ft:{resolved.name}:{run.name}"
-        return LoadedModel(model.eval(), tokenizer, resolved.name, name, fully_fine_tuned=full)
+        return LoadedModel(_placed(model, device).eval(), tokenizer, resolved.name, name, fully_fine_tuned=full)
     resolved = resolve_model(model_or_run)
-    return LoadedModel(load_model(resolved.path).eval(), load_tokenizer(resolved.path), resolved.name, None)
+    tokenizer = load_tokenizer(resolved.path, chat_template)
+    model = load_model(resolved.path, dtype=inference_dtype(None, device))
+    return LoadedModel(_placed(model, device).eval(), tokenizer, resolved.name, None)
+
+
+def _placed(model, device: str):
+    """The model on `device`, unless it was loaded there already (a 4-bit model cannot be moved)."""
+    return model if getattr(model, "is_loaded_in_4bit", False) else model.to(device)
+
+
+def _four_bit_base(path: str, dtype):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
+                                                device_map={"": torch.cuda.current_device()})
 
 
 # Padded prompt tokens per batch. A decode step costs about the same for 8 rows or 64 (it is bound by
@@ -111,15 +144,18 @@ def _length_batches(prompt_ids: list[list[int]], max_rows: int, token_budget: in
 
 @torch.no_grad()
 def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tokens: int = 256,
-                     batch_size: int = 64, use_adapter: bool = True, on_batch=None) -> list[Generation]:
+                     batch_size: int = 64, use_adapter: bool = True, on_batch=None,
+                     tools: list[list[dict] | None] | None = None) -> list[Generation]:
     """Greedy replies for each prompt (a list of messages ending before the assistant's turn).
 
     `use_adapter=False` generates with the base model by switching the adapter off, so base and
-    fine-tuned can be compared with one copy of the weights in memory.
+    fine-tuned can be compared with one copy of the weights in memory. `tools`: each prompt's tool list
+    (OpenAI's format), or None.
     """
     tokenizer, model = loaded.tokenizer, loaded.model
-    stop_ids = end_of_turn_token_ids(tokenizer)
-    prompt_ids = [render_prompt_ids(tokenizer, messages) for messages in prompts]
+    stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    tools = tools or [None] * len(prompts)
+    prompt_ids = [render_prompt_ids(tokenizer, messages, tool_list) for messages, tool_list in zip(prompts, tools)]
     results: list[Generation | None] = [None] * len(prompts)
     for batch in _length_batches(prompt_ids, batch_size, PREFILL_TOKEN_BUDGET):
         width = max(len(prompt_ids[i]) for i in batch)
@@ -139,11 +175,12 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
             new_tokens = output[row, width:].tolist()
             stop_at = next((k for k, t in enumerate(new_tokens) if t in stop_ids), None)
             kept = new_tokens if stop_at is None else new_tokens[:stop_at]
-            results[index] = Generation(
-                text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                finish_reason="length" if stop_at is None else "stop",
-                completion_tokens=len(kept) + (0 if stop_at is None else 1),
-            )
+            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+            parsed = parse_tool_calls(text)
+            finish_reason = "length" if stop_at is None else ("tool_calls" if parsed.tool_calls else "stop")
+            results[index] = Generation(text=text, finish_reason=finish_reason,
+                                        completion_tokens=len(kept) + (0 if stop_at is None else 1),
+                                        tool_calls=parsed.tool_calls, content=parsed.content)
         if on_batch:
             on_batch(len(batch))
     return results

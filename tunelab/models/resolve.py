@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tunelab.models.templates import end_of_turn_token_ids, ensure_chat_template
+from tunelab.models.templates import GEMMA_CHAT_TEMPLATE, has_gemma_turn_tokens, require_chat_template, stop_token_ids
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "gemma-3-270m"
+# Beside a converted GGUF: which of our templates it takes (GGUF files carry none for these models). The
+# template itself is applied when loading, so a converted cache always gets the current one.
+TEMPLATE_NOTE = "tunelab.json"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
     if spec == DEFAULT_MODEL:
         target = cache_dir() / "models" / DEFAULT_MODEL_NAME
         _convert_once(target, lambda out: _convert_gguf(_assemble_default_gguf(out.parent), out))
+        if not (target / TEMPLATE_NOTE).is_file():  # converted by an earlier tunelab: the default is Gemma
+            _write_template_note(target, "gemma")
         return ResolvedModel(str(target), DEFAULT_MODEL_NAME, "default")
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
@@ -112,20 +117,43 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    ensure_chat_template(tokenizer)
-    model.generation_config.eos_token_id = end_of_turn_token_ids(tokenizer)
+    template = "gemma" if not tokenizer.chat_template and has_gemma_turn_tokens(tokenizer) else None
+    if template:
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    if tokenizer.chat_template:
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if template:
+        _write_template_note(out, template)
     console.print(f"Converted in {time.monotonic() - start:.0f} s → cached.")
 
 
-def load_tokenizer(path: str):
-    """Load a tokenizer and make sure it can render chat and pad batches."""
+def _write_template_note(directory: Path, template: str) -> None:
+    import json
+
+    from tunelab.files import write_text_atomically
+
+    write_text_atomically(directory / TEMPLATE_NOTE, json.dumps({"chat_template": template}) + "\n")
+
+
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """Load a tokenizer that can render chat and pad batches.
+
+    `chat_template`: a Jinja file to use instead of the model's own. Without one, the model must have a
+    template (a GGUF we converted gets Gemma's when its vocabulary is Gemma's); otherwise
+    MissingChatTemplate says to pass one.
+    """
+    import json
+
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    ensure_chat_template(tokenizer)
+    note = Path(path) / TEMPLATE_NOTE
+    if not chat_template and note.is_file() and json.loads(note.read_text()).get("chat_template") == "gemma":
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    require_chat_template(tokenizer, str(path), chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -55,6 +55,10 @@ class RunExists(FileExistsError):
     """The run directory already holds a run; resume it or choose another."""
 
 
+class NothingToTrain(ValueError):
+    """No example has a token to train on (every assistant turn has weight 0, or is cut off)."""
+
+
 @dataclass
 class Cluster:
     """This process's place among the data-parallel processes (one process: rank 0 of 1).
@@ -153,7 +157,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     numbered_valid = read_numbered_conversations(config.validation) if config.validation else []
     load_started = time.monotonic()
     resolved = resolve_model(config.model)
-    tokenizer = load_tokenizer(resolved.path)
+    tokenizer = load_tokenizer(resolved.path, config.chat_template)
     # Rendered once, whole: the template check needs the untruncated ids, training the truncated ones.
     train_examples = render_numbered(tokenizer, numbered_train, config.data)
     check_template_agreement(tokenizer, numbered_train, config.data, rendered=train_examples)
@@ -233,6 +237,11 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     return run_dir
 
 
+def _absolute(path: str | None) -> str | None:
+    """An existing local path made absolute; anything else ('default', a hub id, None) as it is."""
+    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+
+
 def _new_job(job_id, started, model_name, config: TrainConfig, hyper, total_steps) -> dict:
     """A fine_tuning.job object, as OpenAI's API returns it."""
     return {
@@ -241,8 +250,8 @@ def _new_job(job_id, started, model_name, config: TrainConfig, hyper, total_step
         "created_at": int(started),
         "model": model_name,
         "status": "running",
-        "training_file": str(config.data),
-        "validation_file": str(config.validation) if config.validation else None,
+        "training_file": _absolute(config.data),
+        "validation_file": _absolute(config.validation),
         "hyperparameters": {
             "n_epochs": hyper.n_epochs,
             "batch_size": hyper.batch_size,
@@ -276,7 +285,8 @@ def _truncated(examples: list[RenderedExample], max_length, path, cluster: Clust
         console.print(f"[yellow]{path}: {truncated} example(s) longer than {max_length} tokens are truncated[/]")
     examples = [RenderedExample(e.input_ids[:max_length], e.labels[:max_length]) for e in examples]
     if examples and all(e.trained_tokens == 0 for e in examples):
-        raise ValueError(f"{path}: no example has a trained token (all assistant turns weight 0 or cut off)")
+        raise NothingToTrain(f"{path}: no example has a trained token: every assistant turn has weight 0 or lies "
+                             f"past --max-length {max_length}; raise --max-length or give some turns weight 1")
     return examples
 
 
@@ -557,8 +567,13 @@ def _save_trained(model, config: TrainConfig, run_dir: Path, trained: dict[str, 
 
 
 def _write_resolved_config(run_dir: Path, config: TrainConfig, hyper, dtype: torch.dtype) -> None:
-    """config.yaml: the run's settings with `auto` resolved — `tunelab train --config` reproduces the run."""
-    resolved = replace(config, out=str(run_dir), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
+    """config.yaml: the run's settings with `auto` resolved — `tunelab train --config` reproduces the run.
+
+    Files are recorded as absolute paths, so the run works from any directory and after it is moved.
+    """
+    resolved = replace(config, out=str(run_dir.resolve()), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
                        learning_rate_multiplier=hyper.learning_rate_multiplier,
-                       micro_batch_size=hyper.micro_batch_size, dtype=dtype_name(dtype))
+                       micro_batch_size=hyper.micro_batch_size, dtype=dtype_name(dtype),
+                       data=_absolute(config.data), validation=_absolute(config.validation),
+                       model=_absolute(config.model), chat_template=_absolute(config.chat_template))
     write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(resolved.to_dict(), sort_keys=False))

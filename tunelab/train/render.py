@@ -1,9 +1,14 @@
 """Conversation → token ids + labels. The loss mask lives here and nowhere else.
 
 What is trained on: every assistant message (all turns of a multi-turn thread), from the first token of
-its content through the end-of-turn marker, so the model learns to stop. An assistant message with
+its content through the end-of-turn marker, so the model learns to stop. An assistant message that calls
+tools is trained on its calls (function names and JSON arguments) the same way. An assistant message with
 `"weight": 0` is rendered (the model sees it as context) but not trained on. Everything else — system,
-user, tool messages, the template's role headers — has label -100.
+user, tool messages, the tool list, the template's role headers — has label -100.
+
+Conversations are OpenAI's format; what templates are given is the same data in the shape Hugging Face
+chat templates expect (`template_messages`): the `developer` role as `system`, text parts joined, tool
+call arguments as objects rather than JSON strings, and the conversation's `tools` passed as `tools=`.
 
 How: the chat template renders the whole conversation once. For each assistant message we render the
 conversation up to it with `add_generation_prompt=True` (exactly the prompt inference will see) and up to
@@ -37,27 +42,42 @@ class TemplateMismatch(ValueError):
     """The chat template renders a conversation's prefix differently from the conversation itself."""
 
 
-def _template_messages(messages: list[dict]) -> list[dict]:
-    # Templates know role and content; our own keys (weight) must not leak into the rendered text.
-    return [{key: value for key, value in m.items() if key != "weight"} for m in messages]
+def template_message(message: dict) -> dict:
+    """One OpenAI message as chat templates expect it (see the module docstring)."""
+    import json
+
+    shaped = {key: value for key, value in message.items() if key != "weight"}  # ours, not the template's
+    if shaped.get("role") == "developer":
+        shaped["role"] = "system"
+    if isinstance(shaped.get("content"), list):
+        shaped["content"] = "".join(part.get("text", "") for part in shaped["content"] if isinstance(part, dict))
+    if shaped.get("tool_calls"):
+        shaped["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": json.loads(call["function"]["arguments"])}}
+            if isinstance(call.get("function", {}).get("arguments"), str) else call
+            for call in shaped["tool_calls"]]
+    return shaped
 
 
-def render_text(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The chat template's text for these messages."""
+def render_text(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+                tools: list[dict] | None = None) -> str:
+    """The chat template's text for these messages (and the conversation's tools, if any)."""
     return tokenizer.apply_chat_template(
-        _template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        [template_message(m) for m in messages], tools=tools or None, tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )
 
 
-def trained_character_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def trained_character_spans(tokenizer, messages: list[dict],
+                            tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The full rendered text and the (start, end) character spans that carry loss."""
-    full_text = render_text(tokenizer, messages)
+    full_text = render_text(tokenizer, messages, tools=tools)
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        prompt = render_text(tokenizer, messages[:index], add_generation_prompt=True)
-        through_reply = render_text(tokenizer, messages[: index + 1])
+        prompt = render_text(tokenizer, messages[:index], add_generation_prompt=True, tools=tools)
+        through_reply = render_text(tokenizer, messages[: index + 1], tools=tools)
         if not full_text.startswith(through_reply) or not through_reply.startswith(prompt):
             raise TemplateMismatch(
                 f"the chat template renders messages[{index}] differently as a prompt prefix than inside "
@@ -67,9 +87,10 @@ def trained_character_spans(tokenizer, messages: list[dict]) -> tuple[str, list[
     return full_text, spans
 
 
-def render_conversation(tokenizer, messages: list[dict], max_length: int | None = None) -> RenderedExample:
+def render_conversation(tokenizer, messages: list[dict], max_length: int | None = None,
+                        tools: list[dict] | None = None) -> RenderedExample:
     """Token ids and labels for one conversation, truncated to `max_length` tokens if given."""
-    text, spans = trained_character_spans(tokenizer, messages)
+    text, spans = trained_character_spans(tokenizer, messages, tools)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     labels = [IGNORE_INDEX] * len(input_ids)
@@ -93,9 +114,9 @@ def trained_positions(offsets, spans: list[tuple[int, int]]) -> list[int]:
     return positions
 
 
-def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+def render_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids of the prompt for generating the next assistant message."""
-    text = render_text(tokenizer, messages, add_generation_prompt=True)
+    text = render_text(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -104,7 +125,7 @@ def render_numbered(tokenizer, numbered_conversations: list[tuple[int, dict]], p
     examples = []
     for line, conversation in numbered_conversations:
         try:
-            examples.append(render_conversation(tokenizer, conversation["messages"]))
+            examples.append(render_conversation(tokenizer, conversation["messages"], tools=conversation.get("tools")))
         except TemplateMismatch as error:
             raise TemplateMismatch(f"{path}:{line}: {error}") from None
     return examples
@@ -131,7 +152,7 @@ def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, 
         training_ids = example.input_ids
         assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
         for index in assistant_turns:
-            prompt_ids = render_prompt_ids(tokenizer, messages[:index])
+            prompt_ids = render_prompt_ids(tokenizer, messages[:index], conversation.get("tools"))
             if training_ids[:len(prompt_ids)] != prompt_ids:
                 at = next((k for k, (a, b) in enumerate(zip(prompt_ids, training_ids)) if a != b),
                           min(len(prompt_ids), len(training_ids)))
