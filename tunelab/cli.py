@@ -329,7 +329,7 @@ def data_validate(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
 ) -> None:
-    """Check a chat JSONL file: every format error OpenAI rejects, the seeds' quality warnings, duplicates,
+    """Check a chat JSONL file: every format error OpenAI rejects, the recommended quality warnings, duplicates,
     leakage and truncation, all in one pass; then token statistics and the cost of training on it."""
     report = _check_data(file, validation, model, target, max_tokens)
     if as_json:

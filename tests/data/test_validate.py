@@ -178,3 +178,64 @@ def test_openai_target_cost(tmp_path, support_conversations):
     assert cost["model"] == "gpt-4o-mini-2024-07-18" and cost["n_epochs"] == 3  # 40 × 3 ≥ 100
     assert cost["billed_tokens"] == 3 * tokens["total"]
     assert cost["usd"] == round(3 * tokens["total"] * 3.00 / 1e6, 2)
+
+
+def findings_for(tmp_path, record, name="one.jsonl") -> list[dict]:
+    """The findings for a file of ten good examples and `record` on line 4."""
+    result = validate(write_file(tmp_path / name, json.dumps(record) if not isinstance(record, bytes) else record))
+    return [f for f in json.loads(result.stdout)["findings"] if f["line"] == 4]
+
+
+def test_text_parts_are_valid_content_and_developer_is_the_system_role(tmp_path):
+    record = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                           {"role": "user", "content": [{"type": "text", "text": "Where is "}, {"type": "text", "text": "BL-7?"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "It ships within 2 days."}]}]}
+    assert findings_for(tmp_path, record) == []
+    path = write_file(tmp_path / "all.jsonl", json.dumps(record))
+    report = json.loads(validate(path).stdout)
+    assert not any(f["code"] == "missing_system_message" for f in report["findings"])  # developer counts
+
+
+def test_text_parts_render_joined_and_developer_folds_like_system(tiny_tokenizer):
+    from tunelab.train.render import render_text
+
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": [{"type": "text", "text": "Where is "}, {"type": "text", "text": "BL-7?"}]}]
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is BL-7?"}]
+    assert render_text(tiny_tokenizer, parts, add_generation_prompt=True) == \
+        render_text(tiny_tokenizer, plain, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize(("record", "code", "path", "words"), [
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+                   {"role": "assistant", "content": "Nice picture of a lamp."}]},
+     "unsupported_content", "messages[0].content[0]", "an image (image_url part): not supported for this model"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there.", "weight": True}]},
+     "invalid_weight", "messages[1].weight", "must be the integer 0 or 1; found true"),
+    ({"messages": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+                       "name": "f", "arguments": json.dumps(json.dumps({"a": 1}))}}]}]},
+     "invalid_tool_arguments", "messages[1].tool_calls[0].function.arguments",
+     'is a JSON string that holds a string ("{\\"a\\": 1}"), not an object'),
+    ({"messages": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+                       "name": "f", "arguments": {"a": 1}}}]}]},
+     "invalid_tool_arguments", "messages[1].tool_calls[0].function.arguments",
+     "must be a string holding a JSON object; found an object (encode it with json.dumps)"),
+    ({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "Hello there."}]},
+     "missing_content", "messages[0].content", "found the number 42"),
+    ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "Hello there."}]},
+     "missing_content", "messages[0].content", "found null"),
+])
+def test_errors_say_what_was_found(tmp_path, record, code, path, words):
+    found = findings_for(tmp_path, record)
+    assert [(f["code"], f["path"]) for f in found] == [(code, path)], found
+    assert words in found[0]["message"], found[0]["message"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(tmp_path, constant):
+    line = ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there.", '
+            f'"weight": {constant}}}]}}')
+    found = findings_for(tmp_path, line.encode())
+    assert [f["code"] for f in found] == ["invalid_json"] and f"{constant.lstrip('-')} is not JSON" in found[0]["message"]

@@ -5,8 +5,10 @@
 Errors use the codes of OpenAI's data-preparation checker (`data_type`, `missing_messages_list`,
 `message_missing_key`, `message_unrecognized_key`, `unrecognized_role`, `missing_content`,
 `example_missing_assistant_message`) plus `invalid_json`, `not_utf8`, `empty_file`, `too_few_examples`,
-`invalid_weight`, `invalid_tool_arguments`, `invalid_tools` and `tool_call_id_mismatch`.
-Warnings carry the seeds' quality rules: fewer than 50 examples, assistant replies outside 10–2,000
+`invalid_weight`, `invalid_tool_arguments`, `invalid_tools`, `tool_call_id_mismatch`, and
+`unsupported_content` for image, audio and file parts (text parts are read, joined; `developer` counts as
+the system role). Every message says what was found as well as what was expected.
+Warnings carry the recommended quality rules: fewer than 50 examples, assistant replies outside 10–2,000
 characters, duplicate conversations, one prompt with conflicting answers, training/validation overlap, and
 examples without a system or user message, and examples longer than the token limit (`--max-tokens`,
 else what training would cut at), with how many tokens would be cut.
@@ -27,8 +29,8 @@ from pathlib import Path
 ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
 OPENAI_MIN_EXAMPLES = 10  # OpenAI rejects files with fewer
-SIGNAL_MIN_EXAMPLES = 50  # the seeds: "fewer than 50 examples — not enough signal"
-REPLY_MIN_CHARS, REPLY_MAX_CHARS = 10, 2000  # the seeds' quality bounds for an assistant reply
+SIGNAL_MIN_EXAMPLES = 50  # fewer than 50 examples: not enough signal
+REPLY_MIN_CHARS, REPLY_MAX_CHARS = 10, 2000  # recommended bounds for an assistant reply
 BATCH = 1000  # examples tokenized together
 
 
@@ -62,46 +64,114 @@ class ValidationReport:
                 "stats": self.stats, "cost": self.cost}
 
 
+def describe(value) -> str:
+    """What a JSON value is, for messages that say what was found: 'a string ("hi")', 'null', 'the number 3'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "…"
+        return f"a string ({json.dumps(shown, ensure_ascii=False)})" if value.strip() else \
+            ("an empty string" if not value else "a string of only whitespace")
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)" if value else "an empty list"
+    if isinstance(value, dict):
+        return "an object" if value else "an empty object"
+    return type(value).__name__
+
+
+# Content parts OpenAI accepts that a text-only model cannot take.
+UNSUPPORTED_PARTS = {"image_url": "an image", "input_audio": "audio", "file": "a file"}
+
+
+def content_text(content) -> str | None:
+    """A message's text: the string itself, or its text (and refusal) parts joined; None if neither."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text") or part.get("refusal") or "" for part in content if isinstance(part, dict))
+    return None
+
+
+def _content_errors(content, where: str) -> list[tuple[str, str, str]]:
+    """A message's `content`: a non-empty string, or a list of text parts (joined)."""
+    if isinstance(content, str):
+        return [] if content.strip() else [("missing_content", f"{where}.content", f"is {describe(content)}")]
+    if not isinstance(content, list):
+        return [("missing_content", f"{where}.content", f"must be text or a list of text parts; found {describe(content)}")]
+    errors = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        part_where = f"{where}.content[{index}]"
+        if kind in UNSUPPORTED_PARTS:
+            errors.append(("unsupported_content", part_where,
+                           f"{UNSUPPORTED_PARTS[kind]} ({kind} part): not supported for this model, which reads text "
+                           "only; remove the part or describe it in text"))
+        elif kind in ("text", "refusal") and isinstance(part.get(kind), str):
+            continue
+        elif kind in ("text", "refusal"):
+            errors.append(("missing_content", f"{part_where}.{kind}", f"must be a string; found {describe(part.get(kind))}"))
+        else:
+            errors.append(("missing_content", part_where, 'each part must be {"type": "text", "text": …}; found '
+                           + (f"a part of type {kind!r}" if isinstance(kind, str) else describe(part))))
+    if not errors and not (content_text(content) or "").strip():
+        errors.append(("missing_content", f"{where}.content", "its text parts are all empty" if content else "is an empty list"))
+    return errors
+
+
 def example_errors(record) -> list[tuple[str, str, str]]:
-    """The format errors of one parsed line, as (code, path, message) triples."""
+    """The format errors of one parsed line, as (code, path, message) triples. Messages say what was found."""
     if not isinstance(record, dict):
-        return [("data_type", "", "each line must be a JSON object")]
+        return [("data_type", "", f"each line must be a JSON object; found {describe(record)}")]
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
-        return [("missing_messages_list", "messages", "missing, or not a non-empty list of messages")]
+        found = "no `messages` key" + (f" (keys: {', '.join(sorted(record)[:5])})" if record else "") \
+            if "messages" not in record else describe(messages)
+        return [("missing_messages_list", "messages", f"must be a non-empty list of messages; found {found}")]
     errors = []
     errors += _tools_errors(record.get("tools"))
     tool_call_ids = set()
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            errors.append(("data_type", where, "each message must be an object"))
+            errors.append(("data_type", where, f"each message must be an object; found {describe(message)}"))
             continue
         if "role" not in message or ("content" not in message and not _calls_a_tool(message)):
             missing = "role" if "role" not in message else "content"
-            errors.append(("message_missing_key", where, f"has no `{missing}`"))
+            errors.append(("message_missing_key", where, f"has no `{missing}` (keys: {', '.join(sorted(message))})"))
         unknown = sorted(set(message) - MESSAGE_KEYS)
         if unknown:
             errors.append(("message_unrecognized_key", f"{where}.{unknown[0]}", f"unrecognised key(s) {unknown}"))
         if "role" in message and message["role"] not in ROLES:
-            errors.append(("unrecognized_role", f"{where}.role", f"unrecognised role {message['role']!r}; "
+            errors.append(("unrecognized_role", f"{where}.role", f"unrecognised role {describe(message['role'])}; "
                            f"use one of {sorted(ROLES)}"))
-        if "content" in message and not _calls_a_tool(message) and (
-                not isinstance(message["content"], str) or not message["content"].strip()):
-            errors.append(("missing_content", f"{where}.content", "empty, or not a string"))
-        if "weight" in message and message["weight"] not in (0, 1):
-            errors.append(("invalid_weight", f"{where}.weight", f"must be 0 or 1, got {message['weight']!r}"))
-        for call_index, call in enumerate(message.get("tool_calls") or []):
+        if "content" in message and not (_calls_a_tool(message) and message["content"] in (None, "")):
+            errors += _content_errors(message["content"], where)
+        if "weight" in message and not (type(message["weight"]) is int and message["weight"] in (0, 1)):
+            errors.append(("invalid_weight", f"{where}.weight", f"must be the integer 0 or 1; found {describe(message['weight'])}"))
+        calls = message.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            errors.append(("invalid_tool_arguments", f"{where}.tool_calls", f"must be a list of calls; found {describe(calls)}"))
+            calls = []
+        for call_index, call in enumerate(calls or []):
             call_where = f"{where}.tool_calls[{call_index}]"
-            arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
-            if not _is_json_object_string(arguments):
-                errors.append(("invalid_tool_arguments", f"{call_where}.function.arguments",
-                               "must be a string holding a JSON object"))
-            if isinstance(call, dict) and call.get("id"):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                errors.append(("invalid_tool_arguments", f"{call_where}.function",
+                               'must be {"name": …, "arguments": "<JSON object>"}; found '
+                               + describe(function if isinstance(call, dict) else call)))
+                continue
+            problem = _arguments_problem(function.get("arguments"))
+            if problem:
+                errors.append(("invalid_tool_arguments", f"{call_where}.function.arguments", problem))
+            if call.get("id"):
                 tool_call_ids.add(call["id"])
         if message.get("role") == "tool" and message.get("tool_call_id") not in tool_call_ids:
             errors.append(("tool_call_id_mismatch", f"{where}.tool_call_id",
-                           f"{message.get('tool_call_id')!r} matches no earlier assistant tool call"))
+                           f"{describe(message.get('tool_call_id'))} matches no earlier assistant tool call"))
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         errors.append(("example_missing_assistant_message", "messages", "no assistant message, so nothing to learn"))
     return errors
@@ -111,20 +181,25 @@ def _calls_a_tool(message: dict) -> bool:
     return bool(message.get("tool_calls") or message.get("function_call"))
 
 
-def _is_json_object_string(value) -> bool:
-    if not isinstance(value, str):
-        return False
+def _arguments_problem(arguments) -> str | None:
+    """Why a tool call's `arguments` is not a string holding a JSON object, or None if it is one."""
+    if not isinstance(arguments, str):
+        hint = " (encode it with json.dumps)" if isinstance(arguments, dict) else ""
+        return f"must be a string holding a JSON object; found {describe(arguments)}{hint}"
     try:
-        return isinstance(json.loads(value), dict)
-    except json.JSONDecodeError:
-        return False
+        parsed = json.loads(arguments, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as error:
+        return f"is a string but not valid JSON ({getattr(error, 'msg', error)}): {describe(arguments)}"
+    if not isinstance(parsed, dict):
+        return f"is a JSON string that holds {describe(parsed)}, not an object"
+    return None
 
 
 def _tools_errors(tools) -> list[tuple[str, str, str]]:
     if tools is None:
         return []
     if not isinstance(tools, list):
-        return [("invalid_tools", "tools", "must be a list of tool definitions")]
+        return [("invalid_tools", "tools", f"must be a list of tool definitions; found {describe(tools)}")]
     errors = []
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
@@ -132,8 +207,14 @@ def _tools_errors(tools) -> list[tuple[str, str, str]]:
                 or not isinstance(function.get("name"), str) \
                 or not isinstance(function.get("parameters", {}), dict):
             errors.append(("invalid_tools", f"tools[{index}]",
-                           'each tool must be {"type": "function", "function": {"name": …, "parameters": {…}}}'))
+                           'each tool must be {"type": "function", "function": {"name": …, "parameters": {…}}}; '
+                           f"found {describe(tool)}" + (f" of type {tool.get('type')!r}" if isinstance(tool, dict)
+                                                         and tool.get("type") != "function" else "")))
     return errors
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def read_jsonl_lines(path: Path):
@@ -157,11 +238,15 @@ def _raw_lines(path: Path, start: int, end: int | None, first_line: int):
 
 def _parse(raw: bytes) -> tuple[object, tuple[str, str] | None]:
     try:
-        return json.loads(raw), None
+        return json.loads(raw, parse_constant=_reject_constant), None
     except UnicodeDecodeError:
         return None, ("not_utf8", "the line is not valid UTF-8")
     except json.JSONDecodeError as error:
         return None, ("invalid_json", f"not valid JSON ({error.msg}, column {error.colno})")
+    except ValueError as error:  # NaN, Infinity: Python reads them, JSON has no such values
+        return None, ("invalid_json", f"not valid JSON: {error} (use null or a number)")
+    except RecursionError:
+        return None, ("invalid_json", "nested too deeply to read (more than ~1,000 levels of [ or {)")
 
 
 # Deleted before comparing texts for near-duplicates: ASCII punctuation, digits and whitespace.
@@ -406,18 +491,19 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
         messages = record["messages"]
         roles = Counter(m.get("role") for m in messages)
         scan.counts["multi_turn"] += roles["assistant"] > 1
-        scan.counts["missing_system"] += roles["system"] == 0
+        scan.counts["missing_system"] += roles["system"] + roles["developer"] == 0  # developer: OpenAI's new name
         scan.counts["missing_user"] += roles["user"] == 0
         for index, message in enumerate(messages):
-            if message.get("role") != "assistant" or not isinstance(message.get("content"), str):
+            reply = content_text(message.get("content"))
+            if message.get("role") != "assistant" or reply is None or (not reply and _calls_a_tool(message)):
                 continue
-            length = len(message["content"])
+            length = len(reply)
             scan.reply_lengths.append(length)
             if length < REPLY_MIN_CHARS or length > REPLY_MAX_CHARS:
                 code = "reply_too_short" if length < REPLY_MIN_CHARS else "reply_too_long"
                 add(Finding("warning", code, line, f"messages[{index}].content",
-                            f"assistant reply of {length} characters; the seeds' quality bounds are "
-                            f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS}"))
+                            f"assistant reply of {length} characters; the recommended bounds are "
+                            f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS} characters"))
         for name, value in zip(("whole", "near", "prompt", "reply"), fingerprints(messages)):
             getattr(scan, name).append(value)
         scan.lines.append(line)
