@@ -378,24 +378,29 @@ def data_convert(
     """Convert input/ideal_output pairs, Alpaca or ShareGPT into OpenAI chat JSONL; says what it dropped."""
     from tunelab.data.formats import ConversionError, convert_file
 
-    if out.exists() and not force:
-        _fail(f"{out} already exists; pass --force to replace it")
     try:
-        report = convert_file(source, out, fmt, system, input_column, output_column)
+        report = convert_file(source, out, fmt, system, input_column, output_column, overwrite=force)
     except ConversionError as error:
         _fail(str(error))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        console.print(f"{source} ({report.format}) → {out}: {report.written} conversations written, "
-                      f"{len(report.dropped)} dropped")
-        for reason, count in report.dropped_by_reason().most_common():
-            lines = [str(line) for line, why in report.dropped if why == reason][:5]
-            console.print(f"  [yellow]dropped ×{count}[/] (lines {', '.join(lines)}{' …' if count > 5 else ''}): "
-                          f"{escape(reason)}", soft_wrap=True)
-        console.print(f"next: tunelab data validate {out}")
+        written = f"→ {out}: {report.written} conversations written" if report.written else "→ nothing written"
+        console.print(f"{source} ({report.format}) {written}, {len(report.dropped)} dropped")
+        _print_counted("dropped", report.dropped_by_reason(), report.dropped)
+        _print_counted("not carried", report.not_carried_by_what(), report.not_carried)
     if report.written == 0:
-        raise typer.Exit(1)
+        _fail(f"{source}: no record could be converted, so {out} was not written")
+    if not as_json:
+        console.print(f"next: tunelab data validate {out}")
+
+
+def _print_counted(label: str, counts, items: list[tuple[int, str]]) -> None:
+    """One line per reason: how many, the first lines, and the reason."""
+    for reason, count in counts.most_common():
+        lines = [str(line) for line, why in items if why == reason][:5]
+        console.print(f"  [yellow]{label} ×{count}[/] (line{'s' if count > 1 else ''} {', '.join(lines)}"
+                      f"{' …' if count > 5 else ''}): {escape(reason)}", soft_wrap=True)
 
 
 @data_app.command("split")

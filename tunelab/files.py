@@ -18,3 +18,31 @@ def write_text_atomically(path: Path, text: str) -> None:
 def write_json_atomically(path: Path, data) -> None:
     write_text_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written, or must not be: the message says which and why."""
+
+
+def check_output_path(path: Path, overwrite: bool = False, inputs: list[Path] = ()) -> None:
+    """Refuse, before any work is done, an output that would fail or destroy something.
+
+    An input is never overwritten, even with `overwrite`. The checks name the path and the reason: an
+    existing file (without `overwrite`), a directory, a parent that is a file, a directory we cannot write.
+    """
+    path = Path(path)
+    for source in inputs:
+        if path.exists() and Path(source).exists() and path.resolve() == Path(source).resolve():
+            raise OutputError(f"{path}: this is the input; choose another output (inputs are never overwritten)")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; pass --force to replace it")
+    parent = path.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputError(f"{path}: {ancestor} is a file, not a directory")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot write in {ancestor} (permission denied)")
+            break

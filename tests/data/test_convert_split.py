@@ -133,3 +133,101 @@ def test_split_dedupes_and_keeps_prompts_on_one_side(tmp_path, support_conversat
     assert again.returncode == 1 and b"--force" in again.stderr  # nothing overwritten without asking
     tunelab("data", "split", source, "--test-size", "0.2", "--out-dir", tmp_path / "same-seed")
     assert (tmp_path / "same-seed" / "test.jsonl").read_text() == (tmp_path / "split" / "test.jsonl").read_text()
+
+
+def sharegpt_tool_record(index: int) -> dict:
+    """LLaMA-Factory's ShareGPT tool format: function_call / observation turns and a `tools` JSON string."""
+    return {
+        "conversations": [
+            {"from": "human", "value": f"What's the weather in city {index} and the time there?"},
+            {"from": "function_call", "value": json.dumps([{"name": "get_weather", "arguments": {"city": f"c{index}"}},
+                                                          {"name": "get_time", "arguments": {"city": f"c{index}"}}])},
+            {"from": "observation", "value": json.dumps({"temperature": 20 + index % 10})},
+            {"from": "observation", "value": json.dumps({"time": "14:00"})},
+            {"from": "gpt", "value": f"It is {20 + index % 10} degrees and 14:00 in city {index}."},
+            {"from": "human", "value": "And tomorrow?"},
+            {"from": "function_call", "value": json.dumps({"name": "get_forecast",
+                                                            "arguments": json.dumps({"city": f"c{index}", "days": 1})})},
+            {"from": "observation", "value": "sunny"},
+            {"from": "gpt", "value": "Sunny tomorrow."}],
+        "system": "You are a weather assistant.",
+        "tools": json.dumps([{"name": name, "description": f"{name} for a city",
+                              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+                             for name in ("get_weather", "get_time", "get_forecast")]),
+    }
+
+
+def test_sharegpt_tool_use_converts_into_tool_calls_with_tools_kept_and_validates(tmp_path):
+    plain = {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello! How can I help?"}]}
+    records = [sharegpt_tool_record(i) if i % 2 else dict(plain, conversations=[
+        {"from": "human", "value": f"Hi number {i}"}, {"from": "gpt", "value": f"Hello {i}, how can I help?"}])
+        for i in range(300)]
+    source = tmp_path / "glaive.json"
+    source.write_text(json.dumps(records, indent=1))
+    out = tmp_path / "out.jsonl"
+    report = json.loads(tunelab("data", "convert", source, "--out", out, "--json").stdout)
+    assert report["format"] == "sharegpt" and report["written"] == 300
+    assert report["dropped"] == [] and report["not_carried"] == []
+    converted = [json.loads(line) for line in out.read_text().splitlines()]
+    first = converted[1]
+    assert [t["function"]["name"] for t in first["tools"]] == ["get_weather", "get_time", "get_forecast"]
+    assert first["tools"][0]["type"] == "function"
+    roles = [m["role"] for m in first["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "tool", "assistant", "user", "assistant", "tool", "assistant"]
+    calls = first["messages"][2]["tool_calls"]
+    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("call_0", "get_weather", {"city": "c1"}), ("call_1", "get_time", {"city": "c1"})]
+    assert [m["tool_call_id"] for m in first["messages"] if m["role"] == "tool"] == ["call_0", "call_1", "call_2"]
+    assert json.loads(first["messages"][7]["tool_calls"][0]["function"]["arguments"]) == {"city": "c1", "days": 1}
+    validation = tunelab("data", "validate", out, "--json", "--model", "none")
+    assert [f for f in json.loads(validation.stdout)["findings"] if f["severity"] == "error"] == []
+
+
+def test_what_cannot_be_carried_is_reported_by_reason_and_file_line(tmp_path):
+    records = [
+        {"conversations": [{"from": "human", "value": "Describe <image>"}, {"from": "gpt", "value": "A red lamp."}]},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello there!"}], "id": "x1"},
+        {"conversations": [{"from": "narrator", "value": "Once"}, {"from": "gpt", "value": "upon a time."}]},
+        {"conversations": [{"from": "human", "value": "Look"}, {"from": "gpt", "value": "I see it."}], "images": ["a.png"]},
+    ]
+    source = tmp_path / "mixed.json"
+    source.write_text(json.dumps(records, indent=2))  # pretty-printed: each record starts on its own line
+    starts = [n for n, line in enumerate(source.read_text().splitlines(), start=1) if line == "  {"]
+    report = json.loads(tunelab("data", "convert", source, "--out", tmp_path / "o.jsonl", "--json").stdout)
+    assert report["written"] == 1
+    assert [(d["line"], d["reason"].split(":")[0]) for d in report["dropped"]] == [
+        (starts[0], "conversations[0]"), (starts[2], "conversations[0]"), (starts[3], "has images")]
+    assert "<image>" in report["dropped"][0]["reason"] and "'narrator'" in report["dropped"][1]["reason"]
+    assert report["not_carried"] == [{"line": starts[1], "what": "field `id`"}]
+
+    table = tmp_path / "raw.csv"
+    table.write_text("input,ideal_output,notes\nWhere is it?,It ships today.,vip\nHi,Hello there.,\n"
+                     "Refund?,Within 30 days.,late,extra\n")
+    shown = tunelab("data", "convert", table, "--out", tmp_path / "t.jsonl")
+    assert shown.returncode == 0
+    stderr = shown.stderr.decode()
+    assert "not carried ×2 (lines 2, 4): column `notes`" in " ".join(stderr.split())
+    assert "not carried ×1 (line 4): values past the last CSV column" in " ".join(stderr.split())
+
+
+def test_openai_records_are_validated_and_a_failed_conversion_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                    {"role": "assistant", "content": ""}]}) + "\n" for i in range(500)))
+    out = tmp_path / "out.jsonl"
+    for flags in ([], ["--format", "openai"]):
+        result = tunelab("data", "convert", bad, "--out", out, *flags)
+        stderr = " ".join(result.stderr.decode().split())
+        assert result.returncode == 1
+        assert "nothing written, 500 dropped" in stderr and "messages[1].content: is an empty string" in stderr
+        assert "next:" not in stderr and "was not written" in stderr
+        assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_one_json_object_is_one_record(tmp_path):
+    source = tmp_path / "one.json"
+    source.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi there."}, indent=2))
+    out = tmp_path / "o.jsonl"
+    result = tunelab("data", "convert", source, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["messages"][-1] == {"role": "assistant", "content": "Hi there."}

@@ -4,12 +4,22 @@
 
 Formats (`--format auto` looks at the first record):
 - `input-output`: records with an input and an ideal output (`input`/`ideal_output` by default; other
-  column names with `--input-column`/`--output-column`), from CSV, JSONL or a JSON list;
+  column names with `--input-column`/`--output-column`), from CSV, JSONL or JSON;
 - `alpaca`: `instruction`, optional `input`, `output` (and LLaMA-Factory's optional `system`, `history`);
-- `sharegpt`: `conversations` of `{"from", "value"}` (`human`/`gpt`/`system`, as FastChat writes them);
-- `openai`: `{"messages": [...]}` already; `--system` adds a system message where there is none.
-Every record becomes `{"messages": [system?, user, assistant, ...]}`. Records that cannot be converted are
-dropped and reported with their line; the quality rules are `tunelab data validate`'s job.
+- `sharegpt`: `conversations` of `{"from", "value"}` (`human`/`gpt`/`system`, as FastChat writes them), with
+  LLaMA-Factory's tool use: `function_call` turns become assistant `tool_calls`, `observation` turns `tool`
+  messages, and the record's `tools` (a list or a JSON string of one) OpenAI's `tools`;
+- `openai`: `{"messages": [...]}` already; each record is validated as `tunelab data validate` would, and
+  `--system` adds a system message where there is none.
+A file is JSONL, CSV, a JSON list of records, or one JSON record. Every record becomes `{"messages":
+[system?, user, assistant, ...]}` (plus `tools`).
+
+Nothing is lost quietly. A record that cannot be converted is dropped and reported with its line and the
+reason (for a JSON list, the line its record starts on); a part of a kept record that has no place in chat
+JSONL (an extra column, an unknown field) is reported as not carried, with its lines. A record with images
+is dropped: this model reads text only, and a reply that describes an image it cannot see teaches it to
+invent. The output is written to a temporary file and renamed into place, and only when at least one
+conversation converted.
 """
 
 from __future__ import annotations
@@ -20,9 +30,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.data.validate import describe, example_errors
+from tunelab.files import OutputError, check_output_path
+
 FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
+                  "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
+# Record fields each format carries; any other field is reported as not carried.
+CARRIED = {"openai": {"messages", "tools", "parallel_tool_calls"},
+           "alpaca": {"instruction", "input", "output", "system", "history"},
+           "sharegpt": {"conversations", "system", "tools"}}
+IMAGE_FIELDS = ("images", "image", "videos", "audios")
 
 
 @dataclass
@@ -31,41 +50,118 @@ class ConversionReport:
     out: str
     format: str
     written: int = 0
-    dropped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    dropped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason): records not converted
+    not_carried: list[tuple[int, str]] = field(default_factory=list)  # (line, what): parts of kept records
 
     def dropped_by_reason(self) -> Counter:
         return Counter(reason for _, reason in self.dropped)
 
+    def not_carried_by_what(self) -> Counter:
+        return Counter(what for _, what in self.not_carried)
+
     def to_dict(self) -> dict:
         return {"source": self.source, "out": self.out, "format": self.format, "written": self.written,
-                "dropped": [{"line": line, "reason": reason} for line, reason in self.dropped]}
+                "dropped": [{"line": line, "reason": reason} for line, reason in self.dropped],
+                "not_carried": [{"line": line, "what": what} for line, what in self.not_carried]}
 
 
 class ConversionError(ValueError):
     """The input as a whole cannot be converted (unreadable, or of no recognisable format)."""
 
 
+@dataclass
+class Converted:
+    """One record's conversion: the conversation, or why there is none; and what of it was left behind."""
+
+    conversation: dict | None = None
+    reason: str | None = None
+    not_carried: list[str] = field(default_factory=list)
+
+
 def read_records(path: Path):
-    """(line number, record) for each record of a CSV, JSONL or JSON-list file; (line, None) if unreadable."""
+    """(line number, record) for each record of a CSV, JSONL, JSON-list or one-record JSON file.
+
+    A JSONL line that does not parse gives (line, None). A JSON document that does not parse raises
+    ConversionError naming the line.
+    """
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, restkey="\ue000extra")
             for row in reader:
                 yield reader.line_num, row
         return
-    with path.open("rb") as handle:
-        head = handle.read(1).lstrip()
-        handle.seek(0)
-        if head == b"[" and path.suffix.lower() == ".json":
-            for index, record in enumerate(json.load(handle), start=1):
-                yield index, record
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None  # JSONL with a bad line, reported by line below
+    if text is not None and _is_one_document(path, text):
+        yield from _document_records(path, text)
+        return
+    for line, raw_line in enumerate(raw.split(b"\n"), start=1):
+        if raw_line.strip():
+            try:
+                yield line, json.loads(raw_line, parse_constant=_not_json)
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, NaN, or nested too deep
+                yield line, None
+
+
+def _is_one_document(path: Path, text: str) -> bool:
+    """A JSON file (list or one record) rather than JSONL: `.json`, or a text that parses as one value."""
+    stripped = text.lstrip()
+    if path.suffix.lower() == ".json" or stripped.startswith("["):
+        return True
+    if not stripped.startswith("{"):
+        return False
+    first_line = stripped.split("\n", 1)[0]
+    try:  # a JSONL file's first line is a whole record; a pretty-printed record's is not
+        json.loads(first_line)
+        return False
+    except (ValueError, RecursionError):
+        return True
+
+
+def _document_records(path: Path, text: str):
+    decoder = json.JSONDecoder(parse_constant=_not_json)
+    start = len(text) - len(text.lstrip())
+    try:
+        if not text.lstrip().startswith("["):
+            record, end = decoder.raw_decode(text, start)
+            if text[end:].strip():
+                raise json.JSONDecodeError("extra data after the record", text, end)
+            yield text.count("\n", 0, start) + 1, record
             return
-        for line, raw in enumerate(handle, start=1):
-            if raw.strip():
-                try:
-                    yield line, json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    yield line, None
+        # Element by element, so each record's line is known and a bad one is named by its line.
+        position, line, counted = start + 1, 1, 0
+        while True:
+            position = _skip_space(text, position)
+            if position < len(text) and text[position] == "]":
+                return
+            line += text.count("\n", counted, position)
+            counted = position
+            record, position = decoder.raw_decode(text, position)
+            yield line, record
+            position = _skip_space(text, position)
+            if position < len(text) and text[position] == ",":
+                position += 1
+            elif position >= len(text) or text[position] != "]":
+                raise json.JSONDecodeError("expected , or ] after a record", text, position)
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
+    except RecursionError:
+        raise ConversionError(f"{path}: nested too deeply to read (more than ~1,000 levels of [ or {{)") from None
+    except ValueError as error:  # NaN / Infinity
+        raise ConversionError(f"{path}: not valid JSON: {error}") from None
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def detect_format(record, input_column: str, output_column: str) -> str | None:
@@ -82,76 +178,181 @@ def detect_format(record, input_column: str, output_column: str) -> str | None:
     return None
 
 
-def to_messages(record, fmt: str, system: str | None, input_column: str = "input",
-                output_column: str = "ideal_output") -> tuple[list[dict] | None, str | None]:
-    """One record as chat messages, or (None, why not)."""
+def convert_record(record, fmt: str, system: str | None, input_column: str = "input",
+                   output_column: str = "ideal_output") -> Converted:
+    """One record as a chat conversation, or why not, and what of it could not be carried."""
     if not isinstance(record, dict):
-        return None, "not a JSON object (or not valid JSON)"
+        return Converted(reason="not a JSON object (or not valid JSON)")
+    images = [name for name in IMAGE_FIELDS if record.get(name)]
+    if images:
+        return Converted(reason=f"has {images[0]}: this model reads text only")
     if fmt == "input-output":
-        prompt, reply = record.get(input_column), record.get(output_column)
-        if not _text(prompt) or not _text(reply):
-            missing = input_column if not _text(prompt) else output_column
-            return None, f"empty or missing `{missing}`"
-        messages = [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(reply)}]
+        converted = _input_output(record, input_column, output_column)
     elif fmt == "alpaca":
-        instruction, extra, reply = record.get("instruction"), record.get("input"), record.get("output")
-        if not _text(instruction) or not _text(reply):
-            return None, f"empty or missing `{'instruction' if not _text(instruction) else 'output'}`"
-        messages = []
-        for turn in record.get("history") or []:
-            if not (isinstance(turn, list) and len(turn) == 2 and all(map(_text, turn))):
-                return None, "`history` entries must be [prompt, reply] pairs of text"
-            messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-        prompt = f"{instruction}\n\n{extra}" if _text(extra) else instruction
-        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
-        if _text(record.get("system")) and not system:
-            messages.insert(0, {"role": "system", "content": record["system"]})
+        converted = _alpaca(record, system)
     elif fmt == "sharegpt":
-        messages = []
-        for index, turn in enumerate(record.get("conversations") or []):
-            speaker = turn.get("from") if isinstance(turn, dict) else None
-            if speaker not in SHAREGPT_ROLES:
-                return None, f"conversations[{index}]: speaker {speaker!r} is not one of {sorted(SHAREGPT_ROLES)}"
-            if not _text(turn.get("value")):
-                return None, f"conversations[{index}]: empty `value`"
-            messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn["value"]})
-        if _text(record.get("system")) and not system:
-            messages.insert(0, {"role": "system", "content": record["system"]})
+        converted = _sharegpt(record, system)
     elif fmt == "openai":
-        messages = record.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return None, "`messages` must be a list of message objects"
+        converted = _openai(record)
     else:
-        return None, f"unknown format {fmt!r}"
+        return Converted(reason=f"unknown format {fmt!r}")
+    if converted.conversation is None:
+        return converted
+    carried = {input_column, output_column} if fmt == "input-output" else CARRIED[fmt]
+    for name in record:
+        if name == "\ue000extra":
+            converted.not_carried.append("values past the last CSV column")
+        elif name not in carried and record[name] not in (None, ""):
+            converted.not_carried.append(f"{'column' if fmt == 'input-output' else 'field'} `{name}`")
+    messages = converted.conversation["messages"]
     if not any(m.get("role") == "assistant" for m in messages):
-        return None, "no assistant reply"
-    return _with_system(messages, system), None
+        return Converted(reason="no assistant reply")
+    if system and not any(m.get("role") in ("system", "developer") for m in messages):
+        converted.conversation["messages"] = [{"role": "system", "content": system}, *messages]
+    return converted
 
 
-def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and not any(m.get("role") == "system" for m in messages):
-        return [{"role": "system", "content": system}, *messages]
-    return messages
+def _input_output(record: dict, input_column: str, output_column: str) -> Converted:
+    prompt, reply = record.get(input_column), record.get(output_column)
+    if not _text(prompt) or not _text(reply):
+        missing = input_column if not _text(prompt) else output_column
+        return Converted(reason=f"empty or missing `{missing}`")
+    return Converted({"messages": [{"role": "user", "content": str(prompt)},
+                                   {"role": "assistant", "content": str(reply)}]})
+
+
+def _alpaca(record: dict, system: str | None) -> Converted:
+    instruction, extra, reply = record.get("instruction"), record.get("input"), record.get("output")
+    if not _text(instruction) or not _text(reply):
+        return Converted(reason=f"empty or missing `{'instruction' if not _text(instruction) else 'output'}`")
+    messages = []
+    for turn in record.get("history") or []:
+        if not (isinstance(turn, list) and len(turn) == 2 and all(map(_text, turn))):
+            return Converted(reason="`history` entries must be [prompt, reply] pairs of text")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    prompt = f"{instruction}\n\n{extra}" if _text(extra) else instruction
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+    if _text(record.get("system")) and not system:
+        messages.insert(0, {"role": "system", "content": record["system"]})
+    return Converted({"messages": messages})
+
+
+def _sharegpt(record: dict, system: str | None) -> Converted:
+    messages: list[dict] = []
+    pending_calls: list[str] = []  # ids of tool calls not yet answered by an observation, in order
+    calls_made = 0
+    for index, turn in enumerate(record.get("conversations") or []):
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        where = f"conversations[{index}]"
+        if speaker not in SHAREGPT_ROLES:
+            return Converted(reason=f"{where}: speaker {speaker!r} is not one of {sorted(SHAREGPT_ROLES)}")
+        value = turn.get("value")
+        if not _text(value):
+            return Converted(reason=f"{where}: empty `value`")
+        if "<image>" in str(value):
+            return Converted(reason=f"{where}: has an <image> placeholder: this model reads text only")
+        if speaker == "function_call":
+            calls, problem = _sharegpt_calls(value)
+            if problem:
+                return Converted(reason=f"{where}: {problem}")
+            ids = [f"call_{calls_made + k}" for k in range(len(calls))]
+            calls_made += len(calls)
+            pending_calls += ids
+            messages.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function", "function": call} for call_id, call in zip(ids, calls)]})
+        elif SHAREGPT_ROLES[speaker] == "tool":
+            if not pending_calls:
+                return Converted(reason=f"{where}: an {speaker} turn with no function call before it to answer")
+            messages.append({"role": "tool", "tool_call_id": pending_calls.pop(0), "content": str(value)})
+        else:
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": str(value)})
+    if _text(record.get("system")) and not system:
+        messages.insert(0, {"role": "system", "content": record["system"]})
+    conversation = {"messages": messages}
+    if record.get("tools") not in (None, "", []):
+        tools, problem = _sharegpt_tools(record["tools"])
+        if problem:
+            return Converted(reason=f"tools: {problem}")
+        conversation["tools"] = tools
+    return Converted(conversation)
+
+
+def _sharegpt_calls(value) -> tuple[list[dict], str | None]:
+    """A `function_call` turn's value ({"name", "arguments"} or a list of them, usually as a JSON string) as
+    OpenAI function objects with `arguments` a JSON string."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except (ValueError, RecursionError):
+        return [], f"function_call value is not JSON: {describe(value)}"
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    functions = []
+    for call in calls:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return [], f'function_call must be {{"name": …, "arguments": {{…}}}}; found {describe(call)}'
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return [], f"function_call arguments are not JSON: {describe(call.get('arguments'))}"
+        if not isinstance(arguments, dict):
+            return [], f"function_call arguments must be an object; found {describe(arguments)}"
+        functions.append({"name": call["name"], "arguments": json.dumps(arguments, ensure_ascii=False)})
+    return functions, None
+
+
+def _sharegpt_tools(tools) -> tuple[list[dict], str | None]:
+    """LLaMA-Factory's `tools` (function definitions, often as a JSON string) as OpenAI's `tools` list."""
+    try:
+        parsed = json.loads(tools) if isinstance(tools, str) else tools
+    except (ValueError, RecursionError):
+        return [], f"not JSON: {describe(tools)}"
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list):
+        return [], f"must be a list of function definitions; found {describe(parsed)}"
+    converted = []
+    for tool in parsed:
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else tool
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return [], f"each tool needs a `name`; found {describe(tool)}"
+        converted.append({"type": "function", "function": function})
+    return converted, None
+
+
+def _openai(record: dict) -> Converted:
+    errors = example_errors(record)
+    if errors:
+        code, where, message = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return Converted(reason=f"{where or 'line'}: {message} [{code}]{more}")
+    return Converted({name: record[name] for name in CARRIED["openai"] if name in record})
 
 
 def _text(value) -> bool:
-    return isinstance(value, (str, int, float)) and bool(str(value).strip())
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool) and bool(str(value).strip())
 
 
 def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system: str | None = None,
-                 input_column: str = "input", output_column: str = "ideal_output") -> ConversionReport:
-    """Convert `source` into chat JSONL at `out`, written to a temporary file and renamed into place."""
+                 input_column: str = "input", output_column: str = "ideal_output",
+                 overwrite: bool = False) -> ConversionReport:
+    """Convert `source` into chat JSONL at `out`, written to a temporary file and renamed into place.
+
+    `out` is left untouched (not created, not replaced) when nothing converts or anything fails.
+    """
     source, out = Path(source), Path(out)
     if fmt not in FORMATS:
         raise ConversionError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not source.is_file():
-        raise ConversionError(f"{source}: no such file")
-    if out.resolve() == source.resolve():
-        raise ConversionError(f"{out}: the output would overwrite the input")
+        raise ConversionError(f"{source}: no such file" if not source.exists() else f"{source}: not a regular file")
+    try:
+        check_output_path(out, overwrite, inputs=[source])
+    except OutputError as error:
+        raise ConversionError(str(error)) from None
     report = ConversionReport(str(source), str(out), fmt)
     temporary = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with temporary.open("w", encoding="utf-8") as handle:
             for line, record in read_records(source):
                 if report.format == "auto":
@@ -162,20 +363,19 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
                             f"`instruction`/`output`, or `{input_column}`/`{output_column}`); pass --format "
                             "or --input-column/--output-column")
                     report.format = detected
-                messages, reason = to_messages(record, report.format, system, input_column, output_column)
-                if messages is None:
-                    report.dropped.append((line, reason))
+                converted = convert_record(record, report.format, system, input_column, output_column)
+                if converted.conversation is None:
+                    report.dropped.append((line, converted.reason))
                     continue
-                converted = {"messages": messages}
-                if report.format == "openai" and record.get("tools") is not None:
-                    converted["tools"] = record["tools"]
-                handle.write(json.dumps(converted, ensure_ascii=False) + "\n")
+                report.not_carried += [(line, what) for what in converted.not_carried]
+                handle.write(json.dumps(converted.conversation, ensure_ascii=False) + "\n")
                 report.written += 1
-    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError) as error:
+        if report.written:
+            temporary.replace(out)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ConversionError(f"{source}: cannot read it ({error})") from None
+    except OSError as error:
+        raise ConversionError(f"{out}: cannot write it ({error.strerror or error})") from None
+    finally:
         temporary.unlink(missing_ok=True)
-        raise ConversionError(f"{source}: cannot read it ({error})") from error
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    temporary.replace(out)
     return report
