@@ -95,6 +95,7 @@ def train(
     """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory."""
     from tunelab.config import TrainConfig
     from tunelab.data.chat import DataError
+    from tunelab.files import OutputError
     from tunelab.models.templates import MissingChatTemplate
     from tunelab.train.local import NothingToTrain, RunExists
     from tunelab.train.local import train as run_training
@@ -130,8 +131,10 @@ def train(
     try:
         run_dir = run_training(settings, show_progress=not quiet, resume=resume is not None)
     except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError, MissingChatTemplate,
-            NothingToTrain) as error:
+            NothingToTrain, OutputError) as error:
         _fail(str(error))
+    except OSError as error:  # a model that cannot be loaded, a disk that fills up
+        _fail(f"{error.filename or settings.model}: {error.strerror or _first_line(error)}")
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the first process reports
     if as_json:
@@ -179,6 +182,8 @@ def evaluate(
                                  max_new_tokens=max_new_tokens, limit=limit, show_progress=not quiet)
     except (DataError, FileNotFoundError, ValueError) as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"{error.filename or model}: {error.strerror or _first_line(error)}")
     results = json.loads((out_dir / "results.json").read_text())
     if as_json:
         print(json.dumps({"systems": results["systems"], "report": str(out_dir / "report.html")}, indent=2))
@@ -194,11 +199,17 @@ def chat(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Token limit per reply."),
     base: bool = typer.Option(False, "--base", help="With a run directory: answer with the base model (adapter off)."),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template file, for a model that has none of its own."),
 ) -> None:
     """Chat with a fine-tuned run (or any model), using the chat template it was trained with."""
-    from tunelab.models.generate import generate_replies, load_for_generation
+    from tunelab.models.generate import generate_replies, is_run_directory, load_for_generation
 
-    loaded = load_for_generation(model)
+    if base and not is_run_directory(model):
+        _fail(f"--base: {model} is not a finished run directory, so there is no fine-tune to switch off")
+    loaded = _load_model_for_use(model, chat_template)
+    if base and loaded.fully_fine_tuned:
+        _fail(f"--base: {model} is a full fine-tune (every weight changed), so there is no adapter to switch off; "
+              f"chat with its base model instead: tunelab chat {loaded.base_name if loaded.base_name != 'gemma-3-270m' else 'default'}")
     messages = [{"role": "system", "content": system}] if system else []
     interactive = message is None
     while True:
@@ -211,7 +222,8 @@ def chat(
                 continue
         messages.append({"role": "user", "content": message})
         reply = generate_replies(loaded, [messages], max_new_tokens=max_new_tokens, use_adapter=not base)[0]
-        messages.append({"role": "assistant", "content": reply.text})
+        messages.append({"role": "assistant", "content": reply.content, **({"tool_calls": reply.tool_calls}
+                                                                          if reply.tool_calls else {})})
         print(reply.text if not interactive else f"\n{reply.text}\n")
         if reply.finish_reason == "length":
             console.print(f"[yellow](stopped at the {max_new_tokens}-token limit)[/]")
@@ -219,26 +231,51 @@ def chat(
             return
 
 
+def _load_model_for_use(model: str, chat_template: Optional[Path] = None):
+    """A run directory or model spec loaded for generation, or a clear error naming it."""
+    from tunelab.models.generate import load_for_generation
+    from tunelab.models.templates import MissingChatTemplate
+
+    try:
+        return load_for_generation(model, chat_template=chat_template and str(chat_template))
+    except (FileNotFoundError, MissingChatTemplate) as error:
+        _fail(str(error))
+    except OSError as error:  # a hub id that cannot be fetched, a damaged model directory
+        _fail(f"{model}: cannot load this model ({_first_line(error)}); give a run directory, 'default', a model "
+              "directory or a .gguf file")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 data_app = typer.Typer(help="Prepare chat data: convert, validate, stats, split, render.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 MODEL_HELP = "Count tokens as this local model will: 'default', a model directory, or a .gguf file."
 TARGET_HELP = "Count tokens and cost for OpenAI instead, e.g. openai:gpt-4o-mini."
+TEMPLATE_HELP = "A Jinja chat template file, for a model that has none of its own."
 MAX_TOKENS_HELP = "Token limit per example (default: what training cuts at: 1024 locally, OpenAI's limit)."
 
 
 def _check_data(file: Path, validation: Optional[Path], model: str, target: Optional[str],
-                max_tokens: Optional[int]):
+                max_tokens: Optional[int], chat_template: Optional[Path] = None):
     """Validate with token counts, showing progress; the shared core of `validate` and `stats`."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tunelab.data.tokens import token_counter
     from tunelab.data.validate import validate_file
+    from tunelab.files import input_file_problem
 
+    for path in (file, validation):
+        if path is not None and input_file_problem(path):
+            _fail(f"{path}: {input_file_problem(path)}")
     try:
-        counter = None if model == "none" and not target else token_counter(model, target)
+        counter = None if model == "none" and not target else token_counter(model, target, chat_template)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"{model}: cannot load this model's tokenizer ({_first_line(error)})")
     size = file.stat().st_size if file.is_file() else 0
     with Progress(TextColumn("[bold]checking[/]"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -248,17 +285,22 @@ def _check_data(file: Path, validation: Optional[Path], model: str, target: Opti
 
 
 def _print_findings(report) -> None:
+    """One line per (severity, code, file): `error: FILE:LINE: FIELD: message [code]`, then how many more."""
     from collections import defaultdict
 
     grouped = defaultdict(list)
     for finding in report.findings:
-        grouped[(finding.severity, finding.code, finding.file)].append(finding)
+        grouped[(finding.severity, finding.code, finding.file or report.file)].append(finding)
     for (severity, code, file), findings in sorted(grouped.items()):
-        lines = [str(f.line) for f in findings if f.line][:5]
-        where = f" lines {', '.join(lines)}{' …' if len(findings) > 5 else ''}" if lines else ""
+        first = findings[0]
+        place = f"{file}:{first.line}" if first.line else str(file)
+        place += f": {first.path}" if first.path else ""
+        others = [str(f.line) for f in findings[1:] if f.line][:5]
+        more = f" (×{len(findings)}: also line{'s' if len(others) > 1 else ''} {', '.join(others)}" \
+               f"{' …' if len(findings) > 6 else ''})" if len(findings) > 1 and others else \
+            (f" (×{len(findings)})" if len(findings) > 1 else "")
         colour = "red" if severity == "error" else "yellow"
-        source = f" in {file}" if file else ""
-        console.print(f"[{colour}]{severity}[/] {code} ×{len(findings)}{source}{where}: {escape(findings[0].message)}",
+        console.print(f"[{colour}]{severity}:[/] {escape(place)}: {escape(first.message)} {escape(f'[{code}]')}{more}",
                       soft_wrap=True)
 
 
@@ -326,12 +368,13 @@ def data_validate(
     model: str = typer.Option("default", "--model", help=MODEL_HELP + " 'none' skips token counts."),
     target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=MAX_TOKENS_HELP),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
 ) -> None:
     """Check a chat JSONL file: every format error OpenAI rejects, the recommended quality warnings, duplicates,
     leakage and truncation, all in one pass; then token statistics and the cost of training on it."""
-    report = _check_data(file, validation, model, target, max_tokens)
+    report = _check_data(file, validation, model, target, max_tokens, chat_template)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -351,17 +394,22 @@ def data_stats(
     model: str = typer.Option("default", "--model", help=MODEL_HELP),
     target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=MAX_TOKENS_HELP),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics and cost as JSON on stdout."),
 ) -> None:
     """Token statistics (total and trained, per example), their distribution, and the cost of training."""
-    report = _check_data(file, None, model, target, max_tokens)
+    report = _check_data(file, None, model, target, max_tokens, chat_template)
     if as_json:
         print(json.dumps({"file": report.file, "stats": report.stats, "cost": report.cost}, indent=2))
+        if report.errors:
+            raise typer.Exit(1)
         return
     _print_stats(report, histogram=True)
     if report.errors:
-        console.print(f"[yellow]{len(report.errors)} format error(s): those lines are not counted; "
-                      f"`tunelab data validate {file}` lists them[/]")
+        first = report.errors[0]
+        where = f"{first.file or file}:{first.line}" if first.line else str(first.file or file)
+        _fail(f"{where}: {first.message} — {len(report.errors)} format error(s) in all, and those lines are not counted; "
+              f"`tunelab data validate {file}` lists them")
 
 
 @data_app.command("convert")
@@ -434,6 +482,7 @@ def data_render(
     line: Optional[int] = typer.Option(None, "--line", help="Show the example on this line of FILE."),
     limit: int = typer.Option(3, "--limit", help="How many examples to show (from the start, or from --line)."),
     plain: bool = typer.Option(False, "--plain", help="No colour: trained text is wrapped in ⟦ ⟧."),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
 ) -> None:
     """Show examples as the model is trained on them: trained tokens green, context dim."""
     from tunelab.data.chat import DataError, read_numbered_conversations
@@ -447,12 +496,12 @@ def data_render(
         numbered = [(n, c) for n, c in numbered if n >= line]
         if not numbered or numbered[0][0] != line:
             _fail(f"{file}:{line}: no conversation on that line")
-    tokenizer = _tokenizer_for(model)
+    tokenizer = _tokenizer_for(model, chat_template)
     if not plain:
         console.print("[bold green]trained[/] · [dim]context (no loss)[/]")
     for number, conversation in numbered[:limit]:
         try:
-            example = render_conversation(tokenizer, conversation["messages"])
+            example = render_conversation(tokenizer, conversation["messages"], tools=conversation.get("tools"))
         except TemplateMismatch as error:
             _fail(f"{file}:{number}: {error}")
         header = f"{file}:{number} · {len(example.input_ids)} tokens, {example.trained_tokens} trained"
@@ -464,17 +513,19 @@ def data_render(
             console.print(show_mask(tokenizer, example), soft_wrap=True, highlight=False)
 
 
-def _tokenizer_for(model: str):
+def _tokenizer_for(model: str, chat_template: Optional[Path] = None):
     """The tokenizer (with chat template) of a model spec or of a run directory."""
     from tunelab.models.resolve import load_tokenizer, resolve_model
 
     path = Path(model)
     if (path / "tokenizer" / "tokenizer_config.json").is_file():
-        return load_tokenizer(str(path / "tokenizer"))
+        return load_tokenizer(str(path / "tokenizer"), chat_template and str(chat_template))
     try:
-        return load_tokenizer(resolve_model(model).path)
-    except (FileNotFoundError, OSError, ValueError) as error:
+        return load_tokenizer(resolve_model(model).path, chat_template and str(chat_template))
+    except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"{model}: cannot load this model's tokenizer ({_first_line(error)})")
 
 
 presets_app = typer.Typer(help="Bundled training presets: list them, copy one to edit.", no_args_is_help=True)
@@ -533,5 +584,21 @@ def demo(
         _fail(str(error))
 
 
+def run() -> None:
+    """The `tunelab` entry point: the app, with a last line of defence against tracebacks.
+
+    Every failure we foresee has its own message; anything else is a bug, reported in one line (the
+    traceback with TUNELAB_DEBUG=1) rather than as a wall of frames.
+    """
+    try:
+        app()  # handles usage errors, Ctrl-C and exit codes itself, and leaves by SystemExit
+    except Exception as error:  # noqa: BLE001 - the point of this handler
+        if os.environ.get("TUNELAB_DEBUG") == "1":
+            raise
+        console.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(_first_line(error))} — this is a "
+                      "bug in tunelab; rerun with TUNELAB_DEBUG=1 to see where, and report it", soft_wrap=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    run()

@@ -11,8 +11,11 @@ def write_text_atomically(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)  # only left if writing or renaming failed
 
 
 def write_json_atomically(path: Path, data) -> None:
@@ -38,11 +41,37 @@ def check_output_path(path: Path, overwrite: bool = False, inputs: list[Path] = 
         raise OutputError(f"{path}: is a directory; give a file name")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --force to replace it")
-    parent = path.parent
-    for ancestor in (parent, *parent.parents):
+    _check_can_create_in(path, path.parent)
+
+
+def check_output_directory(path: Path) -> None:
+    """Refuse a run or output directory that is a file, or that sits under one or where we cannot write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file; an output directory is needed here")
+    _check_can_create_in(path, path)
+
+
+def _check_can_create_in(path: Path, directory: Path) -> None:
+    for ancestor in (directory, *directory.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise OutputError(f"{path}: {ancestor} is a file, not a directory")
             if not os.access(ancestor, os.W_OK | os.X_OK):
                 raise OutputError(f"{path}: cannot write in {ancestor} (permission denied)")
-            break
+            return
+
+
+def input_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a data file (missing, a directory, a pipe or device), or None.
+
+    Checked before opening: reading a FIFO would block forever, and a directory gives a confusing error.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "is a directory; give a file"
+    if not path.is_file():
+        return "not a regular file (a pipe, socket or device); give a file"
+    return None

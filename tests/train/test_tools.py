@@ -148,3 +148,12 @@ def test_tool_call_arguments_that_are_not_an_object_are_refused_with_what_was_fo
     errors = example_errors(conversation)
     assert [code for code, _, _ in errors] == ["invalid_tool_arguments"]
     assert errors[0][1] == "messages[2].tool_calls[0].function.arguments"
+
+
+def test_a_system_prompt_is_never_trained_even_when_no_user_turn_follows(tiny_tokenizer):
+    messages = [{"role": "system", "content": "House rules."}, {"role": "assistant", "content": "Welcome to Brightlane!"}]
+    example = render_conversation(tiny_tokenizer, messages)
+    assert "House rules." in context_text(tiny_tokenizer, example)
+    assert trained_text(tiny_tokenizer, example) == "Welcome to Brightlane!<end_of_turn>\n"
+    opening = render_conversation(tiny_tokenizer, [{"role": "assistant", "content": "Hello, how can I help?"}])
+    assert trained_text(tiny_tokenizer, opening) == "Hello, how can I help?<end_of_turn>\n"

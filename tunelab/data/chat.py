@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.validate import example_errors, read_jsonl_lines
+from tunelab.files import input_file_problem
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class DataError(ValueError):
 
     def __init__(self, problems: list[DataProblem]):
         self.problems = problems
+        if len(problems) == 1:  # one line says it
+            only = problems[0]
+            super().__init__(f"{only.path}: {only.message}" if only.line == 0 else str(only))
+            return
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
         super().__init__(f"{len(problems)} problem(s) in the data:\n{shown}{more}")
@@ -43,8 +48,9 @@ def read_conversations(path: str | Path) -> list[dict]:
 def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, conversation) for every conversation in a chat JSONL file, or raise DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError([DataProblem(str(path), 0, "file", "no such file")])
+    problem = input_file_problem(path)
+    if problem:
+        raise DataError([DataProblem(str(path), 0, "file", problem)])
     conversations: list[tuple[int, dict]] = []
     problems: list[DataProblem] = []
     for line_number, record, unreadable in read_jsonl_lines(path):

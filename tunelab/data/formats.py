@@ -229,11 +229,11 @@ def _alpaca(record: dict, system: str | None) -> Converted:
     for turn in record.get("history") or []:
         if not (isinstance(turn, list) and len(turn) == 2 and all(map(_text, turn))):
             return Converted(reason="`history` entries must be [prompt, reply] pairs of text")
-        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    prompt = f"{instruction}\n\n{extra}" if _text(extra) else instruction
-    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        messages += [{"role": "user", "content": str(turn[0])}, {"role": "assistant", "content": str(turn[1])}]
+    prompt = f"{instruction}\n\n{extra}" if _text(extra) else str(instruction)
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(reply)}]
     if _text(record.get("system")) and not system:
-        messages.insert(0, {"role": "system", "content": record["system"]})
+        messages.insert(0, {"role": "system", "content": str(record["system"])})
     return Converted({"messages": messages})
 
 
@@ -267,7 +267,7 @@ def _sharegpt(record: dict, system: str | None) -> Converted:
         else:
             messages.append({"role": SHAREGPT_ROLES[speaker], "content": str(value)})
     if _text(record.get("system")) and not system:
-        messages.insert(0, {"role": "system", "content": record["system"]})
+        messages.insert(0, {"role": "system", "content": str(record["system"])})
     conversation = {"messages": messages}
     if record.get("tools") not in (None, "", []):
         tools, problem = _sharegpt_tools(record["tools"])

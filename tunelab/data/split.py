@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunelab.data.chat import read_conversations
 from tunelab.data.validate import conversation_texts, fingerprints
-from tunelab.files import write_text_atomically
+from tunelab.files import check_output_path, write_text_atomically
 
 
 @dataclass
@@ -62,6 +62,8 @@ def split_file(path: str | Path, out_dir: str | Path, test_size: float = 0.2, se
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --force to replace")
+    for target in targets:  # the input is never overwritten, with or without --force
+        check_output_path(target, overwrite=True, inputs=[Path(path)])
     out_dir.mkdir(parents=True, exist_ok=True)
     for target, examples in zip(targets, (train_examples, test_examples)):
         write_text_atomically(target, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in examples))

@@ -286,7 +286,7 @@ def splits_at_word_starts(tokenizer) -> bool:
     return all(token == ">▁</" for token in crossing)
 
 
-def token_counter(model: str | None = None, target: str | None = None):
+def token_counter(model: str | None = None, target: str | None = None, chat_template=None):
     """The counter for `--target openai:MODEL`, or else for the local `--model` (default: the default)."""
     if target:
         from tunelab.data.cost import openai_model
@@ -300,7 +300,7 @@ def token_counter(model: str | None = None, target: str | None = None):
     from tunelab.models.resolve import load_tokenizer, resolve_model
 
     resolved = resolve_model(model or "default")
-    tokenizer = load_tokenizer(resolved.path)
+    tokenizer = load_tokenizer(resolved.path, chat_template and str(chat_template))
     limit = TrainConfig.max_length  # what `tunelab train` cuts at unless told otherwise
     context = _context_length(resolved.path)
     parameters = parameter_count(resolved.path) if resolved.source != "hub" else None

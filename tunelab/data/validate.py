@@ -145,9 +145,10 @@ def example_errors(record) -> list[tuple[str, str, str]]:
         unknown = sorted(set(message) - MESSAGE_KEYS)
         if unknown:
             errors.append(("message_unrecognized_key", f"{where}.{unknown[0]}", f"unrecognised key(s) {unknown}"))
-        if "role" in message and message["role"] not in ROLES:
-            errors.append(("unrecognized_role", f"{where}.role", f"unrecognised role {describe(message['role'])}; "
-                           f"use one of {sorted(ROLES)}"))
+        if "role" in message and (not isinstance(message["role"], str) or message["role"] not in ROLES):
+            role = message["role"]
+            found = repr(role) if isinstance(role, str) else describe(role)
+            errors.append(("unrecognized_role", f"{where}.role", f"unrecognised role {found}; use one of {sorted(ROLES)}"))
         if "content" in message and not (_calls_a_tool(message) and message["content"] in (None, "")):
             errors += _content_errors(message["content"], where)
         if "weight" in message and not (type(message["weight"]) is int and message["weight"] in (0, 1)):
@@ -167,11 +168,12 @@ def example_errors(record) -> list[tuple[str, str, str]]:
             problem = _arguments_problem(function.get("arguments"))
             if problem:
                 errors.append(("invalid_tool_arguments", f"{call_where}.function.arguments", problem))
-            if call.get("id"):
+            if isinstance(call.get("id"), str):
                 tool_call_ids.add(call["id"])
-        if message.get("role") == "tool" and message.get("tool_call_id") not in tool_call_ids:
+        call_id = message.get("tool_call_id")
+        if message.get("role") == "tool" and (not isinstance(call_id, str) or call_id not in tool_call_ids):
             errors.append(("tool_call_id_mismatch", f"{where}.tool_call_id",
-                           f"{describe(message.get('tool_call_id'))} matches no earlier assistant tool call"))
+                           f"{describe(call_id)} matches no earlier assistant tool call"))
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         errors.append(("example_missing_assistant_message", "messages", "no assistant message, so nothing to learn"))
     return errors

@@ -17,7 +17,7 @@ from tunelab.console import console
 from tunelab.data.chat import read_conversations, split_prompt_and_reply
 from tunelab.eval.report import write_report
 from tunelab.eval.scorers import RubricScorer, SimilarityScorer
-from tunelab.files import write_json_atomically
+from tunelab.files import check_output_directory, write_json_atomically
 from tunelab.models.generate import generate_replies, is_run_directory, load_for_generation
 
 BASE, FINE_TUNED = "base", "fine-tuned"
@@ -30,6 +30,9 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     started = time.time()
+    run_dir = Path(model_or_run) if is_run_directory(model_or_run) else None
+    out = Path(out_dir) if out_dir else (run_dir / "eval" if run_dir else Path("runs") / f"eval-{int(started)}")
+    check_output_directory(out)  # now, not after hours of generation
     conversations = read_conversations(data)[:limit]
     prompts, references = zip(*(split_prompt_and_reply(c) for c in conversations))
     rubric_scorer = RubricScorer.from_yaml(rubric) if rubric else None
@@ -75,8 +78,6 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
                 for check in rubric_scorer.checks if any(check.id in s.checks for s in rubric_scores)
             }
 
-    run_dir = Path(model_or_run) if is_run_directory(model_or_run) else None
-    out = Path(out_dir) if out_dir else (run_dir / "eval" if run_dir else Path("runs") / f"eval-{int(started)}")
     results = {
         "object": "tunelab.eval",
         "created_at": int(started),

@@ -77,26 +77,61 @@ class RubricScorer:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RubricScorer":
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        """Read and check a rubric, before any generation: every pattern must compile. Errors name the
+        file, the check and the field (ValueError)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such rubric file" if not path.exists() else f"{path}: not a regular file")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("checks") or [], list):
+            raise ValueError(f"{path}: a rubric is a mapping with a `checks` list (see examples/support/rubric.yaml)")
         checks = []
         for index, item in enumerate(raw.get("checks") or []):
-            kinds = [k for k in CHECK_KINDS if k in item]
-            if "id" not in item or len(kinds) != 1:
+            kinds = [k for k in CHECK_KINDS if isinstance(item, dict) and k in item]
+            if not isinstance(item, dict) or "id" not in item or len(kinds) != 1:
                 raise ValueError(f"{path}: checks[{index}]: needs an `id` and exactly one of {', '.join(CHECK_KINDS)}")
-            checks.append(RubricCheck(
-                id=item["id"], description=item.get("description", item["id"]), kind=kinds[0],
+            check = RubricCheck(
+                id=str(item["id"]), description=item.get("description", item["id"]), kind=kinds[0],
                 value=item[kinds[0]], when_prompt_matches=item.get("when_prompt_matches"),
                 unless_prompt_matches=item.get("unless_prompt_matches"), strip=item.get("strip", []),
-            ))
+            )
+            _check_patterns(check, f"{path}: checks[{index}] ({check.id})")
+            checks.append(check)
         if not checks:
             raise ValueError(f"{path}: the rubric has no checks")
-        return cls(raw.get("name", Path(path).stem), checks)
+        return cls(raw.get("name", path.stem), checks)
 
     def score(self, prompt: list[dict], reply: str) -> RubricScore:
         prompt_text = "\n".join(m.get("content") or "" for m in prompt)
         last_user = next((m.get("content") or "" for m in reversed(prompt) if m["role"] == "user"), "")
         results = {c.id: c.passes(reply, prompt_text) for c in self.checks if c.applies(prompt_text, last_user)}
         return RubricScore(100.0 * sum(results.values()) / max(len(results), 1), results)
+
+
+def _check_patterns(check: RubricCheck, where: str) -> None:
+    """Compile every regular expression of a check now, so a typo is found before hours of generation."""
+    patterns = {"when_prompt_matches": check.when_prompt_matches, "unless_prompt_matches": check.unless_prompt_matches}
+    if check.kind in ("starts_with", "regex", "not_regex", "quotes_from_prompt"):
+        patterns[check.kind] = check.value
+    if not isinstance(check.strip, list):
+        raise ValueError(f"{where}: strip: must be a list of patterns")
+    patterns.update({f"strip[{i}]": pattern for i, pattern in enumerate(check.strip)})
+    for field_name, pattern in patterns.items():
+        if pattern is None:
+            continue
+        if not isinstance(pattern, str):
+            raise ValueError(f"{where}: {field_name}: must be a regular expression (text), got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"{where}: {field_name}: not a valid regular expression ({error}): {pattern!r}") from None
+    if check.kind == "max_sentences" and (not isinstance(check.value, int) or isinstance(check.value, bool)):
+        raise ValueError(f"{where}: max_sentences: must be a whole number, got {check.value!r}")
+    if check.kind == "ends_with" and not isinstance(check.value, str):
+        raise ValueError(f"{where}: ends_with: must be text, got {check.value!r}")
 
 
 class SimilarityScorer:

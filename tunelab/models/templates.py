@@ -45,6 +45,12 @@ GEMMA_CHAT_TEMPLATE = (
     "{%- for tool in tools -%}{%- set tool_lines.text = tool_lines.text ~ (tool | tojson) ~ '\n' -%}{%- endfor -%}"
     "{%- set system_text = system_text ~ tool_lines.text ~ '</tools>\n\n' -%}"
     "{%- endif -%}"
+    # No user turn to fold the system prompt into (the conversation opens with a reply or a tool result):
+    # it gets a user turn of its own, so it is never part of a trained reply.
+    "{%- if system_text and not (turns and turns[0]['role'] == 'user') -%}"
+    "{{ '<start_of_turn>user\n' ~ (system_text | trim) ~ '<end_of_turn>\n' }}"
+    "{%- set system_text = '' -%}"
+    "{%- endif -%}"
     "{%- for message in turns -%}"
     "{%- if message['role'] == 'tool' -%}"
     "{%- if loop.first or loop.previtem['role'] != 'tool' -%}{{ '<start_of_turn>user\n' }}"

@@ -35,7 +35,7 @@ import yaml
 from tunelab.config import TrainConfig, resolve_hyperparameters
 from tunelab.console import console
 from tunelab.data.chat import read_numbered_conversations
-from tunelab.files import write_text_atomically
+from tunelab.files import check_output_directory, write_text_atomically
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
@@ -146,6 +146,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
         keep_freed_memory()  # activations are re-allocated every step; reuse beats fresh pages
     job_id = cluster.broadcast(new_job_id())
     run_dir = Path(config.out or Path("runs") / job_id)
+    check_output_directory(run_dir)
     if resume:
         job_id = read_job(run_dir)["id"]
     elif (run_dir / "job.json").exists():

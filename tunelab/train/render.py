@@ -62,10 +62,26 @@ def template_message(message: dict) -> dict:
 def render_text(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
                 tools: list[dict] | None = None) -> str:
     """The chat template's text for these messages (and the conversation's tools, if any)."""
+    if not messages and add_generation_prompt:
+        return _opening_prompt(tokenizer, tools)
     return tokenizer.apply_chat_template(
         [template_message(m) for m in messages], tools=tools or None, tokenize=False,
         add_generation_prompt=add_generation_prompt,
     )
+
+
+_REPLY_MARKER = "\ue000reply\ue001"
+
+
+def _opening_prompt(tokenizer, tools) -> str:
+    """The prompt before a reply that opens the conversation (nothing before it to render): what the
+    template writes before the reply's text when the reply is the only message."""
+    text = tokenizer.apply_chat_template([{"role": "assistant", "content": _REPLY_MARKER}], tools=tools or None,
+                                         tokenize=False)
+    if _REPLY_MARKER not in text:
+        raise TemplateMismatch("the chat template cannot render a conversation that opens with the assistant's "
+                               "reply; start it with a user (or system) message")
+    return text[:text.index(_REPLY_MARKER)]
 
 
 def trained_character_spans(tokenizer, messages: list[dict],

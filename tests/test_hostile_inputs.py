@@ -1,0 +1,196 @@
+"""Hostile input, through the real command: a clear `error:` naming the file (and line), exit 1, never a
+traceback, no file left behind, and every input unchanged.
+
+Each case prepares its files in an empty directory, runs `tunelab …` there, and compares the directory
+before and after. The README counts the cases (`HOSTILE_CASES`, plus the property-based tests in
+tests/data/test_properties.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+GOOD = {"messages": [{"role": "user", "content": "Where is my order?"},
+                     {"role": "assistant", "content": "It ships within 2 business days."}]}
+DEEP = b'{"messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+
+
+ITEMS = ["lamp", "rug", "sofa", "chair", "table", "mirror", "vase", "clock", "shelf", "desk", "stool", "bench",
+         "quilt", "towel", "kettle", "blender", "toaster", "pillow", "curtain", "basket"]
+
+
+def good_lines(count: int = 12) -> bytes:
+    """Distinct conversations (they differ in words, not just digits, so none is a near-duplicate)."""
+    return b"".join(json.dumps({"messages": [{"role": "user", "content": f"Where is my {item}?"},
+                                             GOOD["messages"][1]]}).encode() + b"\n" for item in ITEMS[:count])
+
+
+def with_deep_line(directory: Path) -> None:
+    (directory / "data.jsonl").write_bytes(good_lines(3) + DEEP + b"\n" + good_lines(9))
+
+
+def make_fifo(directory: Path) -> None:
+    os.mkfifo(directory / "pipe.jsonl")
+
+
+def data_file(directory: Path) -> None:
+    (directory / "data.jsonl").write_bytes(good_lines())
+
+
+def file_where_a_directory_goes(directory: Path) -> None:
+    data_file(directory)
+    (directory / "blocker").write_text("a file, not a directory\n")
+
+
+def data_and_a_directory(directory: Path) -> None:
+    data_file(directory)
+    (directory / "out").mkdir()
+
+
+def split_input_inside_out_dir(directory: Path) -> None:
+    (directory / "split").mkdir()
+    (directory / "split" / "train.jsonl").write_bytes(good_lines(20))
+
+
+def weight_zero_everywhere(directory: Path) -> None:
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                      {"role": "assistant", "content": "An answer here.", "weight": 0}]}) for i in range(12)]
+    (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def bad_rubric(directory: Path) -> None:
+    data_file(directory)
+    (directory / "rubric.yaml").write_text("checks:\n  - id: greeting\n    regex: '(unclosed'\n")
+
+
+@dataclass
+class Case:
+    name: str
+    prepare: Callable[[Path], None]
+    arguments: list[str]  # `{model}` and `{full_run}` are filled in
+    message: str  # must appear in the `error:` line
+    needs: list[str] = field(default_factory=list)  # fixtures: "model", "full_run"
+
+
+HOSTILE_CASES = [
+    # JSON nested 10,000 levels deep, in every command that reads data.
+    Case("deep-json-validate", with_deep_line, ["data", "validate", "data.jsonl", "--model", "none"],
+         "data.jsonl:4: nested too deeply"),
+    Case("deep-json-stats", with_deep_line, ["data", "stats", "data.jsonl", "--model", "none"],
+         "data.jsonl:4: nested too deeply"),
+    Case("deep-json-convert", lambda d: (d / "deep.json").write_bytes(DEEP),
+         ["data", "convert", "deep.json", "--out", "out.jsonl"], "deep.json: nested too deeply"),
+    Case("deep-json-split", with_deep_line, ["data", "split", "data.jsonl", "--out-dir", "split"],
+         "data.jsonl:4: line: nested too deeply"),
+    Case("deep-json-train", with_deep_line, ["train", "--data", "data.jsonl", "--model", "{model}", "--out", "run"],
+         "data.jsonl:4: line: nested too deeply", ["model"]),
+    # Paths that are not data files.
+    Case("stats-missing", lambda d: None, ["data", "stats", "missing.jsonl"], "missing.jsonl: no such file"),
+    Case("stats-directory", lambda d: (d / "folder").mkdir(), ["data", "stats", "folder"], "folder: is a directory"),
+    Case("stats-fifo", make_fifo, ["data", "stats", "pipe.jsonl"], "pipe.jsonl: not a regular file"),
+    Case("validate-fifo", make_fifo, ["data", "validate", "pipe.jsonl"], "pipe.jsonl: not a regular file"),
+    Case("validate-missing-validation-file", data_file,
+         ["data", "validate", "data.jsonl", "--validation", "nope.jsonl", "--model", "none"], "nope.jsonl: no such file"),
+    Case("render-directory", lambda d: (d / "folder").mkdir(), ["data", "render", "folder"], "folder: is a directory"),
+    Case("split-fifo", make_fifo, ["data", "split", "pipe.jsonl", "--out-dir", "split"], "pipe.jsonl: not a regular file"),
+    Case("convert-fifo", make_fifo, ["data", "convert", "pipe.jsonl", "--out", "out.jsonl"], "pipe.jsonl: not a regular file"),
+    Case("train-missing-data", lambda d: None, ["train", "--data", "missing.jsonl", "--model", "{model}", "--out", "run"],
+         "missing.jsonl: no such file", ["model"]),
+    Case("eval-missing-data", lambda d: None, ["eval", "--model", "{full_run}", "--data", "missing.jsonl"],
+         "missing.jsonl: no such file", ["full_run"]),
+    # Outputs that cannot be written, or must not be.
+    Case("convert-out-is-a-directory", data_and_a_directory, ["data", "convert", "data.jsonl", "--out", "out"],
+         "out: is a directory"),
+    Case("convert-out-under-a-file", file_where_a_directory_goes,
+         ["data", "convert", "data.jsonl", "--out", "blocker/out.jsonl"], "blocker is a file, not a directory"),
+    Case("convert-out-unwritable", data_file, ["data", "convert", "data.jsonl", "--out", "/proc/tunelab-out.jsonl"],
+         "/proc/tunelab-out.jsonl: cannot write it"),
+    Case("convert-onto-its-input", data_file, ["data", "convert", "data.jsonl", "--out", "data.jsonl", "--force"],
+         "this is the input"),
+    Case("split-out-dir-under-a-file", file_where_a_directory_goes, ["data", "split", "data.jsonl", "--out-dir", "blocker/x"],
+         "blocker is a file, not a directory"),
+    Case("split-force-onto-its-input", split_input_inside_out_dir,
+         ["data", "split", "split/train.jsonl", "--out-dir", "split", "--force"], "this is the input"),
+    Case("train-out-is-a-file", file_where_a_directory_goes,
+         ["train", "--data", "data.jsonl", "--model", "{model}", "--out", "blocker"], "blocker: is a file", ["model"]),
+    Case("eval-out-is-a-file", file_where_a_directory_goes,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--out", "blocker"], "blocker: is a file", ["full_run"]),
+    # Settings and models.
+    Case("train-nothing-to-train", weight_zero_everywhere,
+         ["train", "--data", "data.jsonl", "--model", "{model}", "--out", "run", "--max-length", "64"],
+         "no example has a trained token", ["model"]),
+    Case("train-bad-dtype", data_file, ["train", "--data", "data.jsonl", "--model", "{model}", "--dtype", "fp8"],
+         "dtype: must be one of auto, fp32, bf16, fp16", ["model"]),
+    Case("train-model-without-template", data_file,
+         ["train", "--data", "data.jsonl", "--model", "{bare_model}", "--out", "run"],
+         "the model has no chat template", ["bare_model"]),
+    Case("chat-missing-run", lambda d: None, ["chat", "./runs/nope", "hello"], "./runs/nope: not a model directory"),
+    Case("chat-base-on-a-full-fine-tune", lambda d: None, ["chat", "{full_run}", "hello", "--base"],
+         "is a full fine-tune (every weight changed), so there is no adapter to switch off", ["full_run"]),
+    Case("eval-invalid-rubric-regex", bad_rubric,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--rubric", "rubric.yaml"],
+         "rubric.yaml: checks[0] (greeting): regex: not a valid regular expression", ["full_run"]),
+]
+
+
+def snapshot(directory: Path) -> dict[str, bytes | None]:
+    """Every path under `directory` with its content (None for directories and special files)."""
+    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
+            for p in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_model_dir):
+    """A finished full fine-tune of the tiny model (no adapter to switch off)."""
+    from tunelab.config import TrainConfig
+    from tunelab.train.local import train
+
+    directory = tmp_path_factory.mktemp("full-run")
+    data = directory / "train.jsonl"
+    data.write_bytes(good_lines())
+    return train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(directory / "run"), method="full",
+                             n_epochs=1, batch_size=4, dtype="fp32"), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def bare_model(tmp_path_factory, tiny_model_dir):
+    """The tiny model with its chat template taken away."""
+    import shutil
+
+    directory = tmp_path_factory.mktemp("bare") / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES, ids=[case.name for case in HOSTILE_CASES])
+def test_hostile_input_gets_one_clear_error_and_changes_nothing(case, tmp_path, request):
+    work = tmp_path / "work"
+    work.mkdir()
+    case.prepare(work)
+    fills = {"model": lambda: request.getfixturevalue("tiny_model_dir"),
+             "full_run": lambda: request.getfixturevalue("full_run"),
+             "bare_model": lambda: request.getfixturevalue("bare_model")}
+    values = {name: str(fills[name]()) for name in case.needs}
+    arguments = [argument.format(**values) if "{" in argument else argument for argument in case.arguments]
+    before = snapshot(work)
+    result = subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], cwd=work, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, COLUMNS="400"))
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert result.returncode == 1, output[-3000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines, output[-3000:]
+    assert case.message in " ".join(error_lines), error_lines
+    assert snapshot(work) == before  # no partial output, no temporary files, inputs unchanged
