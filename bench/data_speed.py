@@ -29,7 +29,7 @@ MODES = {"no token counts": ["--model", "none"], "default model (exact)": ["--mo
 
 
 def make_file(path: Path, examples: int, seed: int = 0) -> None:
-    text = (ROOT / "examples" / "support" / "train.jsonl").read_text(encoding="utf-8")
+    text = (ROOT / "tunelab" / "examples" / "support" / "train.jsonl").read_text(encoding="utf-8")
     words = sorted(set(re.findall(r"[A-Za-z']+[.,?]?", text)))
     rng = random.Random(seed)
     sentence = lambda low, high: " ".join(rng.choices(words, k=rng.randint(low, high)))  # noqa: E731

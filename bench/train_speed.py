@@ -1,6 +1,6 @@
 """tunelab's trainer against TRL's SFTTrainer: the same LoRA, data and model, on this machine.
 
-    .venv/bin/python bench/train_speed.py [--runs 1] [--data examples/support/train.jsonl]
+    .venv/bin/python bench/train_speed.py [--runs 1] [--data tunelab/examples/support/train.jsonl]
 
 Needs TRL (`pip install -e '.[bench]'`). Each arm runs in its own process (so peak memory is its own):
 1. TRL's `SFTTrainer` as its users configure it: TRL's defaults (gradient checkpointing on), bf16 where the
@@ -127,7 +127,7 @@ def run_arm(arm: str, data: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "support" / "train.jsonl")
+    parser.add_argument("--data", type=Path, default=ROOT / "tunelab" / "examples" / "support" / "train.jsonl")
     parser.add_argument("--runs", type=int, default=1, help="runs of each arm; medians are reported")
     parser.add_argument("--arm", choices=["trl", "tunelab"], help=argparse.SUPPRESS)
     options = parser.parse_args()

@@ -9,7 +9,7 @@ import pytest
 
 SYSTEM = "You are the customer support assistant for Brightlane Home, an online home goods store."
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "support"
+EXAMPLES = Path(__file__).resolve().parent.parent / "tunelab" / "examples" / "support"
 
 
 def build_tiny_model(directory: Path, corpus: list[str]) -> Path:

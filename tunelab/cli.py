@@ -165,7 +165,7 @@ def _float_or_auto(value: str | None):
 def evaluate(
     model: str = typer.Option(..., "--model", help="A run directory (compares base vs fine-tuned) or a model spec."),
     data: Path = typer.Option(..., "--data", help="Held-out chat JSONL; each conversation's last assistant message is the reference."),
-    rubric: Optional[Path] = typer.Option(None, "--rubric", help="YAML rubric of house-style checks (see examples/support/rubric.yaml)."),
+    rubric: Optional[Path] = typer.Option(None, "--rubric", help="YAML rubric of house-style checks (see tunelab/examples/support/rubric.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default RUN/eval)."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Token limit per reply."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N examples."),

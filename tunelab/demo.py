@@ -1,6 +1,6 @@
 """The main job, end to end on the bundled example (`make demo` / `tunelab demo`):
 
-1. validate examples/support/train.jsonl and test.jsonl with `tunelab data validate` (format, quality, and
+1. validate tunelab/examples/support/train.jsonl and test.jsonl with `tunelab data validate` (format, quality, and
    no held-out prompt in the training set);
 2. fine-tune the default model (Gemma 3 270M) with LoRA on the training set;
 3. evaluate base vs fine-tuned on the held-out set with the house-style rubric and reference similarity;
@@ -27,7 +27,8 @@ from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
 from tunelab.train.local import train
 from tunelab.train.record import read_events
 
-EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "support"
+# Package data, so the demo runs from an installed package as well as from a checkout.
+EXAMPLE_DIR = Path(__file__).resolve().parent / "examples" / "support"
 DEMO_SETTINGS = dict(n_epochs=1, batch_size=4, learning_rate_multiplier=2.0)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from tunelab.eval.scorers import RubricScorer, SimilarityScorer
 
-RUBRIC = Path(__file__).resolve().parents[2] / "examples" / "support" / "rubric.yaml"
+RUBRIC = Path(__file__).resolve().parents[2] / "tunelab" / "examples" / "support" / "rubric.yaml"
 GOOD = ("Hi there,\n\nI'm sorry the lamp arrived cracked. Could you reply with your order number (it starts with "
         "BL-) and a photo? A replacement ships within 2 business days.\n\n— Robin, Brightlane Support")
 

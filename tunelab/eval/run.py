@@ -1,6 +1,6 @@
 """Evaluate base vs fine-tuned on held-out conversations, score them, and write results.json + report.html.
 
-    tunelab eval --model runs/ftjob-… --data examples/support/test.jsonl --rubric examples/support/rubric.yaml
+    tunelab eval --model runs/ftjob-… --data tunelab/examples/support/test.jsonl --rubric tunelab/examples/support/rubric.yaml
 
 Each held-out conversation's last assistant message is the reference; everything before it is the prompt.
 Both systems generate greedily from the same prompt with the same token limit. Scores per reply:

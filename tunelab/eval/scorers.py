@@ -3,7 +3,7 @@
 - RubricScorer: a house-style rubric written as YAML — checks a reply must pass, each a regular
   expression, a prefix/suffix, a sentence limit, or "quote what the prompt gave" (an order number),
   optionally applying only when the prompt matches a pattern. The score is the percentage of applicable checks passed. Users write one per task; the demo's
-  is `examples/support/rubric.yaml`.
+  is `tunelab/examples/support/rubric.yaml`.
 - SimilarityScorer: cosine similarity between the reply and the reference reply, embedded with
   all-MiniLM-L6-v2 (shipped inside a PyPI package, so it works offline), times 100.
 """
@@ -67,7 +67,7 @@ class RubricScore:
 
 
 class RubricScorer:
-    """Scores replies against a YAML rubric (see `examples/support/rubric.yaml`)."""
+    """Scores replies against a YAML rubric (see `tunelab/examples/support/rubric.yaml`)."""
 
     name = "rubric"
 
@@ -87,7 +87,7 @@ class RubricScorer:
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("checks") or [], list):
-            raise ValueError(f"{path}: a rubric is a mapping with a `checks` list (see examples/support/rubric.yaml)")
+            raise ValueError(f"{path}: a rubric is a mapping with a `checks` list (see tunelab/examples/support/rubric.yaml)")
         checks = []
         for index, item in enumerate(raw.get("checks") or []):
             kinds = [k for k in CHECK_KINDS if isinstance(item, dict) and k in item]
