@@ -2,15 +2,22 @@
 
     .venv/bin/python bench/train_speed.py [--runs 1] [--data tunelab/examples/support/train.jsonl]
 
-Needs TRL (`pip install -e '.[bench]'`). Each arm runs in its own process (so peak memory is its own):
-1. TRL's `SFTTrainer` as its users configure it: TRL's defaults (gradient checkpointing on), bf16 where the
-   CPU has bf16 matrix units, `assistant_only_loss=True`, batch size 8, one epoch, lr 2e-4 with 10% warmup;
-2. `tunelab train` with the same settings (LoRA r=16, alpha 32, all linear layers, one epoch, batch 8).
+Needs TRL (`pip install -e '.[bench]'`). Each arm runs in its own process (so peak memory is its own), all
+with LoRA r=16, alpha 32, every linear layer, batch size 8, one epoch, lr 2e-4 with 10% warmup, loss on
+assistant tokens only, in the same compute format (bf16 where the CPU has bf16 units, else fp32):
+1. `trl`: TRL's `SFTTrainer` as its users configure it, TRL's defaults (gradient checkpointing on);
+2. `trl-tuned`: TRL as an expert would tune it for this small model: gradient checkpointing off and
+   length-grouped batches (`group_by_length`), so little padding. Packing and padding-free batches are not
+   used: on a CPU the attention is PyTorch's SDPA, which would let packed examples attend to each other
+   (TRL's padding-free path is correct with FlashAttention only, a CUDA kernel);
+3. `tunelab`: `tunelab train` with the same settings (`--dtype auto`);
+4. `tunelab-fp32`, on CPUs with bf16 units only: the same in fp32, so the bf16 gain is a measured ratio.
 
 Speed is tokens (prompt and reply, no padding) per second of the training loop, model loading excluded.
 Loss is compared two ways: the mean training loss over the epoch as each trainer logged it, and the
 loss of each final model over the whole training set measured by one evaluator (the fair comparison:
-the two trainers visit batches in different orders). The last line is `speedup_vs_trl: X.XX`.
+the trainers visit batches in different orders). Each arm's line says its dtype. The closing lines are
+`speedup_vs_trl`, `speedup_vs_trl_tuned` and, on bf16 CPUs, `bf16_vs_fp32` (medians of the runs).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 BATCH_SIZE, LEARNING_RATE, SEED = 8, 2e-4, 42
@@ -38,7 +47,7 @@ def cpu_has_bf16() -> bool:
 
 
 def final_training_loss(model, tokenizer, conversations) -> float:
-    """Mean loss per assistant token of a trained model over the training set (one evaluator for both)."""
+    """Mean loss per assistant token of a trained model over the training set (one evaluator for all)."""
     import torch
 
     from tunelab.train.local import collate
@@ -57,7 +66,7 @@ def final_training_loss(model, tokenizer, conversations) -> float:
     return total / count
 
 
-def run_trl(data: Path, model_dir: str) -> dict:
+def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -76,10 +85,12 @@ def run_trl(data: Path, model_dir: str) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     steps = -(-len(rows) // BATCH_SIZE)
     with tempfile.TemporaryDirectory() as out:
+        tuning = dict(gradient_checkpointing=False, group_by_length=True) if tuned else {}
         args = SFTConfig(output_dir=out, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=1,
                          learning_rate=LEARNING_RATE, lr_scheduler_type="linear", warmup_steps=max(1, steps // 10),
                          assistant_only_loss=True, chat_template_path=str(training_template), bf16=bf16, max_length=1024, logging_steps=1,
-                         save_strategy="no", report_to=[], seed=SEED, use_cpu=True, dataloader_num_workers=0)
+                         save_strategy="no", report_to=[], seed=SEED, use_cpu=True, dataloader_num_workers=0,
+                         **tuning)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
@@ -89,11 +100,12 @@ def run_trl(data: Path, model_dir: str) -> dict:
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         trained_model = trainer.model
         trained_model.config.use_cache = False
-    return {"tokens": tokens, "seconds": seconds, "logged_losses": losses, "bf16": bf16,
+    return {"tokens": tokens, "seconds": seconds, "logged_losses": losses, "dtype": "bf16" if bf16 else "fp32",
+            "gradient_checkpointing": args.gradient_checkpointing,
             "final_loss": final_training_loss(trained_model, tokenizer, conversations)}
 
 
-def run_tunelab(data: Path, model_dir: str) -> dict:
+def run_tunelab(data: Path, model_dir: str, dtype: str = "auto") -> dict:
     import csv
 
     from tunelab.config import TrainConfig
@@ -106,14 +118,15 @@ def run_tunelab(data: Path, model_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(data=str(data), model=model_dir, out=str(Path(out) / "run"), n_epochs=1,
                              batch_size=BATCH_SIZE, learning_rate_multiplier=LEARNING_RATE / 2e-4,
-                             lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], seed=SEED)
+                             lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], seed=SEED, dtype=dtype)
         run_dir = train(config, show_progress=False)
+        used = yaml.safe_load((run_dir / "config.yaml").read_text())["dtype"]
         timing = next(e["data"] for e in read_events(run_dir) if "train_seconds" in e["data"])
         losses = [float(row["train_loss"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
         trained = load_for_generation(str(run_dir))
         final = final_training_loss(trained.model, trained.tokenizer, conversations)
     return {"tokens": timing["tokens"], "seconds": timing["train_seconds"], "logged_losses": losses,
-            "bf16": cpu_has_bf16(), "final_loss": final}
+            "dtype": used, "final_loss": final}
 
 
 def run_arm(arm: str, data: Path) -> dict:
@@ -125,44 +138,57 @@ def run_arm(arm: str, data: Path) -> dict:
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
+ARMS = {"trl": lambda data, model: run_trl(data, model),
+        "trl-tuned": lambda data, model: run_trl(data, model, tuned=True),
+        "tunelab": lambda data, model: run_tunelab(data, model),
+        "tunelab-fp32": lambda data, model: run_tunelab(data, model, dtype="fp32")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "tunelab" / "examples" / "support" / "train.jsonl")
     parser.add_argument("--runs", type=int, default=1, help="runs of each arm; medians are reported")
-    parser.add_argument("--arm", choices=["trl", "tunelab"], help=argparse.SUPPRESS)
+    parser.add_argument("--arms", default=None, help="comma-separated subset of " + ", ".join(ARMS))
+    parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)
     options = parser.parse_args()
 
     if options.arm:
         from tunelab.models.resolve import resolve_model
 
         model_dir = resolve_model("default").path
-        figures = (run_trl if options.arm == "trl" else run_tunelab)(options.data, model_dir)
+        figures = ARMS[options.arm](options.data, model_dir)
         figures["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
         return
 
-    results = {"trl": [], "tunelab": []}
+    arms = options.arms.split(",") if options.arms else [a for a in ARMS if a != "tunelab-fp32" or cpu_has_bf16()]
+    results = {arm: [] for arm in arms}
+    print(f"CPU bf16 units: {cpu_has_bf16()}", flush=True)
     for run in range(options.runs):
-        for arm in results:  # alternated, so machine noise falls on both arms alike
+        for arm in results:  # alternated, so machine noise falls on every arm alike
             figures = run_arm(arm, options.data)
             figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
             results[arm].append(figures)
-            print(f"run {run + 1} {arm:8s} {figures['tokens_per_s']:7.1f} tokens/s  "
+            print(f"run {run + 1} {arm:13s} {figures['dtype']:5s} {figures['tokens_per_s']:7.1f} tokens/s  "
                   f"({figures['tokens']} tokens in {figures['seconds']:.0f} s), final loss {figures['final_loss']:.4f}, "
                   f"peak {figures['peak_mib']:.0f} MiB", flush=True)
 
     def median(arm, key):
         return statistics.median(f[key] for f in results[arm])
 
-    print(f"\ndata: {options.data} · bf16: {results['trl'][0]['bf16']} · medians of {options.runs} run(s)")
-    print(f"{'':10s}{'tokens/s':>10s}{'epoch-mean train loss':>24s}{'final-model train loss':>25s}{'peak MiB':>10s}")
+    print(f"\ndata: {options.data} · medians of {options.runs} run(s)")
+    print(f"{'':15s}{'dtype':>6s}{'tokens/s':>10s}{'epoch-mean train loss':>24s}{'final-model train loss':>25s}"
+          f"{'peak MiB':>10s}")
     for arm in results:
         epoch_mean = statistics.median(statistics.fmean(f["logged_losses"]) for f in results[arm])
-        print(f"{arm:10s}{median(arm, 'tokens_per_s'):10.1f}{epoch_mean:24.4f}{median(arm, 'final_loss'):25.4f}"
-              f"{median(arm, 'peak_mib'):10.0f}")
-    loss_gap = median("tunelab", "final_loss") / median("trl", "final_loss") - 1
-    print(f"final-model loss, tunelab vs TRL: {loss_gap:+.1%}")
-    print(f"speedup_vs_trl: {median('tunelab', 'tokens_per_s') / median('trl', 'tokens_per_s'):.2f}")
+        print(f"{arm:15s}{results[arm][0]['dtype']:>6s}{median(arm, 'tokens_per_s'):10.1f}{epoch_mean:24.4f}"
+              f"{median(arm, 'final_loss'):25.4f}{median(arm, 'peak_mib'):10.0f}")
+    if "tunelab" in results and "trl" in results:
+        loss_gap = median("tunelab", "final_loss") / median("trl", "final_loss") - 1
+        print(f"final-model loss, tunelab vs TRL: {loss_gap:+.1%}")
+    for arm, label in (("trl", "speedup_vs_trl"), ("trl-tuned", "speedup_vs_trl_tuned"), ("tunelab-fp32", "bf16_vs_fp32")):
+        if "tunelab" in results and arm in results:
+            print(f"{label}: {median('tunelab', 'tokens_per_s') / median(arm, 'tokens_per_s'):.2f}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def _normalised(inputs, weight, eps: float, offset: bool):
     # input is accumulated in fp32.)
     inverse_rms = torch.linalg.vector_norm(inputs, dim=-1, keepdim=True, dtype=torch.float32)
     inverse_rms = inverse_rms.square_().div_(width).add_(eps).rsqrt_()
-    return torch.mul(inputs, inverse_rms).mul_(scale).to(inputs.dtype), inverse_rms, scale
+    normalised = torch.mul(inputs, inverse_rms)  # fp32 (promoted), in one pass over the input
+    # The last product is written straight in the input's format: no fp32 result to convert afterwards.
+    return torch.mul(normalised, scale, out=torch.empty_like(inputs)), inverse_rms, scale
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -56,16 +58,17 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         saved_inputs, inverse_rms, scale = ctx.saved_tensors
-        inputs, grad_output = saved_inputs.float(), grad_output.float()  # no copies when already fp32
+        inputs = saved_inputs.float()  # no copy when already fp32
         width = inputs.shape[-1]
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = (grad_output * inputs * inverse_rms).reshape(-1, width).sum(0).to(ctx.weight_dtype)
-        grad_scaled = grad_output * scale
+        grad_scaled = grad_output * scale  # fp32, promoted inside the product (no separate copy)
         row_dot = torch.linalg.vecdot(grad_scaled, inputs, dim=-1).unsqueeze(-1)
         coefficient = row_dot.mul_(inverse_rms.pow(3)).div_(width)
-        grad_inputs = grad_scaled.mul_(inverse_rms).addcmul_(inputs, coefficient, value=-1)
-        return grad_inputs.to(saved_inputs.dtype), grad_weight, None, None
+        grad_inputs = torch.empty_like(saved_inputs)
+        torch.addcmul(grad_scaled.mul_(inverse_rms), inputs, coefficient, value=-1, out=grad_inputs)
+        return grad_inputs, grad_weight, None, None
 
 
 def _eps(norm) -> float | None:
