@@ -7,7 +7,7 @@ with LoRA r=16, alpha 32, every linear layer, batch size 8, one epoch, lr 2e-4 w
 assistant tokens only, in the same compute format (bf16 where the CPU has bf16 units, else fp32):
 1. `trl`: TRL's `SFTTrainer` as its users configure it, TRL's defaults (gradient checkpointing on);
 2. `trl-tuned`: TRL as an expert would tune it for this small model: gradient checkpointing off and
-   length-grouped batches (`group_by_length`), so little padding. Packing and padding-free batches are not
+   length-grouped batches (`train_sampling_strategy="group_by_length"`), so little padding. Packing and padding-free batches are not
    used: on a CPU the attention is PyTorch's SDPA, which would let packed examples attend to each other
    (TRL's padding-free path is correct with FlashAttention only, a CUDA kernel);
 3. `tunelab`: `tunelab train` with the same settings (`--dtype auto`);
@@ -85,7 +85,7 @@ def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     steps = -(-len(rows) // BATCH_SIZE)
     with tempfile.TemporaryDirectory() as out:
-        tuning = dict(gradient_checkpointing=False, group_by_length=True) if tuned else {}
+        tuning = dict(gradient_checkpointing=False, train_sampling_strategy="group_by_length") if tuned else {}
         args = SFTConfig(output_dir=out, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=1,
                          learning_rate=LEARNING_RATE, lr_scheduler_type="linear", warmup_steps=max(1, steps // 10),
                          assistant_only_loss=True, chat_template_path=str(training_template), bf16=bf16, max_length=1024, logging_steps=1,

@@ -300,17 +300,27 @@ def test_resume_refuses_changed_settings_and_half_written_checkpoints_are_ignore
     assert again.returncode == 1 and "--resume" in again.stderr
 
 
-def test_dora_and_full_fine_tuning_train_and_save(tmp_path, data_files, tiny_model_dir):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dora_and_full_fine_tuning_train_save_and_generate(tmp_path, data_files, tiny_model_dir, dtype):
+    """DoRA (PEFT's own layers) and full fine-tuning (fp32 master weights under 16-bit autocast), each then
+    loaded for generation in the run's format where this CPU runs it natively."""
     from tunelab.models.generate import generate_replies, load_for_generation
+    from tunelab.models.precision import inference_dtype
 
-    dora = run(settings(data_files, tiny_model_dir, tmp_path / "dora", method="dora"))
+    dora = run(settings(data_files, tiny_model_dir, tmp_path / "dora", method="dora", dtype=dtype))
     assert json.loads((dora / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
     assert any("lora_magnitude_vector" in name for name in adapter(dora))
-    full = run(settings(data_files, tiny_model_dir, tmp_path / "full", method="full", learning_rate_multiplier=50))
+    full = run(settings(data_files, tiny_model_dir, tmp_path / "full", method="full", learning_rate_multiplier=50,
+                        dtype=dtype))
     assert (full / "model" / "model.safetensors").is_file() and not (full / "adapter").exists()
+    assert {t.dtype for t in load_file(full / "model" / "model.safetensors").values()} == {torch.float32}  # master
     for run_dir in (dora, full):
         losses = [float(r["train_loss"]) for r in metric_rows(run_dir)]
         assert sum(losses[-4:]) < sum(losses[:4]) * 0.95, (run_dir.name, losses)
+        loaded = load_for_generation(str(run_dir))
+        assert next(loaded.model.parameters()).dtype in (inference_dtype(dtype, "cpu"), torch.float32)
+        replies = generate_replies(loaded, [[{"role": "user", "content": "Where is my order?"}]], max_new_tokens=4)
+        assert replies[0].completion_tokens >= 1
     loaded = load_for_generation(str(full))
     assert loaded.fully_fine_tuned
     with pytest.raises(ValueError, match="full fine-tune"):

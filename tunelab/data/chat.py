@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.validate import example_errors, read_jsonl_lines
+from tunelab.data.validate import content_text, example_errors, read_jsonl_lines
 from tunelab.files import input_file_problem
 
 
@@ -70,7 +70,11 @@ def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def split_prompt_and_reply(conversation: dict) -> tuple[list[dict], str]:
-    """Everything before the last assistant message (the prompt) and that message (the reference)."""
+    """Everything before the last assistant message (the prompt) and that message's text (the reference;
+    for a reply that calls tools, its calls as they are written: name and arguments)."""
     messages = conversation["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], messages[last]["content"]
+    reply = messages[last]
+    text = content_text(reply.get("content")) or ""
+    calls = [f"{c['function']['name']}({c['function']['arguments']})" for c in reply.get("tool_calls") or []]
+    return messages[:last], "\n".join(part for part in (text, *calls) if part)

@@ -35,6 +35,7 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
     check_output_directory(out)  # now, not after hours of generation
     conversations = read_conversations(data)[:limit]
     prompts, references = zip(*(split_prompt_and_reply(c) for c in conversations))
+    tools = [c.get("tools") for c in conversations]
     rubric_scorer = RubricScorer.from_yaml(rubric) if rubric else None
     loaded = load_for_generation(model_or_run)
     systems = [BASE, FINE_TUNED] if loaded.has_adapter else [BASE]
@@ -48,6 +49,7 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
             generations[system] = generate_replies(
                 loaded, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
                 use_adapter=system == FINE_TUNED, on_batch=lambda n, task=task: progress.advance(task, n),
+                tools=tools,
             )
             console.log(f"generated {len(prompts)} replies with {system} ({model_names[system]})")
 

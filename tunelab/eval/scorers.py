@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.data.validate import content_text
+
 CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences", "quotes_from_prompt")
 _SENTENCE_END = re.compile(r"[.?!](?:\s+|$)")
 
@@ -105,8 +107,8 @@ class RubricScorer:
         return cls(raw.get("name", path.stem), checks)
 
     def score(self, prompt: list[dict], reply: str) -> RubricScore:
-        prompt_text = "\n".join(m.get("content") or "" for m in prompt)
-        last_user = next((m.get("content") or "" for m in reversed(prompt) if m["role"] == "user"), "")
+        prompt_text = "\n".join(content_text(m.get("content")) or "" for m in prompt)
+        last_user = next((content_text(m.get("content")) or "" for m in reversed(prompt) if m["role"] == "user"), "")
         results = {c.id: c.passes(reply, prompt_text) for c in self.checks if c.applies(prompt_text, last_user)}
         return RubricScore(100.0 * sum(results.values()) / max(len(results), 1), results)
 
