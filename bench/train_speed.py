@@ -17,7 +17,8 @@ Speed is tokens (prompt and reply, no padding) per second of the training loop, 
 Loss is compared two ways: the mean training loss over the epoch as each trainer logged it, and the
 loss of each final model over the whole training set measured by one evaluator (the fair comparison:
 the trainers visit batches in different orders). Each arm's line says its dtype. The closing lines are
-`speedup_vs_trl`, `speedup_vs_trl_tuned` and, on bf16 CPUs, `bf16_vs_fp32` (medians of the runs).
+`speedup_vs_trl`, `speedup_vs_trl_tuned` and, on bf16 CPUs, `bf16_vs_fp32` (medians of the runs so far,
+printed after every run).
 """
 
 from __future__ import annotations
@@ -172,15 +173,21 @@ def main() -> None:
             print(f"run {run + 1} {arm:13s} {figures['dtype']:5s} {figures['tokens_per_s']:7.1f} tokens/s  "
                   f"({figures['tokens']} tokens in {figures['seconds']:.0f} s), final loss {figures['final_loss']:.4f}, "
                   f"peak {figures['peak_mib']:.0f} MiB", flush=True)
+        summarise(results, options.data)  # after every run, so an interrupted bench still reports
+
+
+def summarise(results: dict[str, list[dict]], data: Path) -> None:
+    """Medians over the runs so far, per arm, and the ratios the targets are stated in."""
+    runs = min(len(figures) for figures in results.values())
 
     def median(arm, key):
-        return statistics.median(f[key] for f in results[arm])
+        return statistics.median(f[key] for f in results[arm][:runs])
 
-    print(f"\ndata: {options.data} · medians of {options.runs} run(s)")
+    print(f"\ndata: {data} · medians of {runs} run(s)")
     print(f"{'':15s}{'dtype':>6s}{'tokens/s':>10s}{'epoch-mean train loss':>24s}{'final-model train loss':>25s}"
           f"{'peak MiB':>10s}")
     for arm in results:
-        epoch_mean = statistics.median(statistics.fmean(f["logged_losses"]) for f in results[arm])
+        epoch_mean = statistics.median(statistics.fmean(f["logged_losses"]) for f in results[arm][:runs])
         print(f"{arm:15s}{results[arm][0]['dtype']:>6s}{median(arm, 'tokens_per_s'):10.1f}{epoch_mean:24.4f}"
               f"{median(arm, 'final_loss'):25.4f}{median(arm, 'peak_mib'):10.0f}")
     if "tunelab" in results and "trl" in results:
@@ -188,7 +195,7 @@ def main() -> None:
         print(f"final-model loss, tunelab vs TRL: {loss_gap:+.1%}")
     for arm, label in (("trl", "speedup_vs_trl"), ("trl-tuned", "speedup_vs_trl_tuned"), ("tunelab-fp32", "bf16_vs_fp32")):
         if "tunelab" in results and arm in results:
-            print(f"{label}: {median('tunelab', 'tokens_per_s') / median(arm, 'tokens_per_s'):.2f}")
+            print(f"{label}: {median('tunelab', 'tokens_per_s') / median(arm, 'tokens_per_s'):.2f}", flush=True)
 
 
 if __name__ == "__main__":

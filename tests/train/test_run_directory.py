@@ -94,12 +94,10 @@ def test_stop_tokens_are_the_model_s_eos_ids_and_the_template_s_end_of_turn(tiny
     assert end_of_turn_token(tiny_tokenizer) == tiny_tokenizer.convert_tokens_to_ids("<end_of_turn>")
 
 
-def test_generation_uses_the_run_s_dtype_only_where_the_cpu_runs_it_natively(monkeypatch):
+def test_generation_on_a_cpu_is_fp32_whatever_the_run_trained_in(monkeypatch):
     import tunelab.models.precision as precision
 
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    assert precision.inference_dtype("bf16", "cpu") == torch.bfloat16
-    assert precision.inference_dtype("fp32", "cpu") == torch.float32
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    assert precision.inference_dtype("bf16", "cpu") == torch.float32  # no emulated bf16: fp32 holds it exactly
-    assert precision.inference_dtype(None, "cpu") == torch.float32
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+        for trained_with in ("bf16", "fp32", "fp16", None):
+            assert precision.inference_dtype(trained_with, "cpu") == torch.float32

@@ -6,9 +6,9 @@ with. Generation stops at the template's end-of-turn token or the model's own EO
 the token limit instead is reported with `finish_reason="length"`, and one that calls tools with
 `finish_reason="tool_calls"` and its calls parsed into OpenAI's `tool_calls`, as OpenAI does.
 
-The model goes on the best device (a CUDA GPU when there is one) in the run's compute format where that
-device runs it natively (models/precision.py); a QLoRA run's base is loaded in 4 bits on CUDA, as it was
-trained, and in full precision elsewhere.
+The model goes on the best device: a CUDA GPU in the run's compute format, or the CPU in fp32
+(models/precision.py says why); a QLoRA run's base is loaded in 4 bits on CUDA, as it was trained, and in
+full precision elsewhere.
 """
 
 from __future__ import annotations

@@ -60,13 +60,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def inference_dtype(trained_with: str | None, device: str) -> torch.dtype:
-    """The format to generate in: the run's own where this device runs it natively, else fp32.
+    """The format to generate in: on CUDA, the run's own (bf16 where the GPU has it); on a CPU, fp32.
 
-    A run trained in bf16 on a machine with bf16 units and then used on one without would otherwise run
-    emulated bf16, hundreds of times slower; fp32 holds every bf16 weight exactly, so nothing is lost.
+    fp32 holds every bf16 weight exactly, so nothing is lost. bf16 generation on a CPU is not used: measured
+    with transformers' `generate` on the default model, 16 prompts × 100 new tokens peaked at 6.5 GB in
+    bf16 against 1.9 GB in fp32 (memory grows with every decoding step until the batch ends), which runs a
+    two-core, 24 GiB machine out of memory on the demo's 60 prompts.
     """
     if device.startswith("cuda"):
         return resolve_dtype(trained_with or "auto", device)
-    if trained_with == "bf16" and cpu_has_bf16():
-        return torch.bfloat16
     return torch.float32
