@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.validate import describe, example_errors
+from tunelab.data.validate import describe, example_errors, reject_constant
 from tunelab.files import OutputError, check_output_path
 
 FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt")
@@ -101,7 +101,7 @@ def read_records(path: Path):
     for line, raw_line in enumerate(raw.split(b"\n"), start=1):
         if raw_line.strip():
             try:
-                yield line, json.loads(raw_line, parse_constant=_not_json)
+                yield line, json.loads(raw_line, parse_constant=reject_constant)
             except (ValueError, RecursionError):  # not JSON, not UTF-8, NaN, or nested too deep
                 yield line, None
 
@@ -122,7 +122,7 @@ def _is_one_document(path: Path, text: str) -> bool:
 
 
 def _document_records(path: Path, text: str):
-    decoder = json.JSONDecoder(parse_constant=_not_json)
+    decoder = json.JSONDecoder(parse_constant=reject_constant)
     start = len(text) - len(text.lstrip())
     try:
         if not text.lstrip().startswith("["):
@@ -158,10 +158,6 @@ def _skip_space(text: str, position: int) -> int:
     while position < len(text) and text[position] in " \t\r\n":
         position += 1
     return position
-
-
-def _not_json(name: str):
-    raise ValueError(f"{name} is not JSON")
 
 
 def detect_format(record, input_column: str, output_column: str) -> str | None:

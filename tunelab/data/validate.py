@@ -189,7 +189,7 @@ def _arguments_problem(arguments) -> str | None:
         hint = " (encode it with json.dumps)" if isinstance(arguments, dict) else ""
         return f"must be a string holding a JSON object; found {describe(arguments)}{hint}"
     try:
-        parsed = json.loads(arguments, parse_constant=_reject_constant)
+        parsed = json.loads(arguments, parse_constant=reject_constant)
     except (json.JSONDecodeError, ValueError) as error:
         return f"is a string but not valid JSON ({getattr(error, 'msg', error)}): {describe(arguments)}"
     if not isinstance(parsed, dict):
@@ -215,7 +215,8 @@ def _tools_errors(tools) -> list[tuple[str, str, str]]:
     return errors
 
 
-def _reject_constant(name: str):
+def reject_constant(name: str):
+    """For json.loads(parse_constant=…): NaN and Infinity are Python's extensions, not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
@@ -240,7 +241,7 @@ def _raw_lines(path: Path, start: int, end: int | None, first_line: int):
 
 def _parse(raw: bytes) -> tuple[object, tuple[str, str] | None]:
     try:
-        return json.loads(raw, parse_constant=_reject_constant), None
+        return json.loads(raw, parse_constant=reject_constant), None
     except UnicodeDecodeError:
         return None, ("not_utf8", "the line is not valid UTF-8")
     except json.JSONDecodeError as error:

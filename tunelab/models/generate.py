@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from tunelab.models.precision import best_device, inference_dtype
-from tunelab.models.resolve import load_model, load_tokenizer, resolve_model
+from tunelab.models.resolve import load_four_bit_model, load_model, load_tokenizer, resolve_model
 from tunelab.models.templates import parse_tool_calls, stop_token_ids
 from tunelab.train.render import render_prompt_ids
 
@@ -97,7 +97,7 @@ def load_for_generation(model_or_run: str, chat_template: str | None = None, dev
         if full:
             model = load_model(str(run / "model"), dtype=dtype)
         else:
-            base = _four_bit_base(resolved.path, dtype) if config.get("method") == "qlora" and device == "cuda" \
+            base = load_four_bit_model(resolved.path, dtype) if config.get("method") == "qlora" and device == "cuda" \
                 else load_model(resolved.path, dtype=dtype)
             model = PeftModel.from_pretrained(base, str(run / "adapter"))
         job_path = run / "job.json"
@@ -113,15 +113,6 @@ def load_for_generation(model_or_run: str, chat_template: str | None = None, dev
 def _placed(model, device: str):
     """The model on `device`, unless it was loaded there already (a 4-bit model cannot be moved)."""
     return model if getattr(model, "is_loaded_in_4bit", False) else model.to(device)
-
-
-def _four_bit_base(path: str, dtype):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
-                                                device_map={"": torch.cuda.current_device()})
 
 
 # Padded prompt tokens per batch. A decode step costs about the same for 8 rows or 64 (it is bound by

@@ -168,3 +168,14 @@ def load_model(path: str, dtype=None):
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
     )
+
+
+def load_four_bit_model(path: str, dtype):
+    """A causal LM with its linear weights in 4-bit NF4 (bitsandbytes, CUDA only), computing in `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
+                                                device_map={"": torch.cuda.current_device()})

@@ -21,7 +21,7 @@ import torch
 
 from tunelab.config import TrainConfig
 from tunelab.models.precision import PrecisionUnavailable, best_device, resolve_dtype
-from tunelab.models.resolve import ResolvedModel, load_model
+from tunelab.models.resolve import ResolvedModel, load_four_bit_model, load_model
 from tunelab.train.fused_norm import fuse_rms_norms
 from tunelab.train.merged_lora import train_through_merged_weights
 from tunelab.train.sharding import sliced_like
@@ -134,12 +134,8 @@ def _target_modules(config: TrainConfig):
 
 def _four_bit_model(resolved: ResolvedModel, dtype: torch.dtype):
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, quantization_config=quantization, dtype=dtype,
-                                                 device_map={"": torch.cuda.current_device()})
+    model = load_four_bit_model(resolved.path, dtype)
     # Casts norms to fp32 and freezes the base; checkpointing is switched on (or not) by the caller.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 

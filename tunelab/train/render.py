@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.data.validate import content_text
+
 IGNORE_INDEX = -100
 
 
@@ -50,7 +52,7 @@ def template_message(message: dict) -> dict:
     if shaped.get("role") == "developer":
         shaped["role"] = "system"
     if isinstance(shaped.get("content"), list):
-        shaped["content"] = "".join(part.get("text", "") for part in shaped["content"] if isinstance(part, dict))
+        shaped["content"] = content_text(shaped["content"])
     if shaped.get("tool_calls"):
         shaped["tool_calls"] = [
             {**call, "function": {**call["function"], "arguments": json.loads(call["function"]["arguments"])}}
