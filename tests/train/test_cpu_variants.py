@@ -26,5 +26,6 @@ def test_an_avx2_cpu_chooses_fp32_and_passes_the_forced_bf16_checks():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/train/test_engine.py", "-k", "bf16"],
         capture_output=True, text=True, env=AVX2_ONLY, cwd=ROOT, timeout=900)
     assert checks.returncode == 0, checks.stdout[-3000:]
-    # fused loss ×3, fast LoRA layers, accumulation, pinned loss, resume, DoRA + full: all forced to bf16.
-    assert "8 passed" in checks.stdout.splitlines()[-1], checks.stdout[-500:]
+    # fused loss ×3, fast LoRA layers, fused norms, accumulation, pinned loss, resume, DoRA + full: all
+    # forced to bf16.
+    assert "9 passed" in checks.stdout.splitlines()[-1], checks.stdout[-500:]
