@@ -51,9 +51,9 @@ def final_training_loss(model, tokenizer, conversations) -> float:
     """Mean loss per assistant token of a trained model over the training set (one evaluator for all)."""
     import torch
 
+    from tunelab.conversation.render import render_conversation
     from tunelab.train.local import collate
     from tunelab.train.loss import TrainedTokenLoss
-    from tunelab.train.render import render_conversation
 
     examples = [render_conversation(tokenizer, c["messages"], max_length=1024) for c in conversations]
     examples.sort(key=lambda e: len(e.input_ids))
@@ -75,7 +75,7 @@ def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
     import trl
     from trl import SFTConfig, SFTTrainer
 
-    from tunelab.data.chat import read_conversations
+    from tunelab.conversation.reader import read_conversations
 
     conversations = read_conversations(str(data))
     rows = [{"messages": [{"role": m["role"], "content": m["content"]} for m in c["messages"]]} for c in conversations]
@@ -109,20 +109,22 @@ def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
 def run_tunelab(data: Path, model_dir: str, dtype: str = "auto") -> dict:
     import csv
 
-    from tunelab.config import TrainConfig
-    from tunelab.data.chat import read_conversations
+    from tunelab.conversation.reader import read_conversations
+    from tunelab.core.process import keep_freed_memory
+    from tunelab.core.settings import TrainConfig
     from tunelab.models.generate import load_for_generation
+    from tunelab.runs.rundir import RunDir
     from tunelab.train.local import train
-    from tunelab.train.record import read_events
 
     conversations = read_conversations(str(data))
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(data=str(data), model=model_dir, out=str(Path(out) / "run"), n_epochs=1,
                              batch_size=BATCH_SIZE, learning_rate_multiplier=LEARNING_RATE / 2e-4,
                              lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], seed=SEED, dtype=dtype)
-        run_dir = train(config, show_progress=False)
+        keep_freed_memory()  # as `tunelab train` does for CPU training
+        run_dir = train(config)
         used = yaml.safe_load((run_dir / "config.yaml").read_text())["dtype"]
-        timing = next(e["data"] for e in read_events(run_dir) if "train_seconds" in e["data"])
+        timing = next(e["data"] for e in RunDir(run_dir).events() if "train_seconds" in e["data"])
         losses = [float(row["train_loss"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
         trained = load_for_generation(str(run_dir))
         final = final_training_loss(trained.model, trained.tokenizer, conversations)

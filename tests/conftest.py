@@ -22,7 +22,7 @@ def build_tiny_model(directory: Path, corpus: list[str]) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
-    from tunelab.models.templates import GEMMA_CHAT_TEMPLATE
+    from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

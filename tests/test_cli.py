@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts subprocesses
+
 COMMANDS = ["train", "eval", "chat", "demo", "data", "presets"]
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.config import TrainConfig, resolve_hyperparameters
+from tunelab.core.settings import TrainConfig, resolve_hyperparameters
 
 
 def test_yaml_settings_with_flag_overrides(tmp_path):
@@ -37,7 +37,7 @@ def test_preset_then_file_then_flags(tmp_path):
 
 
 def test_every_bundled_preset_is_a_valid_config():
-    from tunelab.presets import list_presets
+    from tunelab.core.presets import list_presets
 
     presets = list_presets()
     assert {"default", "llama-3.2-1b", "qwen2.5-0.5b", "gemma-3-1b", "mistral-7b-qlora"} <= {p.name for p in presets}
@@ -65,3 +65,60 @@ def test_micro_batches_accumulate_to_the_batch_and_full_uses_a_lower_rate():
     hyper = resolve_hyperparameters(TrainConfig(data="x", batch_size=8, micro_batch_size=3), 160)
     assert (hyper.batch_size, hyper.micro_batch_size, hyper.accumulation_steps) == (8, 3, 3)
     assert resolve_hyperparameters(TrainConfig(data="x", method="full"), 160).learning_rate == 2e-5
+
+
+@pytest.mark.slow
+def test_every_setting_has_a_flag_and_every_flag_a_setting():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--help"], capture_output=True, text=True,
+                           env=dict(os.environ, COLUMNS="400"), timeout=120)
+    flags = set(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", shown.stdout))
+    own = {"config", "preset", "resume", "quiet", "json", "help"}
+    negations = {f"no-{name}" for name in ("gradient-checkpointing", "fsdp")}
+    assert flags - own - negations == {name.replace("_", "-") for name in TrainConfig.model_fields}
+    for name in ("lora_dropout", "target_modules", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm"):
+        assert name in TrainConfig.model_fields  # what users of other trainers expect to set
+    assert "[default: (linear)]" in shown.stdout and "[default: (16)]" in shown.stdout  # defaults from the model
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"n_epochs": "three"}, "--n-epochs: must be a whole number ≥ 1 or 'auto' (got 'three')"),
+    ({"lr_scheduler": "step"}, "--lr-scheduler: must be one of linear, cosine, constant (got 'step')"),
+    ({"warmup_ratio": "1"}, "--warmup-ratio: must be a fraction from 0 up to (not including) 1"),
+    ({"suffix": "x" * 65}, "--suffix: must be 1 to 64 characters"),
+])
+def test_bad_flags_name_the_flag(flags, message):
+    with pytest.raises(ValueError) as caught:
+        TrainConfig.from_sources(**flags)
+    assert message in str(caught.value)
+
+
+def test_flags_given_as_text_are_typed_and_a_preset_error_names_the_preset(tmp_path):
+    config = TrainConfig.from_sources(n_epochs="3", learning_rate_multiplier="0.5", batch_size="auto",
+                                      gradient_checkpointing=True, data="x.jsonl")
+    assert (config.n_epochs, config.learning_rate_multiplier, config.batch_size) == (3, 0.5, "auto")
+    path = tmp_path / "run.yaml"
+    path.write_text("lora_r: '16'\n")  # a file's values must have their types: text is not a number
+    with pytest.raises(ValueError, match=r"lora_r: must be a whole number \(got '16'\)"):
+        TrainConfig.from_yaml(path)
+
+
+def test_learning_rate_schedules():
+    from tunelab.train.schedule import learning_rate_factor, warmup_steps
+
+    total, warmup = 100, warmup_steps(100, 0.1)
+    assert warmup == 10 and warmup_steps(5, 0.1) == 1 and warmup_steps(30, 0.1) == 3
+    for scheduler in ("linear", "cosine", "constant"):
+        factors = [learning_rate_factor(step, total, warmup, scheduler) for step in range(total)]
+        assert factors[:10] == [(step + 1) / 10 for step in range(10)]  # the same warmup for all
+        assert factors[10] == 1.0
+    linear = [learning_rate_factor(step, total, warmup, "linear") for step in range(total)]
+    cosine = [learning_rate_factor(step, total, warmup, "cosine") for step in range(total)]
+    assert linear[55] == pytest.approx(0.5) and cosine[55] == pytest.approx(0.5)  # both halfway at mid-decay
+    assert cosine[30] > linear[30] and cosine[80] < linear[80]  # cosine decays late, then fast
+    assert linear[-1] == pytest.approx(1 / 90) and cosine[-1] < 0.001
+    assert learning_rate_factor(99, total, warmup, "constant") == 1.0

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tunelab.config import TrainConfig
+from tunelab.conversation.render import IGNORE_INDEX, render_conversation
+from tunelab.core.settings import TrainConfig
 from tunelab.models.generate import generate_replies, load_for_generation
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.train.local import train
-from tunelab.train.render import IGNORE_INDEX, render_conversation
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_a_few_steps_on_the_default_model_then_generate(tmp_path, default_model,
                                                         write_jsonl):
     data = write_jsonl("train.jsonl", support_conversations[:8])
     run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), n_epochs=1, batch_size=4,
-                            max_length=256), show_progress=False)
+                            max_length=256))
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 steps
     first_loss = float(rows[1].split(",")[1])

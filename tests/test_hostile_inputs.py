@@ -150,14 +150,14 @@ def snapshot(directory: Path) -> dict[str, bytes | None]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, tiny_model_dir):
     """A finished full fine-tune of the tiny model (no adapter to switch off)."""
-    from tunelab.config import TrainConfig
+    from tunelab.core.settings import TrainConfig
     from tunelab.train.local import train
 
     directory = tmp_path_factory.mktemp("full-run")
     data = directory / "train.jsonl"
     data.write_bytes(good_lines())
     return train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(directory / "run"), method="full",
-                             n_epochs=1, batch_size=4, dtype="fp32"), show_progress=False)
+                             n_epochs=1, batch_size=4, dtype="fp32"))
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,7 @@ def bare_model(tmp_path_factory, tiny_model_dir):
     return directory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", HOSTILE_CASES, ids=[case.name for case in HOSTILE_CASES])
 def test_hostile_input_gets_one_clear_error_and_changes_nothing(case, tmp_path, request):
     work = tmp_path / "work"

@@ -6,6 +6,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,12 +24,12 @@ def test_an_installed_wheel_runs_the_demo_s_data_step_outside_the_checkout(tmp_p
         archive.extractall(installed)
     for name in ("train.jsonl", "test.jsonl", "rubric.yaml"):
         assert f"tunelab/examples/support/{name}" in names
-    assert "tunelab/presets/default.yaml" in names and "tunelab/data/openai_prices.yaml" in names
+    assert "tunelab/core/presets/default.yaml" in names and "tunelab/data/openai_prices.yaml" in names
 
     # From an unrelated directory, with only the installed copy of tunelab importable.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    script = ("import tunelab.demo as demo; print(demo.EXAMPLE_DIR); "
+    script = ("import tunelab.cli.demo as demo; print(demo.EXAMPLE_DIR); "
               "print(demo._validate_example_data(demo.EXAMPLE_DIR / 'train.jsonl', demo.EXAMPLE_DIR / 'test.jsonl'))")
     result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # The two training examples of the first seed (shared/seeds/000_*.txt), exactly as it prints them.
 SEED_SYSTEM = "You are a customer support agent for TechCorp. Be concise and helpful."
 SEED_EXAMPLES = [
@@ -41,6 +43,7 @@ def raw_records():
     return [{"input": prompt, "ideal_output": reply} for prompt, reply in pairs]
 
 
+@pytest.mark.slow
 def test_seed_records_convert_to_the_seed_chat_shape_and_validate(tmp_path):
     raw = tmp_path / "raw.csv"
     with raw.open("w", newline="") as handle:
@@ -60,6 +63,7 @@ def test_seed_records_convert_to_the_seed_chat_shape_and_validate(tmp_path):
     assert [f for f in json.loads(validation.stdout)["findings"] if f["severity"] == "error"] == []
 
 
+@pytest.mark.slow
 def test_jsonl_with_other_column_names_and_dropped_rows(tmp_path):
     raw = tmp_path / "raw.jsonl"
     rows = [{"question": r["input"], "answer": r["ideal_output"]} for r in raw_records()]
@@ -77,6 +81,7 @@ def test_jsonl_with_other_column_names_and_dropped_rows(tmp_path):
     assert json.loads(out.read_text().splitlines()[0])["messages"][0]["role"] == "user"  # no --system, none added
 
 
+@pytest.mark.slow
 def test_alpaca_and_sharegpt(tmp_path):
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([
@@ -100,6 +105,7 @@ def test_alpaca_and_sharegpt(tmp_path):
     assert [m["role"] for m in json.loads(out.read_text())["messages"]] == ["system", "user", "assistant", "user", "assistant"]
 
 
+@pytest.mark.slow
 def test_convert_refuses_unknown_shapes_and_existing_output(tmp_path):
     raw = tmp_path / "raw.jsonl"
     raw.write_text(json.dumps({"q": "a", "a": "b"}) + "\n")
@@ -112,6 +118,7 @@ def test_convert_refuses_unknown_shapes_and_existing_output(tmp_path):
     assert result.returncode == 1 and out.read_text() == "keep me\n"
 
 
+@pytest.mark.slow
 def test_split_dedupes_and_keeps_prompts_on_one_side(tmp_path, support_conversations):
     conversations = [json.loads(json.dumps(c)) for c in support_conversations[:100]]
     conversations += conversations[:10]  # exact duplicates
@@ -157,6 +164,7 @@ def sharegpt_tool_record(index: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sharegpt_tool_use_converts_into_tool_calls_with_tools_kept_and_validates(tmp_path):
     plain = {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello! How can I help?"}]}
     records = [sharegpt_tool_record(i) if i % 2 else dict(plain, conversations=[
@@ -183,6 +191,7 @@ def test_sharegpt_tool_use_converts_into_tool_calls_with_tools_kept_and_validate
     assert [f for f in json.loads(validation.stdout)["findings"] if f["severity"] == "error"] == []
 
 
+@pytest.mark.slow
 def test_what_cannot_be_carried_is_reported_by_reason_and_file_line(tmp_path):
     records = [
         {"conversations": [{"from": "human", "value": "Describe <image>"}, {"from": "gpt", "value": "A red lamp."}]},
@@ -210,6 +219,7 @@ def test_what_cannot_be_carried_is_reported_by_reason_and_file_line(tmp_path):
     assert "not carried ×1 (line 4): values past the last CSV column" in " ".join(stderr.split())
 
 
+@pytest.mark.slow
 def test_openai_records_are_validated_and_a_failed_conversion_writes_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
@@ -224,6 +234,7 @@ def test_openai_records_are_validated_and_a_failed_conversion_writes_nothing(tmp
         assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_one_json_object_is_one_record(tmp_path):
     source = tmp_path / "one.json"
     source.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi there."}, indent=2))

@@ -9,14 +9,15 @@ training; what the converter writes, the validator accepts.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tunelab.conversation.reader import read_jsonl_lines
+from tunelab.conversation.render import render_conversation
+from tunelab.conversation.schema import ROLES, example_problems
 from tunelab.data.formats import convert_record
-from tunelab.data.validate import ROLES, example_errors, read_jsonl_lines, validate_file
-from tunelab.train.render import render_conversation
+from tunelab.data.validate import validate_file
 
 CODES = {"data_type", "missing_messages_list", "message_missing_key", "message_unrecognized_key",
          "unrecognized_role", "missing_content", "example_missing_assistant_message", "invalid_weight",
@@ -62,7 +63,7 @@ def test_the_reader_never_raises_on_any_bytes(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("bytes") / "any.jsonl"
     path.write_bytes(b"\n".join(lines))
     for line, record, unreadable in read_jsonl_lines(path):
-        assert line >= 1 and (unreadable is None or unreadable[0] in ("invalid_json", "not_utf8"))
+        assert line >= 1 and (unreadable is None or unreadable.code in ("invalid_json", "not_utf8"))
     report = validate_file(path)  # the whole validator, file-level findings included
     assert all(f.line >= 0 and f.message for f in report.findings)
 
@@ -70,14 +71,14 @@ def test_the_reader_never_raises_on_any_bytes(tmp_path_factory, lines):
 @FAST
 @given(record=conversations)
 def test_the_validator_never_raises_and_uses_known_codes(record):
-    for code, path, message in example_errors(record):
-        assert code in CODES and isinstance(path, str) and message
+    for problem in example_problems(record):
+        assert problem.code in CODES and isinstance(problem.path, str) and problem.message
 
 
 @FAST
 @given(record=st.fixed_dictionaries({"messages": messages}, optional={"tools": tools}))
 def test_what_the_validator_accepts_renders_for_training(record, tiny_tokenizer):
-    if example_errors(record):
+    if example_problems(record):
         return
     example = render_conversation(tiny_tokenizer, record["messages"], tools=record.get("tools"))
     assert len(example.input_ids) == len(example.labels) > 0
@@ -108,5 +109,5 @@ def test_what_the_converter_writes_the_validator_accepts(record, system):
     if converted.conversation is None:
         assert converted.reason  # a record is never dropped without a reason
         return
-    assert example_errors(converted.conversation) == [], (raw, converted.conversation)
+    assert example_problems(converted.conversation) == [], (raw, converted.conversation)
     json.dumps(converted.conversation)  # and it can be written

@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
+from tunelab.conversation.render import render_conversation
 from tunelab.data.tokens import Counts, LocalTokenCounter, OpenAITokenCounter, splits_at_word_starts
-from tunelab.train.render import render_conversation
 
 TRICKY = [
     [{"role": "user", "content": "  leading and trailing spaces  "}, {"role": "assistant", "content": "Sure thing."}],
@@ -32,7 +32,7 @@ def sentencepiece_style_tokenizer(corpus):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tunelab.models.templates import GEMMA_CHAT_TEMPLATE
+    from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     bpe.normalizer = normalizers.Replace(" ", "▁")
@@ -82,3 +82,7 @@ def test_openai_counts_follow_openai_recipe():
     assert counter.count_batch([messages]) == [Counts(3 + (3 + 1 + 4) * 2, 4)]
     weighted = [messages[0], dict(messages[1], weight=0)]
     assert counter.count_batch([weighted])[0].trained == 0
+    # Content as a list of text parts counts the joined text, as a string would.
+    parts = [messages[0], {"role": "assistant", "content": [{"type": "text", "text": "Hello, "},
+                                                               {"type": "text", "text": "world!"}]}]
+    assert counter.count_batch([parts]) == counter.count_batch([messages])

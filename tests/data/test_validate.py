@@ -59,6 +59,7 @@ def write_file(path, bad_line):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", sorted(BAD_LINES))
 def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
     result = validate(write_file(tmp_path / f"{code}.jsonl", BAD_LINES[code]))
@@ -68,6 +69,7 @@ def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
     assert [(f["code"], f["line"]) for f in errors] == [(code, 4)], errors
 
 
+@pytest.mark.slow
 def test_file_level_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -79,6 +81,7 @@ def test_file_level_errors(tmp_path):
         assert [f["code"] for f in json.loads(result.stdout)["findings"] if f["severity"] == "error"] == [code]
 
 
+@pytest.mark.slow
 def test_clean_file_passes_and_warnings_do_not_fail_unless_strict(tmp_path):
     path = write_file(tmp_path / "clean.jsonl", json.dumps(GOOD).replace("order", "refund"))
     result = validate(path)
@@ -92,6 +95,7 @@ def test_clean_file_passes_and_warnings_do_not_fail_unless_strict(tmp_path):
     assert strict.returncode == 1
 
 
+@pytest.mark.slow
 def test_quality_warnings_point_at_lines(tmp_path):
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
     conflicting = json.loads(json.dumps(GOOD))
@@ -107,6 +111,7 @@ def test_quality_warnings_point_at_lines(tmp_path):
     assert ("missing_system_message", 0) in where
 
 
+@pytest.mark.slow
 def test_overlap_with_validation_file_is_reported(tmp_path):
     training = write_file(tmp_path / "train.jsonl", json.dumps(GOOD).replace("order", "refund"))
     validation = tmp_path / "valid.jsonl"
@@ -115,6 +120,7 @@ def test_overlap_with_validation_file_is_reported(tmp_path):
     assert any(f["code"] == "validation_overlap" and f"{validation}:1" in f["message"] for f in findings)
 
 
+@pytest.mark.slow
 def test_near_duplicates_are_told_apart_from_exact_ones(tmp_path):
     near = json.dumps(GOOD).replace("Where is my order?", "where is my ORDER")  # case and punctuation only
     path = write_file(tmp_path / "near.jsonl", near)
@@ -144,9 +150,10 @@ def test_parallel_scan_finds_what_a_single_pass_finds(tmp_path, monkeypatch, sup
     assert parallel.stats == single.stats
 
 
+@pytest.mark.slow
 def test_token_counts_truncation_and_local_estimate(tmp_path, tiny_model_dir, tiny_tokenizer, support_conversations):
+    from tunelab.conversation.render import render_conversation
     from tunelab.data.tokens import Counts
-    from tunelab.train.render import render_conversation
 
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:60]))
@@ -168,6 +175,7 @@ def test_token_counts_truncation_and_local_estimate(tmp_path, tiny_model_dir, ti
     assert cost["tokens_per_epoch"] == sum(min(c.total, limit) for c in reference)
 
 
+@pytest.mark.slow
 def test_openai_target_cost(tmp_path, support_conversations):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:40]))
@@ -186,6 +194,7 @@ def findings_for(tmp_path, record, name="one.jsonl") -> list[dict]:
     return [f for f in json.loads(result.stdout)["findings"] if f["line"] == 4]
 
 
+@pytest.mark.slow
 def test_text_parts_are_valid_content_and_developer_is_the_system_role(tmp_path):
     record = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
                            {"role": "user", "content": [{"type": "text", "text": "Where is "}, {"type": "text", "text": "BL-7?"}]},
@@ -197,7 +206,7 @@ def test_text_parts_are_valid_content_and_developer_is_the_system_role(tmp_path)
 
 
 def test_text_parts_render_joined_and_developer_folds_like_system(tiny_tokenizer):
-    from tunelab.train.render import render_text
+    from tunelab.conversation.render import render_text
 
     parts = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
              {"role": "user", "content": [{"type": "text", "text": "Where is "}, {"type": "text", "text": "BL-7?"}]}]

@@ -2,7 +2,7 @@
 
 import json
 
-from tunelab.config import TrainConfig
+from tunelab.core.settings import TrainConfig
 from tunelab.eval.run import evaluate
 from tunelab.train.local import train
 
@@ -13,9 +13,8 @@ def test_eval_compares_base_and_fine_tuned(tmp_path, tiny_model_dir, support_con
     train_file = write_jsonl("train.jsonl", support_conversations[:8])
     test_file = write_jsonl("test.jsonl", support_conversations[40:46])
     run = train(TrainConfig(data=str(train_file), model=str(tiny_model_dir), out=str(tmp_path / "run"),
-                            n_epochs=1, batch_size=4), show_progress=False)
-    out = evaluate(str(run), str(test_file), rubric=str(EXAMPLES / "rubric.yaml"), max_new_tokens=12,
-                   show_progress=False)
+                            n_epochs=1, batch_size=4))
+    out = evaluate(str(run), str(test_file), rubric=str(EXAMPLES / "rubric.yaml"), max_new_tokens=12)
 
     results = json.loads((out / "results.json").read_text())
     assert out == run / "eval"

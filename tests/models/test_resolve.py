@@ -15,7 +15,7 @@ def slow_build(out: Path) -> None:
     time.sleep(1.5)
     (out / "weights.bin").write_bytes(b"x" * 1000)
     (out / "config.json").write_text("{}")
-    with open(out.parent.parent.parent / "builds.log", "a") as log:
+    with open(out.parent.parent / "builds.log", "a") as log:  # out: models/.m.tmp-…
         log.write("built\n")
 
 

@@ -22,10 +22,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tunelab.config import TrainConfig
+from tunelab.conversation.render import TemplateMismatch, check_template_agreement
+from tunelab.core.settings import TrainConfig
+from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoints import complete_checkpoints, latest_checkpoint
 from tunelab.train.loss import linear_cross_entropy
-from tunelab.train.render import TemplateMismatch, check_template_agreement
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def settings(data_files, model_dir, out, **changes) -> TrainConfig:
 def run(config: TrainConfig, **options) -> Path:
     from tunelab.train.local import train
 
-    return train(config, show_progress=False, **options)
+    return train(config, **options)
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
@@ -243,7 +244,7 @@ def test_resume_after_cancel_equals_uninterrupted(tmp_path, data_files, tiny_mod
     config = settings(data_files, tiny_model_dir, tmp_path / "resumed", validation=str(data_files[1]), dtype=dtype)
     cancelled = run(config, should_stop=lambda step: step == 6)  # 4 steps per epoch: mid-epoch 2
     assert json.loads((cancelled / "job.json").read_text())["status"] == "cancelled"
-    assert latest_checkpoint(cancelled).step == 4  # the end of epoch 1
+    assert latest_checkpoint(RunDir(cancelled).checkpoints_dir).step == 4  # the end of epoch 1
     resumed = run(config, resume=True)
     job = json.loads((resumed / "job.json").read_text())
     assert job["status"] == "succeeded"
@@ -261,12 +262,13 @@ def test_fp16_trains_with_loss_scaling_and_resumes_the_scale(tmp_path, data_file
     assert losses[-1] < losses[0] * 0.95
     config = settings(data_files, tiny_model_dir, tmp_path / "resumed", dtype="fp16")
     run(config, should_stop=lambda step: step == 6)
-    scale = latest_checkpoint(config.out).state["loss_scale"]
+    scale = latest_checkpoint(RunDir(config.out).checkpoints_dir).state["loss_scale"]
     assert scale["scale"] >= 1.0  # the scaler's state is part of the checkpoint
     resumed = run(config, resume=True)
     assert (resumed / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_adapter(tmp_path, data_files, tiny_model_dir):
     """A real crash: SIGKILL the CLI after its first checkpoints, then `tunelab train --resume`."""
     arguments = ["--data", str(data_files[0]), "--model", str(tiny_model_dir), "--n-epochs", "30",
@@ -276,7 +278,7 @@ def test_killed_process_resumes_to_the_same_adapter(tmp_path, data_files, tiny_m
     process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "train", *arguments, "--out", str(out),
                                 "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while len(complete_checkpoints(out)) < 2 and time.monotonic() < deadline and process.poll() is None:
+    while len(complete_checkpoints(RunDir(out).checkpoints_dir)) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed; make it longer"
     process.send_signal(signal.SIGKILL)
@@ -289,17 +291,18 @@ def test_killed_process_resumes_to_the_same_adapter(tmp_path, data_files, tiny_m
     expected = adapter(uninterrupted)
     for name, tensor in adapter(out).items():
         assert torch.equal(tensor, expected[name]), name
-    assert len(complete_checkpoints(out)) == 3  # the newest three are kept
+    assert len(complete_checkpoints(RunDir(out).checkpoints_dir)) == 3  # the newest three are kept
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings_and_half_written_checkpoints_are_ignored(tmp_path, data_files,
                                                                                    tiny_model_dir):
     run_dir = run(settings(data_files, tiny_model_dir, tmp_path / "run", n_epochs=1))
-    newest = latest_checkpoint(run_dir)
+    newest = latest_checkpoint(RunDir(run_dir).checkpoints_dir)
     half_written = run_dir / "checkpoints" / ".step-000099.tmp-1234"
     half_written.mkdir()
     (half_written / "trainable.safetensors").write_bytes(b"\x00" * 10)
-    assert latest_checkpoint(run_dir).step == newest.step
+    assert latest_checkpoint(RunDir(run_dir).checkpoints_dir).step == newest.step
     assert not half_written.exists()  # cleaned away
     changed = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--resume", str(run_dir), "--n-epochs", "5"],
                              capture_output=True, text=True)
@@ -336,6 +339,7 @@ def test_dora_and_full_fine_tuning_train_save_and_generate(tmp_path, data_files,
         generate_replies(loaded, [[{"role": "user", "content": "hi"}]], max_new_tokens=2, use_adapter=False)
 
 
+@pytest.mark.slow
 def test_qlora_and_gpu_kernels_are_refused_on_a_cpu_with_the_reason(tmp_path, data_files, tiny_model_dir):
     for flags, phrase in [(["--method", "qlora"], "CUDA"), (["--kernels", "unsloth"], "CUDA")]:
         result = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--data", str(data_files[0]), "--model",
@@ -394,6 +398,7 @@ def training_arguments(data_files, model_dir, out, **changes) -> list[str]:
     return flags
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_match_one(tmp_path, data_files, tiny_model_dir):
     single = run(settings(data_files, tiny_model_dir, tmp_path / "single", n_epochs=2))
     out = tmp_path / "two"
@@ -414,6 +419,7 @@ def test_two_processes_under_accelerate_match_one(tmp_path, data_files, tiny_mod
 UNEVEN = dict(n_epochs=2, batch_size=3, micro_batch_size=1)
 
 
+@pytest.mark.slow
 def test_fsdp_sharded_lora_matches_one_process_and_checkpoints_whole_tensors(tmp_path, data_files, tiny_model_dir):
     changes = dict(UNEVEN, validation=str(data_files[1]))
     single = run(settings(data_files, tiny_model_dir, tmp_path / "single", **changes))
@@ -437,7 +443,7 @@ def test_fsdp_sharded_lora_matches_one_process_and_checkpoints_whole_tensors(tmp
     for name, tensor in adapter(out).items():
         assert torch.allclose(tensor, expected[name], rtol=1e-3, atol=1e-4), name
     # Checkpoints hold whole tensors (gathered from the slices), the same as a one-process run writes.
-    single_checkpoint, sharded_checkpoint = latest_checkpoint(single), latest_checkpoint(out)
+    single_checkpoint, sharded_checkpoint = (latest_checkpoint(RunDir(run).checkpoints_dir) for run in (single, out))
     assert sharded_checkpoint.step == single_checkpoint.step == 12
     for file in ("trainable.safetensors", "optimizer.safetensors"):
         reference, gathered = (load_file(c.path / file) for c in (single_checkpoint, sharded_checkpoint))
@@ -447,6 +453,7 @@ def test_fsdp_sharded_lora_matches_one_process_and_checkpoints_whole_tensors(tmp
             assert torch.allclose(tensor, reference[name], rtol=1e-3, atol=1e-4), (file, name)
 
 
+@pytest.mark.slow
 def test_fsdp_full_fine_tuning_resumes_a_one_process_checkpoint_to_the_same_model(tmp_path, data_files,
                                                                                   tiny_model_dir):
     """Every weight sharded, the tied LM head included; the optimizer state sliced from a whole checkpoint."""
@@ -454,7 +461,7 @@ def test_fsdp_full_fine_tuning_resumes_a_one_process_checkpoint_to_the_same_mode
     uninterrupted = run(settings(data_files, tiny_model_dir, tmp_path / "uninterrupted", **changes))
     out = tmp_path / "resumed"
     run(settings(data_files, tiny_model_dir, out, **changes), should_stop=lambda step: step == 8)
-    assert latest_checkpoint(out).step == 6  # the end of epoch 1, written by one process
+    assert latest_checkpoint(RunDir(out).checkpoints_dir).step == 6  # the end of epoch 1, written by one process
     result = launch_two_processes("--resume", str(out), fsdp=True)
     assert "Resumed from checkpoint at step 6" in (out / "events.jsonl").read_text()
     assert "FSDP: weights sharded" in " ".join(result.stderr.split())

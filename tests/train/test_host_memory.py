@@ -3,9 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import resource, torch
-from tunelab.train.host_memory import keep_freed_memory
+from tunelab.core.process import keep_freed_memory
 
 def faults_for_one_step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -22,6 +24,7 @@ print(default, kept, faults_for_one_step())
 """
 
 
+@pytest.mark.slow
 def test_training_steps_reuse_freed_memory():
     # A fresh interpreter: the setting is process-wide and the probe needs to see the default first.
     printed = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from tunelab.config import TrainConfig, default_n_epochs
-from tunelab.data.chat import DataError
+from tunelab.conversation.problems import DataError
+from tunelab.core.settings import TrainConfig, default_n_epochs
 from tunelab.train.local import train
 
 
@@ -19,7 +19,7 @@ def tiny_run(tmp_path_factory, tiny_model_dir, support_conversations):
     config = TrainConfig(data=str(train_file), validation=str(valid_file), model=str(tiny_model_dir),
                          out=str(data_dir / "run"), n_epochs=4, batch_size=4, learning_rate_multiplier=25,
                          suffix="tiny", seed=7)
-    return train(config, show_progress=False)
+    return train(config)
 
 
 def test_loss_goes_down(tiny_run):
@@ -57,7 +57,7 @@ def test_bad_data_names_file_line_and_field(tmp_path, tiny_model_dir):
                    '{"messages": [{"role": "robot", "content": "hi"}]}\n'
                    "not json\n")
     with pytest.raises(DataError) as caught:
-        train(TrainConfig(data=str(bad), model=str(tiny_model_dir), out=str(tmp_path / "run")), show_progress=False)
+        train(TrainConfig(data=str(bad), model=str(tiny_model_dir), out=str(tmp_path / "run")))
     text = str(caught.value)
     assert f"{bad}:2: messages[0].role: unrecognised role 'robot'" in text
     assert f"{bad}:2: messages: no assistant message" in text
@@ -71,3 +71,21 @@ def test_openai_default_epochs_rule():
     assert default_n_epochs(30) == 3  # 100 // 30, as OpenAI's checker computes it
     assert default_n_epochs(3) == 25  # capped
     assert default_n_epochs(20_000) == 1
+
+
+def test_schedule_weight_decay_and_clipping_reach_the_optimizer(tmp_path, tiny_model_dir, support_conversations):
+    from tunelab.runs.rundir import RunDir
+    from tunelab.train.checkpoints import latest_checkpoint
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:16]))
+    run = RunDir(train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), n_epochs=1,
+                                   batch_size=4, dtype="fp32", lr_scheduler="constant", warmup_ratio=0.5,
+                                   weight_decay=0.1, max_grad_norm=0.0)))
+    state = latest_checkpoint(run.checkpoints_dir).state
+    group = state["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.1
+    # 4 steps, 2 of warmup, then constant: the factors were 0.5, 1, 1, 1; after the last step, 1.
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(group["initial_lr"])
+    recorded = run.settings()
+    assert (recorded["lr_scheduler"], recorded["warmup_ratio"], recorded["max_grad_norm"]) == ("constant", 0.5, 0.0)

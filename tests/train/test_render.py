@@ -1,7 +1,8 @@
 """Exactly which tokens carry loss: every assistant turn (content + end-of-turn), nothing else."""
 
-from tunelab.train.render import (IGNORE_INDEX, TemplateMismatch, render_conversation, render_prompt_ids,
-                                  show_mask)
+from tunelab.cli.console import mask_markup
+from tunelab.conversation.render import (IGNORE_INDEX, TemplateMismatch, render_conversation, render_prompt_ids,
+                                         trained_runs)
 
 from tests.conftest import SYSTEM
 
@@ -81,7 +82,7 @@ def test_a_template_that_renders_prefixes_differently_is_refused(tiny_tokenizer)
 
 def test_mask_view_marks_trained_tokens_green(tiny_tokenizer):
     messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Done."}]
-    view = show_mask(tiny_tokenizer, render_conversation(tiny_tokenizer, messages))
+    view = mask_markup(trained_runs(tiny_tokenizer, render_conversation(tiny_tokenizer, messages)))
     assert "[bold green]" in view and "[dim]" in view
     trained = "".join(piece.split("[/]")[0] for piece in view.split("[bold green]")[1:])
     assert trained == "Done.<end_of_turn>\n"

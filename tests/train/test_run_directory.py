@@ -7,10 +7,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
-from tunelab.config import TrainConfig
+from tunelab.core.settings import TrainConfig
 from tunelab.train.local import train
 
 
@@ -19,6 +20,7 @@ def tunelab(*arguments, cwd):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_moved_run_resumes_chats_and_evaluates_from_anywhere(tmp_path, tiny_model_dir, support_conversations):
     start = tmp_path / "project"
     (start / "data").mkdir(parents=True)
@@ -29,7 +31,7 @@ def test_a_moved_run_resumes_chats_and_evaluates_from_anywhere(tmp_path, tiny_mo
     os.chdir(start)
     config = TrainConfig(data="data/train.jsonl", model="model", out="runs/first", n_epochs=2, batch_size=4,
                          dtype="fp32", learning_rate_multiplier=25)
-    train(config, show_progress=False, should_stop=lambda step: step == 6)
+    train(config, should_stop=lambda step: step == 6)
     recorded = yaml.safe_load((start / "runs" / "first" / "config.yaml").read_text())
     assert recorded["data"] == str(start / "data" / "train.jsonl") and recorded["model"] == str(start / "model")
 
@@ -55,8 +57,8 @@ def test_a_moved_run_resumes_chats_and_evaluates_from_anywhere(tmp_path, tiny_mo
 
 
 def test_a_model_without_a_template_trains_with_the_one_given_and_keeps_it(tmp_path, tiny_model_dir, support_conversations):
+    from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE
     from tunelab.models.generate import generate_replies, load_for_generation
-    from tunelab.models.templates import GEMMA_CHAT_TEMPLATE
 
     bare = tmp_path / "bare"
     shutil.copytree(tiny_model_dir, bare)
@@ -69,7 +71,7 @@ def test_a_model_without_a_template_trains_with_the_one_given_and_keeps_it(tmp_p
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:8]))
     run_dir = train(TrainConfig(data=str(data), model=str(bare), chat_template=str(template), out=str(tmp_path / "run"),
-                                n_epochs=1, batch_size=4, dtype="fp32"), show_progress=False)
+                                n_epochs=1, batch_size=4, dtype="fp32"))
     assert (run_dir / "tokenizer" / "chat_template.jinja").read_text() == GEMMA_CHAT_TEMPLATE
     loaded = load_for_generation(str(run_dir))  # no --chat-template needed: the run carries it
     reply = generate_replies(loaded, [[{"role": "user", "content": "Hi"}]], max_new_tokens=3)[0]
@@ -81,7 +83,7 @@ def test_stop_tokens_are_the_model_s_eos_ids_and_the_template_s_end_of_turn(tiny
 
     from transformers import GenerationConfig
 
-    from tunelab.models.templates import end_of_turn_token, stop_token_ids
+    from tunelab.conversation.templates import end_of_turn_token, stop_token_ids
 
     chatml = copy.deepcopy(tiny_tokenizer)
     chatml.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})

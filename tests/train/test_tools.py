@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from tunelab.config import TrainConfig
-from tunelab.models.templates import GEMMA_CHAT_TEMPLATE, parse_tool_calls
-from tunelab.train.render import IGNORE_INDEX, check_template_agreement, render_conversation
+from tunelab.conversation.render import IGNORE_INDEX, check_template_agreement, render_conversation
+from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE, parse_tool_calls
+from tunelab.core.settings import TrainConfig
 
 TOOLS = [
     {"type": "function", "function": {
@@ -116,6 +116,7 @@ def test_a_model_s_own_template_gets_tools_and_argument_objects(tiny_tokenizer):
     assert 'CALL get_order_status {"order_id": "BL-4100"}' in trained_text(own, example)
 
 
+@pytest.mark.slow
 def test_tool_calling_data_validates_trains_and_renders(tmp_path, tiny_model_dir):
     data = tmp_path / "tools.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in tool_conversations(12)))
@@ -127,7 +128,7 @@ def test_tool_calling_data_validates_trains_and_renders(tmp_path, tiny_model_dir
     from tunelab.train.local import train
 
     run_dir = train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), n_epochs=2,
-                                batch_size=4, learning_rate_multiplier=25, dtype="fp32"), show_progress=False)
+                                batch_size=4, learning_rate_multiplier=25, dtype="fp32"))
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(row.split(",")[1]) for row in rows]
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -141,13 +142,13 @@ def test_tool_calling_data_validates_trains_and_renders(tmp_path, tiny_model_dir
 
 @pytest.mark.parametrize("arguments", ['"just a string"', "[1, 2]", "{not json"])
 def test_tool_call_arguments_that_are_not_an_object_are_refused_with_what_was_found(tmp_path, arguments):
-    from tunelab.data.validate import example_errors
+    from tunelab.conversation.schema import example_problems
 
     conversation = tool_conversations(1)[0]
     conversation["messages"][2]["tool_calls"][0]["function"]["arguments"] = arguments
-    errors = example_errors(conversation)
-    assert [code for code, _, _ in errors] == ["invalid_tool_arguments"]
-    assert errors[0][1] == "messages[2].tool_calls[0].function.arguments"
+    errors = example_problems(conversation)
+    assert [problem.code for problem in errors] == ["invalid_tool_arguments"]
+    assert errors[0].path == "messages[2].tool_calls[0].function.arguments"
 
 
 def test_a_system_prompt_is_never_trained_even_when_no_user_turn_follows(tiny_tokenizer):

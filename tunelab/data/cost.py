@@ -2,7 +2,7 @@
 
 OpenAI bills every token of every example (not just the trained ones), each example cut to the model's
 per-example limit, times the number of epochs. With `n_epochs` left on auto, OpenAI picks epochs by the
-rule in `tunelab.config.default_n_epochs` (3, adjusted so examples × epochs stays within 100–25,000).
+rule in `tunelab.core.settings.default_n_epochs` (3, adjusted so examples × epochs stays within 100–25,000).
 Prices come from `openai_prices.yaml`, a dated table: the date is reported with every estimate.
 
 Local training time is tokens × epochs divided by the training throughput measured for the embedded
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from tunelab.config import default_n_epochs
+from tunelab.core.settings import default_n_epochs
 
 PRICES_FILE = Path(__file__).with_name("openai_prices.yaml")
 

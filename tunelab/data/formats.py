@@ -30,8 +30,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.validate import describe, example_errors, reject_constant
-from tunelab.files import OutputError, check_output_path
+from tunelab.conversation.schema import describe, example_problems, reject_constant
+from tunelab.core.files import OutputError, atomic_path, check_output_path
 
 FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -317,11 +317,11 @@ def _sharegpt_tools(tools) -> tuple[list[dict], str | None]:
 
 
 def _openai(record: dict) -> Converted:
-    errors = example_errors(record)
-    if errors:
-        code, where, message = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return Converted(reason=f"{where or 'line'}: {message} [{code}]{more}")
+    problems = example_problems(record)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Converted(reason=f"{first.path or 'line'}: {first.message} [{first.code}]{more}")
     return Converted({name: record[name] for name in CARRIED["openai"] if name in record})
 
 
@@ -346,10 +346,8 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
     except OutputError as error:
         raise ConversionError(str(error)) from None
     report = ConversionReport(str(source), str(out), fmt)
-    temporary = out.with_name(f".{out.name}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("w", encoding="utf-8") as handle:
+        with atomic_path(out) as temporary, temporary.open("w", encoding="utf-8") as handle:
             for line, record in read_records(source):
                 if report.format == "auto":
                     detected = detect_format(record, input_column, output_column)
@@ -366,12 +364,16 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
                 report.not_carried += [(line, what) for what in converted.not_carried]
                 handle.write(json.dumps(converted.conversation, ensure_ascii=False) + "\n")
                 report.written += 1
-        if report.written:
-            temporary.replace(out)
+            if not report.written:
+                raise _NothingConverted  # leaves `out` as it was
+    except _NothingConverted:
+        pass
     except (UnicodeDecodeError, csv.Error) as error:
         raise ConversionError(f"{source}: cannot read it ({error})") from None
     except OSError as error:
         raise ConversionError(f"{out}: cannot write it ({error.strerror or error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return report
+
+
+class _NothingConverted(Exception):
+    """No record converted: the output file is not created (or replaced) at all."""

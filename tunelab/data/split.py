@@ -16,9 +16,9 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tunelab.data.chat import read_conversations
+from tunelab.conversation.reader import read_conversations
+from tunelab.core.files import check_output_path, write_text_atomically
 from tunelab.data.validate import conversation_texts, fingerprints
-from tunelab.files import check_output_path, write_text_atomically
 
 
 @dataclass

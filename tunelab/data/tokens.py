@@ -4,7 +4,7 @@
     tunelab data stats train.jsonl --target openai:gpt-4o-mini   # OpenAI: o200k_base / cl100k_base
 
 Local models are counted exactly as training sees them: the conversation rendered by the model's chat
-template, tokenized, with the tokens `train/render.py` puts loss on counted as trained. Doing that
+template, tokenized, with the tokens `conversation/render.py` puts loss on counted as trained. Doing that
 naively renders the template 2–3 times per assistant turn and tokenizes ~60 MB for a 100,000-example
 file, which takes minutes. Two shortcuts keep it to seconds, and both fall back to the naive path
 whenever they could differ from it:
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from itertools import accumulate, chain
 
-from tunelab.train.render import trained_character_spans, trained_positions
+from tunelab.conversation.render import trained_character_spans, trained_positions
+from tunelab.conversation.schema import content_text
 
 # Sentinels for template skeletons: private-use characters no real text is expected to contain.
 _PLACEHOLDER = "\ue000{}\ue001"
@@ -295,13 +296,13 @@ def token_counter(model: str | None = None, target: str | None = None, chat_temp
             raise ValueError(f"--target {target!r}: expected openai:MODEL, e.g. openai:gpt-4o-mini")
         snapshot, entry = openai_model(target.removeprefix("openai:"))
         return OpenAITokenCounter(snapshot, entry["encoding"], entry["max_tokens_per_example"])
-    from tunelab.config import TrainConfig
+    from tunelab.core.settings import TrainConfig
     from tunelab.data.cost import parameter_count
     from tunelab.models.resolve import load_tokenizer, resolve_model
 
     resolved = resolve_model(model or "default")
     tokenizer = load_tokenizer(resolved.path, chat_template and str(chat_template))
-    limit = TrainConfig.max_length  # what `tunelab train` cuts at unless told otherwise
+    limit = TrainConfig.model_fields["max_length"].default  # what `tunelab train` cuts at unless told otherwise
     context = _context_length(resolved.path)
     parameters = parameter_count(resolved.path) if resolved.source != "hub" else None
     return LocalTokenCounter(tokenizer, resolved.name, min(limit, context or limit), parameters)
@@ -355,8 +356,8 @@ class OpenAITokenCounter:
 
 
 def _message_text(message: dict) -> str:
-    """What of a message is tokenized: its text, and its tool calls as JSON."""
-    text = message.get("content") if isinstance(message.get("content"), str) else ""
+    """What of a message is tokenized: its text (text parts joined), and its tool calls as JSON."""
+    text = content_text(message.get("content")) or ""
     if message.get("tool_calls"):
         text += json.dumps(message["tool_calls"])
     return text

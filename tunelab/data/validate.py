@@ -2,16 +2,13 @@
 
     tunelab data validate train.jsonl --validation valid.jsonl [--model M | --target openai:MODEL] [--json]
 
-Errors use the codes of OpenAI's data-preparation checker (`data_type`, `missing_messages_list`,
-`message_missing_key`, `message_unrecognized_key`, `unrecognized_role`, `missing_content`,
-`example_missing_assistant_message`) plus `invalid_json`, `not_utf8`, `empty_file`, `too_few_examples`,
-`invalid_weight`, `invalid_tool_arguments`, `invalid_tools`, `tool_call_id_mismatch`, and
-`unsupported_content` for image, audio and file parts (text parts are read, joined; `developer` counts as
-the system role). Every message says what was found as well as what was expected.
-Warnings carry the recommended quality rules: fewer than 50 examples, assistant replies outside 10–2,000
-characters, duplicate conversations, one prompt with conflicting answers, training/validation overlap, and
-examples without a system or user message, and examples longer than the token limit (`--max-tokens`,
-else what training would cut at), with how many tokens would be cut.
+Each example's format errors are the conversation layer's (`tunelab/conversation/schema.py`: OpenAI's
+codes, and ours for tools, weights and content parts); this module adds what needs the whole file:
+`invalid_json`, `not_utf8`, `empty_file`, `too_few_examples` as errors, and as warnings the recommended
+quality rules: fewer than 50 examples, assistant replies outside 10–2,000 characters, duplicate
+conversations, one prompt with conflicting answers, training/validation overlap, examples without a
+system or user message, and examples longer than the token limit (`--max-tokens`, else what training
+would cut at), with how many tokens would be cut.
 
 Token statistics and the cost come from `tokens.py` and `cost.py`. The file is streamed in batches: what
 is kept per example is a few integers (its token lengths and hashes for the duplicate checks).
@@ -19,15 +16,17 @@ is kept per example is a few integers (its token lengths and hashes for the dupl
 
 from __future__ import annotations
 
-import json
 import os
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
-MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
+from tunelab.conversation.problems import Problem
+from tunelab.conversation.reader import parse_line, raw_lines
+from tunelab.conversation.schema import calls_a_tool, content_text, example_problems, last_assistant_index
+from tunelab.core.events import NO_EVENTS, Events
+
 OPENAI_MIN_EXAMPLES = 10  # OpenAI rejects files with fewer
 SIGNAL_MIN_EXAMPLES = 50  # fewer than 50 examples: not enough signal
 REPLY_MIN_CHARS, REPLY_MAX_CHARS = 10, 2000  # recommended bounds for an assistant reply
@@ -35,221 +34,21 @@ BATCH = 1000  # examples tokenized together
 
 
 @dataclass
-class Finding:
-    """One problem: `line` is 1-based (0 for the file as a whole); `path` points inside the example."""
-
-    severity: str  # "error" or "warning"
-    code: str
-    line: int
-    path: str
-    message: str
-    file: str = ""
-
-
-@dataclass
 class ValidationReport:
     file: str
     examples: int = 0
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Problem] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     cost: dict | None = None
     token_lengths: array = field(default_factory=lambda: array("I"))  # per valid example, in file order
 
     @property
-    def errors(self) -> list[Finding]:
+    def errors(self) -> list[Problem]:
         return [f for f in self.findings if f.severity == "error"]
 
     def to_dict(self) -> dict:
         return {"file": self.file, "examples": self.examples, "findings": [asdict(f) for f in self.findings],
                 "stats": self.stats, "cost": self.cost}
-
-
-def describe(value) -> str:
-    """What a JSON value is, for messages that say what was found: 'a string ("hi")', 'null', 'the number 3'."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "…"
-        return f"a string ({json.dumps(shown, ensure_ascii=False)})" if value.strip() else \
-            ("an empty string" if not value else "a string of only whitespace")
-    if isinstance(value, list):
-        return f"a list of {len(value)} item(s)" if value else "an empty list"
-    if isinstance(value, dict):
-        return "an object" if value else "an empty object"
-    return type(value).__name__
-
-
-# Content parts OpenAI accepts that a text-only model cannot take.
-UNSUPPORTED_PARTS = {"image_url": "an image", "input_audio": "audio", "file": "a file"}
-
-
-def content_text(content) -> str | None:
-    """A message's text: the string itself, or its text (and refusal) parts joined; None if neither."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text") or part.get("refusal") or "" for part in content if isinstance(part, dict))
-    return None
-
-
-def _content_errors(content, where: str) -> list[tuple[str, str, str]]:
-    """A message's `content`: a non-empty string, or a list of text parts (joined)."""
-    if isinstance(content, str):
-        return [] if content.strip() else [("missing_content", f"{where}.content", f"is {describe(content)}")]
-    if not isinstance(content, list):
-        return [("missing_content", f"{where}.content", f"must be text or a list of text parts; found {describe(content)}")]
-    errors = []
-    for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        part_where = f"{where}.content[{index}]"
-        if kind in UNSUPPORTED_PARTS:
-            errors.append(("unsupported_content", part_where,
-                           f"{UNSUPPORTED_PARTS[kind]} ({kind} part): not supported for this model, which reads text "
-                           "only; remove the part or describe it in text"))
-        elif kind in ("text", "refusal") and isinstance(part.get(kind), str):
-            continue
-        elif kind in ("text", "refusal"):
-            errors.append(("missing_content", f"{part_where}.{kind}", f"must be a string; found {describe(part.get(kind))}"))
-        else:
-            errors.append(("missing_content", part_where, 'each part must be {"type": "text", "text": …}; found '
-                           + (f"a part of type {kind!r}" if isinstance(kind, str) else describe(part))))
-    if not errors and not (content_text(content) or "").strip():
-        errors.append(("missing_content", f"{where}.content", "its text parts are all empty" if content else "is an empty list"))
-    return errors
-
-
-def example_errors(record) -> list[tuple[str, str, str]]:
-    """The format errors of one parsed line, as (code, path, message) triples. Messages say what was found."""
-    if not isinstance(record, dict):
-        return [("data_type", "", f"each line must be a JSON object; found {describe(record)}")]
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        found = "no `messages` key" + (f" (keys: {', '.join(sorted(record)[:5])})" if record else "") \
-            if "messages" not in record else describe(messages)
-        return [("missing_messages_list", "messages", f"must be a non-empty list of messages; found {found}")]
-    errors = []
-    errors += _tools_errors(record.get("tools"))
-    tool_call_ids = set()
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            errors.append(("data_type", where, f"each message must be an object; found {describe(message)}"))
-            continue
-        if "role" not in message or ("content" not in message and not _calls_a_tool(message)):
-            missing = "role" if "role" not in message else "content"
-            errors.append(("message_missing_key", where, f"has no `{missing}` (keys: {', '.join(sorted(message))})"))
-        unknown = sorted(set(message) - MESSAGE_KEYS)
-        if unknown:
-            errors.append(("message_unrecognized_key", f"{where}.{unknown[0]}", f"unrecognised key(s) {unknown}"))
-        if "role" in message and (not isinstance(message["role"], str) or message["role"] not in ROLES):
-            role = message["role"]
-            found = repr(role) if isinstance(role, str) else describe(role)
-            errors.append(("unrecognized_role", f"{where}.role", f"unrecognised role {found}; use one of {sorted(ROLES)}"))
-        if "content" in message and not (_calls_a_tool(message) and message["content"] in (None, "")):
-            errors += _content_errors(message["content"], where)
-        if "weight" in message and not (type(message["weight"]) is int and message["weight"] in (0, 1)):
-            errors.append(("invalid_weight", f"{where}.weight", f"must be the integer 0 or 1; found {describe(message['weight'])}"))
-        calls = message.get("tool_calls")
-        if calls is not None and not isinstance(calls, list):
-            errors.append(("invalid_tool_arguments", f"{where}.tool_calls", f"must be a list of calls; found {describe(calls)}"))
-            calls = []
-        for call_index, call in enumerate(calls or []):
-            call_where = f"{where}.tool_calls[{call_index}]"
-            function = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                errors.append(("invalid_tool_arguments", f"{call_where}.function",
-                               'must be {"name": …, "arguments": "<JSON object>"}; found '
-                               + describe(function if isinstance(call, dict) else call)))
-                continue
-            problem = _arguments_problem(function.get("arguments"))
-            if problem:
-                errors.append(("invalid_tool_arguments", f"{call_where}.function.arguments", problem))
-            if isinstance(call.get("id"), str):
-                tool_call_ids.add(call["id"])
-        call_id = message.get("tool_call_id")
-        if message.get("role") == "tool" and (not isinstance(call_id, str) or call_id not in tool_call_ids):
-            errors.append(("tool_call_id_mismatch", f"{where}.tool_call_id",
-                           f"{describe(call_id)} matches no earlier assistant tool call"))
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-        errors.append(("example_missing_assistant_message", "messages", "no assistant message, so nothing to learn"))
-    return errors
-
-
-def _calls_a_tool(message: dict) -> bool:
-    return bool(message.get("tool_calls") or message.get("function_call"))
-
-
-def _arguments_problem(arguments) -> str | None:
-    """Why a tool call's `arguments` is not a string holding a JSON object, or None if it is one."""
-    if not isinstance(arguments, str):
-        hint = " (encode it with json.dumps)" if isinstance(arguments, dict) else ""
-        return f"must be a string holding a JSON object; found {describe(arguments)}{hint}"
-    try:
-        parsed = json.loads(arguments, parse_constant=reject_constant)
-    except (json.JSONDecodeError, ValueError) as error:
-        return f"is a string but not valid JSON ({getattr(error, 'msg', error)}): {describe(arguments)}"
-    if not isinstance(parsed, dict):
-        return f"is a JSON string that holds {describe(parsed)}, not an object"
-    return None
-
-
-def _tools_errors(tools) -> list[tuple[str, str, str]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        return [("invalid_tools", "tools", f"must be a list of tool definitions; found {describe(tools)}")]
-    errors = []
-    for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict) \
-                or not isinstance(function.get("name"), str) \
-                or not isinstance(function.get("parameters", {}), dict):
-            errors.append(("invalid_tools", f"tools[{index}]",
-                           'each tool must be {"type": "function", "function": {"name": …, "parameters": {…}}}; '
-                           f"found {describe(tool)}" + (f" of type {tool.get('type')!r}" if isinstance(tool, dict)
-                                                         and tool.get("type") != "function" else "")))
-    return errors
-
-
-def reject_constant(name: str):
-    """For json.loads(parse_constant=…): NaN and Infinity are Python's extensions, not JSON."""
-    raise ValueError(f"{name} is not JSON")
-
-
-def read_jsonl_lines(path: Path):
-    """Yield (line number, record, None) per non-blank line, or (line, None, (code, message)) if it won't parse."""
-    for line, _, raw in _raw_lines(path, 0, None, 1):
-        yield line, *_parse(raw)
-
-
-def _raw_lines(path: Path, start: int, end: int | None, first_line: int):
-    """(line number, byte position after the line, bytes) for each non-blank line of a byte range."""
-    with Path(path).open("rb") as handle:
-        handle.seek(start)
-        position = start
-        for line, raw in enumerate(handle, start=first_line):
-            if end is not None and position >= end:
-                return
-            position += len(raw)
-            if raw.strip():
-                yield line, position, raw
-
-
-def _parse(raw: bytes) -> tuple[object, tuple[str, str] | None]:
-    try:
-        return json.loads(raw, parse_constant=reject_constant), None
-    except UnicodeDecodeError:
-        return None, ("not_utf8", "the line is not valid UTF-8")
-    except json.JSONDecodeError as error:
-        return None, ("invalid_json", f"not valid JSON ({error.msg}, column {error.colno})")
-    except ValueError as error:  # NaN, Infinity: Python reads them, JSON has no such values
-        return None, ("invalid_json", f"not valid JSON: {error} (use null or a number)")
-    except RecursionError:
-        return None, ("invalid_json", "nested too deeply to read (more than ~1,000 levels of [ or {)")
 
 
 # Deleted before comparing texts for near-duplicates: ASCII punctuation, digits and whitespace.
@@ -258,7 +57,7 @@ _IGNORED_FOR_NEAR = str.maketrans("", "", "".join(chr(c) for c in range(128) if 
 
 def conversation_texts(messages: list[dict]) -> tuple[str, str, str]:
     """The prompt (everything before the last assistant message), that reply, and what follows, as text."""
-    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+    last = last_assistant_index(messages)
     as_text = lambda part: "\n".join(f"{m.get('role')}: {_message_text(m)}" for m in part)  # noqa: E731
     return as_text(messages[:last]), _message_text(messages[last]), as_text(messages[last + 1:])
 
@@ -285,7 +84,7 @@ def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:
 class _Scan:
     """What one pass over (part of) a file found; parts of a file scanned in parallel are merged."""
 
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Problem] = field(default_factory=list)
     examples: int = 0
     counts: Counter = field(default_factory=Counter)
     reply_lengths: array = field(default_factory=lambda: array("I"))
@@ -304,20 +103,22 @@ PARALLEL_FROM_BYTES = 8_000_000  # smaller files are scanned in one process: for
 
 
 def validate_file(path: str | Path, validation: str | Path | None = None, counter=None,
-                  max_tokens: int | None = None, progress=None) -> ValidationReport:
+                  max_tokens: int | None = None, events: Events = NO_EVENTS) -> ValidationReport:
     """All findings and statistics for a training file, and its overlap with a validation file if given.
 
     `counter` (from `tokens.py`) adds token statistics, truncation warnings and the cost; `max_tokens` is
-    the limit (default: the counter's own, i.e. what training or OpenAI would cut at). `progress(bytes)`
-    is called as the file is read.
+    the limit (default: the counter's own, i.e. what training or OpenAI would cut at). `events` get the
+    progress of the reading, in bytes.
     """
     path = Path(path)
     limit = max_tokens or (counter.default_limit if counter else None)
     report = ValidationReport(str(path))
     if not path.is_file():
-        report.findings.append(Finding("error", "empty_file", 0, "", "no such file"))
+        report.findings.append(Problem("error", "empty_file", 0, "", "no such file"))
         return report
-    scan = _scan_file(path, counter, limit, progress)
+    with events.progress("validate", total=path.stat().st_size, description="checking", unit="bytes",
+                         transient=True) as bar:
+        scan = _scan_file(path, counter, limit, bar.update)
     _duplicate_findings(scan)
     _file_level_findings(scan)
     scan.findings.sort(key=lambda finding: finding.line)
@@ -349,9 +150,9 @@ def validate_file(path: str | Path, validation: str | Path | None = None, counte
 def _check_validation_file(validation: Path, training: _Scan, report: ValidationReport) -> None:
     """The validation file's errors, and its prompts that also occur in training (leakage)."""
     held_out = _scan_file(validation, None, None, None) if validation.is_file() else _Scan(
-        findings=[Finding("error", "empty_file", 0, "", "no such file")])
+        findings=[Problem("error", "empty_file", 0, "", "no such file")])
     if held_out.examples == 0 and not held_out.findings:
-        held_out.findings.append(Finding("error", "empty_file", 0, "", "the file holds no examples"))
+        held_out.findings.append(Problem("error", "empty_file", 0, "", "the file holds no examples"))
     for finding in held_out.findings:  # OpenAI's 10-example minimum is for training files only
         if finding.severity == "error":
             finding.file = str(validation)
@@ -359,7 +160,7 @@ def _check_validation_file(validation: Path, training: _Scan, report: Validation
     training_prompts = set(training.prompt)
     for line, prompt in zip(held_out.lines, held_out.prompt):
         if prompt in training_prompts:
-            report.findings.append(Finding("warning", "validation_overlap", line, "messages",
+            report.findings.append(Problem("warning", "validation_overlap", line, "messages",
                                            f"{validation}:{line} has the same prompt as a training example "
                                            "(leakage: validation scores would be optimistic)", str(validation)))
 
@@ -480,15 +281,14 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
     scan = _Scan()
     add = scan.findings.append
     pending: list[tuple[int, list[dict]]] = []
-    for line, position, raw in _raw_lines(path, start, end, first_line):
-        record, unreadable = _parse(raw)
+    for line, position, raw in raw_lines(path, start, end, first_line):
+        record, unreadable = parse_line(raw)
         if unreadable:
-            add(Finding("error", unreadable[0], line, "", unreadable[1]))
+            add(Problem("error", unreadable[0], line, "", unreadable[1]))
             continue
         scan.examples += 1
-        errors = example_errors(record)
-        for code, where, message in errors:
-            add(Finding("error", code, line, where, message))
+        errors = example_problems(record, line)
+        scan.findings += errors
         if errors:
             continue
         messages = record["messages"]
@@ -498,13 +298,13 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
         scan.counts["missing_user"] += roles["user"] == 0
         for index, message in enumerate(messages):
             reply = content_text(message.get("content"))
-            if message.get("role") != "assistant" or reply is None or (not reply and _calls_a_tool(message)):
+            if message.get("role") != "assistant" or reply is None or (not reply and calls_a_tool(message)):
                 continue
             length = len(reply)
             scan.reply_lengths.append(length)
             if length < REPLY_MIN_CHARS or length > REPLY_MAX_CHARS:
                 code = "reply_too_short" if length < REPLY_MIN_CHARS else "reply_too_long"
-                add(Finding("warning", code, line, f"messages[{index}].content",
+                add(Problem("warning", code, line, f"messages[{index}].content",
                             f"assistant reply of {length} characters; the recommended bounds are "
                             f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS} characters"))
         for name, value in zip(("whole", "near", "prompt", "reply"), fingerprints(messages)):
@@ -524,17 +324,17 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
     return scan
 
 
-def _duplicate(line: int, first: int) -> Finding:
-    return Finding("warning", "duplicate_example", line, "messages", f"same conversation as line {first}")
+def _duplicate(line: int, first: int) -> Problem:
+    return Problem("warning", "duplicate_example", line, "messages", f"same conversation as line {first}")
 
 
-def _near_duplicate(line: int, first: int) -> Finding:
-    return Finding("warning", "near_duplicate_example", line, "messages",
+def _near_duplicate(line: int, first: int) -> Problem:
+    return Problem("warning", "near_duplicate_example", line, "messages",
                    f"same conversation as line {first} apart from punctuation, digits or spacing")
 
 
-def _conflict(line: int, first: int) -> Finding:
-    return Finding("warning", "conflicting_answers", line, "messages",
+def _conflict(line: int, first: int) -> Problem:
+    return Problem("warning", "conflicting_answers", line, "messages",
                    f"same prompt as line {first} with a different answer")
 
 
@@ -546,7 +346,7 @@ def _count_tokens(pending: list[tuple[int, list[dict]]], counter, limit: int | N
         scan.token_totals.append(count.total)
         scan.token_trained.append(count.trained)
         if limit and count.total > limit:
-            scan.findings.append(Finding(
+            scan.findings.append(Problem(
                 "warning", "example_too_long", line, "messages",
                 f"{count.total} tokens; over the limit of {limit}, so training cuts the last "
                 f"{count.total - limit} — the end of the conversation, replies included. Shorten it "
@@ -556,17 +356,17 @@ def _count_tokens(pending: list[tuple[int, list[dict]]], counter, limit: int | N
 def _file_level_findings(scan: _Scan) -> None:
     add = scan.findings.append
     if scan.examples == 0 and not scan.findings:
-        add(Finding("error", "empty_file", 0, "", "the file holds no examples"))
+        add(Problem("error", "empty_file", 0, "", "the file holds no examples"))
     elif 0 < scan.examples < OPENAI_MIN_EXAMPLES:
-        add(Finding("error", "too_few_examples", 0, "", f"{scan.examples} examples; OpenAI requires at least "
+        add(Problem("error", "too_few_examples", 0, "", f"{scan.examples} examples; OpenAI requires at least "
                     f"{OPENAI_MIN_EXAMPLES}"))
     elif scan.examples < SIGNAL_MIN_EXAMPLES:
-        add(Finding("warning", "few_examples", 0, "", f"{scan.examples} examples: below {SIGNAL_MIN_EXAMPLES} there "
+        add(Problem("warning", "few_examples", 0, "", f"{scan.examples} examples: below {SIGNAL_MIN_EXAMPLES} there "
                     "is not enough signal; 100–500 good ones is the usual recommendation"))
     for key, code, what in (("missing_system", "missing_system_message", "system"),
                             ("missing_user", "missing_user_message", "user")):
         if scan.counts[key]:
-            add(Finding("warning", code, 0, "", f"{scan.counts[key]} example(s) have no {what} message"))
+            add(Problem("warning", code, 0, "", f"{scan.counts[key]} example(s) have no {what} message"))
 
 
 def distribution(values) -> dict:

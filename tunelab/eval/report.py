@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
-from tunelab.files import write_text_atomically
+from tunelab.core.files import write_text_atomically
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tunelab evaluation — {{ title }}</title>
@@ -113,14 +113,13 @@ def score_chart(results: dict) -> str:
     return encoded
 
 
-def write_report(results: dict, path: Path, run_dir: Path | None = None) -> Path:
-    loss_curve_path = run_dir / "loss_curve.png" if run_dir else None
-    loss_curve = (base64.b64encode(loss_curve_path.read_bytes()).decode()
-                  if loss_curve_path and loss_curve_path.is_file() else None)
+def write_report(results: dict, path: Path, loss_curve: Path | None = None) -> Path:
+    """report.html for `results`, with the run's loss curve (a PNG) embedded when given."""
+    curve = base64.b64encode(loss_curve.read_bytes()).decode() if loss_curve and loss_curve.is_file() else None
     environment = Environment(autoescape=select_autoescape(default=True))
     html = environment.from_string(TEMPLATE).render(
         results=results, systems=results["systems"], title=results["model"], verdict=verdict_text(results),
-        score_chart=score_chart(results), loss_curve=loss_curve,
+        score_chart=score_chart(results), loss_curve=curve,
     )
     write_text_atomically(path, html)
     return path

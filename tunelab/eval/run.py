@@ -13,25 +13,24 @@ import time
 from pathlib import Path
 from statistics import mean
 
-from tunelab.console import console
-from tunelab.data.chat import read_conversations, split_prompt_and_reply
+from tunelab.conversation.reader import read_conversations, split_prompt_and_reply
+from tunelab.core.events import NO_EVENTS, Events
+from tunelab.core.files import check_output_directory, write_json_atomically
 from tunelab.eval.report import write_report
 from tunelab.eval.scorers import RubricScorer, SimilarityScorer
-from tunelab.files import check_output_directory, write_json_atomically
-from tunelab.models.generate import generate_replies, is_run_directory, load_for_generation
+from tunelab.models.generate import generate_replies, load_for_generation
+from tunelab.runs.rundir import RunDir
 
 BASE, FINE_TUNED = "base", "fine-tuned"
 
 
 def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: str | None = None,
              max_new_tokens: int = 200, batch_size: int = 64, limit: int | None = None,
-             show_progress: bool = True) -> Path:
+             events: Events = NO_EVENTS) -> Path:
     """Generate, score and report. Returns the directory holding results.json and report.html."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     started = time.time()
-    run_dir = Path(model_or_run) if is_run_directory(model_or_run) else None
-    out = Path(out_dir) if out_dir else (run_dir / "eval" if run_dir else Path("runs") / f"eval-{int(started)}")
+    run = RunDir(model_or_run) if RunDir(model_or_run).is_finished() else None
+    out = Path(out_dir) if out_dir else (run.eval_dir if run else Path("runs") / f"eval-{int(started)}")
     check_output_directory(out)  # now, not after hours of generation
     conversations = read_conversations(data)[:limit]
     prompts, references = zip(*(split_prompt_and_reply(c) for c in conversations))
@@ -42,16 +41,13 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
     model_names = {BASE: loaded.base_name, FINE_TUNED: loaded.fine_tuned_name}
 
     generations = {}
-    with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, disable=not show_progress) as progress:
-        for system in systems:
-            task = progress.add_task(f"generate ({system})", total=len(prompts))
+    for system in systems:
+        with events.progress(f"generate-{system}", total=len(prompts), description=f"generate ({system})") as bar:
             generations[system] = generate_replies(
                 loaded, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                use_adapter=system == FINE_TUNED, on_batch=lambda n, task=task: progress.advance(task, n),
-                tools=tools,
+                use_adapter=system == FINE_TUNED, on_batch=bar.advance, tools=tools,
             )
-            console.log(f"generated {len(prompts)} replies with {system} ({model_names[system]})")
+        events.message(f"generated {len(prompts)} replies with {system} ({model_names[system]})")
 
     similarity = SimilarityScorer()
     examples = [{"prompt": list(p), "reference": r, "outputs": {}} for p, r in zip(prompts, references)]
@@ -96,5 +92,5 @@ def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: s
         "examples": examples,
     }
     write_json_atomically(out / "results.json", results)
-    write_report(results, out / "report.html", run_dir=run_dir)
+    write_report(results, out / "report.html", loss_curve=run.loss_curve_file if run else None)
     return out

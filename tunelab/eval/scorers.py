@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tunelab.data.validate import content_text
+from tunelab.conversation.schema import content_text
 
 CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences", "quotes_from_prompt")
 _SENTENCE_END = re.compile(r"[.?!](?:\s+|$)")

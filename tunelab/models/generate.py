@@ -13,18 +13,16 @@ full precision elsewhere.
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import yaml
 
+from tunelab.conversation.render import render_prompt_ids
+from tunelab.conversation.templates import parse_tool_calls, stop_token_ids
 from tunelab.models.precision import best_device, inference_dtype
 from tunelab.models.resolve import load_four_bit_model, load_model, load_tokenizer, resolve_model
-from tunelab.models.templates import parse_tool_calls, stop_token_ids
-from tunelab.train.render import render_prompt_ids
+from tunelab.runs.rundir import RunDir
 
 
 @dataclass
@@ -74,35 +72,27 @@ def _adapter_state(loaded: LoadedModel, use_adapter: bool):
     return model.disable_adapter()
 
 
-def is_run_directory(path: str | Path) -> bool:
-    """A finished run: an adapter (LoRA, DoRA, QLoRA) or, for full fine-tuning, a whole model."""
-    path = Path(path)
-    result = (path / "adapter" / "adapter_config.json").is_file() or (path / "model" / "config.json").is_file()
-    return result and (path / "config.yaml").is_file()
-
-
 def load_for_generation(model_or_run: str, chat_template: str | None = None, device: str | None = None) -> LoadedModel:
     """Load a run directory (base + adapter, or a full fine-tune) or a plain model spec ('default', a path,
     a hub id; `chat_template` for a model without one of its own), on `device` (default: the best one)."""
     device = device or best_device()
-    if is_run_directory(model_or_run):
+    run = RunDir(model_or_run)
+    if run.is_finished():
         from peft import PeftModel
 
-        run = Path(model_or_run)
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        dtype = inference_dtype(config.get("dtype"), device)
-        resolved = resolve_model(config["model"])
-        tokenizer = load_tokenizer(str(run / "tokenizer"))
-        full = (run / "model" / "config.json").is_file()
+        settings = run.settings()
+        dtype = inference_dtype(settings.get("dtype"), device)
+        resolved = resolve_model(settings["model"])
+        tokenizer = load_tokenizer(str(run.tokenizer_dir))
+        full = run.is_full_fine_tune
         if full:
-            model = load_model(str(run / "model"), dtype=dtype)
+            model = load_model(str(run.model_dir), dtype=dtype)
         else:
-            base = load_four_bit_model(resolved.path, dtype) if config.get("method") == "qlora" and device == "cuda" \
+            base = load_four_bit_model(resolved.path, dtype) if settings.get("method") == "qlora" and device == "cuda" \
                 else load_model(resolved.path, dtype=dtype)
-            model = PeftModel.from_pretrained(base, str(run / "adapter"))
-        job_path = run / "job.json"
-        job = json.loads(job_path.read_text()) if job_path.is_file() else {}
-        name = job.get("fine_tuned_model") or f"ft:{resolved.name}:{run.name}"
+            model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+        job = run.job() if run.has_run() else {}
+        name = job.get("fine_tuned_model") or f"ft:{resolved.name}:{run.path.name}"
         return LoadedModel(_placed(model, device).eval(), tokenizer, resolved.name, name, fully_fine_tuned=full)
     resolved = resolve_model(model_or_run)
     tokenizer = load_tokenizer(resolved.path, chat_template)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.config import DTYPES
+from tunelab.core.settings import DTYPES
 _BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

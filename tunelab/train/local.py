@@ -25,26 +25,27 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import yaml
 
-from tunelab.config import TrainConfig, resolve_hyperparameters
-from tunelab.console import console
-from tunelab.data.chat import read_numbered_conversations
-from tunelab.files import check_output_directory, write_text_atomically
+from tunelab.conversation.reader import read_numbered_conversations
+from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
+from tunelab.core.events import NO_EVENTS, Events
+from tunelab.core.files import atomic_path, check_output_directory, write_text_atomically
+from tunelab.core.settings import TrainConfig, resolve_hyperparameters
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
+from tunelab.runs.record import RunRecorder, fine_tuned_model_name, metrics_row, new_job_id
+from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
-from tunelab.train.host_memory import keep_freed_memory
 from tunelab.train.loss import TrainedTokenLoss
 from tunelab.train.methods import (MethodUnavailable, check_method_available, chosen_kernels, compute_dtype,
                                    load_trainable_state, trainable_model, trainable_state, training_device)
-from tunelab.train.record import RunRecorder, fine_tuned_model_name, new_job_id, read_job
-from tunelab.train.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
+from tunelab.train.schedule import schedule
 from tunelab.train.sharding import gathered_optimizer_state, gathered_to_cpu, local_share, shard
 
 # Examples in the validation sample measured at intervals during training (the whole set at the end).
@@ -125,16 +126,18 @@ def join_cluster(fsdp: bool = False) -> Cluster:
                    sharded=fsdp and state.num_processes > 1)
 
 
-def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
+def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
           should_stop: Callable[[int], bool] | None = None) -> Path:
     """Fine-tune as `config` says; returns the run directory (self-contained).
 
-    `resume=True` continues the run in `config.out` from its last complete checkpoint. `should_stop(step)`
-    is asked after every step; returning True cancels the run cleanly (its checkpoints stay resumable).
+    `events` receives the progress and messages (of the first process only). `resume=True` continues the
+    run in `config.out` from its last complete checkpoint. `should_stop(step)` is asked after every step;
+    returning True cancels the run cleanly (its checkpoints stay resumable).
     """
     started = time.time()
     check_method_available(config, training_device())
     cluster = join_cluster(config.fsdp)
+    events = events if cluster.is_main else NO_EVENTS  # the first process speaks for all
     if cluster.sharded and (config.method == "qlora" or config.kernels == "unsloth"):
         raise MethodUnavailable("fsdp: sharding 4-bit weights or Unsloth's patched model is not supported; "
                                 "use method: lora or full with FSDP, or plain data parallelism")
@@ -142,22 +145,20 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     if cluster.sharded and dtype == torch.float16:
         raise MethodUnavailable("fsdp: fp16 loss scaling of sharded gradients is not supported; "
                                 "use dtype: bf16 or fp32")
-    if cluster.device == "cpu":
-        keep_freed_memory()  # activations are re-allocated every step; reuse beats fresh pages
     job_id = cluster.broadcast(new_job_id())
-    run_dir = Path(config.out or Path("runs") / job_id)
-    check_output_directory(run_dir)
+    run = RunDir(config.out or Path("runs") / job_id)
+    check_output_directory(run.path)
     if resume:
-        job_id = read_job(run_dir)["id"]
-    elif (run_dir / "job.json").exists():
-        raise RunExists(f"{run_dir} already holds a run; resume it with `tunelab train --resume {run_dir}` "
+        job_id = run.job()["id"]
+    elif run.has_run():
+        raise RunExists(f"{run.path} already holds a run; resume it with `tunelab train --resume {run.path}` "
                         "or choose another --out")
 
     # --- setup: data, model, adapter -------------------------------------------------------------------
     numbered_train = read_numbered_conversations(config.data)
     numbered_valid = read_numbered_conversations(config.validation) if config.validation else []
     load_started = time.monotonic()
-    resolved = resolve_model(config.model)
+    resolved = resolve_model(config.model, events)
     tokenizer = load_tokenizer(resolved.path, config.chat_template)
     # Rendered once, whole: the template check needs the untruncated ids, training the truncated ones.
     train_examples = render_numbered(tokenizer, numbered_train, config.data)
@@ -165,9 +166,9 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     valid_examples = render_numbered(tokenizer, numbered_valid, config.validation)
     if config.validation_split and not valid_examples:
         train_examples, valid_examples = _hold_out(train_examples, config.validation_split, config.seed)
-    train_examples = _truncated(train_examples, config.max_length, config.data, cluster)
+    train_examples = _truncated(train_examples, config.max_length, config.data, events)
     valid_examples = _truncated(valid_examples, config.max_length,
-                                config.validation or f"{config.data} (held-out slice)", cluster)
+                                config.validation or f"{config.data} (held-out slice)", events)
     hyper = resolve_hyperparameters(config, len(train_examples))
 
     torch.manual_seed(config.seed)
@@ -177,19 +178,19 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
     eval_every = config.eval_every or max(1, total_steps // 4)
-    job = read_job(run_dir) if resume else _new_job(job_id, started, resolved.name, config, hyper, total_steps)
-    recorder = RunRecorder(run_dir, job, resume=resume) if cluster.is_main else None
+    job = run.job() if resume else _new_job(job_id, started, resolved.name, config, hyper, total_steps)
+    recorder = RunRecorder(run, job, resume=resume) if cluster.is_main else None
     if recorder:
         recorder.set_status("running")
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
         if not resume:
-            _write_resolved_config(run_dir, config, hyper, dtype)
-            tokenizer.save_pretrained(run_dir / "tokenizer")
+            _write_resolved_config(run, config, hyper, dtype)
+            tokenizer.save_pretrained(run.tokenizer_dir)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
-        console.print(
-            f"[bold]{job_id}[/] · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
+        events.message(
+            f"{job_id} · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
             + f", lr {hyper.learning_rate:.1e} · {config.method}"
             + (f" r={config.lora_r}" if config.method != "full" else "")
@@ -203,14 +204,14 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
 
     # --- fit -------------------------------------------------------------------------------------------
     fit = Fit(model, tokenizer, train_examples, valid_examples, hyper, config, total_steps, eval_every,
-              cluster, recorder, run_dir, show_progress, should_stop)
+              cluster, recorder, run, events, should_stop)
     if recorder and cluster.sharded:
         held, weights = local_share(model)
         recorder.event(f"FSDP: each process holds its slice of the weights, here {held:,} of {weights:,}",
                        data={"weights_held": held, "weights": weights})
     try:
         if resume:
-            fit.restore(latest_checkpoint(run_dir))
+            fit.restore(latest_checkpoint(run.checkpoints_dir))
         outcome = fit.run()
     except BaseException as error:
         if recorder:
@@ -226,16 +227,16 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False,
         if outcome == "cancelled":
             recorder.set_status("cancelled")
             recorder.close()
-            console.print(f"Cancelled at step {fit.step}; resume with `tunelab train --resume {run_dir}`")
-            return run_dir
-        _save_trained(model, config, run_dir, whole)
+            events.message(f"Cancelled at step {fit.step}; resume with `tunelab train --resume {run.path}`")
+            return run.path
+        _save_trained(model, config, run, whole)
         recorder.plot_loss_curve()
         recorder.set_status("succeeded", fine_tuned_model=fine_tuned_model_name(resolved.name, config.suffix, job_id),
                             trained_tokens=fit.tokens_seen)
         recorder.close()
-        console.print(f"Done in {time.time() - started:.0f} s → {run_dir}")
+        events.message(f"Done in {time.time() - started:.0f} s → {run.path}")
     cluster.barrier()
-    return run_dir
+    return run.path
 
 
 def _absolute(path: str | None) -> str | None:
@@ -279,11 +280,12 @@ def _hold_out(examples: list[RenderedExample], fraction: float,
             [e for i, e in enumerate(examples) if i in held])
 
 
-def _truncated(examples: list[RenderedExample], max_length, path, cluster: Cluster) -> list[RenderedExample]:
+def _truncated(examples: list[RenderedExample], max_length, path, events: Events) -> list[RenderedExample]:
     """Examples cut to `max_length` tokens (saying how many were), refusing a set with nothing to train."""
     truncated = sum(len(e.input_ids) > max_length for e in examples)
-    if truncated and cluster.is_main:
-        console.print(f"[yellow]{path}: {truncated} example(s) longer than {max_length} tokens are truncated[/]")
+    if truncated:
+        events.warning(f"{path}: {truncated} example(s) longer than {max_length} tokens are truncated",
+                       truncated=truncated)
     examples = [RenderedExample(e.input_ids[:max_length], e.labels[:max_length]) for e in examples]
     if examples and all(e.trained_tokens == 0 for e in examples):
         raise NothingToTrain(f"{path}: no example has a trained token: every assistant turn has weight 0 or lies "
@@ -321,24 +323,21 @@ class Fit:
     """The training loop and everything it must carry across a checkpoint."""
 
     def __init__(self, model, tokenizer, train_examples, valid_examples, hyper, config: TrainConfig, total_steps,
-                 eval_every, cluster: Cluster, recorder: RunRecorder | None, run_dir: Path, show_progress: bool,
+                 eval_every, cluster: Cluster, recorder: RunRecorder | None, run: RunDir, events: Events,
                  should_stop):
         self.model, self.loss = model, TrainedTokenLoss(model)
         if cluster.sharded:
             shard(self.loss, model, cluster.device)  # before the optimizer, which must hold the sliced weights
         self.train_examples, self.valid_examples = train_examples, valid_examples
         self.hyper, self.config, self.total_steps, self.eval_every = hyper, config, total_steps, eval_every
-        self.cluster, self.recorder, self.run_dir = cluster, recorder, run_dir
-        self.show_progress, self.should_stop = show_progress, should_stop
+        self.cluster, self.recorder, self.run_directory = cluster, recorder, run
+        self.events, self.should_stop = events, should_stop
         self.pad_id = tokenizer.pad_token_id
         self.lengths = [len(e.input_ids) for e in train_examples]
         self.trained_counts = [e.trained_tokens for e in train_examples]
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=hyper.learning_rate, weight_decay=0.0)
-        warmup = max(1, total_steps // 10)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=hyper.learning_rate, weight_decay=config.weight_decay)
+        self.schedule = schedule(self.optimizer, total_steps, config.warmup_ratio, config.lr_scheduler)
         dtype = compute_dtype(config, cluster.device)
         self.autocast = torch.autocast(cluster.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
         # fp16 cannot hold small gradients (below 6e-8 they flush to zero): the loss is scaled up before the
@@ -386,15 +385,8 @@ class Fit:
             state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens_seen": self.tokens_seen,
                      "train_seconds": self.train_seconds, "rows": self.rows, "best": self.best,
                      "loss_scale": self.scaler.state_dict()}
-            path = save_checkpoint(self.run_dir, self.step, trainable, optimizer_state, self.schedule, state)
-            if best_weights is not None:
-                from safetensors.torch import save_file
-
-                # Written after the rename, so a crash here only loses the best weights of an early-stopping
-                # run, never the checkpoint; written to a temporary name first all the same.
-                temporary = path / ".best.safetensors.tmp"
-                save_file(best_weights, temporary)
-                temporary.rename(path / "best.safetensors")
+            path = save_checkpoint(self.run_directory.checkpoints_dir, self.step, trainable, optimizer_state, self.schedule,
+                                   state, best=best_weights)
             self.recorder.event(f"Checkpoint saved at step {self.step}", data={"step": self.step,
                                                                                "path": str(path)})
             self.recorder.plot_loss_curve()  # so the curve grows during runs without validation too
@@ -403,15 +395,8 @@ class Fit:
     # --- the loop --------------------------------------------------------------------------------------
     def run(self) -> str:
         """Train to the end; returns 'finished', 'stopped early' or 'cancelled'."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console,
-            disable=not (self.show_progress and self.cluster.is_main))
         self.model.train()
-        with progress:
-            task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="—", speed="—")
+        with self.events.progress("train", total=self.total_steps, completed=self.step) as progress:
             while self.epoch < self.hyper.n_epochs:
                 batches = epoch_batches(self.lengths, self.hyper.batch_size, self.config.seed, self.epoch)
                 for batch in batches[self.batch_in_epoch:]:
@@ -424,8 +409,8 @@ class Fit:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     valid_loss, valid_accuracy = self.maybe_validate()
                     self.record(train_loss, train_accuracy, valid_loss, valid_accuracy)
-                    progress.update(task, advance=1, loss=f"{train_loss:.3f}",
-                                    speed=f"{self.tokens_seen / max(self.train_seconds, 1e-9):.0f}")
+                    progress.advance(loss=f"{train_loss:.3f}",
+                                     **{"tok/s": f"{self.tokens_seen / max(self.train_seconds, 1e-9):.0f}"})
                     every = self.config.checkpoint_every
                     if self.batch_in_epoch == 0 or (every and self.step % every == 0):
                         self.save_checkpoint()
@@ -466,7 +451,8 @@ class Fit:
         if not cluster.sharded:
             cluster.sum_gradients(self.parameters)
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
         self.scaler.update()
         self.schedule.step()
@@ -521,15 +507,14 @@ class Fit:
         return loss_total / max(count_total, 1), correct_total / max(count_total, 1)
 
     def record(self, train_loss, train_accuracy, valid_loss, valid_accuracy) -> None:
-        row = {"step": self.step, "train_loss": train_loss, "train_accuracy": train_accuracy,
-               "valid_loss": valid_loss, "valid_mean_token_accuracy": valid_accuracy}
+        row = metrics_row(self.step, train_loss, train_accuracy, valid_loss, valid_accuracy)
         self.rows.append(row)
         if not self.recorder:
             return
-        self.recorder.metrics(self.step, train_loss, train_accuracy, valid_loss, valid_accuracy)
+        self.recorder.metrics(row)
         if valid_loss is not None:
-            console.log(f"step {self.step}/{self.total_steps}: train loss {train_loss:.3f}, "
-                        f"valid loss {valid_loss:.3f}, valid token accuracy {valid_accuracy:.1%}")
+            self.events.message(f"step {self.step}/{self.total_steps}: train loss {train_loss:.3f}, "
+                                f"valid loss {valid_loss:.3f}, valid token accuracy {valid_accuracy:.1%}", **row)
             self.recorder.plot_loss_curve()
 
     # --- early stopping --------------------------------------------------------------------------------
@@ -554,27 +539,23 @@ class Fit:
                 f"(validation loss {self.best['valid_loss']:.4f})", data=dict(self.best, stopped_at=self.step))
 
 
-def _save_trained(model, config: TrainConfig, run_dir: Path, trained: dict[str, torch.Tensor] | None) -> None:
+def _save_trained(model, config: TrainConfig, run: RunDir, trained: dict[str, torch.Tensor] | None) -> None:
     """The result: `adapter/` (PEFT, safetensors) or, for full fine-tuning, `model/` — renamed into place.
 
     `trained`: the trained tensors gathered from a sharded model (None: the model holds them whole).
     """
-    destination = run_dir / ("model" if config.method == "full" else "adapter")
-    temporary = destination.with_name(f".{destination.name}.tmp")
-    model.save_pretrained(temporary, safe_serialization=True, state_dict=trained)
-    if destination.exists():
-        raise FileExistsError(f"{destination} already exists; refusing to overwrite a finished result")
-    temporary.rename(destination)
+    with atomic_path(run.result_dir(full=config.method == "full"), directory=True, replace=False) as temporary:
+        model.save_pretrained(temporary, safe_serialization=True, state_dict=trained)
 
 
-def _write_resolved_config(run_dir: Path, config: TrainConfig, hyper, dtype: torch.dtype) -> None:
+def _write_resolved_config(run: RunDir, config: TrainConfig, hyper, dtype: torch.dtype) -> None:
     """config.yaml: the run's settings with `auto` resolved — `tunelab train --config` reproduces the run.
 
     Files are recorded as absolute paths, so the run works from any directory and after it is moved.
     """
-    resolved = replace(config, out=str(run_dir.resolve()), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
-                       learning_rate_multiplier=hyper.learning_rate_multiplier,
-                       micro_batch_size=hyper.micro_batch_size, dtype=dtype_name(dtype),
-                       data=_absolute(config.data), validation=_absolute(config.validation),
-                       model=_absolute(config.model), chat_template=_absolute(config.chat_template))
-    write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(resolved.to_dict(), sort_keys=False))
+    resolved = config.model_copy(update=dict(
+        out=str(run.path.resolve()), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
+        learning_rate_multiplier=hyper.learning_rate_multiplier, micro_batch_size=hyper.micro_batch_size,
+        dtype=dtype_name(dtype), data=_absolute(config.data), validation=_absolute(config.validation),
+        model=_absolute(config.model), chat_template=_absolute(config.chat_template)))
+    write_text_atomically(run.config_file, yaml.safe_dump(resolved.to_dict(), sort_keys=False))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.train.render import IGNORE_INDEX
+from tunelab.conversation.render import IGNORE_INDEX
 
 # Logits held at a time: 256 MB (256 tokens of a 262,144-word vocabulary). Larger chunks make the two head
 # multiplications faster (86 → 130 GFLOP/s from 64 to 512 tokens on a two-core CPU), smaller ones save memory.

@@ -19,7 +19,7 @@ import importlib.util
 
 import torch
 
-from tunelab.config import TrainConfig
+from tunelab.core.settings import TrainConfig
 from tunelab.models.precision import PrecisionUnavailable, best_device, resolve_dtype
 from tunelab.models.resolve import ResolvedModel, load_four_bit_model, load_model
 from tunelab.train.fused_norm import fuse_rms_norms

@@ -1,6 +1,11 @@
-"""Keep freed host memory for the next training step instead of handing it back to the kernel.
+"""Process-wide settings, made by a process's entry point (the CLI, a server worker), never on import.
 
-A training step allocates its activations during the forward pass and frees them during the backward
+    configure_process()        # quieter third-party libraries
+    keep_freed_memory()        # before CPU training: reuse freed memory instead of returning it
+
+Library code does not call these: they change the whole process, which may hold other jobs.
+
+Keeping freed memory: a training step allocates its activations during the forward pass and frees them during the backward
 pass, at the same sizes every step. PyTorch's CPU allocator has no cache (its CUDA allocator does), so
 each tensor is a plain malloc(); glibc serves large ones with fresh mmap() pages and returns freed memory
 to the kernel. The next step then takes a page fault and a kernel page-zeroing for every 4 KiB of its
@@ -18,7 +23,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+import warnings
+
+def configure_process() -> None:
+    """Quieter third-party output: our own progress events say what is happening."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # peft asks transformers a deprecated question on every get_peft_model; nothing for the user to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 
 # From glibc's malloc.h.
 M_TRIM_THRESHOLD = -1

@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -25,14 +25,10 @@ import typer
 from rich.markup import escape
 
 from tunelab import __version__
-from tunelab.console import console
-
-# Quieter third-party output: our own progress bars say what is happening.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# peft asks transformers a deprecated question on every get_peft_model; nothing for the user to act on.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+from tunelab.cli.console import ConsoleEvents, console
+from tunelab.core.events import Events
+from tunelab.core.process import configure_process, keep_freed_memory
+from tunelab.runs.rundir import RunDir
 
 app = typer.Typer(
     help="Fine-tune language models: prepare chat data, train locally (LoRA), evaluate against the base "
@@ -61,56 +57,19 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """tunelab."""
 
 
-@app.command()
-def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Training data: OpenAI chat JSONL."),
-    validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data (chat JSONL)."),
-    model: Optional[str] = typer.Option(None, "--model", help="'default' (Gemma 3 270M), a model directory, a .gguf file, or a hub id."),
-    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template file, for a model that has none of its own."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<job id>)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with these same settings; flags override it."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a bundled preset (`tunelab presets list`); --config and flags override it."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last complete checkpoint."),
-    method: Optional[str] = typer.Option(None, "--method", help="lora (default), dora, full, or qlora (4-bit, CUDA only)."),
-    n_epochs: Optional[str] = typer.Option(None, "--n-epochs", help="Epochs, or 'auto' (OpenAI's rule: 3, adjusted for dataset size)."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Examples per optimizer step, or 'auto'."),
-    micro_batch_size: Optional[str] = typer.Option(None, "--micro-batch-size", help="Examples per forward pass (gradients accumulate up to --batch-size), or 'auto'."),
-    learning_rate_multiplier: Optional[str] = typer.Option(None, "--learning-rate-multiplier", help="Multiplies the base rate (2e-4 for LoRA, 2e-5 for full), or 'auto' (1)."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)."),
-    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 32)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate examples to this many tokens (default 1024)."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass to save memory."),
-    kernels: Optional[str] = typer.Option(None, "--kernels", help="auto, none, liger or unsloth (the last two on CUDA only)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute format: auto (bf16 where the hardware has bf16 units, else fp32 on CPUs and fp16 on old GPUs), fp32, bf16 or fp16."),
-    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Under several processes (accelerate launch), shard the model instead of copying it (FSDP2)."),
-    validation_split: Optional[float] = typer.Option(None, "--validation-split", help="With no --validation, hold out this fraction of the data for validation."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Validate every N steps (default: four times per run, and at the end)."),
-    early_stopping_patience: Optional[int] = typer.Option(None, "--early-stopping-patience", help="Stop after N validations without improvement, keeping the best weights."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N steps (always at each epoch's end)."),
-    suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to the fine-tuned model's name."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 42)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print the finished job as JSON on stdout."),
-) -> None:
+def train(config: Optional[Path], preset: Optional[str], resume: Optional[Path], quiet: bool, as_json: bool,
+          **flags) -> None:
     """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory."""
-    from tunelab.config import TrainConfig
-    from tunelab.data.chat import DataError
-    from tunelab.files import OutputError
-    from tunelab.models.templates import MissingChatTemplate
+    from tunelab.conversation.problems import DataError
+    from tunelab.conversation.render import TemplateMismatch
+    from tunelab.conversation.templates import MissingChatTemplate
+    from tunelab.core.files import OutputError
+    from tunelab.core.settings import TrainConfig
     from tunelab.train.local import NothingToTrain, RunExists
     from tunelab.train.local import train as run_training
     from tunelab.train.methods import MethodUnavailable
-    from tunelab.train.render import TemplateMismatch
 
-    flags = dict(data=data and str(data), validation=validation and str(validation), model=model,
-                 chat_template=chat_template and str(chat_template),
-                 out=out and str(out), method=method, n_epochs=_int_or_auto(n_epochs),
-                 batch_size=_int_or_auto(batch_size), micro_batch_size=_int_or_auto(micro_batch_size),
-                 learning_rate_multiplier=_float_or_auto(learning_rate_multiplier), lora_r=lora_r,
-                 lora_alpha=lora_alpha, max_length=max_length, gradient_checkpointing=gradient_checkpointing,
-                 kernels=kernels, dtype=dtype, fsdp=fsdp, validation_split=validation_split, eval_every=eval_every,
-                 early_stopping_patience=early_stopping_patience, checkpoint_every=checkpoint_every,
-                 suffix=suffix, seed=seed)
+    flags = {name: str(value) if isinstance(value, Path) else value for name, value in flags.items()}
     if resume:
         # A resumed run keeps its own settings; only how it is shown may change.
         changed = [name for name, value in flags.items() if value is not None]
@@ -118,7 +77,7 @@ def train(
             _fail(f"--resume continues {resume} with the settings in its config.yaml; drop "
                   + ", ".join(f"--{name.replace('_', '-')}" for name in changed + (["config"] if config else [])
                               + (["preset"] if preset else [])))
-        config = resume / "config.yaml"
+        config = RunDir(resume).config_file
         if not config.is_file():
             _fail(f"{resume}: not a tunelab run directory (no config.yaml)")
         flags["out"] = str(resume)  # where the run is now, wherever it was when it started
@@ -129,7 +88,8 @@ def train(
     if not settings.data:
         _fail("--data is required (or a --config or --preset that sets `data`)")
     try:
-        run_dir = run_training(settings, show_progress=not quiet, resume=resume is not None)
+        keep_freed_memory()  # training re-allocates its activations every step; reusing them beats fresh pages
+        run_dir = run_training(settings, events=Events(ConsoleEvents(progress=not quiet)), resume=resume is not None)
     except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError, MissingChatTemplate,
             NothingToTrain, OutputError) as error:
         _fail(str(error))
@@ -138,27 +98,39 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the first process reports
     if as_json:
-        print((run_dir / "job.json").read_text())
+        print(RunDir(run_dir).job_file.read_text(encoding="utf-8"))
     else:
         console.print(f"RUN: {run_dir}")
 
 
-def _int_or_auto(value: str | None):
-    if value is None or value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        _fail(f"expected a whole number or 'auto', got {value!r}")
+def _setting_options() -> list[inspect.Parameter]:
+    """One option per field of the settings model, its help text and type taken from the model."""
+    from tunelab.core.settings import TrainConfig, field_help, field_kind
+
+    options = []
+    for name in TrainConfig.model_fields:
+        kind, flag = field_kind(name), "--" + name.replace("_", "-")
+        declarations = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        text, default = field_help(name)
+        options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind], default=typer.Option(
+            None, *declarations, help=text, show_default=default if default is not None else False)))
+    return options
 
 
-def _float_or_auto(value: str | None):
-    if value is None or value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        _fail(f"expected a number or 'auto', got {value!r}")
+train.__signature__ = inspect.Signature([
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+        None, "--config", help="YAML file with these same settings; flags override it.")),
+    inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--preset", help="Start from a bundled preset (`tunelab presets list`); --config and flags override it.")),
+    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+        None, "--resume", help="Continue this run directory from its last complete checkpoint.")),
+    *_setting_options(),
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--quiet", help="No progress bar.")),
+    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--json", help="Print the finished job as JSON on stdout.")),
+])
+app.command()(train)
 
 
 @app.command("eval")
@@ -173,13 +145,14 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the summary scores as JSON on stdout."),
 ) -> None:
     """Generate with base and fine-tuned on held-out data, score, and write report.html + results.json."""
-    from tunelab.data.chat import DataError
+    from tunelab.conversation.problems import DataError
     from tunelab.eval.report import verdict_text
     from tunelab.eval.run import evaluate as run_evaluation
 
     try:
         out_dir = run_evaluation(model, str(data), out_dir=out and str(out), rubric=rubric and str(rubric),
-                                 max_new_tokens=max_new_tokens, limit=limit, show_progress=not quiet)
+                                 max_new_tokens=max_new_tokens, limit=limit,
+                                 events=Events(ConsoleEvents(progress=not quiet)))
     except (DataError, FileNotFoundError, ValueError) as error:
         _fail(str(error))
     except OSError as error:
@@ -202,9 +175,9 @@ def chat(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template file, for a model that has none of its own."),
 ) -> None:
     """Chat with a fine-tuned run (or any model), using the chat template it was trained with."""
-    from tunelab.models.generate import generate_replies, is_run_directory, load_for_generation
+    from tunelab.models.generate import generate_replies
 
-    if base and not is_run_directory(model):
+    if base and not RunDir(model).is_finished():
         _fail(f"--base: {model} is not a finished run directory, so there is no fine-tune to switch off")
     loaded = _load_model_for_use(model, chat_template)
     if base and loaded.fully_fine_tuned:
@@ -233,8 +206,8 @@ def chat(
 
 def _load_model_for_use(model: str, chat_template: Optional[Path] = None):
     """A run directory or model spec loaded for generation, or a clear error naming it."""
+    from tunelab.conversation.templates import MissingChatTemplate
     from tunelab.models.generate import load_for_generation
-    from tunelab.models.templates import MissingChatTemplate
 
     try:
         return load_for_generation(model, chat_template=chat_template and str(chat_template))
@@ -261,11 +234,9 @@ MAX_TOKENS_HELP = "Token limit per example (default: what training cuts at: 1024
 def _check_data(file: Path, validation: Optional[Path], model: str, target: Optional[str],
                 max_tokens: Optional[int], chat_template: Optional[Path] = None):
     """Validate with token counts, showing progress; the shared core of `validate` and `stats`."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from tunelab.core.files import input_file_problem
     from tunelab.data.tokens import token_counter
     from tunelab.data.validate import validate_file
-    from tunelab.files import input_file_problem
 
     for path in (file, validation):
         if path is not None and input_file_problem(path):
@@ -276,12 +247,7 @@ def _check_data(file: Path, validation: Optional[Path], model: str, target: Opti
         _fail(str(error))
     except OSError as error:
         _fail(f"{model}: cannot load this model's tokenizer ({_first_line(error)})")
-    size = file.stat().st_size if file.is_file() else 0
-    with Progress(TextColumn("[bold]checking[/]"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("check", total=size)
-        return validate_file(file, validation, counter, max_tokens,
-                             progress=lambda done: progress.update(task, completed=done))
+    return validate_file(file, validation, counter, max_tokens, events=Events(ConsoleEvents()))
 
 
 def _print_findings(report) -> None:
@@ -461,7 +427,7 @@ def data_split(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Held-out split, de-duplicated first and grouped by prompt, so nothing lands on both sides."""
-    from tunelab.data.chat import DataError
+    from tunelab.conversation.problems import DataError
     from tunelab.data.split import split_file
 
     try:
@@ -485,8 +451,10 @@ def data_render(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
 ) -> None:
     """Show examples as the model is trained on them: trained tokens green, context dim."""
-    from tunelab.data.chat import DataError, read_numbered_conversations
-    from tunelab.train.render import TemplateMismatch, render_conversation, show_mask
+    from tunelab.cli.console import mask_markup
+    from tunelab.conversation.problems import DataError
+    from tunelab.conversation.reader import read_numbered_conversations
+    from tunelab.conversation.render import TemplateMismatch, render_conversation, show_mask, trained_runs
 
     try:
         numbered = read_numbered_conversations(file)
@@ -507,19 +475,19 @@ def data_render(
         header = f"{file}:{number} · {len(example.input_ids)} tokens, {example.trained_tokens} trained"
         if plain:
             print(f"--- {header}")
-            print(show_mask(tokenizer, example, plain=True))
+            print(show_mask(tokenizer, example))
         else:
             console.rule(escape(header))
-            console.print(show_mask(tokenizer, example), soft_wrap=True, highlight=False)
+            console.print(mask_markup(trained_runs(tokenizer, example)), soft_wrap=True, highlight=False)
 
 
 def _tokenizer_for(model: str, chat_template: Optional[Path] = None):
     """The tokenizer (with chat template) of a model spec or of a run directory."""
     from tunelab.models.resolve import load_tokenizer, resolve_model
 
-    path = Path(model)
-    if (path / "tokenizer" / "tokenizer_config.json").is_file():
-        return load_tokenizer(str(path / "tokenizer"), chat_template and str(chat_template))
+    run = RunDir(model)
+    if run.has_tokenizer:
+        return load_tokenizer(str(run.tokenizer_dir), chat_template and str(chat_template))
     try:
         return load_tokenizer(resolve_model(model).path, chat_template and str(chat_template))
     except (FileNotFoundError, ValueError) as error:
@@ -537,7 +505,7 @@ def presets_list() -> None:
     """The bundled presets, with their model and method."""
     from rich.table import Table
 
-    from tunelab.presets import list_presets
+    from tunelab.core.presets import list_presets
 
     table = Table("preset", "model", "method", "description", box=None)
     for preset in list_presets():
@@ -555,8 +523,8 @@ def presets_copy(
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Copy a preset to a YAML file you can edit and pass to `tunelab train --config`."""
-    from tunelab.files import write_text_atomically
-    from tunelab.presets import preset_path
+    from tunelab.core.files import write_text_atomically
+    from tunelab.core.presets import preset_path
 
     try:
         source = preset_path(name)
@@ -575,7 +543,7 @@ def demo(
     n_epochs: int = typer.Option(None, "--n-epochs", help="Override the demo's epochs."),
 ) -> None:
     """The main job on the bundled example: validate → fine-tune the default model → evaluate → report."""
-    from tunelab.demo import run_demo
+    from tunelab.cli.demo import run_demo
 
     try:
         run_demo(out, n_epochs=n_epochs)
@@ -590,6 +558,7 @@ def run() -> None:
     Every failure we foresee has its own message; anything else is a bug, reported in one line (the
     traceback with TUNELAB_DEBUG=1) rather than as a wall of frames.
     """
+    configure_process()
     try:
         app()  # handles usage errors, Ctrl-C and exit codes itself, and leaves by SystemExit
     except Exception as error:  # noqa: BLE001 - the point of this handler
@@ -600,5 +569,3 @@ def run() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    run()

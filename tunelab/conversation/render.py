@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.data.validate import content_text
+from tunelab.conversation.schema import content_text
 
 IGNORE_INDEX = -100
 
@@ -185,11 +185,8 @@ def check_template_agreement(tokenizer, numbered_conversations: list[tuple[int, 
     return checked
 
 
-def show_mask(tokenizer, example: RenderedExample, plain: bool = False) -> str:
-    """A view of which tokens are trained: rich markup (trained green, context dim), or with `plain`,
-    trained runs wrapped in ⟦ ⟧ for terminals without colour and for tools."""
-    from rich.markup import escape
-
+def trained_runs(tokenizer, example: RenderedExample) -> list[tuple[bool, str]]:
+    """The example's text in runs of (trained?, text): what `tunelab data render` shows, in colour or not."""
     runs: list[tuple[bool, list[int]]] = []
     for token_id, label in zip(example.input_ids, example.labels):
         trained = label != IGNORE_INDEX
@@ -197,11 +194,9 @@ def show_mask(tokenizer, example: RenderedExample, plain: bool = False) -> str:
             runs[-1][1].append(token_id)
         else:
             runs.append((trained, [token_id]))
-    pieces = []
-    for trained, ids in runs:
-        text = tokenizer.decode(ids)
-        if plain:
-            pieces.append(f"⟦{text}⟧" if trained else text)
-        else:
-            pieces.append(f"[bold green]{escape(text)}[/]" if trained else f"[dim]{escape(text)}[/]")
-    return "".join(pieces)
+    return [(trained, tokenizer.decode(ids)) for trained, ids in runs]
+
+
+def show_mask(tokenizer, example: RenderedExample) -> str:
+    """A plain view of which tokens are trained: trained runs wrapped in ⟦ ⟧ (for tools and plain terminals)."""
+    return "".join(f"⟦{text}⟧" if trained else text for trained, text in trained_runs(tokenizer, example))

@@ -1,5 +1,7 @@
 """What a run leaves behind while it trains, in OpenAI's shapes: the job record, events and metrics.
 
+Written into a run directory (`rundir.py` knows where each file lives):
+
 - `job.json`: a `fine_tuning.job` object (id `ftjob-…`, status, hyperparameters, `fine_tuned_model`,
   `trained_tokens`, `error`), rewritten atomically at every status change.
 - `events.jsonl`: `fine_tuning.job.event` objects, appended as they happen (a crash loses at most one).
@@ -16,7 +18,8 @@ import secrets
 import time
 from pathlib import Path
 
-from tunelab.files import write_json_atomically
+from tunelab.core.files import atomic_path, write_json_atomically
+from tunelab.runs.rundir import RunDir
 
 METRIC_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 
@@ -30,12 +33,10 @@ def fine_tuned_model_name(base_name: str, suffix: str | None, job_id: str) -> st
     return f"ft:{base_name}:{suffix or 'tunelab'}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def read_job(run_dir: Path) -> dict:
-    """A run's job.json; a clear error when the directory holds no run."""
-    path = Path(run_dir) / "job.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a tunelab run (no job.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+def metrics_row(step: int, train_loss: float, train_accuracy: float, valid_loss: float | None = None,
+                valid_accuracy: float | None = None) -> dict:
+    """One row of metrics.csv (None where a step has no validation)."""
+    return dict(zip(METRIC_COLUMNS, (step, train_loss, train_accuracy, valid_loss, valid_accuracy)))
 
 
 class RunRecorder:
@@ -45,11 +46,11 @@ class RunRecorder:
     (`restore_rows`), dropping any rows the interrupted run wrote after its last checkpoint.
     """
 
-    def __init__(self, run_dir: Path, job: dict, resume: bool = False):
-        self.run_dir = run_dir
+    def __init__(self, run: RunDir, job: dict, resume: bool = False):
+        self.run = run
         self.job = job
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._events = (run_dir / "events.jsonl").open("a", encoding="utf-8")
+        run.path.mkdir(parents=True, exist_ok=True)
+        self._events = run.events_file.open("a", encoding="utf-8")
         self.rows: list[dict] = []
         self._open_metrics()
         if resume:
@@ -57,7 +58,7 @@ class RunRecorder:
         self.save_job()
 
     def _open_metrics(self) -> None:
-        self._metrics_file = (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8")
+        self._metrics_file = self.run.metrics_file.open("w", newline="", encoding="utf-8")
         self._metrics = csv.writer(self._metrics_file)
         self._metrics.writerow(METRIC_COLUMNS)
 
@@ -76,7 +77,7 @@ class RunRecorder:
         self._metrics_file.flush()
 
     def save_job(self) -> None:
-        write_json_atomically(self.run_dir / "job.json", self.job)
+        write_json_atomically(self.run.job_file, self.job)
 
     def set_status(self, status: str, **changes) -> None:
         self.job.update(status=status, **changes)
@@ -98,34 +99,21 @@ class RunRecorder:
         self._events.write(json.dumps(record) + "\n")
         self._events.flush()
 
-    def metrics(self, step: int, train_loss: float, train_accuracy: float,
-                valid_loss: float | None = None, valid_accuracy: float | None = None) -> None:
-        row = {
-            "step": step,
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            "valid_loss": valid_loss,
-            "valid_mean_token_accuracy": valid_accuracy,
-        }
+    def metrics(self, row: dict) -> None:
+        """A row of `metrics_row`: written to metrics.csv, and as a metrics event."""
         self._write_row(row)
         total = self.job.get("estimated_total_steps") or "?"
-        message = f"Step {step}/{total}: training loss={train_loss:.4f}"
-        if valid_loss is not None:
-            message += f", validation loss={valid_loss:.4f}"
+        message = f"Step {row['step']}/{total}: training loss={row['train_loss']:.4f}"
+        if row["valid_loss"] is not None:
+            message += f", validation loss={row['valid_loss']:.4f}"
         self.event(message, data={k: v for k, v in row.items() if v is not None}, kind="metrics")
 
     def plot_loss_curve(self) -> Path:
-        return plot_loss_curve(self.rows, self.run_dir / "loss_curve.png")
+        return plot_loss_curve(self.rows, self.run.loss_curve_file)
 
     def close(self) -> None:
         self._events.close()
         self._metrics_file.close()
-
-
-def read_events(run_dir: Path) -> list[dict]:
-    """events.jsonl back as a list, oldest first."""
-    lines = (Path(run_dir) / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def plot_loss_curve(rows: list[dict], path: Path) -> Path:
@@ -146,8 +134,7 @@ def plot_loss_curve(rows: list[dict], path: Path) -> Path:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
     plt.close(figure)
-    temporary.replace(path)
     return path

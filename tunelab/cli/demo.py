@@ -18,23 +18,26 @@ import shutil
 import time
 from pathlib import Path
 
-from tunelab.config import TrainConfig
-from tunelab.console import console
+from tunelab.cli.console import ConsoleEvents, console
+from tunelab.core.events import Events
+from tunelab.core.process import keep_freed_memory
+from tunelab.core.settings import TrainConfig
 from tunelab.data.validate import validate_file
 from tunelab.eval.report import verdict_text
 from tunelab.eval.run import evaluate
 from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
+from tunelab.runs.rundir import RunDir
 from tunelab.train.local import train
-from tunelab.train.record import read_events
 
 # Package data, so the demo runs from an installed package as well as from a checkout.
-EXAMPLE_DIR = Path(__file__).resolve().parent / "examples" / "support"
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "support"
 DEMO_SETTINGS = dict(n_epochs=1, batch_size=4, learning_rate_multiplier=2.0)
 
 
 def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     """Run the whole demo; returns the report's path."""
     started = time.monotonic()
+    events = Events(ConsoleEvents())
     train_file, test_file, rubric = EXAMPLE_DIR / "train.jsonl", EXAMPLE_DIR / "test.jsonl", EXAMPLE_DIR / "rubric.yaml"
 
     console.rule("1. validate the example data")
@@ -43,25 +46,26 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     console.rule("2. fine-tune the default model")
     was_cached = (cache_dir() / "models" / "gemma-3-270m" / "config.json").is_file()
     conversion_started = time.monotonic()
-    resolve_model(DEFAULT_MODEL)
+    resolve_model(DEFAULT_MODEL, events)
     conversion_seconds = time.monotonic() - conversion_started
     console.print("Model: Gemma 3 270M, " + ("cached conversion reused" if was_cached
                                               else f"converted from GGUF in {conversion_seconds:.0f} s"))
     if out.exists():
-        if not (out / "job.json").is_file():
+        if not RunDir(out).has_run():
             raise FileExistsError(f"{out} exists and is not a tunelab run; choose another --out")
         shutil.rmtree(out)
     settings = dict(DEMO_SETTINGS, **({"n_epochs": n_epochs} if n_epochs else {}))
     train_started = time.monotonic()
+    keep_freed_memory()  # training re-allocates its activations every step; reusing them beats fresh pages
     run_dir = train(TrainConfig(data=str(train_file), validation=str(test_file), out=str(out), suffix="support",
-                                **settings))
+                                **settings), events)
     train_seconds = time.monotonic() - train_started
-    load_seconds = next(e["data"]["model_load_seconds"] for e in read_events(run_dir)
+    load_seconds = next(e["data"]["model_load_seconds"] for e in RunDir(run_dir).events()
                         if "model_load_seconds" in e["data"])
 
     console.rule("3. evaluate base vs fine-tuned on the held-out set")
     eval_started = time.monotonic()
-    eval_dir = evaluate(str(run_dir), str(test_file), rubric=str(rubric))
+    eval_dir = evaluate(str(run_dir), str(test_file), rubric=str(rubric), events=events)
     eval_seconds = time.monotonic() - eval_started
 
     results = json.loads((eval_dir / "results.json").read_text())

@@ -1,0 +1,90 @@
+"""Read OpenAI chat JSONL (`{"messages": [...]}` per line) with problems that name file, line and field.
+
+    conversations = read_conversations("train.jsonl")      # or DataError listing every problem
+
+Training refuses a file with any format error (the rules are in `schema.py`; the data toolkit adds
+warnings and statistics over the whole file); this reader returns the conversations or raises every
+problem at once. Lines are read as bytes and parsed one at a time, so a file of any size streams.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunelab.conversation.problems import ERROR, DataError, Problem
+from tunelab.conversation.schema import content_text, example_problems, last_assistant_index, reject_constant
+from tunelab.core.files import input_file_problem
+
+
+def read_conversations(path: str | Path) -> list[dict]:
+    """Return every conversation in a chat JSONL file, or raise DataError listing every problem."""
+    return [conversation for _line, conversation in read_numbered_conversations(path)]
+
+
+def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, conversation) for every conversation in a chat JSONL file, or raise DataError."""
+    path = Path(path)
+    problem = input_file_problem(path)
+    if problem:
+        raise DataError([Problem(ERROR, "unreadable_file", 0, "", problem, str(path))])
+    conversations: list[tuple[int, dict]] = []
+    problems: list[Problem] = []
+    for line_number, record, unreadable in read_jsonl_lines(path):
+        if unreadable:
+            problems.append(unreadable)
+            continue
+        found = example_problems(record, line_number, str(path))
+        problems += found
+        if not found:
+            conversations.append((line_number, record))
+    if not conversations and not problems:
+        problems.append(Problem(ERROR, "empty_file", 0, "", "the file holds no conversations", str(path)))
+    if problems:
+        raise DataError(problems)
+    return conversations
+
+
+def read_jsonl_lines(path: Path):
+    """Yield (line number, record, None) per non-blank line, or (line, None, Problem) for one that won't parse."""
+    for line, _, raw in raw_lines(path, 0, None, 1):
+        record, unreadable = parse_line(raw)
+        yield line, record, unreadable and Problem(ERROR, unreadable[0], line, "", unreadable[1], str(path))
+
+
+def raw_lines(path: Path, start: int, end: int | None, first_line: int):
+    """(line number, byte position after the line, bytes) for each non-blank line of a byte range."""
+    with Path(path).open("rb") as handle:
+        handle.seek(start)
+        position = start
+        for line, raw in enumerate(handle, start=first_line):
+            if end is not None and position >= end:
+                return
+            position += len(raw)
+            if raw.strip():
+                yield line, position, raw
+
+
+def parse_line(raw: bytes) -> tuple[object, tuple[str, str] | None]:
+    """(record, None), or (None, (code, message)) for a line that is not one JSON value."""
+    try:
+        return json.loads(raw, parse_constant=reject_constant), None
+    except UnicodeDecodeError:
+        return None, ("not_utf8", "the line is not valid UTF-8")
+    except json.JSONDecodeError as error:
+        return None, ("invalid_json", f"not valid JSON ({error.msg}, column {error.colno})")
+    except ValueError as error:  # NaN, Infinity: Python reads them, JSON has no such values
+        return None, ("invalid_json", f"not valid JSON: {error} (use null or a number)")
+    except RecursionError:
+        return None, ("invalid_json", "nested too deeply to read (more than ~1,000 levels of [ or {)")
+
+
+def split_prompt_and_reply(conversation: dict) -> tuple[list[dict], str]:
+    """Everything before the last assistant message (the prompt) and that message's text (the reference;
+    for a reply that calls tools, its calls as they are written: name and arguments)."""
+    messages = conversation["messages"]
+    last = last_assistant_index(messages)
+    reply = messages[last]
+    text = content_text(reply.get("content")) or ""
+    calls = [f"{c['function']['name']}({c['function']['arguments']})" for c in reply.get("tool_calls") or []]
+    return messages[:last], "\n".join(part for part in (text, *calls) if part)

@@ -1,0 +1,280 @@
+"""The settings of a training run: one typed model for CLI flags, YAML files, presets and (next) the HTTP API.
+
+    tunelab train --data train.jsonl --lora-r 8 --lr-scheduler cosine
+    tunelab train --config run.yaml               # a YAML file holds exactly these fields; flags override it
+
+Each field carries its type, bounds and help text here, once: the CLI derives its `train` options from
+this model (tunelab/cli/app.py), and an error names the setting and where it came from (a flag, a file,
+a preset). Hyperparameters use OpenAI's names (`n_epochs`, `batch_size`, `learning_rate_multiplier`),
+each `auto` by default, so a job created through the OpenAI-shaped API and one started from the CLI mean
+the same thing. The rest are what users of other trainers expect to set (warmup, schedule, weight decay,
+clipping, LoRA rank, alpha, dropout and target modules), with the usual defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+AUTO = "auto"
+
+# The learning rate that `learning_rate_multiplier` multiplies, per method. 2e-4 is the usual LoRA rate
+# (Unsloth, Axolotl and LLaMA-Factory defaults); full fine-tuning changes every weight and wants ten times
+# less (TRL's SFT default is 2e-5).
+BASE_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+METHODS = tuple(BASE_LEARNING_RATES)
+KERNELS = ("auto", "none", "liger", "unsloth")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # what each means: tunelab/models/precision.py
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+class Must:
+    """What a setting must be, in words, for error messages: "must be a whole number ≥ 0"."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _choice(values: tuple[str, ...]):
+    return Annotated[Literal[values], Must("one of " + ", ".join(values))]
+
+
+Text = Annotated[str, Must("text")]
+OptionalText = Annotated[str | None, Must("text")]
+WholeNumber = Annotated[int, Field(ge=1), Must("a whole number")]
+Count = Annotated[int, Field(ge=0), Must("a whole number ≥ 0")]
+AutoCount = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], Must("a whole number ≥ 1 or 'auto'")]
+AutoRate = Annotated[Annotated[float, Field(gt=0)] | Literal["auto"], Must("a number > 0 or 'auto'")]
+Fraction = Annotated[float, Field(ge=0, lt=1), Must("a fraction from 0 up to (not including) 1")]
+NonNegative = Annotated[float, Field(ge=0), Must("a number ≥ 0")]
+Switch = Annotated[bool, Must("true or false")]
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a training run does."""
+
+    # Strict: a YAML `lora_r: "16"` or `fsdp: yes-please` is an error, not a guess. Flags, which arrive as
+    # text, are parsed leniently first (from_sources).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, use_attribute_docstrings=True)
+
+    data: Text = ""
+    """Training data: OpenAI chat JSONL."""
+    validation: OptionalText = None
+    """Validation data (chat JSONL), for valid_loss and valid_mean_token_accuracy."""
+    model: Text = "default"
+    """Base model: 'default' (Gemma 3 270M), a model directory, a .gguf file, or a hub id."""
+    chat_template: OptionalText = None
+    """A Jinja chat template file, for a model without a template of its own (saved with the run)."""
+    out: OptionalText = None
+    """Run directory (default: runs/<job id>)."""
+    suffix: Annotated[str | None, Field(min_length=1, max_length=64), Must("1 to 64 characters")] = None
+    """Added to the fine-tuned model's name, as OpenAI's `suffix`."""
+    method: _choice(METHODS) = "lora"
+    """lora, dora (weight-decomposed LoRA), full (every weight), or qlora (4-bit base, CUDA only)."""
+    n_epochs: AutoCount = AUTO
+    """Epochs, or auto (OpenAI's rule: 3, adjusted so examples × epochs stays within 100–25,000)."""
+    batch_size: AutoCount = AUTO
+    """Examples per optimizer step, or auto (8; fewer for small datasets)."""
+    micro_batch_size: AutoCount = AUTO
+    """Examples per forward pass, or auto (the batch size); smaller ones accumulate gradients to save memory."""
+    learning_rate_multiplier: AutoRate = AUTO
+    """Multiplies the method's base rate (2e-4 for LoRA, 2e-5 for full), or auto (1)."""
+    lr_scheduler: _choice(SCHEDULERS) = "linear"
+    """Learning-rate schedule after warmup: linear decay to 0, cosine decay to 0, or constant."""
+    warmup_ratio: Fraction = 0.1
+    """Fraction of the steps over which the learning rate rises linearly from 0 (at least one step)."""
+    weight_decay: NonNegative = 0.0
+    """AdamW's decoupled weight decay."""
+    max_grad_norm: NonNegative = 1.0
+    """Clip the gradient to this norm before each step (0: no clipping)."""
+    lora_r: WholeNumber = 16
+    """LoRA rank."""
+    lora_alpha: WholeNumber = 32
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    lora_dropout: Fraction = 0.0
+    """Dropout on the LoRA path's input (0 lets training use the fast merged LoRA layers)."""
+    target_modules: Text = "all-linear"
+    """Layers that get adapters: comma-separated module names (q_proj,v_proj), or all-linear."""
+    max_length: WholeNumber = 1024
+    """Longest example in tokens; longer ones are truncated (and the run says how many)."""
+    gradient_checkpointing: Switch = False
+    """Recompute activations in the backward pass: ~30% slower, much less memory for long examples."""
+    kernels: _choice(KERNELS) = "auto"
+    """auto (Liger's fused kernels when installed, on CUDA), liger, unsloth (CUDA only), or none."""
+    dtype: _choice(DTYPES) = "auto"
+    """Compute format: auto (bf16 where the hardware has bf16 units, fp16 on older GPUs, else fp32), or fp32,
+    bf16, fp16 to force one. Trained weights stay fp32 in every case; fp16 uses loss scaling."""
+    fsdp: Switch = False
+    """Under several processes (accelerate launch), shard weights, gradients and optimizer state (FSDP2)."""
+    validation_split: Fraction = 0.0
+    """With no validation file, hold out this fraction of the training data (seeded) for validation."""
+    eval_every: Count = 0
+    """Validate every N steps (0: about four times in the run, and at the end)."""
+    early_stopping_patience: Count = 0
+    """Stop after this many validations without a lower validation loss, keeping the best weights (0: off)."""
+    checkpoint_every: Count = 0
+    """Also checkpoint every N steps (checkpoints are always written at the end of each epoch)."""
+    seed: Annotated[int, Must("a whole number")] = 42
+    """Random seed: data order, adapter initialisation, dropout."""
+
+    @model_validator(mode="after")
+    def _validation_sources_exclude_each_other(self):
+        if self.validation and self.validation_split:
+            raise ValueError("validation_split: cannot be used together with a validation file")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """Read a YAML run file; flags given as `overrides` win. Errors name the file and the setting."""
+        return cls.from_sources(path, **overrides)
+
+    @classmethod
+    def from_sources(cls, path: str | Path | None = None, preset: str | None = None, **flags) -> "TrainConfig":
+        """Settings from a preset, then a YAML file, then flags, each overriding the one before.
+
+        Flags may be given as text (as a command line has them: "3", "auto", "0.1"); file and preset values
+        must have their types. Errors name the setting and its source.
+        """
+        sources: list[tuple[str, dict]] = []
+        if preset:
+            from tunelab.core.presets import preset_path
+
+            sources.append((f"preset {preset}", _read_settings(preset_path(preset))))
+        if path:
+            sources.append((str(path), _read_settings(Path(path))))
+        given = {name: value for name, value in flags.items() if value is not None}
+        if given:
+            sources.append(("flags", _parsed_flags(given)))
+        merged: dict = {}
+        for source, settings in sources:
+            _checked(settings, source)
+            merged.update(settings)
+        return _checked(merged, str(path or (f"preset {preset}" if preset else "flags")))
+
+
+def field_help(name: str) -> tuple[str, str | None]:
+    """A setting's help text and its default as `--help` shows them (None: no default worth showing)."""
+    info = TrainConfig.model_fields[name]
+    default = info.default
+    shown = None if default in (None, "") else (str(default).lower() if isinstance(default, bool) else str(default))
+    return " ".join((info.description or "").split()), shown
+
+
+def field_kind(name: str) -> type:
+    """The type a command line parses a setting's value as: bool (a switch), int, float, or str."""
+    annotation = TrainConfig.model_fields[name].annotation
+    return annotation if annotation in (bool, int, float) else str
+
+
+def _must(name: str) -> str:
+    metadata = TrainConfig.model_fields[name].metadata
+    return next((m.text for m in metadata if isinstance(m, Must)), "valid")
+
+
+def _describe_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for problem in error.errors():
+        name = problem["loc"][0] if problem["loc"] else None
+        if name is None or name not in TrainConfig.model_fields:  # a rule about several settings
+            lines.append(f"{source}: {problem['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{source}: {name}: must be {_must(name)} (got {problem['input']!r})")
+    return "\n".join(dict.fromkeys(lines))  # one line per setting, even when each branch of a union failed
+
+
+def _checked(settings: dict, source: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(settings)
+    except ValidationError as error:
+        raise ValueError(_describe_errors(error, source)) from None
+
+
+def _parsed_flags(flags: dict) -> dict:
+    """Flags as typed values: text parsed leniently ("3" → 3), errors naming the flag."""
+    try:
+        parsed = TrainConfig.model_validate(flags, strict=False)
+    except ValidationError as error:
+        message = _describe_errors(error, "flags")
+        for name in flags:
+            message = message.replace(f"flags: {name}:", f"--{name.replace('_', '-')}:")
+        raise ValueError(message) from None
+    return {name: getattr(parsed, name) for name in flags}
+
+
+def _read_settings(path: Path) -> dict:
+    """A YAML mapping of TrainConfig fields; unknown keys are an error naming the key and the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+    known = set(TrainConfig.model_fields)
+    unknown = set(loaded) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    return loaded
+
+
+@dataclass(frozen=True)
+class ResolvedHyperparameters:
+    """`auto` replaced by numbers, for one dataset."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    micro_batch_size: int
+    base_learning_rate: float = BASE_LEARNING_RATES["lora"]
+
+    @property
+    def learning_rate(self) -> float:
+        return self.base_learning_rate * self.learning_rate_multiplier
+
+    @property
+    def accumulation_steps(self) -> int:
+        return -(-self.batch_size // self.micro_batch_size)
+
+
+def default_n_epochs(n_examples: int) -> int:
+    """OpenAI's default-epochs rule: 3, raised or lowered so examples x epochs stays in 100..25,000.
+
+    Integer division as in OpenAI's data-preparation checker, so 30 examples get 3 epochs, not 4.
+    """
+    target_epochs, min_epochs, max_epochs = 3, 1, 25
+    min_examples, max_examples = 100, 25_000
+    epochs = target_epochs
+    if n_examples * target_epochs < min_examples:
+        epochs = min(max_epochs, min_examples // n_examples)
+    elif n_examples * target_epochs > max_examples:
+        epochs = max(min_epochs, max_examples // n_examples)
+    return epochs
+
+
+def default_batch_size(n_examples: int) -> int:
+    """8 for datasets of 64 examples or more, smaller below, so every epoch has at least 8 steps.
+
+    OpenAI's own rule (~0.2% of examples) gives 1 for small sets, which on a CPU wastes the matrix units;
+    length-sorted batches of 8 keep padding low and the step count sensible.
+    """
+    return max(1, min(8, n_examples // 8))
+
+
+def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> ResolvedHyperparameters:
+    def pick(value, default):
+        return default if value in (None, AUTO) else value
+
+    batch_size = int(pick(config.batch_size, default_batch_size(n_examples)))
+    return ResolvedHyperparameters(
+        n_epochs=int(pick(config.n_epochs, default_n_epochs(n_examples))),
+        batch_size=batch_size,
+        learning_rate_multiplier=float(pick(config.learning_rate_multiplier, 1.0)),
+        micro_batch_size=min(batch_size, int(pick(config.micro_batch_size, batch_size))),
+        base_learning_rate=BASE_LEARNING_RATES[config.method],
+    )
