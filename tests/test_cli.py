@@ -1,5 +1,6 @@
 """The command line: help for every command, and clear failures."""
 
+import os
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # every test here starts subprocesses
 
-COMMANDS = ["train", "eval", "chat", "demo", "data", "presets"]
+COMMANDS = ["train", "eval", "chat", "serve", "demo", "data", "presets"]
 
 
 def tunelab(*args):
@@ -68,3 +69,11 @@ def test_data_render_marks_exactly_the_assistant_replies(tmp_path, tiny_model_di
     assert "Goodbye." in body
     missing = tunelab("data", "render", str(data), "--model", str(tiny_model_dir), "--line", "7")
     assert missing.returncode == 1 and f"{data}:7: no conversation on that line" in missing.stderr
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_key(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tunelab.cli", "serve", "--host", "0.0.0.0", "--data-dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k != "TUNELAB_API_KEY"})
+    assert result.returncode == 1 and "--host 0.0.0.0: listening beyond this machine needs --api-key" in result.stderr
+    assert not (tmp_path / "tunelab.db").exists()

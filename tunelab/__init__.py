@@ -5,6 +5,7 @@ The package is layered; each layer imports only the layers below it (pyproject.t
 import-linter contract, and the test run checks it):
 
     cli/            the `tunelab` command: parse → call one library function → draw its events (rich)
+    server/         `tunelab serve`: OpenAI's API (FastAPI), its SQLite store, auth and limits
     eval/ train/    evaluation (generate, score, report) | the training recipe (setup → fit → save)
     data/           the data toolkit: validate a whole file, convert formats, count tokens, cost, split
     models/         resolve a model spec, load it on a device in a dtype, generate replies

@@ -496,6 +496,43 @@ def _tokenizer_for(model: str, chat_template: Optional[Path] = None):
         _fail(f"{model}: cannot load this model's tokenizer ({_first_line(error)})")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback only with --api-key."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the database, uploads and runs live (default $TUNELAB_HOME or ~/.local/share/tunelab)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNELAB_API_KEY", help="Bearer key required on every route but /health (or TUNELAB_API_KEY)."),
+    max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest upload accepted; larger ones get 413."),
+    alias: list[str] = typer.Option([], "--alias", help="NAME=MODEL: answer to model NAME (e.g. gpt-4o-mini-2024-07-18) with a local base model ('default', a directory, a .gguf). Repeatable."),
+) -> None:
+    """Serve OpenAI's API on this machine: files and models now; fine-tuning jobs and chat completions next."""
+    import uvicorn
+
+    from tunelab.server.app import ServerSettings, create_app
+    from tunelab.server.store import NewerDatabase
+
+    if host not in LOOPBACK and not api_key:
+        _fail(f"--host {host}: listening beyond this machine needs --api-key (or TUNELAB_API_KEY)")
+    aliases = {}
+    for entry in alias:
+        name, _, spec = entry.partition("=")
+        if not name or not spec:
+            _fail(f"--alias {entry!r}: expected NAME=MODEL, e.g. gpt-4o-mini-2024-07-18=default")
+        aliases[name] = spec
+    home = data_dir or Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".local" / "share" / "tunelab")
+    try:
+        application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases))
+    except (NewerDatabase, OSError) as error:
+        _fail(str(error))
+    console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
+                  + (" · key required" if api_key else " · no key (loopback only)")
+                  + " · files and models (fine-tuning jobs and chat completions are not served yet)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
 presets_app = typer.Typer(help="Bundled training presets: list them, copy one to edit.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
 

@@ -1,0 +1,120 @@
+"""`tunelab serve`: OpenAI's fine-tuning API on this machine.
+
+    tunelab serve [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--alias gpt-4o-mini-2024-07-18=default]
+    OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=KEY python your_openai_code.py
+
+Built so far: files (upload with validation, list, retrieve, delete, content), models (base models and
+their aliases) and /health. Fine-tuning jobs and chat completions are the next step; until then their
+routes answer 404 like any unknown route.
+
+Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise);
+127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they
+arrive (413), so a large upload is refused without being stored.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+
+from tunelab.server import files, models
+from tunelab.server.errors import APIError, install_error_handlers
+from tunelab.server.store import Store
+
+# Room for the multipart envelope around the largest allowed file.
+BODY_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path
+    api_key: str | None = None
+    max_upload_mb: float = 512
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.store = Store(settings.data_dir)
+    app.state.started = int(time.time())
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    authorised = [Depends(_require_key)]
+    app.include_router(files.router, prefix="/v1", dependencies=authorised)
+    app.include_router(models.router, prefix="/v1", dependencies=authorised)
+    return BodyLimit(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD)
+
+
+async def _require_key(request: Request) -> None:
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        shown = f"{token[:3]}…{token[-4:]}" if len(token) > 8 else "none" if not token else "…"
+        raise APIError(401, f"Incorrect API key provided: {shown}. Give the key `tunelab serve` was started "
+                       "with as a Bearer token (OPENAI_API_KEY for the openai client).", code="invalid_api_key")
+
+
+class BodyLimit:
+    """ASGI wrapper: a request body over `limit` bytes gets a 413, whether it declares its length or not.
+
+    A declared Content-Length over the limit is refused before anything is read. A chunked body is counted
+    as it arrives; once it passes the limit, reading stops and whatever the application would have answered
+    is replaced by the 413 (the application saw an aborted body and answers 400, which would mislead).
+    """
+
+    def __init__(self, app: FastAPI, limit: int):
+        self.app, self.limit = app, limit
+
+    def __getattr__(self, name):  # `state`, `routes`… of the wrapped application
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(send)
+        received, exceeded = 0, False
+
+        async def counted_receive():
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not exceeded:  # the application's own failure: its error middleware has answered already
+                raise
+        if exceeded:
+            await self._too_large(send)
+
+    async def _too_large(self, send) -> None:
+        megabytes = (self.limit - BODY_OVERHEAD) / 2**20
+        body = json.dumps(APIError(413, f"The upload is larger than this server's limit of {megabytes:g} MB "
+                                   "(tunelab serve --max-upload-mb)", code="file_too_large").body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,52 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the HTTP status it uses.
+
+Every failure a client can cause is one of these, so the official SDKs raise their own typed exceptions
+(`openai.BadRequestError`, `NotFoundError`, `AuthenticationError`…) with our message in them.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+
+class APIError(Exception):
+    """An error response: HTTP `status` and OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def not_found(kind: str, identifier: str, param: str | None = None) -> APIError:
+    return APIError(404, f"No such {kind} object: {identifier}", param=param, code=None)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Our errors, FastAPI's request validation and Starlette's HTTP errors, all in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, error: APIError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+        return error_response(APIError(400, f"{where}: {first['msg']}" if where else first["msg"],
+                                       param=where or None, code="invalid_value"))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, error: HTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
+        return error_response(APIError(error.status_code, str(error.detail), code=codes.get(error.status_code)))
