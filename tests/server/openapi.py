@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 
-SPEC_FILE = Path(__file__).resolve().parents[3] / "shared" / "openai-api" / "openapi-fine-tuning-subset.json"
+SPEC_FILE = Path(__file__).resolve().parent / "openai_api" / "openapi-fine-tuning-subset.json"
 SPEC = json.loads(SPEC_FILE.read_text())
 
 
