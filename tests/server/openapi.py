@@ -12,7 +12,25 @@ from pathlib import Path
 import jsonschema
 
 SPEC_FILE = Path(__file__).resolve().parent / "openai_api" / "openapi-fine-tuning-subset.json"
-SPEC = json.loads(SPEC_FILE.read_text())
+
+
+def _as_json_schema(node):
+    """OpenAPI 3.0 leftovers in the spec, in JSON Schema 2020-12's terms: `exclusiveMinimum: true` beside
+    `minimum: 0` means exclusiveMinimum 0 (2020-12 would read the `true` as the number 1)."""
+    if isinstance(node, list):
+        return [_as_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _as_json_schema(value) for key, value in node.items()}
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if node.get(exclusive) is True and bound in node:
+            node[exclusive] = node.pop(bound)
+        elif node.get(exclusive) is False:
+            del node[exclusive]
+    return node
+
+
+SPEC = _as_json_schema(json.loads(SPEC_FILE.read_text()))
 
 
 def _schema_for(method: str, path: str, status: int) -> dict:

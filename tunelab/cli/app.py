@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -508,7 +509,7 @@ def serve(
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest upload accepted; larger ones get 413."),
     alias: list[str] = typer.Option([], "--alias", help="NAME=MODEL: answer to model NAME (e.g. gpt-4o-mini-2024-07-18) with a local base model ('default', a directory, a .gguf). Repeatable."),
 ) -> None:
-    """Serve OpenAI's API on this machine: files and models now; fine-tuning jobs and chat completions next."""
+    """Serve OpenAI's fine-tuning API on this machine: files, jobs and models now; chat completions next."""
     import uvicorn
 
     from tunelab.server.app import ServerSettings, create_app
@@ -529,8 +530,15 @@ def serve(
         _fail(str(error))
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
                   + (" · key required" if api_key else " · no key (loopback only)")
-                  + " · files and models (fine-tuning jobs and chat completions are not served yet)")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+                  + " · files, fine-tuning jobs, models (chat completions, pause/resume and checkpoints are not "
+                  "served yet)")
+    # Jobs train in their own process, so requests are answered while a job trains.
+    worker = subprocess.Popen([sys.executable, "-m", "tunelab.server.worker", str(home)])
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+    finally:
+        worker.terminate()
+        worker.wait(30)
 
 
 presets_app = typer.Typer(help="Bundled training presets: list them, copy one to edit.", no_args_is_help=True)

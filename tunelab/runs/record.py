@@ -106,7 +106,11 @@ class RunRecorder:
         message = f"Step {row['step']}/{total}: training loss={row['train_loss']:.4f}"
         if row["valid_loss"] is not None:
             message += f", validation loss={row['valid_loss']:.4f}"
-        self.event(message, data={k: v for k, v in row.items() if v is not None}, kind="metrics")
+        # OpenAI's names for the event's figures (metrics.csv keeps its own columns, as OpenAI's result file does).
+        data = {"step": row["step"], "total_steps": self.job.get("estimated_total_steps"),
+                "train_loss": row["train_loss"], "train_mean_token_accuracy": row["train_accuracy"],
+                "valid_loss": row["valid_loss"], "valid_mean_token_accuracy": row["valid_mean_token_accuracy"]}
+        self.event(message, data={k: v for k, v in data.items() if v is not None}, kind="metrics")
 
     def plot_loss_curve(self) -> Path:
         return plot_loss_curve(self.rows, self.run.loss_curve_file)

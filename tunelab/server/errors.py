@@ -28,6 +28,15 @@ def not_found(kind: str, identifier: str, param: str | None = None) -> APIError:
     return APIError(404, f"No such {kind} object: {identifier}", param=param, code=None)
 
 
+def row_or_404(store, table: str, identifier: str, pattern, kind: str, param: str):
+    """The row of `table` with this id; 404 in OpenAI's words when there is none. The id is matched against
+    its `pattern` before any lookup, so no malformed client string reaches the database."""
+    rows = store.execute(f"SELECT rowid, * FROM {table} WHERE id = ?", (identifier,)) if pattern.match(identifier) else []
+    if not rows:
+        raise not_found(kind, identifier, param=param)
+    return rows[0]
+
+
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 
 from tunelab.core.files import atomic_path
 from tunelab.data.validate import validate_file
-from tunelab.server.errors import APIError, not_found
+from tunelab.server.errors import APIError, row_or_404
 from tunelab.server.store import new_id
 
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
@@ -36,11 +36,7 @@ def file_object(row) -> dict:
 
 
 def _row(request: Request, file_id: str):
-    rows = request.app.state.store.execute("SELECT rowid, * FROM files WHERE id = ?", (file_id,)) \
-        if FILE_ID.match(file_id) else []
-    if not rows:
-        raise not_found("File", file_id, param="file_id")
-    return rows[0]
+    return row_or_404(request.app.state.store, "files", file_id, FILE_ID, "File", "file_id")
 
 
 @router.post("/files")

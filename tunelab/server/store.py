@@ -28,6 +28,35 @@ MIGRATIONS: list[tuple[str, str]] = [
             examples INTEGER
         );
     """),
+    ("0002_jobs", """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            created_at INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            training_file TEXT NOT NULL,
+            validation_file TEXT,
+            suffix TEXT,
+            seed INTEGER NOT NULL,
+            metadata TEXT,
+            hyperparameters TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            fine_tuned_model TEXT,
+            trained_tokens INTEGER,
+            started_at INTEGER,
+            finished_at INTEGER,
+            result_files TEXT NOT NULL DEFAULT '[]',
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE job_events (
+            id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            created_at INTEGER NOT NULL,
+            level TEXT NOT NULL,
+            message TEXT NOT NULL
+        );
+    """),
 ]
 
 
@@ -51,6 +80,7 @@ class Store:
         self._db = sqlite3.connect(self.data_dir / "tunelab.db", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")  # the API and the worker are two processes on one database
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
@@ -80,6 +110,14 @@ class Store:
 
     def file_path(self, file_id: str) -> Path:
         return self.files_dir / file_id
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.data_dir / "runs" / job_id
+
+    def job_event(self, job_id: str, message: str, level: str = "info") -> None:
+        """A job event of the server's own (creation, validation, queueing); training writes the rest."""
+        self.execute("INSERT INTO job_events (id, job_id, created_at, level, message) VALUES (?, ?, ?, ?, ?)",
+                     (new_id("ftevent-"), job_id, int(time.time()), level, message))
 
     def close(self) -> None:
         with self._lock:

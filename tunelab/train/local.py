@@ -127,12 +127,13 @@ def join_cluster(fsdp: bool = False) -> Cluster:
 
 
 def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
-          should_stop: Callable[[int], bool] | None = None) -> Path:
+          should_stop: Callable[[int], bool] | None = None, job_id: str | None = None) -> Path:
     """Fine-tune as `config` says; returns the run directory (self-contained).
 
     `events` receives the progress and messages (of the first process only). `resume=True` continues the
     run in `config.out` from its last complete checkpoint. `should_stop(step)` is asked after every step;
-    returning True cancels the run cleanly (its checkpoints stay resumable).
+    returning True cancels the run cleanly (its checkpoints stay resumable). `job_id`: the id of the job this
+    run is (a server's); a new `ftjob-…` by default.
     """
     started = time.time()
     check_method_available(config, training_device())
@@ -145,7 +146,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     if cluster.sharded and dtype == torch.float16:
         raise MethodUnavailable("fsdp: fp16 loss scaling of sharded gradients is not supported; "
                                 "use dtype: bf16 or fp32")
-    job_id = cluster.broadcast(new_job_id())
+    job_id = cluster.broadcast(job_id or new_job_id())
     run = RunDir(config.out or Path("runs") / job_id)
     check_output_directory(run.path)
     if resume:

@@ -1,0 +1,113 @@
+"""`/v1/fine_tuning/jobs` through the official openai client: a job trains in the server's worker process."""
+
+import json
+import time
+
+import openai
+import pytest
+
+from tests.server.conftest import API_KEY, Server
+
+pytestmark = pytest.mark.slow  # a server process and a worker that trains
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory, tiny_model_dir):
+    running = Server(tmp_path_factory.mktemp("serve-jobs"), "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def jobs_client(tiny_server, recorder):
+    from tests.server.conftest import httpx
+
+    return openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0,
+                         http_client=httpx.Client(event_hooks={"response": [recorder]}))
+
+
+def upload(client, tmp_path, conversations, name="train.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    return client.files.create(file=path.open("rb"), purpose="fine-tune")
+
+
+def wait_until_finished(client, job_id, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"{job_id} still {job.status} after {timeout} s")
+
+
+def test_a_job_trains_and_reports_as_openai_does(jobs_client, recorder, tmp_path, support_conversations):
+    client = jobs_client
+    training = upload(client, tmp_path, support_conversations[:16])
+    job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                         hyperparameters={"n_epochs": 2}, suffix="support", seed=7,
+                                         metadata={"team": "support"})
+    assert job.status == "validating_files" and job.model == "gpt-4o-mini-2024-07-18" and job.seed == 7
+    done = wait_until_finished(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith("ft:") and "support" in done.fine_tuned_model
+    assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
+    assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 2  # auto, resolved
+    results = client.files.content(done.result_files[0]).read().decode()
+    assert results.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert len(results.splitlines()) == 1 + 16  # 16 examples / batch 2 × 2 epochs
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    metrics = [e for e in events if e.type == "metrics"]
+    assert len(metrics) == 16 and metrics[0].data["step"] == 16  # newest first
+    assert set(metrics[0].data) >= {"step", "total_steps", "train_loss", "train_mean_token_accuracy"}
+    assert metrics[0].message.startswith("Step 16/16: training loss=")
+    messages = [e.message for e in events]
+    assert messages[-1] == f"Created fine-tuning job: {job.id}" and "Files validated, moving job to queued state" in messages
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "support"}).data] == [job.id]
+    assert client.fine_tuning.jobs.list(metadata={"team": "other"}).data == []
+    assert recorder.check_all() > 5
+
+
+def test_bad_jobs_are_refused_or_fail_as_openai_says(jobs_client, recorder, tmp_path, support_conversations):
+    client = jobs_client
+    small = upload(client, tmp_path, support_conversations[:3], "small.jsonl")
+    failed = wait_until_finished(client, client.fine_tuning.jobs.create(training_file=small.id,
+                                                                        model="gpt-4o-mini-2024-07-18").id)
+    assert failed.status == "failed"
+    assert (failed.error.code, failed.error.param) == ("invalid_n_examples", "training_file")
+    assert failed.error.message == "Training file has 3 example(s), but must have at least 10 examples"
+
+    training = upload(client, tmp_path, support_conversations[:12])
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.fine_tuning.jobs.create(training_file=training.id, model="gpt-5")
+    assert caught.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="n_epochs: must be a whole number ≥ 1 or 'auto'"):
+        client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                       hyperparameters={"n_epochs": 0})
+    with pytest.raises(openai.BadRequestError, match="dpo.*not supported yet"):
+        client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+    with pytest.raises(openai.BadRequestError, match="not a fine-tune file"):
+        client.fine_tuning.jobs.create(training_file="file-doesnotexist", model="gpt-4o-mini-2024-07-18")
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-nothere")
+    recorder.check_all()
+
+
+def test_a_running_job_is_cancelled_within_seconds(jobs_client, recorder, tmp_path, support_conversations):
+    client = jobs_client
+    training = upload(client, tmp_path, support_conversations[:40])
+    job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                         hyperparameters={"n_epochs": 25, "batch_size": 1})
+    deadline = time.monotonic() + 120
+    while client.fine_tuning.jobs.retrieve(job.id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    asked = time.monotonic()
+    client.fine_tuning.jobs.cancel(job.id)
+    ended = wait_until_finished(client, job.id, timeout=60)
+    assert ended.status == "cancelled" and time.monotonic() - asked < 15
+    with pytest.raises(openai.BadRequestError, match="already cancelled"):
+        client.fine_tuning.jobs.cancel(job.id)
+    recorder.check_all()

@@ -1,0 +1,200 @@
+"""`/v1/fine_tuning/jobs`: create, list, retrieve, cancel and the events of fine-tuning jobs.
+
+    client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini-2024-07-18",
+                                   hyperparameters={"n_epochs": 3})
+
+A request handler only records the job (`validating_files`); the worker process (worker.py) validates its
+files, queues it, trains it with the same recipe as `tunelab train`, and writes the outcome back. The
+hyperparameters are checked by the same settings model the CLI and YAML files use (TrainConfig), so the
+API accepts exactly what `tunelab train` does, with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from fastapi import APIRouter, Request
+
+from tunelab.core.settings import TrainConfig
+from tunelab.runs.rundir import RunDir
+from tunelab.server.errors import APIError, row_or_404
+from tunelab.server.models import resolve_base
+from tunelab.server.store import new_id
+
+JOB_ID = re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$")
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+router = APIRouter()
+
+
+def job_object(store, row) -> dict:
+    """A fine_tuning.job as OpenAI returns it, from the job's row and (once it trains) its run directory."""
+    run = RunDir(store.run_dir(row["id"]))
+    hyperparameters = json.loads(row["hyperparameters"])
+    estimated_finish = None
+    if run.config_file.is_file():  # `auto` resolved by the run
+        settings = run.settings()
+        hyperparameters = {name: settings[name] for name in HYPERPARAMETERS}
+        if row["status"] == "running" and run.has_run():
+            estimated_finish = _estimated_finish(run, row["started_at"])
+    return {
+        "object": "fine_tuning.job", "id": row["id"], "created_at": row["created_at"], "model": row["model"],
+        "organization_id": "org-tunelab", "status": row["status"],
+        "training_file": row["training_file"], "validation_file": row["validation_file"],
+        "hyperparameters": hyperparameters,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "seed": row["seed"], "suffix": row["suffix"], "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
+        "fine_tuned_model": row["fine_tuned_model"], "trained_tokens": row["trained_tokens"],
+        "finished_at": row["finished_at"], "estimated_finish": estimated_finish,
+        "result_files": json.loads(row["result_files"]), "error": json.loads(row["error"]) if row["error"] else None,
+        "integrations": None,
+    }
+
+
+def _estimated_finish(run: RunDir, started_at: int | None) -> int | None:
+    """Now plus the remaining steps at the pace so far (None before the first step)."""
+    job = run.job()
+    total = job.get("estimated_total_steps")
+    done = sum(1 for _ in run.metrics_file.open()) - 1 if run.metrics_file.is_file() else 0
+    if not total or done <= 0 or not started_at:
+        return None
+    elapsed = time.time() - started_at
+    return int(time.time() + elapsed / done * max(0, total - done))
+
+
+def _row(request: Request, job_id: str):
+    return row_or_404(request.app.state.store, "jobs", job_id, JOB_ID, "fine-tuning job", "fine_tuning_job_id")
+
+
+def _requested_hyperparameters(body: dict) -> dict:
+    """`method.supervised.hyperparameters`, or the deprecated top-level `hyperparameters`, checked."""
+    method = body.get("method") or {}
+    if method and method.get("type") not in (None, "supervised"):
+        raise APIError(400, f"method.type {method.get('type')!r} is not supported yet: tunelab serve trains "
+                       "supervised jobs only (dpo and reinforcement are planned)", param="method.type",
+                       code="unsupported_value")
+    given = ((method.get("supervised") or {}).get("hyperparameters") if method else None) \
+        or body.get("hyperparameters") or {}
+    if not isinstance(given, dict):
+        raise APIError(400, "hyperparameters: must be an object", param="hyperparameters", code="invalid_value")
+    unknown = set(given) - set(HYPERPARAMETERS)
+    if unknown:
+        raise APIError(400, f"hyperparameters: unknown {sorted(unknown)}; supported: {', '.join(HYPERPARAMETERS)}",
+                       param="hyperparameters", code="invalid_value")
+    chosen = {name: given.get(name) if given.get(name) is not None else "auto" for name in HYPERPARAMETERS}
+    try:
+        TrainConfig.from_sources(**{name: value for name, value in chosen.items()})
+    except ValueError as error:
+        message = str(error).replace("--n-epochs", "n_epochs").replace("--batch-size", "batch_size") \
+            .replace("--learning-rate-multiplier", "learning_rate_multiplier")
+        raise APIError(400, f"hyperparameters.{message}", param="hyperparameters", code="invalid_value") from None
+    return chosen
+
+
+def _file_id(request: Request, body: dict, name: str, required: bool) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not request.app.state.store.execute(
+            "SELECT id FROM files WHERE id = ? AND purpose = 'fine-tune'", (value,)):
+        raise APIError(400, f"{name}: {value!r} is not a fine-tune file uploaded to this server", param=name,
+                       code="invalid_file" if value else "missing_required_parameter")
+    return value
+
+
+@router.post("/fine_tuning/jobs")
+async def create_job(request: Request) -> dict:
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_value")
+    if body.get("integrations"):
+        raise APIError(400, "integrations are not supported by tunelab serve (metrics are in the job's events "
+                       "and result file)", param="integrations", code="unsupported_value")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "model: required, the base model to fine-tune", param="model",
+                       code="missing_required_parameter")
+    base_model = resolve_base(request, model)
+    training_file = _file_id(request, body, "training_file", required=True)
+    validation_file = _file_id(request, body, "validation_file", required=False)
+    hyperparameters = _requested_hyperparameters(body)
+    suffix, seed, metadata = body.get("suffix"), body.get("seed"), body.get("metadata")
+    if suffix is not None and (not isinstance(suffix, str) or not 1 <= len(suffix) <= 64):
+        raise APIError(400, "suffix: must be 1 to 64 characters", param="suffix", code="invalid_value")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise APIError(400, "seed: must be an integer", param="seed", code="invalid_value")
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
+        raise APIError(400, "metadata: at most 16 string pairs (keys up to 64 characters, values up to 512)",
+                       param="metadata", code="invalid_value")
+    store = request.app.state.store
+    job_id = new_id("ftjob-")
+    store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
+                  "metadata, hyperparameters, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
+                  (job_id, int(time.time()), model, base_model, training_file, validation_file, suffix,
+                   seed if seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31,
+                   json.dumps(metadata) if metadata else None, json.dumps(hyperparameters)))
+    store.job_event(job_id, f"Created fine-tuning job: {job_id}")
+    return job_object(store, _row(request, job_id))
+
+
+@router.get("/fine_tuning/jobs")
+async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict:
+    store = request.app.state.store
+    conditions, parameters = [], []
+    if after:
+        anchor = _row(request, after)
+        conditions.append("(created_at, rowid) < (?, ?)")
+        parameters += [anchor["created_at"], anchor["rowid"]]
+    for key, value in request.query_params.items():  # metadata[k]=v filters
+        match = re.fullmatch(r"metadata\[(.{1,64})\]", key)
+        if match:
+            conditions.append("json_extract(metadata, ?) = ?")
+            parameters += [f'$."{match.group(1)}"', value]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = store.execute(f"SELECT rowid, * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                         (*parameters, max(1, min(limit, 100)) + 1))
+    shown = rows[:max(1, min(limit, 100))]
+    return {"object": "list", "data": [job_object(store, row) for row in shown], "has_more": len(rows) > len(shown)}
+
+
+@router.get("/fine_tuning/jobs/{job_id}")
+async def retrieve_job(request: Request, job_id: str) -> dict:
+    return job_object(request.app.state.store, _row(request, job_id))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/cancel")
+async def cancel_job(request: Request, job_id: str) -> dict:
+    row = _row(request, job_id)
+    store = request.app.state.store
+    if row["status"] in FINISHED:
+        raise APIError(400, f"Job {job_id} has already {row['status']}; only a job that has not finished can be "
+                       "cancelled", param="fine_tuning_job_id", code="invalid_state")
+    if row["status"] in ("validating_files", "queued"):  # not started: cancelled at once
+        store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = ?",
+                      (int(time.time()), job_id, row["status"]))
+    store.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))  # the worker stops a running one
+    store.job_event(job_id, "Cancellation requested")
+    return job_object(store, _row(request, job_id))
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events")
+async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = 20) -> dict:
+    row = _row(request, job_id)
+    store = request.app.state.store
+    events = [{"object": "fine_tuning.job.event", "id": e["id"], "created_at": e["created_at"], "level": e["level"],
+               "message": e["message"], "data": {}, "type": "message"}
+              for e in store.execute("SELECT * FROM job_events WHERE job_id = ?", (row["id"],))]
+    run = RunDir(store.run_dir(row["id"]))
+    if run.events_file.is_file():
+        events += run.events()
+    # Newest first, as OpenAI lists them; events of one second keep their order of writing.
+    events = [e for _, e in sorted(enumerate(events), key=lambda pair: (pair[1]["created_at"], pair[0]), reverse=True)]
+    if after:
+        positions = [index for index, event in enumerate(events) if event["id"] == after]
+        events = events[positions[0] + 1:] if positions else []
+    limit = max(1, min(limit, 1000))
+    return {"object": "list", "data": events[:limit], "has_more": len(events) > limit}
