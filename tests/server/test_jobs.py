@@ -111,3 +111,38 @@ def test_a_running_job_is_cancelled_within_seconds(jobs_client, recorder, tmp_pa
     with pytest.raises(openai.BadRequestError, match="already cancelled"):
         client.fine_tuning.jobs.cancel(job.id)
     recorder.check_all()
+
+
+def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(jobs_client, recorder, tmp_path,
+                                                                   support_conversations):
+    client = jobs_client
+    training = upload(client, tmp_path, support_conversations[:12])
+    job = wait_until_finished(client, client.fine_tuning.jobs.create(
+        training_file=training.id, model="gpt-4o-mini-2024-07-18", hyperparameters={"n_epochs": 1}).id)
+    name = job.fine_tuned_model
+    assert name in [m.id for m in client.models.list().data] and client.models.retrieve(name).owned_by == "user"
+    question = [{"role": "system", "content": "You are Brightlane's support agent."},
+                {"role": "user", "content": [{"type": "text", "text": "Where is my order?"}]}]
+    answer = client.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=12)
+    choice = answer.choices[0]
+    assert answer.object == "chat.completion" and answer.model == name and choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+    assert answer.usage.completion_tokens <= 12 and answer.usage.total_tokens == \
+        answer.usage.prompt_tokens + answer.usage.completion_tokens
+    again = client.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=12)
+    assert again.choices[0].message.content == choice.message.content  # greedy is deterministic
+    base = client.chat.completions.create(model="gpt-4o-mini-2024-07-18", messages=question, max_tokens=5, n=2,
+                                          temperature=1.0, seed=3)
+    assert len(base.choices) == 2
+
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=12,
+                                                stream=True, stream_options={"include_usage": True}):
+        pieces += [c.delta.content or "" for c in chunk.choices]
+        usage = chunk.usage or usage
+    assert "".join(pieces) == choice.message.content and usage.completion_tokens == answer.usage.completion_tokens
+
+    assert client.models.delete(name).deleted
+    with pytest.raises(openai.NotFoundError, match="model_not_found|does not exist"):
+        client.chat.completions.create(model=name, messages=question)
+    recorder.check_all()

@@ -509,7 +509,7 @@ def serve(
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest upload accepted; larger ones get 413."),
     alias: list[str] = typer.Option([], "--alias", help="NAME=MODEL: answer to model NAME (e.g. gpt-4o-mini-2024-07-18) with a local base model ('default', a directory, a .gguf). Repeatable."),
 ) -> None:
-    """Serve OpenAI's fine-tuning API on this machine: files, jobs and models now; chat completions next."""
+    """Serve OpenAI's fine-tuning API on this machine: files, jobs, models and chat completions."""
     import uvicorn
 
     from tunelab.server.app import ServerSettings, create_app
@@ -530,8 +530,8 @@ def serve(
         _fail(str(error))
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
                   + (" · key required" if api_key else " · no key (loopback only)")
-                  + " · files, fine-tuning jobs, models (chat completions, pause/resume and checkpoints are not "
-                  "served yet)")
+                  + " · files, fine-tuning jobs, models, chat completions (job pause/resume and checkpoints are "
+                  "not served yet)")
     # Jobs train in their own process, so requests are answered while a job trains.
     worker = subprocess.Popen([sys.executable, "-m", "tunelab.server.worker", str(home)])
     try:

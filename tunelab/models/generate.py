@@ -47,6 +47,7 @@ class Generation:
     completion_tokens: int
     tool_calls: list[dict] = field(default_factory=list)  # OpenAI-shaped, parsed from `text`
     content: str | None = None  # `text` without its tool calls (None when it is only calls)
+    prompt_tokens: int = 0
 
 
 def _adapter_state(loaded: LoadedModel, use_adapter: bool):
@@ -126,8 +127,10 @@ def _length_batches(prompt_ids: list[list[int]], max_rows: int, token_budget: in
 @torch.no_grad()
 def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tokens: int = 256,
                      batch_size: int = 64, use_adapter: bool = True, on_batch=None,
-                     tools: list[list[dict] | None] | None = None) -> list[Generation]:
-    """Greedy replies for each prompt (a list of messages ending before the assistant's turn).
+                     tools: list[list[dict] | None] | None = None, temperature: float = 0.0,
+                     top_p: float = 1.0) -> list[Generation]:
+    """Replies for each prompt (a list of messages ending before the assistant's turn): greedy, or sampled
+    with `temperature` > 0 (and nucleus `top_p`), as OpenAI's parameters mean them.
 
     `use_adapter=False` generates with the base model by switching the adapter off, so base and
     fine-tuned can be compared with one copy of the weights in memory. `tools`: each prompt's tool list
@@ -150,8 +153,10 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
         device = next(model.parameters()).device
         with _adapter_state(loaded, use_adapter):
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                                    pad_token_id=tokenizer.pad_token_id)
+                                    max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                    pad_token_id=tokenizer.pad_token_id,
+                                    **(dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0
+                                       else dict(do_sample=False)))
         for row, index in enumerate(batch):
             new_tokens = output[row, width:].tolist()
             stop_at = next((k for k, t in enumerate(new_tokens) if t in stop_ids), None)
@@ -161,7 +166,8 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
             finish_reason = "length" if stop_at is None else ("tool_calls" if parsed.tool_calls else "stop")
             results[index] = Generation(text=text, finish_reason=finish_reason,
                                         completion_tokens=len(kept) + (0 if stop_at is None else 1),
-                                        tool_calls=parsed.tool_calls, content=parsed.content)
+                                        tool_calls=parsed.tool_calls, content=parsed.content,
+                                        prompt_tokens=len(prompt_ids[index]))
         if on_batch:
             on_batch(len(batch))
     return results

@@ -4,9 +4,9 @@
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=KEY python your_openai_code.py
 
 Built so far: files (upload with validation, list, retrieve, delete, content), fine-tuning jobs (create,
-list, retrieve, cancel, events; trained by a worker process), models (base models and their aliases) and
-/health. Pause/resume, checkpoints, chat completions and fine-tuned models in /models are next; until then
-their routes answer 404 like any unknown route.
+list, retrieve, cancel, events; trained by a worker process), models (base models, aliases, fine-tunes),
+chat completions and /health. Pause/resume and checkpoints are next; until then their routes answer 404
+like any unknown route.
 
 Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise);
 127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 
-from tunelab.server import files, jobs, models
+from tunelab.server import chat, files, jobs, models
 from tunelab.server.errors import APIError, install_error_handlers
 from tunelab.server.store import Store
 
@@ -54,6 +54,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(files.router, prefix="/v1", dependencies=authorised)
     app.include_router(jobs.router, prefix="/v1", dependencies=authorised)
     app.include_router(models.router, prefix="/v1", dependencies=authorised)
+    app.include_router(chat.router, prefix="/v1", dependencies=authorised)
     return BodyLimit(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD)
 
 

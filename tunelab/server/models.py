@@ -36,20 +36,36 @@ def resolve_base(request: Request, name: str, param: str = "model") -> str:
     return known[name]
 
 
+def fine_tuned_models(request: Request, name: str | None = None) -> list[dict]:
+    """This server's fine-tuned models (of succeeded jobs, not deleted), as model objects."""
+    rows = request.app.state.store.execute(
+        "SELECT fine_tuned_model, finished_at FROM jobs WHERE status = 'succeeded' AND model_deleted = 0"
+        + (" AND fine_tuned_model = ?" if name else "") + " ORDER BY finished_at", (name,) if name else ())
+    return [model_object(row["fine_tuned_model"], row["finished_at"], "user") for row in rows]
+
+
 @router.get("/models")
 async def list_models(request: Request) -> dict:
     started = request.app.state.started
-    return {"object": "list", "data": [model_object(name, started, "tunelab") for name in base_models(request)]}
+    return {"object": "list", "data": [model_object(name, started, "tunelab") for name in base_models(request)]
+            + fine_tuned_models(request)}
 
 
 @router.get("/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> dict:
+    found = fine_tuned_models(request, model)
+    if found:
+        return found[0]
     resolve_base(request, model)
     return model_object(model, request.app.state.started, "tunelab")
 
 
 @router.delete("/models/{model:path}")
 async def delete_model(request: Request, model: str) -> dict:
+    """A fine-tuned model stops being served (its run directory stays, as the job's record)."""
+    if fine_tuned_models(request, model):
+        request.app.state.store.execute("UPDATE jobs SET model_deleted = 1 WHERE fine_tuned_model = ?", (model,))
+        return {"id": model, "object": "model", "deleted": True}
     resolve_base(request, model)
     raise APIError(400, f"{model} is a base model; only fine-tuned models can be deleted", param="model",
                    code="invalid_value")

@@ -57,6 +57,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             message TEXT NOT NULL
         );
     """),
+    ("0003_deleted_models", """
+        ALTER TABLE jobs ADD COLUMN model_deleted INTEGER NOT NULL DEFAULT 0;
+    """),
 ]
 
 
