@@ -31,6 +31,9 @@ def _as_json_schema(node):
 
 
 SPEC = _as_json_schema(json.loads(SPEC_FILE.read_text()))
+# The spec's own example for /pause answers "status": "paused", a value its enum lacks; OpenAI's API does
+# answer it, so the check follows the example.
+SPEC["components"]["schemas"]["FineTuningJob"]["properties"]["status"]["enum"].append("paused")
 
 
 def _schema_for(method: str, path: str, status: int) -> dict:

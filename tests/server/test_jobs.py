@@ -146,3 +146,32 @@ def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(jobs_client, re
     with pytest.raises(openai.NotFoundError, match="model_not_found|does not exist"):
         client.chat.completions.create(model=name, messages=question)
     recorder.check_all()
+
+
+def test_a_paused_job_stops_and_resumes_to_the_end(jobs_client, recorder, tmp_path, support_conversations):
+    client = jobs_client
+    training = upload(client, tmp_path, support_conversations[:24])
+    job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                         hyperparameters={"n_epochs": 4, "batch_size": 2})  # 48 steps
+    deadline = time.monotonic() + 120
+    while not [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"] \
+            and time.monotonic() < deadline:  # a few steps in
+        time.sleep(0.2)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    time.sleep(3)  # the worker stops after its current step, then leaves the job alone
+    steps_when_paused = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+                             if e.type == "metrics"])
+    time.sleep(2)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+                if e.type == "metrics"]) == steps_when_paused < 48
+    with pytest.raises(openai.BadRequestError, match="only a queued or running job can be paused"):
+        client.fine_tuning.jobs.pause(job.id)
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait_until_finished(client, job.id)
+    assert done.status == "succeeded", done.error
+    results = client.files.content(done.result_files[0]).read().decode().splitlines()
+    assert [int(line.split(",")[0]) for line in results[1:]] == list(range(1, 49))  # every step once, in order
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert "Job paused" in messages and "Job resumed" in messages
+    recorder.check_all()

@@ -1,4 +1,4 @@
-"""`/v1/fine_tuning/jobs`: create, list, retrieve, cancel and the events of fine-tuning jobs.
+"""`/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume and the events of fine-tuning jobs.
 
     client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini-2024-07-18",
                                    hyperparameters={"n_epochs": 3})
@@ -173,11 +173,38 @@ async def cancel_job(request: Request, job_id: str) -> dict:
     if row["status"] in FINISHED:
         raise APIError(400, f"Job {job_id} has already {row['status']}; only a job that has not finished can be "
                        "cancelled", param="fine_tuning_job_id", code="invalid_state")
-    if row["status"] in ("validating_files", "queued"):  # not started: cancelled at once
+    if row["status"] in ("validating_files", "queued", "paused"):  # not training: cancelled at once
         store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = ?",
                       (int(time.time()), job_id, row["status"]))
     store.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))  # the worker stops a running one
     store.job_event(job_id, "Cancellation requested")
+    return job_object(store, _row(request, job_id))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+async def pause_job(request: Request, job_id: str) -> dict:
+    """Stop training after the current step; `resume` continues from the last complete checkpoint (the steps
+    since it are trained again, to the same weights)."""
+    row = _row(request, job_id)
+    store = request.app.state.store
+    if row["status"] not in ("queued", "running"):
+        raise APIError(400, f"Job {job_id} is {row['status']}; only a queued or running job can be paused",
+                       param="fine_tuning_job_id", code="invalid_state")
+    store.execute("UPDATE jobs SET status = 'paused', pause_requested = 1 WHERE id = ?", (job_id,))
+    store.job_event(job_id, "Job paused")
+    return job_object(store, _row(request, job_id))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+async def resume_job(request: Request, job_id: str) -> dict:
+    row = _row(request, job_id)
+    store = request.app.state.store
+    if row["status"] != "paused":
+        raise APIError(400, f"Job {job_id} is {row['status']}, not paused", param="fine_tuning_job_id",
+                       code="invalid_state")
+    # Queued again: the worker resumes it (from its checkpoint if it had started training).
+    store.execute("UPDATE jobs SET status = 'queued', pause_requested = 0 WHERE id = ?", (job_id,))
+    store.job_event(job_id, "Job resumed")
     return job_object(store, _row(request, job_id))
 
 

@@ -60,6 +60,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0003_deleted_models", """
         ALTER TABLE jobs ADD COLUMN model_deleted INTEGER NOT NULL DEFAULT 0;
     """),
+    ("0004_pause", """
+        ALTER TABLE jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0;
+    """),
 ]
 
 

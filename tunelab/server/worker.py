@@ -76,14 +76,14 @@ def run_job(store: Store, job) -> None:
 
     job_id = job["id"]
     run = RunDir(store.run_dir(job_id))
-    resume = job["status"] == "running" and run.has_run()
-    if job["status"] == "running" and not resume and run.path.exists():
+    resume = run.has_run()  # interrupted (status running) or paused and resumed (queued again)
+    if not resume and run.path.exists():
         shutil.rmtree(run.path)  # interrupted before training wrote anything: start it again
-    if not resume:
-        store.execute("UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
-                      (int(time.time()), job_id))
+    if job["status"] == "queued":
+        store.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) "
+                      "WHERE id = ? AND status = 'queued'", (int(time.time()), job_id))
         if store.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))[0]["status"] != "running":
-            return  # cancelled while queued
+            return  # cancelled or paused while queued
     hyperparameters = json.loads(job["hyperparameters"])
     config = TrainConfig.from_sources(
         data=str(store.file_path(job["training_file"])), model=job["base_model"], out=str(run.path),
@@ -93,7 +93,8 @@ def run_job(store: Store, job) -> None:
     def cancelled(_step: int) -> bool:
         if not server_alive():
             sys.exit(0)  # the server is gone (killed): stop here; the job resumes when it is started again
-        return bool(store.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))[0][0])
+        flags = store.execute("SELECT cancel_requested, pause_requested FROM jobs WHERE id = ?", (job_id,))[0]
+        return bool(flags["cancel_requested"] or flags["pause_requested"])
 
     try:
         train(config, resume=resume, should_stop=cancelled, job_id=job_id)
@@ -101,8 +102,10 @@ def run_job(store: Store, job) -> None:
         fail(store, job_id, type(error).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__)
         return
     record = run.job()
-    if record["status"] == "cancelled":
-        store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (int(time.time()), job_id))
+    if record["status"] == "cancelled":  # stopped on request: cancelled, or paused (the API set its status)
+        if store.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))[0][0]:
+            store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
+                          (int(time.time()), job_id))
         return
     results = new_id("file-")
     shutil.copyfile(run.metrics_file, store.file_path(results))
