@@ -16,7 +16,8 @@ SPEC_FILE = Path(__file__).resolve().parent / "openai_api" / "openapi-fine-tunin
 
 def _as_json_schema(node):
     """OpenAPI 3.0 leftovers in the spec, in JSON Schema 2020-12's terms: `exclusiveMinimum: true` beside
-    `minimum: 0` means exclusiveMinimum 0 (2020-12 would read the `true` as the number 1)."""
+    `minimum: 0` means exclusiveMinimum 0 (2020-12 would read the `true` as the number 1), and
+    `nullable: true` allows null."""
     if isinstance(node, list):
         return [_as_json_schema(item) for item in node]
     if not isinstance(node, dict):
@@ -27,6 +28,8 @@ def _as_json_schema(node):
             node[exclusive] = node.pop(bound)
         elif node.get(exclusive) is False:
             del node[exclusive]
+    if node.pop("nullable", False) is True:  # 3.0's `nullable: true` is 2020-12's "or null"
+        return {"anyOf": [node, {"type": "null"}]}
     return node
 
 
@@ -36,13 +39,13 @@ SPEC = _as_json_schema(json.loads(SPEC_FILE.read_text()))
 SPEC["components"]["schemas"]["FineTuningJob"]["properties"]["status"]["enum"].append("paused")
 
 
-def _schema_for(method: str, path: str, status: int) -> dict:
+def _schema_for(method: str, path: str, status: int, media: str = "application/json") -> dict:
     for template, operations in SPEC["paths"].items():
         pattern = "^/v1" + re.sub(r"\{[^}]+\}", "[^/]+(?:/[^/]+)*?" if "model" in template else "[^/]+", template) + "$"
         if re.match(pattern, path) and method.lower() in operations:
             responses = operations[method.lower()]["responses"]
             response = responses.get(str(status)) or (responses.get("default") if status >= 400 else None)
-            content = (response or {}).get("content", {}).get("application/json")
+            content = (response or {}).get("content", {}).get(media)
             if content:
                 return content["schema"]
             if status >= 400:
@@ -51,24 +54,30 @@ def _schema_for(method: str, path: str, status: int) -> dict:
     raise AssertionError(f"{method} {path}: not in the spec")
 
 
-def validate(method: str, path: str, status: int, body) -> None:
-    schema = dict(_schema_for(method, path, status), components=SPEC["components"])
+def validate(method: str, path: str, status: int, body, media: str = "application/json") -> None:
+    schema = dict(_schema_for(method, path, status, media), components=SPEC["components"])
     jsonschema.Draft202012Validator(schema).validate(body)
 
 
 class Recorder:
-    """An httpx response hook: keeps (method, path, status, JSON body) of every JSON response."""
+    """An httpx response hook: keeps every JSON response, and every chunk of every server-sent stream."""
 
     def __init__(self):
-        self.seen: list[tuple[str, str, int, object]] = []
+        self.seen: list[tuple[str, str, int, object, str]] = []
 
     def __call__(self, response) -> None:
-        response.read()
-        if response.headers.get("content-type", "").startswith("application/json"):
-            self.seen.append((response.request.method, response.request.url.path, response.status_code,
-                              response.json()))
+        media = response.headers.get("content-type", "").split(";")[0]
+        where = (response.request.method, response.request.url.path, response.status_code)
+        if media == "application/json":
+            response.read()
+            self.seen.append((*where, response.json(), media))
+        elif media == "text/event-stream":
+            response.read()
+            for line in response.text.splitlines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    self.seen.append((*where, json.loads(line[6:]), media))
 
     def check_all(self) -> int:
-        for method, path, status, body in self.seen:
-            validate(method, path, status, body)
+        for method, path, status, body, media in self.seen:
+            validate(method, path, status, body, media)
         return len(self.seen)
