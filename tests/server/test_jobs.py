@@ -175,3 +175,25 @@ def test_a_paused_job_stops_and_resumes_to_the_end(jobs_client, recorder, tmp_pa
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
     assert "Job paused" in messages and "Job resumed" in messages
     recorder.check_all()
+
+
+def test_checkpoints_are_listed_and_answer_as_models(jobs_client, recorder, tmp_path, support_conversations):
+    client = jobs_client
+    training = upload(client, tmp_path, support_conversations[:12])
+    job = wait_until_finished(client, client.fine_tuning.jobs.create(
+        training_file=training.id, model="gpt-4o-mini-2024-07-18",
+        hyperparameters={"n_epochs": 2, "batch_size": 2}).id)  # 6 steps an epoch: checkpoints at 6 and 12
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [12, 6]  # newest first
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-12"
+    assert checkpoints[0].metrics.train_loss > 0 and checkpoints[0].fine_tuning_job_id == job.id
+    question = [{"role": "user", "content": "My parcel is late."}]
+    final = client.chat.completions.create(model=job.fine_tuned_model, messages=question, temperature=0, max_tokens=10)
+    last = client.chat.completions.create(model=checkpoints[0].fine_tuned_model_checkpoint, messages=question,
+                                          temperature=0, max_tokens=10)
+    earlier = client.chat.completions.create(model=checkpoints[1].fine_tuned_model_checkpoint, messages=question,
+                                             temperature=0, max_tokens=10)
+    # The last checkpoint holds the final weights: the same greedy answer as the fine-tuned model.
+    assert last.choices[0].message.content == final.choices[0].message.content
+    assert isinstance(earlier.choices[0].message.content, str)
+    recorder.check_all()

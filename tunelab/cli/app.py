@@ -530,7 +530,7 @@ def serve(
         _fail(str(error))
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
                   + (" · key required" if api_key else " · no key (loopback only)")
-                  + " · files, fine-tuning jobs, models, chat completions (job checkpoints are not listed yet)")
+                  + " · files, fine-tuning jobs, models, chat completions")
     # Jobs train in their own process, so requests are answered while a job trains.
     worker = subprocess.Popen([sys.executable, "-m", "tunelab.server.worker", str(home)])
     try:

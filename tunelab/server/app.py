@@ -5,8 +5,7 @@
 
 Built so far: files (upload with validation, list, retrieve, delete, content), fine-tuning jobs (create,
 list, retrieve, cancel, events; trained by a worker process), models (base models, aliases, fine-tunes),
-chat completions and /health. Pause and resume included. The checkpoints list is next; until then its
-route answers 404 like any unknown route.
+chat completions and /health, with pause, resume and checkpoints (usable as models).
 
 Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise);
 127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they

@@ -3,7 +3,9 @@
     client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "…"}])
 
 A fine-tuned model is found by the name its job reported (`ft:…`); its run directory holds the adapter and
-the chat template it was trained with, so the prompt is rendered exactly as in training. Models are loaded
+the chat template it was trained with, so the prompt is rendered exactly as in training. A checkpoint
+(`ft:…:ckpt-step-N`, as `/checkpoints` lists them) is the model rebuilt as training built it, with the
+checkpoint's weights. Models are loaded
 on demand and the last few kept (MODEL_CACHE); generation runs in a thread, one request at a time, so the
 server keeps answering other routes meanwhile. `stream=True` sends OpenAI's server-sent chunks; in this
 version a reply is generated whole and then sent, not token by token.
@@ -14,6 +16,7 @@ Not yet: batching concurrent requests into shared generation steps, and `logprob
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -24,13 +27,18 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunelab.conversation.schema import ROLES, content_text
-from tunelab.models.generate import generate_replies, load_for_generation
+from tunelab.core.settings import TrainConfig
+from tunelab.models.generate import LoadedModel, generate_replies, load_for_generation
+from tunelab.models.precision import best_device
+from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError
+from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
 
 MODEL_CACHE = 2  # models kept loaded
 MAX_COMPLETION_TOKENS = 4096
+CHECKPOINT_MODEL = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
 
 router = APIRouter()
 _loaded: OrderedDict = OrderedDict()
@@ -44,11 +52,43 @@ def fine_tuned_run(store, name: str):
     return store.run_dir(rows[0]["id"]) if rows else None
 
 
+def checkpoint_path(store, name: str):
+    """(job row, checkpoint directory) for a checkpoint model name `ft:…:ckpt-step-N`, or None."""
+    match = CHECKPOINT_MODEL.match(name)
+    if not match:
+        return None
+    for row in store.execute("SELECT * FROM jobs WHERE started_at IS NOT NULL AND model_deleted = 0"):
+        if model_name(store, row) == match.group("model"):
+            path = RunDir(store.run_dir(row["id"])).checkpoints_dir / f"step-{int(match.group('step')):06d}"
+            return (row, path) if (path / "state.json").is_file() else None
+    return None
+
+
+def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
+    """The job's model as training built it, holding the checkpoint's trained weights."""
+    from safetensors.torch import load_file
+
+    from tunelab.models.resolve import load_tokenizer, resolve_model
+    from tunelab.train.methods import load_trainable_state, trainable_model
+
+    run = RunDir(store.run_dir(row["id"]))
+    device = best_device()
+    settings = dict(run.settings(), dtype="auto" if device == "cuda" else "fp32")  # CPUs generate in fp32
+    config = TrainConfig.model_validate(settings)
+    resolved = resolve_model(config.model)
+    model = trainable_model(resolved, config, device)
+    load_trainable_state(model, load_file(path / "trainable.safetensors"))
+    return LoadedModel(model.eval(), load_tokenizer(str(run.tokenizer_dir)), resolved.name, name,
+                       fully_fine_tuned=config.method == "full")
+
+
 def _model_for(request: Request, name: str):
-    run = fine_tuned_run(request.app.state.store, name)
-    spec = str(run) if run else resolve_base(request, name)
+    store = request.app.state.store
+    checkpoint = checkpoint_path(store, name)
+    run = None if checkpoint else fine_tuned_run(store, name)
+    spec = f"{checkpoint[1]}" if checkpoint else str(run) if run else resolve_base(request, name)
     if spec not in _loaded:
-        _loaded[spec] = load_for_generation(spec)
+        _loaded[spec] = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec)
         while len(_loaded) > MODEL_CACHE:
             _loaded.popitem(last=False)
     _loaded.move_to_end(spec)

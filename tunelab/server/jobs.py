@@ -1,4 +1,4 @@
-"""`/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume and the events of fine-tuning jobs.
+"""`/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume, events and checkpoints of jobs.
 
     client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini-2024-07-18",
                                    hyperparameters={"n_epochs": 3})
@@ -11,6 +11,7 @@ API accepts exactly what `tunelab train` does, with the same messages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -18,10 +19,12 @@ import time
 from fastapi import APIRouter, Request
 
 from tunelab.core.settings import TrainConfig
+from tunelab.runs.record import fine_tuned_model_name
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError, row_or_404
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
+from tunelab.train.checkpoints import complete_checkpoints
 
 JOB_ID = re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$")
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -206,6 +209,44 @@ async def resume_job(request: Request, job_id: str) -> dict:
     store.execute("UPDATE jobs SET status = 'queued', pause_requested = 0 WHERE id = ?", (job_id,))
     store.job_event(job_id, "Job resumed")
     return job_object(store, _row(request, job_id))
+
+
+def model_name(store, row) -> str | None:
+    """The job's fine-tuned model name: reported on success, known as soon as its run has started."""
+    run = RunDir(store.run_dir(row["id"]))
+    if row["fine_tuned_model"]:
+        return row["fine_tuned_model"]
+    return fine_tuned_model_name(run.job()["model"], row["suffix"], row["id"]) if run.has_run() else None
+
+
+def checkpoint_objects(store, row) -> list[dict]:
+    """The job's complete checkpoints (the newest three are kept), newest first, as OpenAI lists them."""
+    run = RunDir(store.run_dir(row["id"]))
+    name = model_name(store, row)
+    objects = []
+    for path in reversed(complete_checkpoints(run.checkpoints_dir)):
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        last = state["rows"][-1] if state["rows"] else {}
+        metrics = {"step": state["step"], "train_loss": last.get("train_loss"),
+                   "train_mean_token_accuracy": last.get("train_accuracy"), "valid_loss": last.get("valid_loss"),
+                   "valid_mean_token_accuracy": last.get("valid_mean_token_accuracy")}
+        digest = hashlib.sha256(f"{row['id']}:{state['step']}".encode()).hexdigest()[:24]
+        objects.append({"object": "fine_tuning.job.checkpoint", "id": f"ftckpt_{digest}",
+                        "created_at": int(path.stat().st_mtime), "fine_tuning_job_id": row["id"],
+                        "step_number": state["step"], "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{state['step']}",
+                        "metrics": {key: value for key, value in metrics.items() if value is not None}})
+    return objects
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+async def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: int = 10) -> dict:
+    checkpoints = checkpoint_objects(request.app.state.store, _row(request, job_id))
+    if after:
+        positions = [index for index, checkpoint in enumerate(checkpoints) if checkpoint["id"] == after]
+        checkpoints = checkpoints[positions[0] + 1:] if positions else []
+    shown = checkpoints[:max(1, min(limit, 100))]
+    return {"object": "list", "data": shown, "first_id": shown[0]["id"] if shown else None,
+            "last_id": shown[-1]["id"] if shown else None, "has_more": len(checkpoints) > len(shown)}
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
