@@ -70,7 +70,6 @@ def train(config: Optional[Path], preset: Optional[str], resume: Optional[Path],
     from tunelab.train.local import train as run_training
     from tunelab.train.methods import MethodUnavailable
 
-    flags = {name: str(value) if isinstance(value, Path) else value for name, value in flags.items()}
     if resume:
         # A resumed run keeps its own settings; only how it is shown may change.
         changed = [name for name, value in flags.items() if value is not None]

@@ -8,8 +8,8 @@
 Library functions take an `events` argument and default to `NO_EVENTS`, which drops everything: a library
 call prints nothing unless its caller asked. The command line passes a sink that draws rich progress bars
 and lines (`tunelab/cli/console.py`); a run's job record writes the OpenAI-shaped events of its
-`events.jsonl` itself (`tunelab/runs/record.py`); the server will store them in SQLite; tests collect them
-in a list. Several jobs in one process each get their own sink, so nothing is shared but the sink's target.
+`events.jsonl` itself (`tunelab/runs/record.py`); the server will store them in SQLite. Several jobs in
+one process each get their own sink, so nothing is shared but the sink's target.
 
 A sink is anything with `emit(event)`. Events are plain data, so a sink can serialise them as they are.
 """
@@ -33,19 +33,6 @@ class Event:
 
 class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
-
-
-class CollectedEvents:
-    """A sink that keeps every event in a list (for tests, and for callers that report afterwards)."""
-
-    def __init__(self):
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def texts(self, kind: str | None = None) -> list[str]:
-        return [e.text for e in self.events if kind is None or e.kind == kind]
 
 
 class Events:

@@ -151,7 +151,7 @@ class TrainConfig(BaseModel):
             sources.append((str(path), _read_settings(Path(path))))
         given = {name: value for name, value in flags.items() if value is not None}
         if given:
-            sources.append(("flags", _parsed_flags(given)))
+            sources.append(("flags", parsed_values(given, _flag)))
         merged: dict = {}
         for source, settings in sources:
             _checked(settings, source)
@@ -178,14 +178,16 @@ def _must(name: str) -> str:
     return next((m.text for m in metadata if isinstance(m, Must)), "valid")
 
 
-def _describe_errors(error: ValidationError, source: str) -> str:
+def _describe_errors(error: ValidationError, source: str, label=None) -> str:
+    """One line per setting at fault: `SOURCE: name: must be …`, or `LABEL(name): must be …` with `label`."""
     lines = []
     for problem in error.errors():
         name = problem["loc"][0] if problem["loc"] else None
         if name is None or name not in TrainConfig.model_fields:  # a rule about several settings
             lines.append(f"{source}: {problem['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"{source}: {name}: must be {_must(name)} (got {problem['input']!r})")
+            where = label(name) if label else f"{source}: {name}"
+            lines.append(f"{where}: must be {_must(name)} (got {problem['input']!r})")
     return "\n".join(dict.fromkeys(lines))  # one line per setting, even when each branch of a union failed
 
 
@@ -196,16 +198,18 @@ def _checked(settings: dict, source: str) -> TrainConfig:
         raise ValueError(_describe_errors(error, source)) from None
 
 
-def _parsed_flags(flags: dict) -> dict:
-    """Flags as typed values: text parsed leniently ("3" → 3), errors naming the flag."""
+def parsed_values(values: dict, label) -> dict:
+    """Settings given as a command line or a request gives them ("3", 0.5, "auto"), typed by the model;
+    errors name each setting as `label(name)` (e.g. `--n-epochs`, `hyperparameters.n_epochs`)."""
     try:
-        parsed = TrainConfig.model_validate(flags, strict=False)
+        parsed = TrainConfig.model_validate(values, strict=False)
     except ValidationError as error:
-        message = _describe_errors(error, "flags")
-        for name in flags:
-            message = message.replace(f"flags: {name}:", f"--{name.replace('_', '-')}:")
-        raise ValueError(message) from None
-    return {name: getattr(parsed, name) for name in flags}
+        raise ValueError(_describe_errors(error, "settings", label)) from None
+    return {name: getattr(parsed, name) for name in values}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _read_settings(path: Path) -> dict:

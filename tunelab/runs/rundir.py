@@ -41,9 +41,6 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    def __truediv__(self, name: str) -> Path:  # for the rare file not named below
-        return self.path / name
-
     # --- the layout --------------------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:

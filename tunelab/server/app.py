@@ -80,9 +80,6 @@ class BodyLimit:
     def __init__(self, app: FastAPI, limit: int):
         self.app, self.limit = app, limit
 
-    def __getattr__(self, name):  # `state`, `routes`… of the wrapped application
-        return getattr(self.app, name)
-
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)

@@ -92,7 +92,7 @@ def _model_for(request: Request, name: str):
         while len(_loaded) > MODEL_CACHE:
             _loaded.popitem(last=False)
     _loaded.move_to_end(spec)
-    return _loaded[spec], run is not None
+    return _loaded[spec]
 
 
 def _messages(body: dict) -> list[dict]:
@@ -134,7 +134,7 @@ async def create_chat_completion(request: Request):
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise APIError(400, "stop: up to 4 non-empty strings", param="stop", code="invalid_value")
-    loaded, _ = await run_in_threadpool(_model_for, request, body["model"])
+    loaded = await run_in_threadpool(_model_for, request, body["model"])
 
     def generate():
         with _generation:

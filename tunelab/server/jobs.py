@@ -18,7 +18,7 @@ import time
 
 from fastapi import APIRouter, Request
 
-from tunelab.core.settings import TrainConfig
+from tunelab.core.settings import parsed_values
 from tunelab.runs.record import fine_tuned_model_name
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError, row_or_404
@@ -89,11 +89,9 @@ def _requested_hyperparameters(body: dict) -> dict:
                        param="hyperparameters", code="invalid_value")
     chosen = {name: given.get(name) if given.get(name) is not None else "auto" for name in HYPERPARAMETERS}
     try:
-        TrainConfig.from_sources(**{name: value for name, value in chosen.items()})
+        parsed_values(chosen, lambda name: f"hyperparameters.{name}")
     except ValueError as error:
-        message = str(error).replace("--n-epochs", "n_epochs").replace("--batch-size", "batch_size") \
-            .replace("--learning-rate-multiplier", "learning_rate_multiplier")
-        raise APIError(400, f"hyperparameters.{message}", param="hyperparameters", code="invalid_value") from None
+        raise APIError(400, str(error), param="hyperparameters", code="invalid_value") from None
     return chosen
 
 

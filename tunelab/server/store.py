@@ -124,7 +124,3 @@ class Store:
         """A job event of the server's own (creation, validation, queueing); training writes the rest."""
         self.execute("INSERT INTO job_events (id, job_id, created_at, level, message) VALUES (?, ?, ?, ?, ?)",
                      (new_id("ftevent-"), job_id, int(time.time()), level, message))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
