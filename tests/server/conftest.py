@@ -1,5 +1,6 @@
 """A real `tunelab serve` process for the server tests, and the official openai client pointed at it."""
 
+import json
 import os
 import socket
 import subprocess
@@ -65,3 +66,25 @@ def client(server, recorder):
 
     return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0,
                          http_client=httpx.Client(event_hooks={"response": [recorder]}))
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory, tiny_model_dir):
+    """A server whose base model is the tests' tiny model (fast to train and to answer)."""
+    running = Server(tmp_path_factory.mktemp("serve-tiny"), "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def tiny_client(tiny_server, recorder):
+    import openai
+
+    return openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0,
+                         http_client=httpx.Client(event_hooks={"response": [recorder]}))
+
+
+def upload(client, tmp_path, conversations, name="train.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    return client.files.create(file=path.open("rb"), purpose="fine-tune")

@@ -1,6 +1,7 @@
 """`/v1/files` and `/v1/models` through the official openai client against a real `tunelab serve` process."""
 
 import json
+import time
 
 import httpx2 as httpx  # the HTTP client the openai package is built on
 import openai
@@ -69,6 +70,43 @@ def test_over_the_cap_is_413_and_nothing_is_stored(client, recorder, server):
                           headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "multipart/form-data; boundary=b"})
     assert streamed.status_code == 413
     assert len(client.files.list().data) == before
+    recorder.check_all()
+
+
+def test_other_bodies_have_their_own_cap_and_uploads_their_own_queue(client, recorder, server):
+    import threading
+
+    from tunelab.server.app import MAX_CONCURRENT_UPLOADS, MAX_JSON_BYTES
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    oversized = {"model": "default", "messages": [{"role": "user", "content": "x" * (MAX_JSON_BYTES + 1)}]}
+    refused = httpx.post(f"{server.base_url}/chat/completions", json=oversized, headers=headers, timeout=60)
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large"
+
+    # Uploads that hold their slot: the body's first bytes, then nothing until released.
+    release = threading.Event()
+
+    def held_body():
+        yield b"--b\r\n"
+        release.wait(30)
+        yield b"--b--\r\n"
+
+    def held_upload(answers):
+        answers.append(httpx.post(f"{server.base_url}/files", content=held_body(), timeout=60,
+                                  headers=headers | {"Content-Type": "multipart/form-data; boundary=b"}).status_code)
+
+    answers: list[int] = []
+    holders = [threading.Thread(target=held_upload, args=(answers,)) for _ in range(MAX_CONCURRENT_UPLOADS)]
+    for holder in holders:
+        holder.start()
+    time.sleep(1.5)  # all of them in progress
+    with pytest.raises(openai.RateLimitError, match="uploads are in progress"):
+        client.files.create(file=("one-more.jsonl", b"{}\n"), purpose="fine-tune")
+    release.set()
+    for holder in holders:
+        holder.join(30)
+    assert answers == [400] * MAX_CONCURRENT_UPLOADS  # each held body ended without a file part
+    assert client.files.create(file=("after.jsonl", b"{}\n"), purpose="batch").status == "processed"
     recorder.check_all()
 
 

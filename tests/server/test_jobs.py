@@ -1,35 +1,13 @@
 """`/v1/fine_tuning/jobs` through the official openai client: a job trains in the server's worker process."""
 
-import json
 import time
 
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY, Server
+from tests.server.conftest import API_KEY, Server, upload
 
 pytestmark = pytest.mark.slow  # a server process and a worker that trains
-
-
-@pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory, tiny_model_dir):
-    running = Server(tmp_path_factory.mktemp("serve-jobs"), "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}")
-    yield running
-    running.stop()
-
-
-@pytest.fixture()
-def jobs_client(tiny_server, recorder):
-    from tests.server.conftest import httpx
-
-    return openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0,
-                         http_client=httpx.Client(event_hooks={"response": [recorder]}))
-
-
-def upload(client, tmp_path, conversations, name="train.jsonl"):
-    path = tmp_path / name
-    path.write_text("".join(json.dumps(c) + "\n" for c in conversations))
-    return client.files.create(file=path.open("rb"), purpose="fine-tune")
 
 
 def wait_until_finished(client, job_id, timeout=300):
@@ -42,8 +20,8 @@ def wait_until_finished(client, job_id, timeout=300):
     raise AssertionError(f"{job_id} still {job.status} after {timeout} s")
 
 
-def test_a_job_trains_and_reports_as_openai_does(jobs_client, recorder, tmp_path, support_conversations):
-    client = jobs_client
+def test_a_job_trains_and_reports_as_openai_does(tiny_client, recorder, tmp_path, support_conversations):
+    client = tiny_client
     training = upload(client, tmp_path, support_conversations[:16])
     job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                          hyperparameters={"n_epochs": 2}, suffix="support", seed=7,
@@ -70,8 +48,8 @@ def test_a_job_trains_and_reports_as_openai_does(jobs_client, recorder, tmp_path
     assert recorder.check_all() > 5
 
 
-def test_bad_jobs_are_refused_or_fail_as_openai_says(jobs_client, recorder, tmp_path, support_conversations):
-    client = jobs_client
+def test_bad_jobs_are_refused_or_fail_as_openai_says(tiny_client, recorder, tmp_path, support_conversations):
+    client = tiny_client
     small = upload(client, tmp_path, support_conversations[:3], "small.jsonl")
     failed = wait_until_finished(client, client.fine_tuning.jobs.create(training_file=small.id,
                                                                         model="gpt-4o-mini-2024-07-18").id)
@@ -96,8 +74,8 @@ def test_bad_jobs_are_refused_or_fail_as_openai_says(jobs_client, recorder, tmp_
     recorder.check_all()
 
 
-def test_a_running_job_is_cancelled_within_seconds(jobs_client, recorder, tmp_path, support_conversations):
-    client = jobs_client
+def test_a_running_job_is_cancelled_within_seconds(tiny_client, recorder, tmp_path, support_conversations):
+    client = tiny_client
     training = upload(client, tmp_path, support_conversations[:40])
     job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                          hyperparameters={"n_epochs": 25, "batch_size": 1})
@@ -113,9 +91,9 @@ def test_a_running_job_is_cancelled_within_seconds(jobs_client, recorder, tmp_pa
     recorder.check_all()
 
 
-def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(jobs_client, recorder, tmp_path,
+def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(tiny_client, recorder, tmp_path,
                                                                    support_conversations):
-    client = jobs_client
+    client = tiny_client
     training = upload(client, tmp_path, support_conversations[:12])
     job = wait_until_finished(client, client.fine_tuning.jobs.create(
         training_file=training.id, model="gpt-4o-mini-2024-07-18", hyperparameters={"n_epochs": 1}).id)
@@ -148,8 +126,8 @@ def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(jobs_client, re
     recorder.check_all()
 
 
-def test_a_paused_job_stops_and_resumes_to_the_end(jobs_client, recorder, tmp_path, support_conversations):
-    client = jobs_client
+def test_a_paused_job_stops_and_resumes_to_the_end(tiny_client, recorder, tmp_path, support_conversations):
+    client = tiny_client
     training = upload(client, tmp_path, support_conversations[:24])
     job = client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                          hyperparameters={"n_epochs": 4, "batch_size": 2})  # 48 steps
@@ -177,8 +155,8 @@ def test_a_paused_job_stops_and_resumes_to_the_end(jobs_client, recorder, tmp_pa
     recorder.check_all()
 
 
-def test_checkpoints_are_listed_and_answer_as_models(jobs_client, recorder, tmp_path, support_conversations):
-    client = jobs_client
+def test_checkpoints_are_listed_and_answer_as_models(tiny_client, recorder, tmp_path, support_conversations):
+    client = tiny_client
     training = upload(client, tmp_path, support_conversations[:12])
     job = wait_until_finished(client, client.fine_tuning.jobs.create(
         training_file=training.id, model="gpt-4o-mini-2024-07-18",

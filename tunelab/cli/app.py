@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -507,6 +509,8 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNELAB_API_KEY", help="Bearer key required on every route but /health (or TUNELAB_API_KEY)."),
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest upload accepted; larger ones get 413."),
     alias: list[str] = typer.Option([], "--alias", help="NAME=MODEL: answer to model NAME (e.g. gpt-4o-mini-2024-07-18) with a local base model ('default', a directory, a .gguf). Repeatable."),
+    max_jobs: int = typer.Option(1, "--max-jobs", min=1, help="Jobs trained at the same time."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="Start each job under this command, e.g. \"accelerate launch --multi_gpu --num_processes 8\" to train on every GPU."),
 ) -> None:
     """Serve OpenAI's fine-tuning API on this machine: files, jobs, models and chat completions."""
     import uvicorn
@@ -516,6 +520,13 @@ def serve(
 
     if host not in LOOPBACK and not api_key:
         _fail(f"--host {host}: listening beyond this machine needs --api-key (or TUNELAB_API_KEY)")
+    if launcher:
+        try:
+            launch_program = shlex.split(launcher)[0]
+        except (ValueError, IndexError):
+            _fail(f"--launcher {launcher!r}: not a command line")
+        if not shutil.which(launch_program):
+            _fail(f"--launcher {launcher!r}: {launch_program} is not a program on this machine's PATH")
     aliases = {}
     for entry in alias:
         name, _, spec = entry.partition("=")
@@ -531,7 +542,8 @@ def serve(
                   + (" · key required" if api_key else " · no key (loopback only)")
                   + " · files, fine-tuning jobs, models, chat completions")
     # Jobs train in their own process, so requests are answered while a job trains.
-    worker = subprocess.Popen([sys.executable, "-m", "tunelab.server.worker", str(home)])
+    worker = subprocess.Popen([sys.executable, "-m", "tunelab.server.worker", str(home), "--max-jobs", str(max_jobs),
+                               *(["--launcher", launcher] if launcher else [])])
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning")
     finally:

@@ -48,6 +48,27 @@ class Generation:
     tool_calls: list[dict] = field(default_factory=list)  # OpenAI-shaped, parsed from `text`
     content: str | None = None  # `text` without its tool calls (None when it is only calls)
     prompt_tokens: int = 0
+    ended_by_stop_string: bool = False
+
+
+def finished_reply(tokenizer, new_tokens: list[int], stop_ids: list[int], prompt_tokens: int,
+                   stops: list[str] = (), strip_end: bool = True) -> Generation:
+    """The reply made of `new_tokens` (generated after the prompt): up to the first stop id, or to the first
+    of the `stops` strings (OpenAI's `stop`, not included), with surrounding whitespace removed
+    (`strip_end=False` keeps it at the end, for a reply still being written)."""
+    stop_at = next((k for k, t in enumerate(new_tokens) if t in stop_ids), None)
+    kept = new_tokens if stop_at is None else new_tokens[:stop_at]
+    text = tokenizer.decode(kept, skip_special_tokens=True).lstrip()
+    cut = min((text.index(stop) for stop in stops if stop in text), default=None)
+    if cut is not None:
+        text = text[:cut]
+    elif strip_end:
+        text = text.rstrip()
+    parsed = parse_tool_calls(text)
+    ended = stop_at is not None or cut is not None
+    return Generation(text=text, finish_reason="length" if not ended else "tool_calls" if parsed.tool_calls else "stop",
+                      completion_tokens=len(kept) + (stop_at is not None), tool_calls=parsed.tool_calls,
+                      content=parsed.content, prompt_tokens=prompt_tokens, ended_by_stop_string=cut is not None)
 
 
 def _adapter_state(loaded: LoadedModel, use_adapter: bool):
@@ -158,16 +179,7 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
                                     **(dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0
                                        else dict(do_sample=False)))
         for row, index in enumerate(batch):
-            new_tokens = output[row, width:].tolist()
-            stop_at = next((k for k, t in enumerate(new_tokens) if t in stop_ids), None)
-            kept = new_tokens if stop_at is None else new_tokens[:stop_at]
-            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-            parsed = parse_tool_calls(text)
-            finish_reason = "length" if stop_at is None else ("tool_calls" if parsed.tool_calls else "stop")
-            results[index] = Generation(text=text, finish_reason=finish_reason,
-                                        completion_tokens=len(kept) + (0 if stop_at is None else 1),
-                                        tool_calls=parsed.tool_calls, content=parsed.content,
-                                        prompt_tokens=len(prompt_ids[index]))
+            results[index] = finished_reply(tokenizer, output[row, width:].tolist(), stop_ids, len(prompt_ids[index]))
         if on_batch:
             on_batch(len(batch))
     return results

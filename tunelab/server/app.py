@@ -9,7 +9,7 @@ chat completions and /health, with pause, resume and checkpoints (usable as mode
 
 Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise);
 127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they
-arrive (413), so a large upload is refused without being stored.
+arrive (413), so a large upload is refused without being stored, and at most a few uploads at once (429).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from tunelab.server.store import Store
 
 # Room for the multipart envelope around the largest allowed file.
 BODY_OVERHEAD = 64 * 1024
+MAX_JSON_BYTES = 16 * 2**20  # any other request body: a chat request with a long conversation fits easily
+MAX_CONCURRENT_UPLOADS = 4  # each holds a file being written; more wait their turn with a 429
 
 
 @dataclass
@@ -54,7 +56,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(jobs.router, prefix="/v1", dependencies=authorised)
     app.include_router(models.router, prefix="/v1", dependencies=authorised)
     app.include_router(chat.router, prefix="/v1", dependencies=authorised)
-    return BodyLimit(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD)
+    return RequestLimits(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD)
 
 
 async def _require_key(request: Request) -> None:
@@ -69,23 +71,31 @@ async def _require_key(request: Request) -> None:
                        "with as a Bearer token (OPENAI_API_KEY for the openai client).", code="invalid_api_key")
 
 
-class BodyLimit:
-    """ASGI wrapper: a request body over `limit` bytes gets a 413, whether it declares its length or not.
+class RequestLimits:
+    """ASGI wrapper: an upload over `upload_limit` bytes, or any other body over MAX_JSON_BYTES, gets a 413,
+    whether it declares its length or not; an upload beyond MAX_CONCURRENT_UPLOADS at once gets a 429.
 
     A declared Content-Length over the limit is refused before anything is read. A chunked body is counted
     as it arrives; once it passes the limit, reading stops and whatever the application would have answered
     is replaced by the 413 (the application saw an aborted body and answers 400, which would mislead).
     """
 
-    def __init__(self, app: FastAPI, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: FastAPI, upload_limit: int):
+        self.app, self.upload_limit = app, upload_limit
+        self.uploads = 0  # in progress; one event loop, so a plain counter
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files"
+        if upload and self.uploads >= MAX_CONCURRENT_UPLOADS:
+            return await self._refuse(send, APIError(
+                429, f"{MAX_CONCURRENT_UPLOADS} uploads are in progress on this server; retry when one has finished",
+                type="rate_limit_error", code="rate_limit_exceeded"))
+        limit = self.upload_limit if upload else MAX_JSON_BYTES
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(send, self._too_large(upload))
         received, exceeded = 0, False
 
         async def counted_receive():
@@ -93,7 +103,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
@@ -102,18 +112,28 @@ class BodyLimit:
             if not exceeded:
                 await send(message)
 
+        self.uploads += upload
         try:
             await self.app(scope, counted_receive, guarded_send)
         except Exception:
             if not exceeded:  # the application's own failure: its error middleware has answered already
                 raise
+        finally:
+            self.uploads -= upload
         if exceeded:
-            await self._too_large(send)
+            await self._refuse(send, self._too_large(upload))
 
-    async def _too_large(self, send) -> None:
-        megabytes = (self.limit - BODY_OVERHEAD) / 2**20
-        body = json.dumps(APIError(413, f"The upload is larger than this server's limit of {megabytes:g} MB "
-                                   "(tunelab serve --max-upload-mb)", code="file_too_large").body()).encode()
-        await send({"type": "http.response.start", "status": 413,
+    def _too_large(self, upload: bool) -> APIError:
+        if upload:
+            megabytes = (self.upload_limit - BODY_OVERHEAD) / 2**20
+            return APIError(413, f"The upload is larger than this server's limit of {megabytes:g} MB "
+                            "(tunelab serve --max-upload-mb)", code="file_too_large")
+        return APIError(413, f"The request body is larger than this server's limit of {MAX_JSON_BYTES // 2**20} MB "
+                        "for requests other than file uploads", code="request_too_large")
+
+    @staticmethod
+    async def _refuse(send, error: APIError) -> None:
+        body = json.dumps(error.body()).encode()
+        await send({"type": "http.response.start", "status": error.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -5,31 +5,36 @@
 A fine-tuned model is found by the name its job reported (`ft:…`); its run directory holds the adapter and
 the chat template it was trained with, so the prompt is rendered exactly as in training. A checkpoint
 (`ft:…:ckpt-step-N`, as `/checkpoints` lists them) is the model rebuilt as training built it, with the
-checkpoint's weights. Models are loaded
-on demand and the last few kept (MODEL_CACHE); generation runs in a thread, one request at a time, so the
-server keeps answering other routes meanwhile. `stream=True` sends OpenAI's server-sent chunks; in this
-version a reply is generated whole and then sent, not token by token.
+checkpoint's weights. Models are loaded on demand and the last few kept (MODEL_CACHE).
 
-Not yet: batching concurrent requests into shared generation steps, and `logprobs`.
+Concurrent requests are generated together, each joining the running batch at the next step
+(models/serving.py: continuous batching), and `stream=True` sends each piece of text as it is made, in
+OpenAI's server-sent chunks. A reply that may call tools is sent when it is complete, as one chunk with
+its `tool_calls`: until then, text could still turn out to be the start of a call.
+
+Not yet: `logprobs`, and a reproducible sample from `seed` (greedy replies, `temperature=0`, are).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from contextlib import aclosing
 import re
 import threading
 import time
 from collections import OrderedDict
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from tunelab.conversation.render import render_prompt_ids
 from tunelab.conversation.schema import ROLES, content_text
 from tunelab.core.settings import TrainConfig
-from tunelab.models.generate import LoadedModel, generate_replies, load_for_generation
+from tunelab.models.generate import LoadedModel, load_for_generation
 from tunelab.models.precision import best_device
+from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError
 from tunelab.server.jobs import model_name
@@ -41,8 +46,8 @@ MAX_COMPLETION_TOKENS = 4096
 CHECKPOINT_MODEL = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
 
 router = APIRouter()
-_loaded: OrderedDict = OrderedDict()
-_generation = threading.Lock()  # one generation at a time: the model and its adapter state are shared
+_generators: OrderedDict[str, ContinuousGenerator] = OrderedDict()
+_loading = threading.Lock()  # one model loaded at a time: two first requests for it load it once
 
 
 def fine_tuned_run(store, name: str):
@@ -82,17 +87,19 @@ def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
                        fully_fine_tuned=config.method == "full")
 
 
-def _model_for(request: Request, name: str):
+def _generator_for(request: Request, name: str) -> ContinuousGenerator:
     store = request.app.state.store
     checkpoint = checkpoint_path(store, name)
     run = None if checkpoint else fine_tuned_run(store, name)
     spec = f"{checkpoint[1]}" if checkpoint else str(run) if run else resolve_base(request, name)
-    if spec not in _loaded:
-        _loaded[spec] = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec)
-        while len(_loaded) > MODEL_CACHE:
-            _loaded.popitem(last=False)
-    _loaded.move_to_end(spec)
-    return _loaded[spec]
+    with _loading:
+        if spec not in _generators:
+            loaded = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec)
+            _generators[spec] = ContinuousGenerator(loaded)
+            while len(_generators) > MODEL_CACHE:
+                _generators.popitem(last=False)[1].close()  # its running requests finish first
+        _generators.move_to_end(spec)
+        return _generators[spec]
 
 
 def _messages(body: dict) -> list[dict]:
@@ -129,58 +136,102 @@ async def create_chat_completion(request: Request):
     temperature = _number(body, "temperature", 1.0, 0, 2)
     top_p = _number(body, "top_p", 1.0, 0, 1)
     choices = int(_number(body, "n", 1, 1, 8))
-    seed = body.get("seed")
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise APIError(400, "stop: up to 4 non-empty strings", param="stop", code="invalid_value")
-    loaded = await run_in_threadpool(_model_for, request, body["model"])
-
-    def generate():
-        with _generation:
-            if isinstance(seed, int):
-                torch.manual_seed(seed)
-            return generate_replies(loaded, [messages] * choices, max_new_tokens=max_tokens,
-                                    tools=[body.get("tools")] * choices, temperature=temperature, top_p=top_p)
-
-    generations = await run_in_threadpool(generate)
-    completion_id, created = new_id("chatcmpl-"), int(time.time())
-    shaped = [_choice(index, generation, stops) for index, generation in enumerate(generations)]
-    usage = {"prompt_tokens": generations[0].prompt_tokens,
-             "completion_tokens": sum(g.completion_tokens for g in generations)}
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    tools = body.get("tools")
+    generator = await run_in_threadpool(_generator_for, request, body["model"])
+    tokenizer = generator.loaded.tokenizer
+    prompt_ids = await run_in_threadpool(render_prompt_ids, tokenizer, messages, tools)
+    replies = [ReplyText(tokenizer, generator.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
+    sampling = Sampling(temperature, top_p)
+    completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"]}
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_chunks(completion_id, created, body["model"], shaped, usage, include_usage),
-                                 media_type="text/event-stream")
-    return {"id": completion_id, "object": "chat.completion", "created": created, "model": body["model"],
-            "choices": shaped, "usage": usage}
+        pieces = _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
+        return StreamingResponse(_chunks(completion, pieces, replies, include_usage), media_type="text/event-stream")
+    try:
+        async for _ in _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text=False):
+            pass
+    except GenerationFailed as error:
+        raise APIError(500, f"generation failed: {error}", type="server_error", code="server_error") from None
+    shaped = [_choice(index, reply.finish()[1]) for index, reply in enumerate(replies)]
+    return {**completion, "object": "chat.completion", "choices": shaped, "usage": _usage(replies)}
 
 
-def _choice(index: int, generation, stops: list[str]) -> dict:
-    content, finish_reason = generation.content if generation.tool_calls else generation.text, generation.finish_reason
-    for stop in stops:
-        if content and stop in content:
-            content, finish_reason = content[:content.index(stop)], "stop"
-    message = {"role": "assistant", "content": content, "refusal": None}
+async def _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text: bool):
+    """Generate every reply at once; yield (choice index, new text) as text becomes safe to send, then
+    (index, None) when that reply has ended. Leaving early cancels what is still being generated."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def generate(index: int, reply: ReplyText):
+        try:
+            async with aclosing(generator.tokens(prompt_ids, max_tokens, sampling)) as tokens_so_far:
+                async for tokens in tokens_so_far:
+                    text = reply.update(tokens)
+                    if text and send_text:
+                        queue.put_nowait((index, text))
+                    if reply.ended:
+                        break
+            queue.put_nowait((index, None))
+        except Exception as error:  # handed to the consumer, which raises it in the request's own task
+            queue.put_nowait((index, error))
+
+    tasks = [asyncio.create_task(generate(index, reply)) for index, reply in enumerate(replies)]
+    try:
+        for _ in replies:
+            while True:
+                index, item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield index, item
+                if item is None:
+                    break
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _usage(replies: list[ReplyText]) -> dict:
+    generations = [reply.finish()[1] for reply in replies]
+    usage = {"prompt_tokens": generations[0].prompt_tokens,
+             "completion_tokens": sum(g.completion_tokens for g in generations)}
+    return usage | {"total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+
+
+def _choice(index: int, generation) -> dict:
+    message = {"role": "assistant", "content": generation.content if generation.tool_calls else generation.text,
+               "refusal": None}
     if generation.tool_calls:
         message["tool_calls"] = generation.tool_calls
-    return {"index": index, "message": message, "finish_reason": finish_reason, "logprobs": None}
+    return {"index": index, "message": message, "finish_reason": generation.finish_reason, "logprobs": None}
 
 
-def _chunks(completion_id, created, model, choices, usage, include_usage):
+async def _chunks(completion: dict, pieces, replies: list[ReplyText], include_usage: bool):
     def chunk(choice_list, **extra):
-        return "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                      "model": model, "choices": choice_list, **extra}) + "\n\n"
+        return "data: " + json.dumps({**completion, "object": "chat.completion.chunk", "choices": choice_list,
+                                      **extra}) + "\n\n"
 
-    for choice in choices:
-        message = choice["message"]
-        yield chunk([{"index": choice["index"], "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        delta = {"content": message["content"]}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [dict(call, index=k) for k, call in enumerate(message["tool_calls"])]
-        yield chunk([{"index": choice["index"], "delta": delta, "finish_reason": None}])
-        yield chunk([{"index": choice["index"], "delta": {}, "finish_reason": choice["finish_reason"]}])
+    for index in range(len(replies)):
+        yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    try:
+        async with aclosing(pieces):
+            async for index, text in pieces:
+                if text is not None:
+                    yield chunk([{"index": index, "delta": {"content": text}, "finish_reason": None}])
+                    continue
+                rest, generation = replies[index].finish()
+                delta = {"content": generation.content} if generation.tool_calls else {"content": rest} if rest else {}
+                if generation.tool_calls:
+                    delta["tool_calls"] = [dict(call, index=k) for k, call in enumerate(generation.tool_calls)]
+                if delta:
+                    yield chunk([{"index": index, "delta": delta, "finish_reason": None}])
+                yield chunk([{"index": index, "delta": {}, "finish_reason": generation.finish_reason}])
+    except GenerationFailed as error:  # the status line is sent already: OpenAI's way is an error event
+        yield "data: " + json.dumps(APIError(500, f"generation failed: {error}", type="server_error",
+                                             code="server_error").body()) + "\n\n"
+        return
     if include_usage:
-        yield chunk([], usage=usage)
+        yield chunk([], usage=_usage(replies))
     yield "data: [DONE]\n\n"

@@ -1,12 +1,19 @@
-"""The worker: the process that runs fine-tuning jobs, one at a time, never inside a request handler.
+"""The worker: the process that runs fine-tuning jobs, never inside a request handler.
 
-    python -m tunelab.server.worker DATA_DIR        # `tunelab serve` starts it and stops it
+    python -m tunelab.server.worker DATA_DIR [--max-jobs N] [--launcher CMD]   # `tunelab serve` starts it
+    python -m tunelab.server.worker DATA_DIR --job ID                          # one job (what it starts)
 
-It takes the oldest job that is waiting, validates its files (the data toolkit's reader; fewer than 10
-examples fails the job with OpenAI's `invalid_n_examples`), then trains it with the same recipe as
-`tunelab train` into the job's run directory, asking the database after every step whether the job was
-cancelled. The outcome (fine-tuned model name, trained tokens, the metrics CSV as a `fine-tune-results`
-file, or the error) is written back to the database, where the API reads it.
+It takes the oldest job that is waiting and validates its files (the data toolkit's reader; fewer than 10
+examples fails the job with OpenAI's `invalid_n_examples`). Then it starts the job in a process of its own,
+up to `--max-jobs` at once (one by default): the job trains with the same recipe as `tunelab train` into
+its run directory, asking the database after every step whether it was cancelled or paused. The outcome
+(fine-tuned model name, trained tokens, the metrics CSV as a `fine-tune-results` file, or the error) is
+written back to the database, where the API reads it. A job process that dies (killed, out of memory)
+fails its job with its exit status.
+
+`--launcher "accelerate launch --multi_gpu --num_processes 8"` starts each job under that command, so one
+job uses every GPU of the machine (or FSDP: `--use_fsdp`); the processes agree at every step, and the
+first one speaks for the job.
 
 A job found `running` when the worker starts was interrupted (the server was stopped or killed): it
 resumes from its last complete checkpoint, exactly as `tunelab train --resume` does.
@@ -14,12 +21,16 @@ resumes from its last complete checkpoint, exactly as `tunelab train --resume` d
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from tunelab.conversation.problems import DataError
@@ -33,12 +44,13 @@ MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
 POLL_SECONDS = 0.5
 
 
-def next_job(store: Store):
-    """An interrupted job first (it holds a run directory), then the oldest waiting one."""
+def next_job(store: Store, started: set[str] = frozenset()):
+    """An interrupted job first (it holds a run directory), then the oldest waiting one; none in `started`."""
     for status in ("running", "validating_files", "queued"):
-        rows = store.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at, rowid LIMIT 1", (status,))
-        if rows:
-            return rows[0]
+        rows = store.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at, rowid", (status,))
+        for row in rows:
+            if row["id"] not in started:
+                return row
     return None
 
 
@@ -70,36 +82,61 @@ def validate_files(store: Store, job) -> bool:
     return True
 
 
-def run_job(store: Store, job) -> None:
-    """Train the job (or resume it), then record how it ended."""
-    from tunelab.train.local import train
+def training_lock(store: Store, job_id: str):
+    """Held by a job's (first) process while it trains: a job interrupted by a server restart may still be
+    finishing its step in its old process, and must not be started again before that ends."""
+    path = Path(store.run_dir(job_id)).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
-    job_id = job["id"]
-    run = RunDir(store.run_dir(job_id))
-    resume = run.has_run()  # interrupted (status running) or paused and resumed (queued again)
-    if not resume and run.path.exists():
-        shutil.rmtree(run.path)  # interrupted before training wrote anything: start it again
+
+def start_job(store: Store, job) -> bool:
+    """Mark a queued job running (False if it was cancelled or paused meanwhile), and clear the run
+    directory of a job interrupted before training wrote anything, so it starts again."""
+    training_lock(store, job["id"]).close()  # an old process still on it finishes first
+    run = RunDir(store.run_dir(job["id"]))
+    if not run.has_run() and run.path.exists():
+        shutil.rmtree(run.path)
     if job["status"] == "queued":
         store.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) "
-                      "WHERE id = ? AND status = 'queued'", (int(time.time()), job_id))
-        if store.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))[0]["status"] != "running":
-            return  # cancelled or paused while queued
+                      "WHERE id = ? AND status = 'queued'", (int(time.time()), job["id"]))
+    return store.execute("SELECT status FROM jobs WHERE id = ?", (job["id"],))[0]["status"] == "running"
+
+
+def run_job(store: Store, job_id: str, resume: bool) -> None:
+    """Train the job (`resume`: from its last complete checkpoint), then record how it ended. Under a
+    launcher every process runs this; the first one records."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    with training_lock(store, job_id) if main else nullcontext():
+        _train_and_record(store, job_id, resume, main)
+
+
+def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> None:
+    from tunelab.train.local import train
+
+    job = store.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
+    run = RunDir(store.run_dir(job_id))
     hyperparameters = json.loads(job["hyperparameters"])
     config = TrainConfig.from_sources(
         data=str(store.file_path(job["training_file"])), model=job["base_model"], out=str(run.path),
         validation=str(store.file_path(job["validation_file"])) if job["validation_file"] else None,
         suffix=job["suffix"], seed=job["seed"], **hyperparameters)
 
-    def cancelled(_step: int) -> bool:
-        if not server_alive():
-            sys.exit(0)  # the server is gone (killed): stop here; the job resumes when it is started again
+    def cancelled(_step: int) -> bool:  # asked of the first process only; the others follow its answer
+        if not worker_alive():
+            return True  # the server is gone (killed): stop here, still `running`, to resume when it restarts
         flags = store.execute("SELECT cancel_requested, pause_requested FROM jobs WHERE id = ?", (job_id,))[0]
         return bool(flags["cancel_requested"] or flags["pause_requested"])
 
     try:
         train(config, resume=resume, should_stop=cancelled, job_id=job_id)
     except Exception as error:  # noqa: BLE001 - whatever ends a job is reported on the job
-        fail(store, job_id, type(error).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        if main:
+            fail(store, job_id, type(error).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return
+    if not main:
         return
     record = run.job()
     if record["status"] == "cancelled":  # stopped on request: cancelled, or paused (the API set its status)
@@ -117,16 +154,34 @@ def run_job(store: Store, job) -> None:
                                                      record["trained_tokens"], json.dumps([results]), job_id))
 
 
-_SERVER_PID = os.getppid()
-
-
 def server_alive() -> bool:
     """Is the `tunelab serve` that started this worker still running? (Its death re-parents us.)"""
-    return os.getppid() == _SERVER_PID
+    return os.getppid() == _PARENT_PID
 
 
-def work(data_dir: Path, once: bool = False) -> None:
-    """Run jobs as they come (`once`: until none is waiting, for tests).
+def worker_alive() -> bool:
+    """For a job process: is the worker that started it (directly or through a launcher) still running? The
+    worker exits when its server does."""
+    pid = int(os.environ.get("TUNELAB_WORKER_PID", "0"))
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+_PARENT_PID = os.getppid()
+
+
+def job_command(data_dir: Path, job_id: str, resume: bool, launcher: str | None) -> list[str]:
+    """The command that trains one job: this module with `--job`, under the launcher if there is one.
+    Whether it resumes is decided here, once: the job's processes must agree on it."""
+    arguments = ["-m", "tunelab.server.worker", str(data_dir), "--job", job_id, *(["--resume"] if resume else [])]
+    return [*shlex.split(launcher), *arguments] if launcher else [sys.executable, *arguments]
+
+
+def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None:
+    """Validate and start jobs as they come, until the server exits.
 
     One worker per data directory: a second one (a server restarted while the old worker is still
     finishing a step) waits for the first to exit.
@@ -134,23 +189,43 @@ def work(data_dir: Path, once: bool = False) -> None:
     lock = open(Path(data_dir) / "worker.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     store = Store(data_dir)
-    while once or server_alive():
-        job = next_job(store)
-        if job is None:
-            if once:
-                return
-            time.sleep(POLL_SECONDS)
-            continue
-        if job["status"] == "validating_files":
+    environment = dict(os.environ, TUNELAB_WORKER_PID=str(os.getpid()))
+    running: dict[str, subprocess.Popen] = {}
+    while server_alive():
+        for job_id, process in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[job_id]
+            if process.returncode != 0 and store.execute("SELECT status FROM jobs WHERE id = ?",
+                                                         (job_id,))[0]["status"] == "running":
+                fail(store, job_id, "training_process_failed",
+                     f"The training process exited with status {process.returncode} (see the server's output)")
+        job = next_job(store, set(running))
+        if job is not None and job["status"] == "validating_files":
             validate_files(store, job)
+        elif job is not None and len(running) < max_jobs:
+            if start_job(store, job):
+                resume = RunDir(store.run_dir(job["id"])).has_run()  # interrupted, or paused and resumed
+                running[job["id"]] = subprocess.Popen(job_command(data_dir, job["id"], resume, launcher),
+                                                      env=environment)
         else:
-            run_job(store, job)
+            time.sleep(POLL_SECONDS)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tunelab.server.worker")
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--job", help="train this one job and exit")
+    parser.add_argument("--resume", action="store_true", help="with --job: from its last complete checkpoint")
+    parser.add_argument("--max-jobs", type=int, default=1)
+    parser.add_argument("--launcher")
+    options = parser.parse_args()
     configure_process()
-    keep_freed_memory()  # this process trains: reuse freed activations rather than fault them back in
-    work(Path(sys.argv[1]))
+    if options.job:
+        keep_freed_memory()  # this process trains: reuse freed activations rather than fault them back in
+        run_job(Store(options.data_dir), options.job, options.resume)
+    else:
+        work(options.data_dir, options.max_jobs, options.launcher)
 
 
 if __name__ == "__main__":

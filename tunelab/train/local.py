@@ -418,8 +418,8 @@ class Fit:
                     if self.early_stop_due():
                         self.finish_early()
                         return "stopped early"
-                    if self.should_stop and self.should_stop(self.step):
-                        return "cancelled"
+                    if self.should_stop and self.cluster.broadcast(self.cluster.is_main and self.should_stop(self.step)):
+                        return "cancelled"  # the first process decides, so all stop at the same step
         if self.recorder:
             self.recorder.event(
                 f"Trained {self.tokens_seen} tokens in {self.train_seconds:.0f} s "
