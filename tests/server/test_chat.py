@@ -21,7 +21,7 @@ def question(k: int) -> list[dict]:
     return [{"role": "user", "content": QUESTIONS[k % len(QUESTIONS)]}]
 
 
-def ask(client, k: int, max_tokens: int = 16) -> tuple[str, float]:
+def ask(client, k: int, max_tokens: int = 12) -> tuple[str, float]:
     started = time.perf_counter()
     reply = client.chat.completions.create(model=MODEL, messages=question(k), temperature=0, max_tokens=max_tokens)
     return reply.choices[0].message.content, time.perf_counter() - started
@@ -30,15 +30,15 @@ def ask(client, k: int, max_tokens: int = 16) -> tuple[str, float]:
 def test_concurrent_requests_share_generation_steps_and_answer_as_alone(client, recorder):
     ask(client, 0, max_tokens=2)  # the model loaded
     started = time.perf_counter()
-    alone = [ask(client, k)[0] for k in range(6)]
+    alone = [ask(client, k)[0] for k in range(5)]
     sequential = time.perf_counter() - started
     started = time.perf_counter()
-    with ThreadPoolExecutor(6) as pool:
-        together = [text for text, _ in pool.map(lambda k: ask(client, k), range(6))]
+    with ThreadPoolExecutor(5) as pool:
+        together = [text for text, _ in pool.map(lambda k: ask(client, k), range(5))]
     concurrent = time.perf_counter() - started
     assert together == alone  # greedy: batching does not change a reply
     assert len(set(alone)) > 1  # the prompts differ, and so do the replies: rows were not mixed up
-    # Six requests in shared steps take well under the time of six in turn (measured in this run).
+    # Five requests in shared steps take well under the time of five in turn (measured in this run).
     assert concurrent < 0.7 * sequential, (concurrent, sequential)
     recorder.check_all()
 

@@ -3,9 +3,9 @@
     tunelab serve [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--alias gpt-4o-mini-2024-07-18=default]
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=KEY python your_openai_code.py
 
-Built so far: files (upload with validation, list, retrieve, delete, content), fine-tuning jobs (create,
-list, retrieve, cancel, events; trained by a worker process), models (base models, aliases, fine-tunes),
-chat completions and /health, with pause, resume and checkpoints (usable as models).
+Served: files (upload with validation, list, retrieve, delete, content), fine-tuning jobs (create, list,
+retrieve, cancel, pause, resume, events, checkpoints usable as models; trained by the worker, worker.py),
+models (base models, aliases, fine-tunes), chat completions (batched and streamed, chat.py) and /health.
 
 Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise);
 127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they
