@@ -218,3 +218,33 @@ def test_a_server_killed_mid_job_resumes_it_to_the_same_weights(tmp_path, tiny_m
         assert torch.equal(adapters[0][name], adapters[1][name]), name
     events = (data_dir / "runs" / job.id / "events.jsonl").read_text()
     assert "Resumed from checkpoint at step 20" in events or "Resumed from checkpoint at step 40" in events
+
+
+def test_jobs_run_side_by_side_each_under_the_launcher(tmp_path, tiny_model_dir, support_conversations):
+    """`--max-jobs 2` trains two jobs at once; `--launcher` starts each under accelerate, in two processes."""
+    import sys
+
+    from tests.server.conftest import httpx
+
+    launcher = (f"{sys.executable} -m accelerate.commands.launch --num_processes 2 --num_machines 1 "
+                "--mixed_precision no --dynamo_backend no --multi_gpu --main_process_port 0")
+    server = Server(tmp_path / "data", "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}", "--max-jobs", "2",
+                    "--launcher", launcher)
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, http_client=httpx.Client())
+        training = upload(client, tmp_path, support_conversations[:12])
+        jobs = [client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                               hyperparameters={"n_epochs": 2, "batch_size": 2}) for _ in range(2)]
+        side_by_side, deadline = False, time.monotonic() + 300
+        while time.monotonic() < deadline:
+            statuses = [client.fine_tuning.jobs.retrieve(job.id).status for job in jobs]
+            side_by_side |= statuses == ["running", "running"]
+            if all(status in ("succeeded", "failed", "cancelled") for status in statuses):
+                break
+            time.sleep(0.2)
+        assert statuses == ["succeeded", "succeeded"] and side_by_side, statuses
+        for job in jobs:
+            messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+            assert "Training in 2 processes (data-parallel)" in messages
+    finally:
+        server.stop()

@@ -206,6 +206,9 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     # --- fit -------------------------------------------------------------------------------------------
     fit = Fit(model, tokenizer, train_examples, valid_examples, hyper, config, total_steps, eval_every,
               cluster, recorder, run, events, should_stop)
+    if recorder and cluster.world > 1:
+        recorder.event(f"Training in {cluster.world} processes ({'FSDP' if cluster.sharded else 'data-parallel'})",
+                       data={"processes": cluster.world})
     if recorder and cluster.sharded:
         held, weights = local_share(model)
         recorder.event(f"FSDP: each process holds its slice of the weights, here {held:,} of {weights:,}",
