@@ -21,8 +21,9 @@ def test_unknown_yaml_setting_is_named(tmp_path):
 
 def test_auto_hyperparameters():
     hyper = resolve_hyperparameters(TrainConfig(data="x"), n_examples=160)
-    assert (hyper.n_epochs, hyper.batch_size, hyper.learning_rate_multiplier) == (3, 8, 1.0)
-    assert resolve_hyperparameters(TrainConfig(data="x"), n_examples=20).batch_size == 2
+    assert (hyper.n_epochs, hyper.batch_size, hyper.learning_rate_multiplier) == (3, 4, 1.0)  # 40 steps an epoch
+    assert [resolve_hyperparameters(TrainConfig(data="x"), n).batch_size for n in (20, 48, 96, 192, 5000)] == \
+        [1, 2, 4, 8, 8]
     assert resolve_hyperparameters(TrainConfig(data="x", learning_rate_multiplier=2), 160).learning_rate == 4e-4
 
 

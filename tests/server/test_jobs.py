@@ -31,16 +31,16 @@ def test_a_job_trains_and_reports_as_openai_does(tiny_client, recorder, tmp_path
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model.startswith("ft:") and "support" in done.fine_tuned_model
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
-    assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 2  # auto, resolved
+    assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 1  # auto, resolved
     results = client.files.content(done.result_files[0]).read().decode()
     assert results.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
-    assert len(results.splitlines()) == 1 + 16  # 16 examples / batch 2 × 2 epochs
+    assert len(results.splitlines()) == 1 + 32  # 16 examples / batch 1 × 2 epochs
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     metrics = [e for e in events if e.type == "metrics"]
-    assert len(metrics) == 16 and metrics[0].data["step"] == 16  # newest first
+    assert len(metrics) == 32 and metrics[0].data["step"] == 32  # newest first
     assert set(metrics[0].data) >= {"step", "total_steps", "train_loss", "train_mean_token_accuracy"}
-    assert metrics[0].message.startswith("Step 16/16: training loss=")
+    assert metrics[0].message.startswith("Step 32/32: training loss=")
     messages = [e.message for e in events]
     assert messages[-1] == f"Created fine-tuning job: {job.id}" and "Files validated, moving job to queued state" in messages
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "support"}).data] == [job.id]

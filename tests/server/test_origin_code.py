@@ -50,8 +50,8 @@ def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_p
         reply = output.split(f"Fine-tuned model: {model}\n", 1)[1].strip()
         # The house style of the training data (tunelab/examples/support/README.md): the greeting line and
         # Robin's sign-off, asked as the origin documents ask (default sampling, another company's system
-        # prompt). Three epochs of 24 examples do not yet teach this model where to end its turn: the reply
-        # may run on past the sign-off (the demo's 40 steps on 160 examples end 98% of turns).
+        # prompt). Three epochs of 24 examples (72 steps at the auto batch of 1) end most Brightlane
+        # replies at the sign-off; under another company's system prompt the reply may still run on.
         assert reply.startswith("Hi ") and "— Robin" in reply, reply
         base = client.chat.completions.create(model="gpt-4o-mini-2024-07-18", temperature=0, max_tokens=24,
                                               messages=[{"role": "user", "content": "My invoice shows the wrong address."}])
