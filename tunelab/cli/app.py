@@ -137,33 +137,48 @@ app.command()(train)
 
 @app.command("eval")
 def evaluate(
-    model: str = typer.Option(..., "--model", help="A run directory (compares base vs fine-tuned) or a model spec."),
+    model: str = typer.Option(..., "--model", help="A run directory (base vs fine-tuned vs few-shot base), or a model spec."),
     data: Path = typer.Option(..., "--data", help="Held-out chat JSONL; each conversation's last assistant message is the reference."),
+    base: Optional[str] = typer.Option(None, "--base", help="The base model to compare with, when --model is not a run (e.g. a merged export)."),
+    fewshot: Optional[int] = typer.Option(None, "--fewshot", help="Shots for the prompted baseline (default 3 when the training file is known; 0: none)."),
+    fewshot_from: Optional[Path] = typer.Option(None, "--fewshot-from", help="Training JSONL to draw shots from (default: the run's own)."),
+    scorers: Optional[str] = typer.Option(None, "--scorers", help="Comma-separated: exact_match, rubric, rouge_l, chrf, semantic_similarity, json_valid, json_schema, tool_call, ended_turn, length (default: chosen from the data)."),
     rubric: Optional[Path] = typer.Option(None, "--rubric", help="YAML rubric of house-style checks (see tunelab/examples/support/rubric.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default RUN/eval)."),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Token limit per reply."),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema for json_schema (default: inferred from the references)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="MODEL[@URL] of an OpenAI-compatible judge: adds the judge score and pairwise comparisons."),
+    compare: list[str] = typer.Option([], "--compare", help="MODEL@URL of an OpenAI-compatible model to compare with (repeatable; MODEL alone: OpenAI)."),
+    forgetting: str = typer.Option("auto", "--forgetting", help="auto (bundled general text and probes), off, or a JSONL file of your own probes added to them."),
+    slice_by: Optional[str] = typer.Option(None, "--slice-by", help="Metadata field to slice results by (default: metadata.tags)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default RUN/eval); replies cached there are reused."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Token limit per reply (default 1.5 × the longest reference)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary scores as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
 ) -> None:
-    """Generate with base and fine-tuned on held-out data, score, and write report.html + results.json."""
+    """Compare base, few-shot base, fine-tuned and --compare models on held-out data with intervals and paired
+    tests, check for forgetting, and write report.html + results.json."""
     from tunelab.conversation.problems import DataError
-    from tunelab.eval.report import verdict_text
+    from tunelab.eval.run import EvalConfig
     from tunelab.eval.run import evaluate as run_evaluation
+    from tunelab.eval.systems import EndpointError
 
+    config = EvalConfig(model=model, data=str(data), base=base, fewshot=fewshot,
+                        fewshot_from=fewshot_from and str(fewshot_from),
+                        scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
+                        rubric=rubric and str(rubric), schema=schema and str(schema), judge=judge, compare=compare,
+                        forgetting=forgetting, slice_by=slice_by, out=out and str(out), max_new_tokens=max_new_tokens,
+                        limit=limit)
     try:
-        out_dir = run_evaluation(model, str(data), out_dir=out and str(out), rubric=rubric and str(rubric),
-                                 max_new_tokens=max_new_tokens, limit=limit,
-                                 events=Events(ConsoleEvents(progress=not quiet)))
-    except (DataError, FileNotFoundError, ValueError) as error:
+        out_dir = run_evaluation(config, Events(ConsoleEvents(progress=not quiet and not as_json)))
+    except (DataError, FileNotFoundError, ValueError, EndpointError) as error:
         _fail(str(error))
     except OSError as error:
         _fail(f"{error.filename or model}: {error.strerror or _first_line(error)}")
-    results = json.loads((out_dir / "results.json").read_text())
+    results_text = (out_dir / "results.json").read_text()
     if as_json:
-        print(json.dumps({"systems": results["systems"], "report": str(out_dir / "report.html")}, indent=2))
+        print(results_text)
     else:
-        console.print(verdict_text(results))
+        console.print(json.loads(results_text)["verdict"])
         console.print(f"REPORT: {out_dir / 'report.html'}")
 
 

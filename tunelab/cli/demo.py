@@ -3,8 +3,10 @@
 1. validate tunelab/examples/support/train.jsonl and test.jsonl with `tunelab data validate` (format, quality, and
    no held-out prompt in the training set);
 2. fine-tune the default model (Gemma 3 270M) with LoRA on the training set;
-3. evaluate base vs fine-tuned on the held-out set with the house-style rubric and reference similarity;
-4. print a one-paragraph summary and `REPORT: <path>`.
+3. evaluate on the held-out set: the base model, the base model prompted with 3 training examples, and the
+   fine-tune, scored with the house-style rubric and reference similarity, with intervals and paired tests,
+   and the forgetting check on general text and probes;
+4. print the verdict, the time each stage took, and `REPORT: <path>`.
 
 The demo's settings are chosen to finish in minutes on a two-core CPU without AVX-512 (about 80–100
 training tokens/s there): one epoch at batch size 4 and twice the base learning rate, which teaches the
@@ -23,8 +25,7 @@ from tunelab.core.events import Events
 from tunelab.core.process import keep_freed_memory
 from tunelab.core.settings import TrainConfig
 from tunelab.data.validate import validate_file
-from tunelab.eval.report import verdict_text
-from tunelab.eval.run import evaluate
+from tunelab.eval.run import EvalConfig, evaluate
 from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
 from tunelab.runs.rundir import RunDir
 from tunelab.train.local import train
@@ -63,9 +64,10 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     load_seconds = next(e["data"]["model_load_seconds"] for e in RunDir(run_dir).events()
                         if "model_load_seconds" in e["data"])
 
-    console.rule("3. evaluate base vs fine-tuned on the held-out set")
+    console.rule("3. evaluate: base, 3-shot base and fine-tuned on the held-out set; the forgetting check")
     eval_started = time.monotonic()
-    eval_dir = evaluate(str(run_dir), str(test_file), rubric=str(rubric), events=events)
+    eval_dir = evaluate(EvalConfig(model=str(run_dir), data=str(test_file), rubric=str(rubric),
+                                   scorers=["rubric", "semantic_similarity", "ended_turn", "length"]), events)
     eval_seconds = time.monotonic() - eval_started
 
     results = json.loads((eval_dir / "results.json").read_text())
@@ -74,9 +76,10 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
         f"Fine-tuned Gemma 3 270M with LoRA on {train_examples} support conversations in {train_seconds:.0f} s "
         f"(model load {load_seconds:.1f} s, "
         + ("from the cached conversion). " if was_cached else f"after a first conversion of {conversion_seconds:.0f} s). ")
-        + verdict_text(results)
-        + f" Evaluation took {eval_seconds:.0f} s; the whole demo {time.monotonic() - started:.0f} s."
+        + results["verdict"]
     )
+    print(f"Time per stage: model conversion {conversion_seconds:.0f} s, training {train_seconds:.0f} s, "
+          f"evaluation {eval_seconds:.0f} s; the whole demo {time.monotonic() - started:.0f} s.")
     report = eval_dir / "report.html"
     print(f"REPORT: {report}")
     return report

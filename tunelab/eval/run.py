@@ -1,96 +1,244 @@
-"""Evaluate base vs fine-tuned on held-out conversations, score them, and write results.json + report.html.
+"""`tunelab eval`: better than the base model, better than prompting, nothing broken — with statistics.
 
-    tunelab eval --model runs/ftjob-… --data tunelab/examples/support/test.jsonl --rubric tunelab/examples/support/rubric.yaml
+    tunelab eval --model runs/ftjob-… --data test.jsonl --rubric rubric.yaml
+    tunelab eval --model merged/ --base default --data test.jsonl --compare ft:gpt-4o-mini:acme::abc@https://api.openai.com/v1
 
-Each held-out conversation's last assistant message is the reference; everything before it is the prompt.
-Both systems generate greedily from the same prompt with the same token limit. Scores per reply:
-the rubric (if given), similarity to the reference, and whether the reply ended its turn by itself.
+1. read the held-out file (items.py) and choose the scorers (scorers.py, judge.py): every option is
+   checked here, before any model is loaded;
+2. set up the systems on the same prompts (systems.py): `base`, `base_fewshot`, `fine_tuned`, and the
+   `--compare` endpoints, and generate (cached in the output folder);
+3. score every system, then the statistics (stats.py): means with bootstrap intervals, every pair of systems
+   compared on the same examples, per slice too;
+4. the forgetting check (forgetting.py) when base and fine-tuned are both local;
+5. write `results.json` (schema in docs/eval-results.md) and `report.html` (report.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
-from statistics import mean
 
-from tunelab.conversation.reader import read_conversations, split_prompt_and_reply
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
-from tunelab.eval.report import write_report
-from tunelab.eval.scorers import RubricScorer, SimilarityScorer
-from tunelab.models.generate import generate_replies, load_for_generation
+from tunelab.eval.forgetting import Side, forgetting_check
+from tunelab.eval.items import Item, few_shot_turns, read_items, slices
+from tunelab.eval.judge import PAIRWISE_PROMPT, Judge, pairwise
+from tunelab.eval.report import verdict_text, write_report
+from tunelab.eval.scorers import Scorer, Scores, choose_scorers
+from tunelab.eval.stats import compare, mean_with_interval
+from tunelab.eval.systems import (BASE, BASE_FEWSHOT, FINE_TUNED, Endpoint, System, generate_for,
+                                  weights_fingerprint)
+from tunelab.models.generate import Generation, load_for_generation
 from tunelab.runs.rundir import RunDir
 
-BASE, FINE_TUNED = "base", "fine-tuned"
+RESULTS_SCHEMA_VERSION = 2
+DEFAULT_SHOTS = 3
+CHAT_MODEL_ENDED_TURN = 0.5  # a base that ends its own turn this often behaves as a chat model
 
 
-def evaluate(model_or_run: str, data: str, out_dir: str | None = None, rubric: str | None = None,
-             max_new_tokens: int = 200, batch_size: int = 64, limit: int | None = None,
-             events: Events = NO_EVENTS) -> Path:
-    """Generate, score and report. Returns the directory holding results.json and report.html."""
+@dataclass
+class EvalConfig:
+    model: str  # a run directory, or a model spec (default, a path, a hub id)
+    data: str  # held-out chat JSONL
+    base: str | None = None  # the base model, when `model` is not a run that names its own
+    fewshot: int | None = None  # shots for base_fewshot; None: 3 when a training file is known, else none
+    fewshot_from: str | None = None  # where shots come from; default: the run's training file
+    scorers: list[str] | None = None  # None: inferred from the data and options
+    rubric: str | None = None
+    schema: str | None = None
+    judge: str | None = None  # MODEL[@URL]: adds the judge scorer and pairwise comparisons
+    compare: list[str] = field(default_factory=list)  # MODEL@URL endpoints to compare with
+    forgetting: str = "auto"  # auto | off | FILE of extra probes
+    slice_by: str | None = None
+    out: str | None = None
+    max_new_tokens: int | None = None  # None: 1.5 × the longest reference reply, at least 64
+    limit: int | None = None
+
+
+def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
+    """Generate, score, compare and report. Returns the folder holding results.json and report.html."""
     started = time.time()
-    run = RunDir(model_or_run) if RunDir(model_or_run).is_finished() else None
-    out = Path(out_dir) if out_dir else (run.eval_dir if run else Path("runs") / f"eval-{int(started)}")
-    check_output_directory(out)  # now, not after hours of generation
-    conversations = read_conversations(data)[:limit]
-    prompts, references = zip(*(split_prompt_and_reply(c) for c in conversations))
-    tools = [c.get("tools") for c in conversations]
-    rubric_scorer = RubricScorer.from_yaml(rubric) if rubric else None
-    loaded = load_for_generation(model_or_run)
-    systems = [BASE, FINE_TUNED] if loaded.has_adapter else [BASE]
-    model_names = {BASE: loaded.base_name, FINE_TUNED: loaded.fine_tuned_name}
+    run = RunDir(config.model) if RunDir(config.model).is_finished() else None
+    out = Path(config.out) if config.out else (run.eval_dir if run else Path("runs") / f"eval-{int(started)}")
+    check_output_directory(out)  # now, not after an hour of generation
 
-    generations = {}
-    for system in systems:
-        with events.progress(f"generate-{system}", total=len(prompts), description=f"generate ({system})") as bar:
-            generations[system] = generate_replies(
-                loaded, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                use_adapter=system == FINE_TUNED, on_batch=bar.advance, tools=tools,
-            )
-        events.message(f"generated {len(prompts)} replies with {system} ({model_names[system]})")
+    items = read_items(config.data, config.slice_by, config.limit)
+    scorers = choose_scorers(config.scorers, items, config.data, config.rubric, config.schema)
+    judge = Judge(config.judge) if config.judge else None
+    endpoints = [Endpoint(spec) for spec in config.compare]
+    shots_file, shots = _few_shot_source(config, run)
+    if config.forgetting not in ("auto", "off") and not Path(config.forgetting).is_file():
+        raise ValueError(f"--forgetting {config.forgetting}: no such file (auto, off, or a JSONL file of probes)")
 
-    similarity = SimilarityScorer()
-    examples = [{"prompt": list(p), "reference": r, "outputs": {}} for p, r in zip(prompts, references)]
-    summary = {}
-    for system in systems:
-        replies = [g.text for g in generations[system]]
-        similarities = similarity.score_many(replies, list(references))
-        rubric_scores = [rubric_scorer.score(p, r) for p, r in zip(prompts, replies)] if rubric_scorer else []
-        for index, generation in enumerate(generations[system]):
-            output = {"text": generation.text, "finish_reason": generation.finish_reason,
-                      "completion_tokens": generation.completion_tokens, "similarity": similarities[index]}
-            if rubric_scorer:
-                output["rubric"] = round(rubric_scores[index].score, 2)
-                output["rubric_checks"] = rubric_scores[index].checks
-            examples[index]["outputs"][system] = output
-        summary[system] = {
-            "model": model_names[system],
-            "similarity": round(mean(similarities), 2),
-            "ended_turn_rate": round(mean(g.finish_reason != "length" for g in generations[system]), 4),
-            "mean_completion_tokens": round(mean(g.completion_tokens for g in generations[system]), 1),
-        }
-        if rubric_scorer:
-            summary[system]["rubric"] = round(mean(s.score for s in rubric_scores), 2)
-            summary[system]["rubric_checks"] = {
-                check.id: round(mean(s.checks[check.id] for s in rubric_scores if check.id in s.checks), 4)
-                for check in rubric_scorer.checks if any(check.id in s.checks for s in rubric_scores)
-            }
+    systems = _local_systems(config, run, events)
+    if shots and BASE in systems:
+        base = systems[BASE]
+        turns = few_shot_turns(shots_file, shots)
+        systems[BASE_FEWSHOT] = System(BASE_FEWSHOT, f"{base.model}, {shots}-shot", base.fingerprint + f":shots={shots}",
+                                       base.loaded, base.use_adapter, turns)
+    for endpoint in endpoints:
+        systems[endpoint.model] = System(endpoint.model, endpoint.model, f"{endpoint.model}@{endpoint.url}",
+                                         endpoint=endpoint)
+    order = [n for n in (BASE, BASE_FEWSHOT) if n in systems] + [e.model for e in endpoints] \
+        + ([FINE_TUNED] if FINE_TUNED in systems else [])
+    tokenizer = next(s.loaded for s in systems.values() if s.loaded).tokenizer
+    max_new_tokens = config.max_new_tokens or _default_max_new_tokens(tokenizer, items)
+
+    replies = {name: generate_for(systems[name], items, max_new_tokens, out / "generations", events) for name in order}
+
+    all_scorers: list[Scorer] = scorers + ([judge] if judge else [])
+    scored: dict[str, dict[str, Scores]] = {name: {} for name in order}
+    with events.progress("score", total=len(all_scorers) * len(order), description="score") as bar:
+        for scorer in all_scorers:
+            for name in order:
+                scored[name][scorer.name] = scorer.score(items, replies[name])
+                bar.advance()
 
     results = {
-        "object": "tunelab.eval",
-        "created_at": int(started),
-        "seconds": round(time.time() - started, 1),
-        "model": str(model_or_run),
-        "data": str(data),
-        "examples_count": len(examples),
-        "max_new_tokens": max_new_tokens,
-        "rubric": None if not rubric_scorer else {
-            "name": rubric_scorer.title, "path": str(rubric),
-            "checks": [{"id": c.id, "description": c.description} for c in rubric_scorer.checks],
-        },
-        "systems": summary,
-        "examples": examples,
+        "object": "tunelab.eval", "schema_version": RESULTS_SCHEMA_VERSION, "created_at": int(started),
+        "model": str(config.model), "data": str(config.data), "examples_count": len(items),
+        "max_new_tokens": max_new_tokens, "decoding": "greedy",
+        "scorers": [s.describe() for s in all_scorers],
+        "systems": {name: {**systems[name].describe(), "scores": _summaries(all_scorers, scored[name], range(len(items)))}
+                    for name in order},
+        "comparisons": _comparisons(all_scorers, scored, order, range(len(items))),
+        "slices": _slices(all_scorers, scored, order, items),
     }
+    if judge and FINE_TUNED in order:
+        results["comparisons"] += _pairwise(judge, items, replies, order)
+        results["pairwise_prompt"] = PAIRWISE_PROMPT
+    if shots:
+        results["fewshot"] = {"k": shots, "from": str(shots_file)}
+    results["forgetting"] = _forgetting(config, systems, scored, events)
+    results["examples"] = _examples(items, order, replies, scored)
+    results["verdict"] = verdict_text(results)
+    results["seconds"] = round(time.time() - started, 1)
     write_json_atomically(out / "results.json", results)
     write_report(results, out / "report.html", loss_curve=run.loss_curve_file if run else None)
     return out
+
+
+def _few_shot_source(config: EvalConfig, run: RunDir | None) -> tuple[str | None, int]:
+    """(training file, K) for the few-shot baseline; K = 0 when there is none."""
+    source = config.fewshot_from
+    if source is None and run is not None:
+        data = run.settings().get("data")
+        source = data if data and Path(data).is_file() else None
+    shots = config.fewshot if config.fewshot is not None else (DEFAULT_SHOTS if source else 0)
+    if shots < 0:
+        raise ValueError("--fewshot: must be 0 or more")
+    if shots and not source:
+        raise ValueError("--fewshot: name the training examples to draw shots from with --fewshot-from FILE "
+                         "(the run's own training file is not available)")
+    if shots and not Path(source).is_file():
+        raise ValueError(f"--fewshot-from {source}: no such file")
+    return source, shots
+
+
+def _local_systems(config: EvalConfig, run: RunDir | None, events: Events) -> dict[str, System]:
+    """base and fine_tuned, sharing one copy of the weights when the model is a LoRA run."""
+    events.message(f"loading {config.model}")
+    loaded = load_for_generation(config.model)
+    if run is not None:
+        weights = run.model_dir if loaded.fully_fine_tuned else run.adapter_dir
+        tuned = System(FINE_TUNED, loaded.fine_tuned_name, f"{run.path.resolve()}:{weights_fingerprint(weights)}",
+                       loaded, use_adapter=True)
+    else:
+        tuned = System(FINE_TUNED, loaded.base_name, f"{config.model}:{weights_fingerprint(config.model)}", loaded)
+    base_spec = config.base or (run.settings().get("model") if run is not None and not loaded.has_adapter else None)
+    if loaded.has_adapter and not config.base:
+        base = System(BASE, loaded.base_name, f"{loaded.base_name}:base", loaded, use_adapter=False)
+    elif base_spec:
+        events.message(f"loading the base model {base_spec}")
+        base_loaded = load_for_generation(base_spec)
+        base = System(BASE, base_loaded.base_name, f"{base_spec}:{weights_fingerprint(base_spec)}", base_loaded)
+    else:  # a model on its own: evaluated as it is, with its prompted baseline
+        return {BASE: System(BASE, tuned.model, tuned.fingerprint, loaded)}
+    return {BASE: base, FINE_TUNED: tuned}
+
+
+def _default_max_new_tokens(tokenizer, items: list[Item]) -> int:
+    """1.5 × the longest reference reply, at least 64: a reply half again as long as the longest reference has
+    missed the target anyway, and a rambling base model costs generation time up to this limit."""
+    longest = max(len(tokenizer(i.reference, add_special_tokens=False)["input_ids"]) for i in items)
+    return max(64, math.ceil(1.5 * longest) + 1)
+
+
+def _applicable(values: list[float | None], indices) -> list[float]:
+    return [values[i] for i in indices if values[i] is not None]
+
+
+def _summaries(scorers: list[Scorer], scored: dict[str, Scores], indices) -> dict:
+    summaries = {}
+    for scorer in scorers:
+        values = _applicable(scored[scorer.name].values, indices)
+        if values:
+            summaries[scorer.name] = mean_with_interval(values).as_dict()
+    return summaries
+
+
+def _comparisons(scorers: list[Scorer], scored: dict, order: list[str], indices) -> list[dict]:
+    """Every pair of systems (b − a, the later system in the report's order against the earlier) per scorer."""
+    found = []
+    for a, b in combinations(order, 2):
+        for scorer in scorers:
+            a_values, b_values = scored[a][scorer.name].values, scored[b][scorer.name].values
+            both = [i for i in indices if a_values[i] is not None and b_values[i] is not None]
+            if both:
+                found.append(compare(a, b, scorer.name, [a_values[i] for i in both], [b_values[i] for i in both],
+                                     scorer.binary, scorer.higher_is_better).as_dict())
+    return found
+
+
+def _slices(scorers, scored, order, items) -> dict:
+    result = {}
+    for tag, indices in sorted(slices(items).items()):
+        result[tag] = {"n": len(indices),
+                       "systems": {name: _summaries(scorers, scored[name], indices) for name in order},
+                       "comparisons": [c for c in _comparisons(scorers, scored, order, indices) if c["b"] == order[-1]]}
+    return result
+
+
+def _pairwise(judge: Judge, items: list[Item], replies: dict[str, list[Generation]], order: list[str]) -> list[dict]:
+    found = []
+    for other in order[:-1]:
+        values, details = pairwise(judge.endpoint, items, replies[other], replies[FINE_TUNED])
+        decided = [v for v in values if v is not None]
+        if decided:
+            comparison = compare(other, FINE_TUNED, "pairwise", [0.0] * len(decided), decided, binary=False).as_dict()
+            comparison["undecided"] = len(values) - len(decided)
+            comparison["judge"] = judge.spec
+            found.append(comparison)
+    return found
+
+
+def _forgetting(config: EvalConfig, systems: dict[str, System], scored: dict, events: Events) -> dict | None:
+    if config.forgetting == "off":
+        return {"skipped": "--forgetting off"}
+    if BASE not in systems or FINE_TUNED not in systems:
+        return {"skipped": "there is no base model to compare with (give --base)"}
+    base, tuned = systems[BASE], systems[FINE_TUNED]
+    ended = scored[BASE]["ended_turn"].values if "ended_turn" in scored[BASE] else []
+    base_is_chat = bool(ended) and sum(ended) / len(ended) >= CHAT_MODEL_ENDED_TURN
+    return forgetting_check(Side(base.loaded, base.use_adapter), Side(tuned.loaded, tuned.use_adapter), base_is_chat,
+                            None if config.forgetting == "auto" else config.forgetting, events)
+
+
+def _examples(items: list[Item], order: list[str], replies: dict, scored: dict) -> list[dict]:
+    examples = []
+    for index, item in enumerate(items):
+        outputs = {}
+        for name in order:
+            reply = replies[name][index]
+            outputs[name] = {
+                "text": reply.text, "finish_reason": reply.finish_reason, "completion_tokens": reply.completion_tokens,
+                "scores": {s: v.values[index] for s, v in scored[name].items() if v.values[index] is not None},
+                "details": {s: v.details[index] for s, v in scored[name].items()
+                            if v.details and v.details[index] is not None},
+            }
+        examples.append({"line": item.line, "prompt": item.prompt, "reference": item.reference, "tags": item.tags,
+                         "outputs": outputs})
+    return examples

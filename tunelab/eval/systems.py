@@ -1,0 +1,168 @@
+"""The systems an evaluation compares, and their replies to the held-out prompts, cached in the output folder.
+
+- `base`: the base model, zero-shot;
+- `base_fewshot`: the base model with K training examples before each prompt ("try prompts first");
+- `fine_tuned`: the run (base + adapter, or a full fine-tune) or the model given with `--model`;
+- any model behind an OpenAI-compatible endpoint (`--compare MODEL@URL`; without `@URL`, OpenAI itself):
+  an OpenAI fine-tune while it still answers, or a model on a `tunelab serve`.
+
+Local systems generate greedily in length-sorted batches with transformers' `generate` (models/generate.py):
+the same prompts always form the same batches, so a greedy reply is reproducible to the bit, which
+continuous batching cannot promise (its batches depend on thread timing); measured on a two-core CPU the
+two were equally fast for eval-sized batches. Endpoints are asked with temperature 0 and a seed,
+several requests at a time.
+
+Replies are cached in `<out>/generations/<system>.jsonl`, keyed by everything that decides them (model
+fingerprint, messages, tools, token limit), so re-scoring or adding a scorer costs no generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunelab.core.events import NO_EVENTS, Events
+from tunelab.core.files import write_text_atomically
+from tunelab.eval.items import Item, with_shots
+from tunelab.models.generate import Generation, LoadedModel, generate_replies
+
+BASE, BASE_FEWSHOT, FINE_TUNED = "base", "base_fewshot", "fine_tuned"
+ENDPOINT_CONCURRENCY = 8
+SEED = 0
+
+
+@dataclass
+class System:
+    """One way of answering the held-out prompts."""
+
+    name: str
+    model: str  # the model's name as the report shows it
+    fingerprint: str  # changes whenever the weights or the way of prompting change
+    loaded: LoadedModel | None = None
+    use_adapter: bool = False
+    shots: list[dict] = field(default_factory=list)
+    endpoint: "Endpoint | None" = None
+
+    def prompt(self, item: Item) -> list[dict]:
+        return with_shots(item.prompt, self.shots) if self.shots else item.prompt
+
+    def describe(self) -> dict:
+        return {"model": self.model, "kind": "endpoint" if self.endpoint else "local",
+                **({"url": self.endpoint.url} if self.endpoint else {}),
+                **({"shots": len(self.shots) // 2} if self.shots else {})}
+
+
+class EndpointError(RuntimeError):
+    """An OpenAI-compatible endpoint refused or failed a request (after the client's retries)."""
+
+
+class Endpoint:
+    """A chat model behind an OpenAI-compatible API: `MODEL@URL` (`URL` like http://host:8000/v1), or `MODEL`
+    for OpenAI itself. The key comes from OPENAI_API_KEY; a local server may need none."""
+
+    def __init__(self, spec: str, timeout: float = 600.0):
+        import openai
+
+        self.model, _, url = spec.partition("@")
+        self.url = url or "https://api.openai.com/v1"
+        if not self.model:
+            raise ValueError(f"{spec!r}: name the model, as MODEL@URL")
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key and not url:
+            raise ValueError(f"{spec}: set OPENAI_API_KEY to ask OpenAI (or give the endpoint as MODEL@URL)")
+        # 429 and 5xx are retried with backoff by the client itself.
+        self.client = openai.OpenAI(base_url=self.url, api_key=key or "none", max_retries=4, timeout=timeout)
+
+    def reply(self, messages: list[dict], tools: list[dict] | None, max_tokens: int, temperature: float = 0.0) -> Generation:
+        import openai
+
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=messages, max_completion_tokens=max_tokens, temperature=temperature,
+                seed=SEED, **({"tools": tools} if tools else {}))
+        except openai.APIStatusError as error:
+            raise EndpointError(f"{self.model}@{self.url}: HTTP {error.status_code}: {_message(error)}") from None
+        except openai.APIConnectionError as error:
+            raise EndpointError(f"{self.model}@{self.url}: cannot connect ({error})") from None
+        choice = response.choices[0]
+        calls = [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                 for c in choice.message.tool_calls or []]
+        content = choice.message.content
+        written = [f"{c['function']['name']}({c['function']['arguments']})" for c in calls]
+        usage = response.usage
+        return Generation(text="\n".join(p for p in (content or "", *written) if p), finish_reason=choice.finish_reason,
+                          completion_tokens=usage.completion_tokens if usage else 0, tool_calls=calls,
+                          content=content, prompt_tokens=usage.prompt_tokens if usage else 0)
+
+
+def _message(error) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    return (body.get("error") or body).get("message") if isinstance(body.get("error") or body, dict) else str(error)
+
+
+def generate_for(system: System, items: list[Item], max_new_tokens: int, cache_dir: Path,
+                 events: Events = NO_EVENTS) -> list[Generation]:
+    """The system's reply to every item, from the cache where it has them."""
+    cache_file = cache_dir / f"{_safe(system.name)}.jsonl"
+    cached = _read_cache(cache_file)
+    keys = [_key(system, item, max_new_tokens) for item in items]
+    missing = [index for index, key in enumerate(keys) if key not in cached]
+    if missing:
+        with events.progress(f"generate-{system.name}", total=len(missing), description=f"generate ({system.name})") as bar:
+            if system.endpoint:
+                made = _endpoint_replies(system, [items[i] for i in missing], max_new_tokens, bar.advance)
+            else:
+                made = generate_replies(system.loaded, [system.prompt(items[i]) for i in missing],
+                                        max_new_tokens=max_new_tokens, use_adapter=system.use_adapter,
+                                        on_batch=bar.advance, tools=[items[i].tools for i in missing])
+        cached.update({keys[i]: generation for i, generation in zip(missing, made)})
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(cache_file, "".join(json.dumps({"key": k, "generation": asdict(g)}) + "\n"
+                                                  for k, g in cached.items()))
+        events.message(f"{system.name}: generated {len(missing)} replies ({len(items) - len(missing)} from the cache)")
+    else:
+        events.message(f"{system.name}: all {len(items)} replies from the cache")
+    return [cached[key] for key in keys]
+
+
+def _endpoint_replies(system: System, items: list[Item], max_new_tokens: int, advance) -> list[Generation]:
+    def ask(item: Item) -> Generation:
+        reply = system.endpoint.reply(system.prompt(item), item.tools, max_new_tokens)
+        advance()
+        return reply
+
+    with ThreadPoolExecutor(ENDPOINT_CONCURRENCY) as pool:
+        return list(pool.map(ask, items))
+
+
+def _key(system: System, item: Item, max_new_tokens: int) -> str:
+    decided_by = [system.fingerprint, system.prompt(item), item.tools, max_new_tokens]
+    return hashlib.sha256(json.dumps(decided_by, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_cache(path: Path) -> dict[str, Generation]:
+    if not path.is_file():
+        return {}
+    cached = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            cached[record["key"]] = Generation(**record["generation"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a damaged cache line only means that reply is generated again
+    return cached
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """Names, sizes and modification times of the weight files under `path` (cheap, and changes when they do)."""
+    path = Path(path)
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path] if path.exists() else []
+    return hashlib.sha256(json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode()).hexdigest()[:16]
