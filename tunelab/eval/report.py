@@ -142,7 +142,9 @@ def _word(found: dict, scorer: dict) -> str:
 
 
 def primary_scorer(results: dict) -> dict:
-    names = [s["name"] for s in results["scorers"]]
+    """The scorer the verdict leads with: the most task-specific one that scored the base model."""
+    scored = results["systems"][next(iter(results["systems"]))]["scores"]
+    names = [s["name"] for s in results["scorers"] if s["name"] in scored] or [s["name"] for s in results["scorers"]]
     chosen = next((n for n in PRIMARY_ORDER if n in names), names[0])
     return _scorer(results, chosen)
 
@@ -160,8 +162,8 @@ def verdict_text(results: dict) -> str:
         return _value(systems[system]["scores"][name]["mean"], primary)
 
     sentences = []
-    if "fine_tuned" in systems and "base" in systems:
-        found = _find(results, "base", "fine_tuned", name)
+    found = _find(results, "base", "fine_tuned", name)
+    if found:
         word = _word(found, primary)
         interval = f"95% CI {_diff(found['ci95'][0], primary)} to {_diff(found['ci95'][1], primary)}"
         if word == "better":
@@ -173,15 +175,15 @@ def verdict_text(results: dict) -> str:
         else:
             sentences.append(f"Fine-tuning made no detectable difference to {label}: {mean('base')} for the base model, "
                              f"{mean('fine_tuned')} fine-tuned ({interval}) on {found['n']} held-out examples.")
-    else:
+    elif name in systems["base"]["scores"]:
         sentences.append(f"{systems['base']['model']} scored {mean('base')} on {label} "
                          f"over {results['examples_count']} held-out examples.")
     if "base_fewshot" in systems:
         k = results["fewshot"]["k"]
         against = _find(results, "base_fewshot", "fine_tuned", name)
-        if against is None:
+        if against is None and name in systems["base_fewshot"]["scores"]:
             sentences.append(f"{k}-shot prompting reached {mean('base_fewshot')}.")
-        else:
+        elif against is not None:
             word = _word(against, primary)
             reading = {"better": "the fine-tune beats prompting", "worse": "prompting beats the fine-tune",
                        }.get(word, "no detectable difference from the fine-tune: try prompting first")

@@ -107,6 +107,8 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
         "comparisons": _comparisons(all_scorers, scored, order, range(len(items))),
         "slices": _slices(all_scorers, scored, order, items),
     }
+    if judge:
+        results["judge_unreadable"] = {name: sum(v is None for v in scored[name][judge.name].values) for name in order}
     if judge and FINE_TUNED in order:
         results["comparisons"] += _pairwise(judge, items, replies, order)
         results["pairwise_prompt"] = PAIRWISE_PROMPT

@@ -1,0 +1,43 @@
+"""A real `tunelab serve` process, started by tests of the server and of what talks to it (eval's --compare)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx2 as httpx  # the HTTP client the openai package is built on
+
+API_KEY = "sk-test-tunelab-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir, *arguments: str):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tunelab.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
+             "--api-key", API_KEY, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(os.environ, TUNELAB_API_KEY=""))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+            if self.process.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"tunelab serve did not start: {self.process.stdout.read().decode()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
