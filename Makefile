@@ -5,9 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Chromium for the test that opens the evaluation report in a real browser (Debian's package;
+# installing it needs root, as on CI machines).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "chromium is not installed and cannot be installed here (needs root and apt); the report's browser test will fail"
 
 # Installing torch==2.13.0 first, by itself, makes pip take the CPU build these machines carry instead of
 # resolving a multi-GB CUDA build as a dependency of something else.

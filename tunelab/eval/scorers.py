@@ -75,7 +75,7 @@ class Rubric(Scorer):
     def __init__(self, path: str | Path):
         self.rubric = RubricScorer.from_yaml(path)
         self.path = str(path)
-        self.label = f"rubric: {self.rubric.title}"
+        self.label = f"score on the {self.rubric.title} rubric"
 
     def score(self, items, replies):
         results = [self.rubric.score(i.prompt, r.text) for i, r in zip(items, replies)]
@@ -156,7 +156,7 @@ class JsonValid(Scorer):
 
 
 class JsonSchema(Scorer):
-    name, label, binary = "json_schema", "matches the JSON schema", True
+    name, label, binary = "json_schema", "schema-valid JSON", True
 
     def __init__(self, schema: dict, source: str):
         from jsonschema import Draft202012Validator
@@ -272,7 +272,7 @@ def _canonical(name: str, arguments) -> str:
 
 
 class EndedTurn(Scorer):
-    name, label, binary = "ended_turn", "ended its turn", True
+    name, label, binary = "ended_turn", "turns ended by the model", True
 
     def score(self, items, replies):
         return Scores([float(r.finish_reason != "length") for r in replies])
