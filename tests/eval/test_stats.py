@@ -51,3 +51,11 @@ def test_relative_change_of_paired_losses():
     assert relative_change(before, before).mean == 0 and relative_change(before, before).high == 0
     worse = relative_change(before, [b * 1.1 for b in before])
     assert worse.mean == pytest.approx(0.1) and worse.low == pytest.approx(0.1) and worse.high == pytest.approx(0.1)
+
+
+def test_a_few_losses_and_no_gains_are_not_called_a_difference():
+    # 4 of 80 probes lost, none gained: the bootstrap interval alone would exclude zero; McNemar's p = 0.125.
+    before, after = [1.0] * 80, [1.0] * 76 + [0.0] * 4
+    comparison = compare("base", "fine_tuned", "probes", before, after, binary=True)
+    assert comparison.high < 0 and comparison.p_value == pytest.approx(0.125)
+    assert not comparison.detectable and verdict_word(comparison) == "no detectable difference"

@@ -6,7 +6,8 @@
   differences, its paired-bootstrap interval (the bootstrap of those differences), win/tie/loss counts,
   and an exact p-value — McNemar's test for pass/fail scores (the binomial test on the discordant pairs),
   the sign test otherwise (the binomial test on wins against losses). Ties carry no information in either.
-- A difference whose interval includes zero is "no detectable difference", never a gain: `verdict_word`
+- A difference whose interval includes zero, or whose exact test gives p ≥ 0.05, is "no detectable
+  difference", never a gain: `verdict_word`
   is the only place that turns numbers into words, so the report and the summary cannot disagree.
 
 Why the bootstrap rather than a t-interval: scores here are bounded, skewed and often pass/fail, and held-out
@@ -23,6 +24,7 @@ from scipy import stats
 RESAMPLES = 10_000
 SEED = 20260106  # fixed: the same scores give the same intervals in every report
 TIE_TOLERANCE = 1e-9
+ALPHA = 0.05
 
 
 @dataclass
@@ -57,8 +59,10 @@ class Comparison:
 
     @property
     def detectable(self) -> bool:
-        """Whether the interval excludes zero."""
-        return self.low > 0 or self.high < 0
+        """Whether the interval excludes zero and the exact test agrees (p < 0.05). The percentile bootstrap is
+        too confident when only a handful of pairs differ (4 lost probes of 80, none gained: the interval
+        excludes zero, McNemar's p is 0.125); a difference must pass both to be called one."""
+        return (self.low > 0 or self.high < 0) and self.p_value < ALPHA
 
     def as_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "scorer": self.scorer, "mean_diff": self.mean_diff,
