@@ -114,7 +114,7 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
         results["pairwise_prompt"] = PAIRWISE_PROMPT
     if shots:
         results["fewshot"] = {"k": shots, "from": str(shots_file)}
-    results["forgetting"] = _forgetting(config, systems, scored, events)
+    results["forgetting"] = _forgetting(config, systems, replies, events)
     results["examples"] = _examples(items, order, replies, scored)
     results["verdict"] = verdict_text(results)
     results["seconds"] = round(time.time() - started, 1)
@@ -217,13 +217,14 @@ def _pairwise(judge: Judge, items: list[Item], replies: dict[str, list[Generatio
     return found
 
 
-def _forgetting(config: EvalConfig, systems: dict[str, System], scored: dict, events: Events) -> dict | None:
+def _forgetting(config: EvalConfig, systems: dict[str, System], replies: dict[str, list[Generation]],
+                events: Events) -> dict | None:
     if config.forgetting == "off":
         return {"skipped": "--forgetting off"}
     if BASE not in systems or FINE_TUNED not in systems:
         return {"skipped": "there is no base model to compare with (give --base)"}
     base, tuned = systems[BASE], systems[FINE_TUNED]
-    ended = scored[BASE]["ended_turn"].values if "ended_turn" in scored[BASE] else []
+    ended = [reply.finish_reason != "length" for reply in replies[BASE]]
     base_is_chat = bool(ended) and sum(ended) / len(ended) >= CHAT_MODEL_ENDED_TURN
     return forgetting_check(Side(base.loaded, base.use_adapter), Side(tuned.loaded, tuned.use_adapter), base_is_chat,
                             None if config.forgetting == "auto" else config.forgetting, events)
