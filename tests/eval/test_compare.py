@@ -47,8 +47,16 @@ def test_compare_and_judge_through_a_served_model(tmp_path, tiny_model_dir, supp
         out = evaluate(EvalConfig(model=str(run), data=str(test_file), fewshot=0, forgetting="off",
                                   max_new_tokens=16, scorers=["rouge_l", "ended_turn"],
                                   compare=[f"{GPT}@{server.base_url}"], judge=f"judge@{server.base_url}"))
+        # The other way round: the served model as the one under test, against the same weights loaded here.
+        matched = evaluate(EvalConfig(model=f"{GPT}@{server.base_url}", base=str(tiny_model_dir), data=str(test_file),
+                                      fewshot=0, max_new_tokens=16, scorers=["rouge_l", "ended_turn"],
+                                      out=str(tmp_path / "matched")))
     finally:
         server.stop()
+    same = json.loads((matched / "results.json").read_text())
+    assert same["systems"]["fine_tuned"]["kind"] == "endpoint" and same["systems"]["base"]["kind"] == "local"
+    assert "needs both models' weights" in same["forgetting"]["skipped"]
+    assert not any(c["detectable"] for c in same["comparisons"])
     results = json.loads((out / "results.json").read_text())
 
     assert list(results["systems"]) == ["base", GPT, "fine_tuned"], results["systems"]

@@ -73,19 +73,19 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     if config.forgetting not in ("auto", "off") and not Path(config.forgetting).is_file():
         raise ValueError(f"--forgetting {config.forgetting}: no such file (auto, off, or a JSONL file of probes)")
 
-    systems = _local_systems(config, run, events)
+    systems = _model_systems(config, run, events)
     if shots and BASE in systems:
         base = systems[BASE]
         turns = few_shot_turns(shots_file, shots)
         systems[BASE_FEWSHOT] = System(BASE_FEWSHOT, f"{base.model}, {shots}-shot", base.fingerprint + f":shots={shots}",
-                                       base.loaded, base.use_adapter, turns)
+                                       base.loaded, base.use_adapter, turns, base.endpoint)
     for endpoint in endpoints:
         systems[endpoint.model] = System(endpoint.model, endpoint.model, f"{endpoint.model}@{endpoint.url}",
                                          endpoint=endpoint)
     order = [n for n in (BASE, BASE_FEWSHOT) if n in systems] + [e.model for e in endpoints] \
         + ([FINE_TUNED] if FINE_TUNED in systems else [])
-    tokenizer = next(s.loaded for s in systems.values() if s.loaded).tokenizer
-    max_new_tokens = config.max_new_tokens or _default_max_new_tokens(tokenizer, items)
+    local = next((s.loaded for s in systems.values() if s.loaded), None)
+    max_new_tokens = config.max_new_tokens or _default_max_new_tokens(local and local.tokenizer, items)
 
     replies = {name: generate_for(systems[name], items, max_new_tokens, out / "generations", events) for name in order}
 
@@ -140,32 +140,52 @@ def _few_shot_source(config: EvalConfig, run: RunDir | None) -> tuple[str | None
     return source, shots
 
 
-def _local_systems(config: EvalConfig, run: RunDir | None, events: Events) -> dict[str, System]:
-    """base and fine_tuned, sharing one copy of the weights when the model is a LoRA run."""
-    events.message(f"loading {config.model}")
-    loaded = load_for_generation(config.model)
-    if run is not None:
-        weights = run.model_dir if loaded.fully_fine_tuned else run.adapter_dir
-        tuned = System(FINE_TUNED, loaded.fine_tuned_name, f"{run.path.resolve()}:{weights_fingerprint(weights)}",
-                       loaded, use_adapter=True)
+def is_endpoint(spec: str | None) -> bool:
+    """`MODEL@URL` or an OpenAI fine-tune name (`ft:…`) that is not a local path: a model to ask over HTTP."""
+    return bool(spec) and not Path(spec).exists() and ("@" in spec or spec.startswith("ft:"))
+
+
+def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> dict[str, System]:
+    """base and fine_tuned, sharing one copy of the weights when the model is a LoRA run; either may be an
+    endpoint (`--model ft:…@URL --base MODEL@URL`)."""
+    if is_endpoint(config.model):
+        endpoint = Endpoint(config.model)
+        tuned = System(FINE_TUNED, endpoint.model, f"{endpoint.model}@{endpoint.url}", endpoint=endpoint)
+        loaded = None
     else:
-        tuned = System(FINE_TUNED, loaded.base_name, f"{config.model}:{weights_fingerprint(config.model)}", loaded)
+        events.message(f"loading {config.model}")
+        loaded = load_for_generation(config.model)
+        if run is not None:
+            weights = run.model_dir if loaded.fully_fine_tuned else run.adapter_dir
+            tuned = System(FINE_TUNED, loaded.fine_tuned_name, f"{run.path.resolve()}:{weights_fingerprint(weights)}",
+                           loaded, use_adapter=True)
+        else:
+            tuned = System(FINE_TUNED, loaded.base_name, f"{config.model}:{weights_fingerprint(config.model)}", loaded)
     base_spec = config.base or (run.settings().get("model") if run is not None and not loaded.has_adapter else None)
-    if loaded.has_adapter and not config.base:
+    if loaded is not None and loaded.has_adapter and not config.base:
         base = System(BASE, loaded.base_name, f"{loaded.base_name}:base", loaded, use_adapter=False)
+    elif is_endpoint(base_spec):
+        endpoint = Endpoint(base_spec)
+        base = System(BASE, endpoint.model, f"{endpoint.model}@{endpoint.url}", endpoint=endpoint)
     elif base_spec:
         events.message(f"loading the base model {base_spec}")
         base_loaded = load_for_generation(base_spec)
         base = System(BASE, base_loaded.base_name, f"{base_spec}:{weights_fingerprint(base_spec)}", base_loaded)
     else:  # a model on its own: evaluated as it is, with its prompted baseline
-        return {BASE: System(BASE, tuned.model, tuned.fingerprint, loaded)}
+        return {BASE: System(BASE, tuned.model, tuned.fingerprint, tuned.loaded, endpoint=tuned.endpoint)}
     return {BASE: base, FINE_TUNED: tuned}
 
 
 def _default_max_new_tokens(tokenizer, items: list[Item]) -> int:
     """1.5 × the longest reference reply, at least 64: a reply half again as long as the longest reference has
     missed the target anyway, and a rambling base model costs generation time up to this limit."""
-    longest = max(len(tokenizer(i.reference, add_special_tokens=False)["input_ids"]) for i in items)
+    if tokenizer is None:  # only endpoints: count as OpenAI's current models do
+        from bpe_openai import get_encoding
+
+        encoding = get_encoding("o200k_base")
+        longest = max(len(encoding.encode(i.reference)) for i in items)
+    else:
+        longest = max(len(tokenizer(i.reference, add_special_tokens=False)["input_ids"]) for i in items)
     return max(64, math.ceil(1.5 * longest) + 1)
 
 
@@ -224,6 +244,8 @@ def _forgetting(config: EvalConfig, systems: dict[str, System], replies: dict[st
     if BASE not in systems or FINE_TUNED not in systems:
         return {"skipped": "there is no base model to compare with (give --base)"}
     base, tuned = systems[BASE], systems[FINE_TUNED]
+    if base.endpoint or tuned.endpoint:
+        return {"skipped": "the forgetting check needs both models' weights here; one of them is an endpoint"}
     ended = [reply.finish_reason != "length" for reply in replies[BASE]]
     base_is_chat = bool(ended) and sum(ended) / len(ended) >= CHAT_MODEL_ENDED_TURN
     return forgetting_check(Side(base.loaded, base.use_adapter), Side(tuned.loaded, tuned.use_adapter), base_is_chat,
