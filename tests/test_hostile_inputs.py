@@ -66,6 +66,17 @@ def weight_zero_everywhere(directory: Path) -> None:
     (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def bad_schema(directory: Path) -> None:
+    data_file(directory)
+    (directory / "schema.json").write_text(json.dumps({"type": "object", "properties": {"id": {"type": "text"}}}))
+
+
+def bad_probes(directory: Path) -> None:
+    data_file(directory)
+    good = {"id": "p1", "kind": "choice", "context": "Snow is", "choices": [" white", " green"], "answer": 0}
+    (directory / "probes.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(dict(good, id="p2", answer=5)) + "\n")
+
+
 def bad_rubric(directory: Path) -> None:
     data_file(directory)
     (directory / "rubric.yaml").write_text("checks:\n  - id: greeting\n    regex: '(unclosed'\n")
@@ -138,6 +149,23 @@ HOSTILE_CASES = [
     Case("eval-invalid-rubric-regex", bad_rubric,
          ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--rubric", "rubric.yaml"],
          "rubric.yaml: checks[0] (greeting): regex: not a valid regular expression", ["full_run"]),
+    Case("eval-unknown-scorer", data_file, ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--scorers", "bleu"],
+         "--scorers: unknown scorer bleu", ["full_run"]),
+    Case("eval-invalid-schema", bad_schema,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--schema", "schema.json"],
+         "schema.json: properties/id/type: not a valid JSON Schema", ["full_run"]),
+    Case("eval-schema-without-json-references", data_file,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--scorers", "json_schema"],
+         "data.jsonl: line 1: the reference reply is not JSON", ["full_run"]),
+    Case("eval-bad-probe-file", bad_probes,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--forgetting", "probes.jsonl"],
+         "probes.jsonl: line 2: answer: must be the index of the right choice", ["full_run"]),
+    Case("eval-missing-probe-file", data_file,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--forgetting", "mine.jsonl"],
+         "--forgetting mine.jsonl: no such file", ["full_run"]),
+    Case("eval-missing-shots-file", data_file,
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--fewshot", "2", "--fewshot-from", "nope.jsonl"],
+         "--fewshot-from nope.jsonl: no such file", ["full_run"]),
 ]
 
 

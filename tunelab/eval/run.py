@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
-from tunelab.eval.forgetting import Side, forgetting_check
+from tunelab.eval.forgetting import Side, forgetting_check, read_jsonl
 from tunelab.eval.items import Item, few_shot_turns, read_items, slices
 from tunelab.eval.judge import PAIRWISE_PROMPT, Judge, pairwise
 from tunelab.eval.report import verdict_text, write_report
@@ -70,8 +70,10 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     judge = Judge(config.judge) if config.judge else None
     endpoints = [Endpoint(spec) for spec in config.compare]
     shots_file, shots = _few_shot_source(config, run)
-    if config.forgetting not in ("auto", "off") and not Path(config.forgetting).is_file():
-        raise ValueError(f"--forgetting {config.forgetting}: no such file (auto, off, or a JSONL file of probes)")
+    if config.forgetting not in ("auto", "off"):
+        if not Path(config.forgetting).is_file():
+            raise ValueError(f"--forgetting {config.forgetting}: no such file (auto, off, or a JSONL file of probes)")
+        read_jsonl(Path(config.forgetting), "probe")  # every line checked now, not after an hour of generation
 
     systems = _model_systems(config, run, events)
     if shots and BASE in systems:
