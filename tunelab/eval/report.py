@@ -58,7 +58,8 @@ Fractions are shown out of 100.</p></section>
 <td class="num">{{ "%.3g"|format(c.p_value) }} ({{ c.test }})</td><td class="num">{{ c.wins }} / {{ c.ties }} / {{ c.losses }}</td>
 <td class="{{ word_class(c, s) }}">{{ word(c, s) }}</td></tr>{% endfor %}
 </table><p class="meta">Paired on the same examples; intervals by the paired bootstrap; p from McNemar's exact test for
-pass/fail scores, the sign test otherwise. An interval that includes zero is "no detectable difference".
+pass/fail scores, the sign test otherwise. A difference is read as one only when its interval excludes zero and
+p &lt; 0.05; otherwise it is "no detectable difference".
 {% if r.pairwise_prompt %}Pairwise: the judge compared each pair twice with the order swapped; a system wins only when both agree.{% endif %}</p></section>
 
 {% if r.slices %}<section id="slices"><h2>Slices</h2>

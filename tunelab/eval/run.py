@@ -89,7 +89,12 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     local = next((s.loaded for s in systems.values() if s.loaded), None)
     max_new_tokens = config.max_new_tokens or _default_max_new_tokens(local and local.tokenizer, items)
 
-    replies = {name: generate_for(systems[name], items, max_new_tokens, out / "generations", events) for name in order}
+    timings: dict[str, float] = {}
+    replies = {}
+    for name in order:
+        began = time.monotonic()
+        replies[name] = generate_for(systems[name], items, max_new_tokens, out / "generations", events)
+        timings[f"generate_{name}"] = round(time.monotonic() - began, 1)
 
     all_scorers: list[Scorer] = scorers + ([judge] if judge else [])
     scored: dict[str, dict[str, Scores]] = {name: {} for name in order}
@@ -116,7 +121,10 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
         results["pairwise_prompt"] = PAIRWISE_PROMPT
     if shots:
         results["fewshot"] = {"k": shots, "from": str(shots_file)}
+    began = time.monotonic()
     results["forgetting"] = _forgetting(config, systems, replies, events)
+    timings["forgetting"] = round(time.monotonic() - began, 1)
+    results["timings"] = timings
     results["examples"] = _examples(items, order, replies, scored)
     results["verdict"] = verdict_text(results)
     results["seconds"] = round(time.time() - started, 1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ def generate_for(system: System, items: list[Item], max_new_tokens: int, cache_d
     keys = [_key(system, item, max_new_tokens) for item in items]
     missing = [index for index, key in enumerate(keys) if key not in cached]
     if missing:
+        started = time.monotonic()
         with events.progress(f"generate-{system.name}", total=len(missing), description=f"generate ({system.name})") as bar:
             if system.endpoint:
                 made = _endpoint_replies(system, [items[i] for i in missing], max_new_tokens, bar.advance)
@@ -123,7 +125,8 @@ def generate_for(system: System, items: list[Item], max_new_tokens: int, cache_d
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(cache_file, "".join(json.dumps({"key": k, "generation": asdict(g)}) + "\n"
                                                   for k, g in cached.items()))
-        events.message(f"{system.name}: generated {len(missing)} replies ({len(items) - len(missing)} from the cache)")
+        events.message(f"{system.name}: generated {len(missing)} replies in {time.monotonic() - started:.0f} s "
+                       f"({len(items) - len(missing)} from the cache)", seconds=round(time.monotonic() - started, 1))
     else:
         events.message(f"{system.name}: all {len(items)} replies from the cache")
     return [cached[key] for key in keys]
