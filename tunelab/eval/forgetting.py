@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from tunelab.core.events import NO_EVENTS, Events
+from tunelab.eval.scorers import is_json
 from tunelab.eval.stats import compare, mean_with_interval, relative_change
 from tunelab.models.generate import LoadedModel, adapter_state, generate_replies
 
@@ -45,9 +46,8 @@ class Side:
     use_adapter: bool
 
     def context(self):
-        if self.loaded.has_adapter:
-            return adapter_state(self.loaded, self.use_adapter) if not self.use_adapter else nullcontext()
-        return nullcontext()
+        """The adapter switched off for the base side; the fine-tuned side runs as loaded (merged or not)."""
+        return adapter_state(self.loaded, False) if self.loaded.has_adapter and not self.use_adapter else nullcontext()
 
 
 def read_jsonl(path: Path, what: str) -> list[dict]:
@@ -85,12 +85,11 @@ def _probe_problem(record) -> str | None:
         unknown = [k for k in checks if k not in CHECKS]
         if unknown:
             return f"checks.{unknown[0]}: unknown check (known: {', '.join(CHECKS)})"
-        for name, value in checks.items():
-            if name in ("regex",):
-                try:
-                    re.compile(value)
-                except (re.error, TypeError) as error:
-                    return f"checks.regex: not a valid regular expression ({error})"
+        if "regex" in checks:
+            try:
+                re.compile(checks["regex"])
+            except (re.error, TypeError) as error:
+                return f"checks.regex: not a valid regular expression ({error})"
         return None
     return "kind: must be \"choice\" or \"instruction\""
 
@@ -180,14 +179,6 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[\w'’-]+", text)
 
 
-def _json_ok(text: str) -> bool:
-    try:
-        json.loads(text.strip())
-        return True
-    except ValueError:
-        return False
-
-
 CHECKS = {
     "lowercase": lambda t, v: (t == t.lower()) == v and any(c.isalpha() for c in t),
     "uppercase": lambda t, v: (t == t.upper()) == v and any(c.isalpha() for c in t),
@@ -199,7 +190,7 @@ CHECKS = {
     "numbered": lambda t, v: len([l for l in t.splitlines() if re.match(r"\s*\d+[.)] ", l)]) == v,
     "paragraphs": lambda t, v: len([p for p in re.split(r"\n\s*\n", t.strip()) if p.strip()]) == v,
     "lines": lambda t, v: len([l for l in t.strip().splitlines() if l.strip()]) == v,
-    "json": lambda t, v: _json_ok(t) == v,
+    "json": lambda t, v: is_json(t) == v,
     "no_commas": lambda t, v: ("," not in t) == v,
     "contains": lambda t, v: v.lower() in t.lower(),
     "not_contains": lambda t, v: v.lower() not in t.lower(),

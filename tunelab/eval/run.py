@@ -61,7 +61,8 @@ class EvalConfig:
 def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     """Generate, score, compare and report. Returns the folder holding results.json and report.html."""
     started = time.time()
-    run = RunDir(config.model) if RunDir(config.model).is_finished() else None
+    run = RunDir(config.model)
+    run = run if run.is_finished() else None
     out = Path(config.out) if config.out else (run.eval_dir if run else Path("runs") / f"eval-{int(started)}")
     check_output_directory(out)  # now, not after an hour of generation
 

@@ -296,7 +296,7 @@ def choose_scorers(names: list[str] | None, items: list[Item], data_path: str, r
     ended_turn and length always."""
     if names is None:
         names = ["rubric"] if rubric else []
-        json_references = all(_is_json(i.reference_content) for i in items) and any(i.reference_content for i in items)
+        json_references = all(is_json(i.reference_content) for i in items) and any(i.reference_content for i in items)
         if schema or json_references:
             names += ["json_valid", "json_schema"]
         if any(i.tools or i.reference_calls for i in items):
@@ -325,7 +325,8 @@ def choose_scorers(names: list[str] | None, items: list[Item], data_path: str, r
     return scorers
 
 
-def _is_json(text: str) -> bool:
+def is_json(text: str) -> bool:
+    """Whether the text, whitespace aside, is one JSON value."""
     try:
         parse_json_reply(text)
         return True
