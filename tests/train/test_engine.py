@@ -315,7 +315,8 @@ def test_resume_refuses_changed_settings_and_half_written_checkpoints_are_ignore
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dora_and_full_fine_tuning_train_save_and_generate(tmp_path, data_files, tiny_model_dir, dtype):
     """DoRA (PEFT's own layers) and full fine-tuning (fp32 master weights under 16-bit autocast), each then
-    loaded for generation (fp32 on a CPU, whatever the run trained in)."""
+    loaded for generation (bf16 on a CPU with bf16 units unless trained in fp32, else fp32), and in both
+    formats by request on any CPU."""
     from tunelab.models.generate import generate_replies, load_for_generation
     from tunelab.models.precision import inference_dtype
 
@@ -330,9 +331,12 @@ def test_dora_and_full_fine_tuning_train_save_and_generate(tmp_path, data_files,
         losses = [float(r["train_loss"]) for r in metric_rows(run_dir)]
         assert sum(losses[-4:]) < sum(losses[:4]) * 0.95, (run_dir.name, losses)
         loaded = load_for_generation(str(run_dir))
-        assert next(loaded.model.parameters()).dtype == inference_dtype(dtype, "cpu") == torch.float32
-        replies = generate_replies(loaded, [[{"role": "user", "content": "Where is my order?"}]], max_new_tokens=4)
-        assert replies[0].completion_tokens >= 1
+        assert next(loaded.model.parameters()).dtype == inference_dtype(dtype, "cpu")
+        for forced in (torch.float32, torch.bfloat16):
+            loaded = load_for_generation(str(run_dir), dtype=forced)
+            assert next(loaded.model.parameters()).dtype == forced
+            replies = generate_replies(loaded, [[{"role": "user", "content": "Where is my order?"}]], max_new_tokens=4)
+            assert replies[0].completion_tokens >= 1
     loaded = load_for_generation(str(full))
     assert loaded.fully_fine_tuned
     with pytest.raises(ValueError, match="full fine-tune"):

@@ -96,10 +96,11 @@ def test_stop_tokens_are_the_model_s_eos_ids_and_the_template_s_end_of_turn(tiny
     assert end_of_turn_token(tiny_tokenizer) == tiny_tokenizer.convert_tokens_to_ids("<end_of_turn>")
 
 
-def test_generation_on_a_cpu_is_fp32_whatever_the_run_trained_in(monkeypatch):
+def test_generation_on_a_cpu_is_bf16_only_where_it_has_bf16_units(monkeypatch):
     import tunelab.models.precision as precision
 
     for has_bf16 in (True, False):
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
-        for trained_with in ("bf16", "fp32", "fp16", None):
-            assert precision.inference_dtype(trained_with, "cpu") == torch.float32
+        for trained_with in ("bf16", "fp16", "auto", None):
+            assert precision.inference_dtype(trained_with, "cpu") == (torch.bfloat16 if has_bf16 else torch.float32)
+        assert precision.inference_dtype("fp32", "cpu") == torch.float32  # trained in fp32 by request

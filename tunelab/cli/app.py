@@ -151,6 +151,10 @@ def evaluate(
     slice_by: Optional[str] = typer.Option(None, "--slice-by", help="Metadata field to slice results by (default: metadata.tags)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default RUN/eval); replies cached there are reused."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Token limit per reply (default 1.5 × the longest reference)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 (default): greedy replies; above 0, sampled with --seed."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability (with --temperature)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampled replies: the same seed gives the same replies."),
+    dtype: str = typer.Option("auto", "--dtype", help="Number format of local models: auto (bf16 on a CPU or GPU with bf16 units, else fp32), fp32 or bf16."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout."),
@@ -166,7 +170,8 @@ def evaluate(
                         fewshot_from=fewshot_from and str(fewshot_from),
                         scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
                         rubric=rubric and str(rubric), schema=schema and str(schema), judge=judge, compare=compare,
-                        forgetting=forgetting, slice_by=slice_by, out=out and str(out), max_new_tokens=max_new_tokens,
+                        forgetting=forgetting, slice_by=slice_by, out=out and str(out), max_new_tokens=max_new_tokens, dtype=dtype,
+                        temperature=temperature, top_p=top_p, seed=seed,
                         limit=limit)
     try:
         out_dir = run_evaluation(config, Events(ConsoleEvents(progress=not quiet and not as_json)))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+import torch
+
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
 from tunelab.eval.forgetting import Side, forgetting_check, read_jsonl
@@ -29,9 +31,10 @@ from tunelab.eval.judge import PAIRWISE_PROMPT, Judge, pairwise
 from tunelab.eval.report import verdict_text, write_report
 from tunelab.eval.scorers import Scorer, Scores, choose_scorers
 from tunelab.eval.stats import compare, mean_with_interval
-from tunelab.eval.systems import (BASE, BASE_FEWSHOT, FINE_TUNED, Endpoint, System, generate_for,
+from tunelab.eval.systems import (BASE, BASE_FEWSHOT, FINE_TUNED, Decoding, Endpoint, System, generate_for,
                                   weights_fingerprint)
 from tunelab.models.generate import Generation, load_for_generation
+from tunelab.models.precision import dtype_name
 from tunelab.runs.rundir import RunDir
 
 RESULTS_SCHEMA_VERSION = 2
@@ -56,6 +59,10 @@ class EvalConfig:
     out: str | None = None
     max_new_tokens: int | None = None  # None: 1.5 × the longest reference reply, at least 64
     limit: int | None = None
+    dtype: str = "auto"  # auto | fp32 | bf16: the local models' number format (auto: models/precision.py)
+    temperature: float = 0.0  # 0: greedy; above, sampled with `seed` (and nucleus `top_p`)
+    top_p: float = 1.0
+    seed: int = 0
 
 
 def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
@@ -66,6 +73,8 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     out = Path(config.out) if config.out else (run.eval_dir if run else Path("runs") / f"eval-{int(started)}")
     check_output_directory(out)  # now, not after an hour of generation
 
+    decoding = _decoding(config)
+    _forced_dtype(config.dtype)  # a wrong name is refused now, before any model is loaded
     items = read_items(config.data, config.slice_by, config.limit)
     scorers = choose_scorers(config.scorers, items, config.data, config.rubric, config.schema)
     judge = Judge(config.judge) if config.judge else None
@@ -94,7 +103,7 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     replies = {}
     for name in order:
         began = time.monotonic()
-        replies[name] = generate_for(systems[name], items, max_new_tokens, out / "generations", events)
+        replies[name] = generate_for(systems[name], items, max_new_tokens, out / "generations", events, decoding)
         timings[f"generate_{name}"] = round(time.monotonic() - began, 1)
 
     all_scorers: list[Scorer] = scorers + ([judge] if judge else [])
@@ -108,7 +117,7 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     results = {
         "object": "tunelab.eval", "schema_version": RESULTS_SCHEMA_VERSION, "created_at": int(started),
         "model": str(config.model), "data": str(config.data), "examples_count": len(items),
-        "max_new_tokens": max_new_tokens, "decoding": "greedy",
+        "max_new_tokens": max_new_tokens, "decoding": decoding.describe(),
         "scorers": [s.describe() for s in all_scorers],
         "systems": {name: {**systems[name].describe(), "scores": _summaries(all_scorers, scored[name], range(len(items)))}
                     for name in order},
@@ -165,26 +174,46 @@ def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> di
         loaded = None
     else:
         events.message(f"loading {config.model}")
-        loaded = load_for_generation(config.model)
+        loaded = load_for_generation(config.model, dtype=_forced_dtype(config.dtype))
+        # The number format is part of a cached reply's key: bf16 and fp32 can pick different tokens.
+        precision = dtype_name(next(loaded.model.parameters()).dtype)
         if run is not None:
             weights = run.model_dir if loaded.fully_fine_tuned else run.adapter_dir
-            tuned = System(FINE_TUNED, loaded.fine_tuned_name, f"{run.path.resolve()}:{weights_fingerprint(weights)}",
-                           loaded, use_adapter=True)
+            tuned = System(FINE_TUNED, loaded.fine_tuned_name,
+                           f"{run.path.resolve()}:{weights_fingerprint(weights)}:{precision}", loaded, use_adapter=True)
         else:
-            tuned = System(FINE_TUNED, loaded.base_name, f"{config.model}:{weights_fingerprint(config.model)}", loaded)
+            tuned = System(FINE_TUNED, loaded.base_name, f"{config.model}:{weights_fingerprint(config.model)}:{precision}",
+                           loaded)
     base_spec = config.base or (run.settings().get("model") if run is not None and not loaded.has_adapter else None)
     if loaded is not None and loaded.has_adapter and not config.base:
-        base = System(BASE, loaded.base_name, f"{loaded.base_name}:base", loaded, use_adapter=False)
+        base = System(BASE, loaded.base_name, f"{loaded.base_name}:base:{precision}", loaded, use_adapter=False)
     elif is_endpoint(base_spec):
         endpoint = Endpoint(base_spec)
         base = System(BASE, endpoint.model, f"{endpoint.model}@{endpoint.url}", endpoint=endpoint)
     elif base_spec:
         events.message(f"loading the base model {base_spec}")
-        base_loaded = load_for_generation(base_spec)
-        base = System(BASE, base_loaded.base_name, f"{base_spec}:{weights_fingerprint(base_spec)}", base_loaded)
+        base_loaded = load_for_generation(base_spec, dtype=_forced_dtype(config.dtype))
+        base_precision = dtype_name(next(base_loaded.model.parameters()).dtype)
+        base = System(BASE, base_loaded.base_name, f"{base_spec}:{weights_fingerprint(base_spec)}:{base_precision}",
+                      base_loaded)
     else:  # a model on its own: evaluated as it is, with its prompted baseline
         return {BASE: System(BASE, tuned.model, tuned.fingerprint, tuned.loaded, endpoint=tuned.endpoint)}
     return {BASE: base, FINE_TUNED: tuned}
+
+
+def _decoding(config: EvalConfig) -> Decoding:
+    if not 0 <= config.temperature <= 2:
+        raise ValueError(f"--temperature: {config.temperature} is outside 0 to 2 (0 is greedy)")
+    if not 0 < config.top_p <= 1:
+        raise ValueError(f"--top-p: {config.top_p} is outside (0, 1]")
+    return Decoding(config.temperature, config.top_p, config.seed)
+
+
+def _forced_dtype(name: str):
+    """None for `auto` (the device's own choice), else the torch dtype asked for."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--dtype: {name!r} is not one of auto, fp32, bf16")
+    return None if name == "auto" else {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def _default_max_new_tokens(tokenizer, items: list[Item]) -> int:

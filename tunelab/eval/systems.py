@@ -6,14 +6,15 @@
 - any model behind an OpenAI-compatible endpoint (`--compare MODEL@URL`; without `@URL`, OpenAI itself):
   an OpenAI fine-tune while it still answers, or a model on a `tunelab serve`.
 
-Local systems generate greedily in length-sorted batches with transformers' `generate` (models/generate.py):
-the same prompts always form the same batches, so a greedy reply is reproducible to the bit, which
-continuous batching cannot promise (its batches depend on thread timing); measured on a two-core CPU the
-two were equally fast for eval-sized batches. Endpoints are asked with temperature 0 and a seed,
-several requests at a time.
+Local systems generate in length-sorted batches, finished rows leaving the batch (models/generate.py):
+the same prompts always form the same batches, so a reply is reproducible to the bit, greedy or sampled
+with a seed, which continuous batching cannot promise (its batches depend on thread timing). Greedy by
+default; `Decoding` sets a temperature, top_p and seed. Endpoints get the same temperature, top_p and
+seed, several requests at a time.
 
 Replies are cached in `<out>/generations/<system>.jsonl`, keyed by everything that decides them (model
-fingerprint, messages, tools, token limit), so re-scoring or adding a scorer costs no generation.
+fingerprint and number format, messages, tools, token limit, decoding), so re-scoring or adding a scorer
+costs no generation.
 """
 
 from __future__ import annotations
@@ -30,10 +31,25 @@ from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import write_text_atomically
 from tunelab.eval.items import Item, with_shots
 from tunelab.models.generate import Generation, LoadedModel, generate_replies
+from tunelab.models.precision import dtype_name
 
 BASE, BASE_FEWSHOT, FINE_TUNED = "base", "base_fewshot", "fine_tuned"
 ENDPOINT_CONCURRENCY = 8
-SEED = 0
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How replies are chosen: greedy at temperature 0 (the default), else sampled (nucleus with top_p < 1)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def describe(self) -> str:
+        if self.temperature <= 0:
+            return "greedy"
+        return f"sampled: temperature {self.temperature:g}" + (f", top_p {self.top_p:g}" if self.top_p < 1 else "") + \
+            f", seed {self.seed}"
 
 
 @dataclass
@@ -54,7 +70,8 @@ class System:
     def describe(self) -> dict:
         return {"model": self.model, "kind": "endpoint" if self.endpoint else "local",
                 **({"url": self.endpoint.url} if self.endpoint else {}),
-                **({"shots": len(self.shots) // 2} if self.shots else {})}
+                **({"shots": len(self.shots) // 2} if self.shots else {}),
+                **({"dtype": dtype_name(next(self.loaded.model.parameters()).dtype)} if self.loaded else {})}
 
 
 class EndpointError(RuntimeError):
@@ -78,13 +95,15 @@ class Endpoint:
         # 429 and 5xx are retried with backoff by the client itself.
         self.client = openai.OpenAI(base_url=self.url, api_key=key or "none", max_retries=4, timeout=timeout)
 
-    def reply(self, messages: list[dict], tools: list[dict] | None, max_tokens: int, temperature: float = 0.0) -> Generation:
+    def reply(self, messages: list[dict], tools: list[dict] | None, max_tokens: int,
+              decoding: Decoding = Decoding()) -> Generation:
         import openai
 
         try:
             response = self.client.chat.completions.create(
-                model=self.model, messages=messages, max_completion_tokens=max_tokens, temperature=temperature,
-                seed=SEED, **({"tools": tools} if tools else {}))
+                model=self.model, messages=messages, max_completion_tokens=max_tokens,
+                temperature=decoding.temperature, seed=decoding.seed,
+                **({"top_p": decoding.top_p} if decoding.top_p < 1 else {}), **({"tools": tools} if tools else {}))
         except openai.APIStatusError as error:
             raise EndpointError(f"{self.model}@{self.url}: HTTP {error.status_code}: {_message(error)}") from None
         except openai.APIConnectionError as error:
@@ -106,21 +125,22 @@ def _message(error) -> str:
 
 
 def generate_for(system: System, items: list[Item], max_new_tokens: int, cache_dir: Path,
-                 events: Events = NO_EVENTS) -> list[Generation]:
+                 events: Events = NO_EVENTS, decoding: Decoding = Decoding()) -> list[Generation]:
     """The system's reply to every item, from the cache where it has them."""
     cache_file = cache_dir / f"{_safe(system.name)}.jsonl"
     cached = _read_cache(cache_file)
-    keys = [_key(system, item, max_new_tokens) for item in items]
+    keys = [_key(system, item, max_new_tokens, decoding) for item in items]
     missing = [index for index, key in enumerate(keys) if key not in cached]
     if missing:
         started = time.monotonic()
         with events.progress(f"generate-{system.name}", total=len(missing), description=f"generate ({system.name})") as bar:
             if system.endpoint:
-                made = _endpoint_replies(system, [items[i] for i in missing], max_new_tokens, bar.advance)
+                made = _endpoint_replies(system, [items[i] for i in missing], max_new_tokens, decoding, bar.advance)
             else:
                 made = generate_replies(system.loaded, [system.prompt(items[i]) for i in missing],
                                         max_new_tokens=max_new_tokens, use_adapter=system.use_adapter,
-                                        on_batch=bar.advance, tools=[items[i].tools for i in missing])
+                                        on_batch=bar.advance, tools=[items[i].tools for i in missing],
+                                        temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed)
         cached.update({keys[i]: generation for i, generation in zip(missing, made)})
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(cache_file, "".join(json.dumps({"key": k, "generation": asdict(g)}) + "\n"
@@ -132,9 +152,10 @@ def generate_for(system: System, items: list[Item], max_new_tokens: int, cache_d
     return [cached[key] for key in keys]
 
 
-def _endpoint_replies(system: System, items: list[Item], max_new_tokens: int, advance) -> list[Generation]:
+def _endpoint_replies(system: System, items: list[Item], max_new_tokens: int, decoding: Decoding,
+                      advance) -> list[Generation]:
     def ask(item: Item) -> Generation:
-        reply = system.endpoint.reply(system.prompt(item), item.tools, max_new_tokens)
+        reply = system.endpoint.reply(system.prompt(item), item.tools, max_new_tokens, decoding)
         advance()
         return reply
 
@@ -142,8 +163,9 @@ def _endpoint_replies(system: System, items: list[Item], max_new_tokens: int, ad
         return list(pool.map(ask, items))
 
 
-def _key(system: System, item: Item, max_new_tokens: int) -> str:
-    decided_by = [system.fingerprint, system.prompt(item), item.tools, max_new_tokens]
+def _key(system: System, item: Item, max_new_tokens: int, decoding: Decoding) -> str:
+    decided_by = [system.fingerprint, system.prompt(item), item.tools, max_new_tokens] + \
+        ([] if decoding == Decoding() else [asdict(decoding)])  # greedy keys stay as they were
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True, default=str).encode()).hexdigest()
 
 
