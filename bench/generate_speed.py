@@ -1,12 +1,15 @@
 """Evaluation generation speed: batched (what `tunelab eval` does) against one prompt at a time.
 
     .venv/bin/python bench/generate_speed.py [--model default] [--prompts 16] [--max-new-tokens 48] [--runs 3]
+                                             [--dtype auto|fp32|bf16]
 
 Both sides use the same model, the same prompts (the support example's held-out questions) and greedy
 decoding with the same stop tokens: the baseline is a plain loop calling transformers' `generate` on one
-prompt at a time, the measured side is `generate_replies` (length-sorted batches). Prints tokens generated
-per second of wall time for each, how many replies agree word for word, and `batched_vs_one_at_a_time`,
-the ratio of throughputs (median over runs; the target is at least 5). Model loading is excluded.
+prompt at a time, the measured side is `generate_replies` (length-sorted batches, finished rows leaving
+the batch), both in the number format `tunelab eval` would use (`--dtype auto`) or the one asked for.
+Prints tokens generated per second of wall time for each, how many replies agree word for word (in fp32
+all should; in bf16 a batch's different rounding can change a token), and `batched_vs_one_at_a_time`, the
+ratio of throughputs (median over runs; the target is at least 5). Model loading is excluded.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto")
     options = parser.parse_args()
 
     prompts = [split_prompt_and_reply(c)[0] for c in read_conversations(QUESTIONS)][:options.prompts]
-    loaded = load_for_generation(options.model)
-    print(f"model {loaded.base_name}, {len(prompts)} prompts, at most {options.max_new_tokens} new tokens, "
+    loaded = load_for_generation(options.model, dtype={"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[options.dtype])
+    print(f"model {loaded.base_name} in {next(loaded.model.parameters()).dtype}, {len(prompts)} prompts, "
+          f"at most {options.max_new_tokens} new tokens, "
           f"cpu bf16 units: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, threads: {torch.get_num_threads()}, "
           f"cuda: {torch.cuda.is_available()}", flush=True)
     ratios = []

@@ -6,7 +6,7 @@ from tunelab.core.settings import TrainConfig
 from tunelab.eval.run import EvalConfig, evaluate
 from tunelab.train.local import train
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, build_tiny_model
 
 
 def test_eval_compares_base_fewshot_and_fine_tuned(tmp_path, tiny_model_dir, support_conversations, write_jsonl):
@@ -56,3 +56,42 @@ def test_eval_compares_base_fewshot_and_fine_tuned(tmp_path, tiny_model_dir, sup
     evaluate(EvalConfig(model=str(run), data=str(test_file), rubric=str(EXAMPLES / "rubric.yaml"),
                         max_new_tokens=12, forgetting="off"), Events(Collect()))
     assert sum("from the cache" in m for m in messages) == 3
+
+
+def _replies(out):
+    return [json.loads(line)["generation"]["text"] for line in (out / "generations" / "base.jsonl").read_text().splitlines()]
+
+
+def test_sampled_evaluation_repeats_with_its_seed_and_records_its_number_format(tmp_path, support_conversations,
+                                                                               write_jsonl):
+    test_file = write_jsonl("test.jsonl", support_conversations[40:46])
+    # Small initial weights: an untrained model whose replies are words (at 0.3 it writes special tokens).
+    corpus = [m["content"] for c in support_conversations for m in c["messages"]]
+    model = build_tiny_model(tmp_path / "model", corpus, initializer_range=0.02)
+
+    def run(name, **options):
+        out = evaluate(EvalConfig(model=str(model), data=str(test_file), scorers=["length"], forgetting="off",
+                                  max_new_tokens=8, out=str(tmp_path / name), **options))
+        return out, json.loads((out / "results.json").read_text())
+
+    first, results = run("a", temperature=1.0, seed=3, dtype="fp32")
+    again, _ = run("b", temperature=1.0, seed=3, dtype="fp32")
+    other, _ = run("c", temperature=1.0, seed=4, dtype="fp32")
+    greedy, greedy_results = run("d", dtype="bf16")
+    assert results["decoding"] == "sampled: temperature 1, seed 3" and greedy_results["decoding"] == "greedy"
+    assert results["systems"]["base"]["dtype"] == "fp32" and greedy_results["systems"]["base"]["dtype"] == "bf16"
+    assert any(_replies(first)) and _replies(first) == _replies(again) != _replies(other)
+    assert _replies(first) != _replies(greedy)
+
+
+def test_bad_decoding_options_are_refused_before_any_model_loads(tmp_path, support_conversations, write_jsonl):
+    import subprocess
+    import sys
+
+    test_file = write_jsonl("test.jsonl", support_conversations[40:42])
+    for flags, phrase in [(["--dtype", "fp8"], "--dtype: 'fp8'"), (["--temperature", "3"], "--temperature: 3.0"),
+                          (["--top-p", "0"], "--top-p: 0.0")]:
+        result = subprocess.run([sys.executable, "-m", "tunelab.cli", "eval", "--model", "no-such-model", "--data",
+                                 str(test_file), "--out", str(tmp_path / "out"), *flags], capture_output=True, text=True)
+        assert result.returncode != 0 and phrase in result.stdout + result.stderr, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr

@@ -15,12 +15,16 @@ from tests.conftest import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory, support_conversations):
+def model_dir(tmp_path_factory, support_conversations):
     # Small initial weights: the untrained model's replies depend on the whole prompt, not just its last
     # token. The sliding window (64) is shorter than most prompts, so sliding-window cache layers are used.
     corpus = [m["content"] for c in support_conversations for m in c["messages"]]
-    directory = build_tiny_model(tmp_path_factory.mktemp("generation-model"), corpus, initializer_range=0.02)
-    return load_for_generation(str(directory), device="cpu")
+    return build_tiny_model(tmp_path_factory.mktemp("generation-model"), corpus, initializer_range=0.02)
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return load_for_generation(str(model_dir), device="cpu", dtype=torch.float32)  # fp32: bit-exact comparisons
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +92,15 @@ def test_sampling_is_repeatable_with_a_seed(loaded, prompts):
     assert [r.text for r in first] == [r.text for r in again]
     assert [r.text for r in first] != [r.text for r in other]
     assert [r.text for r in first] != [r.text for r in greedy]
+
+
+def test_bf16_generation_runs_on_any_cpu_and_repeats_itself(model_dir, prompts):
+    """The bf16 path (eval's default on a CPU with bf16 units, emulated elsewhere) forced on this CPU: it
+    runs, stops at the limit, and gives the same replies twice (a batch's rounding can differ from a
+    single prompt's, so it is not compared with the fp32 replies)."""
+    loaded = load_for_generation(str(model_dir), device="cpu", dtype=torch.bfloat16)
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    first = generate_replies(loaded, prompts[:6], max_new_tokens=6)
+    again = generate_replies(loaded, prompts[:6], max_new_tokens=6)
+    assert [r.text for r in first] == [r.text for r in again]
+    assert all(0 < r.completion_tokens <= 6 for r in first)

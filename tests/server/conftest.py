@@ -10,8 +10,10 @@ from tests.serving import API_KEY, Server  # noqa: F401 (the server tests import
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    # fp32, so a greedy reply batched with others is the same as one alone (bf16 rounds with the batch); the
+    # origin-code test serves the same model in the machine's own format.
     running = Server(tmp_path_factory.mktemp("serve"), "--alias", "gpt-4o-mini-2024-07-18=default",
-                     "--max-upload-mb", "1")
+                     "--max-upload-mb", "1", "--dtype", "fp32")
     yield running
     running.stop()
 

@@ -531,6 +531,7 @@ def serve(
     alias: list[str] = typer.Option([], "--alias", help="NAME=MODEL: answer to model NAME (e.g. gpt-4o-mini-2024-07-18) with a local base model ('default', a directory, a .gguf). Repeatable."),
     max_jobs: int = typer.Option(1, "--max-jobs", min=1, help="Jobs trained at the same time."),
     launcher: Optional[str] = typer.Option(None, "--launcher", help="Start each job under this command, e.g. \"accelerate launch --multi_gpu --num_processes 8\" to train on every GPU."),
+    dtype: str = typer.Option("auto", "--dtype", help="Number format of the models answering chat: auto (bf16 on a CPU or GPU with bf16 units, else fp32), fp32 (a batched greedy reply is then the same as one alone) or bf16."),
 ) -> None:
     """Serve OpenAI's fine-tuning API on this machine: files, jobs, models and chat completions."""
     import uvicorn
@@ -538,6 +539,8 @@ def serve(
     from tunelab.server.app import ServerSettings, create_app
     from tunelab.server.store import NewerDatabase
 
+    if dtype not in ("auto", "fp32", "bf16"):
+        _fail(f"--dtype {dtype!r}: expected auto, fp32 or bf16")
     if host not in LOOPBACK and not api_key:
         _fail(f"--host {host}: listening beyond this machine needs --api-key (or TUNELAB_API_KEY)")
     if launcher:
@@ -555,7 +558,7 @@ def serve(
         aliases[name] = spec
     home = data_dir or Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".local" / "share" / "tunelab")
     try:
-        application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases))
+        application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases, dtype))
     except (NewerDatabase, OSError) as error:
         _fail(str(error))
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"

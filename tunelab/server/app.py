@@ -38,6 +38,7 @@ class ServerSettings:
     api_key: str | None = None
     max_upload_mb: float = 512
     aliases: dict[str, str] = field(default_factory=dict)
+    dtype: str = "auto"  # number format of the models answering chat: auto (models/precision.py), fp32, bf16
 
 
 def create_app(settings: ServerSettings) -> FastAPI:

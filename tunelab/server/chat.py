@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -94,7 +95,8 @@ def _generator_for(request: Request, name: str) -> ContinuousGenerator:
     spec = f"{checkpoint[1]}" if checkpoint else str(run) if run else resolve_base(request, name)
     with _loading:
         if spec not in _generators:
-            loaded = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec)
+            forced = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[request.app.state.settings.dtype]
+            loaded = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec, dtype=forced)
             _generators[spec] = ContinuousGenerator(loaded)
             while len(_generators) > MODEL_CACHE:
                 _generators.popitem(last=False)[1].close()  # its running requests finish first
