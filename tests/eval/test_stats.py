@@ -59,3 +59,10 @@ def test_a_few_losses_and_no_gains_are_not_called_a_difference():
     comparison = compare("base", "fine_tuned", "probes", before, after, binary=True)
     assert comparison.high < 0 and comparison.p_value == pytest.approx(0.125)
     assert not comparison.detectable and verdict_word(comparison) == "no detectable difference"
+
+
+def test_a_slice_too_small_for_any_test_says_so():
+    unanimous = compare("base", "fine_tuned", "rubric", [0.3] * 5, [0.9] * 5, binary=False)
+    assert unanimous.p_value == pytest.approx(0.0625) and unanimous.low > 0
+    assert verdict_word(unanimous) == "no detectable difference (too few examples to tell)"
+    assert verdict_word(compare("base", "fine_tuned", "rubric", [0.3] * 6, [0.9] * 6, binary=False)) == "better"

@@ -123,9 +123,12 @@ def relative_change(before: list[float], after: list[float]) -> Estimate:
 
 
 def verdict_word(comparison: Comparison, higher_is_better: bool | None = True) -> str:
-    """"better", "worse", "no detectable difference" — or "longer"/"shorter" for a scorer with no direction."""
+    """"better", "worse", "no detectable difference" — or "longer"/"shorter" for a scorer with no direction.
+
+    Below 6 examples even a unanimous result has p ≥ 0.0625 (2 × 0.5⁵), so a small slice says so rather than
+    leaving "no detectable difference" next to a large mean difference unexplained."""
     if not comparison.detectable:
-        return "no detectable difference"
+        return "no detectable difference" + (" (too few examples to tell)" if comparison.n < 6 else "")
     if higher_is_better is None:
         return "higher" if comparison.mean_diff > 0 else "lower"
     improved = comparison.mean_diff > 0 if higher_is_better else comparison.mean_diff < 0
