@@ -36,7 +36,8 @@ def client(server, recorder):
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory, tiny_model_dir):
     """A server whose base model is the tests' tiny model (fast to train and to answer)."""
-    running = Server(tmp_path_factory.mktemp("serve-tiny"), "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}")
+    running = Server(tmp_path_factory.mktemp("serve-tiny"), "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}",
+                     "--dtype", "fp32")  # replies compared with local fp32 generation
     yield running
     running.stop()
 

@@ -5,6 +5,11 @@ import time
 import openai
 import pytest
 
+import torch
+
+from tunelab.models.generate import generate_replies, load_for_generation
+from tunelab.runs.archive import unpack_run
+
 from tests.server.conftest import API_KEY, Server, upload
 
 pytestmark = pytest.mark.slow  # a server process and a worker that trains
@@ -35,6 +40,19 @@ def test_a_job_trains_and_reports_as_openai_does(tiny_client, recorder, tmp_path
     results = client.files.content(done.result_files[0]).read().decode()
     assert results.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
     assert len(results.splitlines()) == 1 + 32  # 16 examples / batch 1 × 2 epochs
+
+    # The second result file is the run itself: unpacked here, it generates as the server's model does.
+    assert len(done.result_files) == 2
+    run_file = client.files.retrieve(done.result_files[1])
+    assert run_file.purpose == "fine-tune-results" and run_file.filename == f"{job.id}-run.tar"
+    (tmp_path / "run.tar").write_bytes(client.files.content(run_file.id).read())
+    run = unpack_run(tmp_path / "run.tar", tmp_path / "run")
+    assert run.job()["fine_tuned_model"] == done.fine_tuned_model and not run.checkpoints_dir.exists()
+    question = [{"role": "user", "content": "Where is my order?"}]
+    local = generate_replies(load_for_generation(str(run.path), dtype=torch.float32), [question], max_new_tokens=6)[0]
+    served = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=6,
+                                            temperature=0).choices[0].message.content
+    assert local.text == served
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     metrics = [e for e in events if e.type == "metrics"]

@@ -7,8 +7,8 @@ It takes the oldest job that is waiting and validates its files (the data toolki
 examples fails the job with OpenAI's `invalid_n_examples`). Then it starts the job in a process of its own,
 up to `--max-jobs` at once (one by default): the job trains with the same recipe as `tunelab train` into
 its run directory, asking the database after every step whether it was cancelled or paused. The outcome
-(fine-tuned model name, trained tokens, the metrics CSV as a `fine-tune-results` file, or the error) is
-written back to the database, where the API reads it. A job process that dies (killed, out of memory)
+(fine-tuned model name, trained tokens, the metrics CSV and the run itself as `fine-tune-results` files —
+runs/archive.py — or the error) is written back to the database, where the API reads it. A job process that dies (killed, out of memory)
 fails its job with its exit status.
 
 `--launcher "accelerate launch --multi_gpu --num_processes 8"` starts each job under that command, so one
@@ -37,6 +37,7 @@ from tunelab.conversation.problems import DataError
 from tunelab.conversation.reader import read_conversations
 from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.core.settings import TrainConfig
+from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
 from tunelab.server.store import Store, new_id
 
@@ -144,14 +145,17 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
             store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
                           (int(time.time()), job_id))
         return
-    results = new_id("file-")
+    # The metrics CSV first, as OpenAI's clients expect; then the run itself, for `tunelab train --remote`.
+    results, run_file = new_id("file-"), new_id("file-")
     shutil.copyfile(run.metrics_file, store.file_path(results))
-    store.execute("INSERT INTO files (id, bytes, created_at, filename, purpose, status) VALUES (?, ?, ?, ?, ?, ?)",
-                  (results, run.metrics_file.stat().st_size, int(time.time()), f"{job_id}-results.csv",
-                   "fine-tune-results", "processed"))
+    pack_run(run.path, store.file_path(run_file))
+    for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar")):
+        store.execute("INSERT INTO files (id, bytes, created_at, filename, purpose, status) VALUES (?, ?, ?, ?, ?, ?)",
+                      (file_id, store.file_path(file_id).stat().st_size, int(time.time()), filename,
+                       "fine-tune-results", "processed"))
     store.execute("UPDATE jobs SET status = 'succeeded', finished_at = ?, fine_tuned_model = ?, trained_tokens = ?, "
                   "result_files = ? WHERE id = ?", (int(time.time()), record["fine_tuned_model"],
-                                                     record["trained_tokens"], json.dumps([results]), job_id))
+                                                     record["trained_tokens"], json.dumps([results, run_file]), job_id))
 
 
 def server_alive() -> bool:
