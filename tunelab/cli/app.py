@@ -61,8 +61,10 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def train(config: Optional[Path], preset: Optional[str], resume: Optional[Path], quiet: bool, as_json: bool,
-          **flags) -> None:
+          remote: Optional[str] = None, api_key: Optional[str] = None, **flags) -> None:
     """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory."""
+    if remote:
+        return _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags)
     from tunelab.conversation.problems import DataError
     from tunelab.conversation.render import TemplateMismatch
     from tunelab.conversation.templates import MissingChatTemplate
@@ -105,6 +107,41 @@ def train(config: Optional[Path], preset: Optional[str], resume: Optional[Path],
         console.print(f"RUN: {run_dir}")
 
 
+def _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags) -> None:
+    """`train --remote URL`: check the data here, upload it, start the job there, watch it to the end and
+    fetch the result into a local run directory. Ctrl-C stops watching, not the job."""
+    from tunelab.core.settings import TrainConfig
+    from tunelab.remote.jobs import RemoteError, connect, fetch_run, submit, watch
+
+    if resume:
+        _fail("--resume continues a local run; a remote job resumes on its server (`tunelab jobs resume ID --remote URL`)")
+    try:
+        settings = TrainConfig.from_sources(config, preset=preset, **flags)
+        given = {name for name, field in TrainConfig.model_fields.items() if getattr(settings, name) != field.default}
+        if not settings.data:
+            _fail("--data is required (or a --config or --preset that sets `data`)")
+        events = Events(ConsoleEvents(progress=not quiet and not as_json))
+        client = connect(remote, api_key)
+        job = submit(client, settings, events, given)
+        try:
+            job = watch(client, job.id, events)
+        except KeyboardInterrupt:
+            console.print(f"Stopped watching; {job.id} goes on. Watch again: tunelab jobs watch {job.id} --remote {remote}")
+            raise typer.Exit(130) from None
+        if job.status != "succeeded":
+            error = job.error
+            detail = f": {error.code}: {error.message}" + (f" (param: {error.param})" if error.param else "") if error else ""
+            _fail(f"{job.id} {job.status}{detail}")
+        run = fetch_run(client, job, settings.out or Path("runs") / job.id)
+    except (ValueError, TypeError, OSError, RemoteError) as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(job.model_dump(), indent=2))
+    else:
+        weights = "with its weights" if run.is_finished() else "record and metrics only: the server keeps the weights"
+        console.print(f"MODEL: {job.fine_tuned_model}\nRUN: {run.path} ({weights})", soft_wrap=True, markup=False)
+
+
 def _setting_options() -> list[inspect.Parameter]:
     """One option per field of the settings model, its help text and type taken from the model."""
     from tunelab.core.settings import TrainConfig, field_help, field_kind
@@ -131,6 +168,10 @@ train.__signature__ = inspect.Signature([
         False, "--quiet", help="No progress bar.")),
     inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--json", help="Print the finished job as JSON on stdout.")),
+    inspect.Parameter("remote", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--remote", help="Train on a server with OpenAI's API (a `tunelab serve`, e.g. http://gpu-box:8000/v1): upload, watch, fetch the run.")),
+    inspect.Parameter("api_key", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--api-key", help="Key for --remote (default OPENAI_API_KEY).")),
 ])
 app.command()(train)
 
@@ -572,6 +613,111 @@ def serve(
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+jobs_app = typer.Typer(help="Fine-tuning jobs: local runs, or jobs on a server with OpenAI's API (--remote).",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+REMOTE_OPTION = typer.Option(None, "--remote", help="A server with OpenAI's API (default OPENAI_BASE_URL); without it, local runs.")
+API_KEY_OPTION = typer.Option(None, "--api-key", help="Key for --remote (default OPENAI_API_KEY).")
+JSON_OPTION = typer.Option(False, "--json", help="Print OpenAI's JSON shapes.")
+
+
+def _remote_client(remote: Optional[str], api_key: Optional[str]):
+    from tunelab.remote.jobs import RemoteError, connect
+
+    try:
+        return connect(remote, api_key)
+    except RemoteError as error:
+        _fail(str(error))
+
+
+def _remote_call(call, *args, **kwargs):
+    from tunelab.remote.jobs import RemoteError, plainly
+
+    try:
+        return plainly(call, *args, **kwargs)
+    except RemoteError as error:
+        _fail(str(error))
+
+
+@jobs_app.command("list")
+def jobs_list(remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = API_KEY_OPTION,
+              runs: Path = typer.Option(Path("runs"), "--runs", help="Where local runs live."),
+              as_json: bool = JSON_OPTION) -> None:
+    """Jobs, newest first: on the server given, or the local runs under --runs."""
+    from rich.table import Table
+
+    if remote or os.environ.get("OPENAI_BASE_URL"):
+        client = _remote_client(remote, api_key)
+        jobs = [job.model_dump() for job in _remote_call(client.fine_tuning.jobs.list, limit=100).data]
+    else:
+        jobs = sorted((dict(RunDir(path.parent).job(), run=str(path.parent)) for path in runs.glob("*/job.json")),
+                      key=lambda job: job.get("created_at") or 0, reverse=True)
+    if as_json:
+        print(json.dumps({"object": "list", "data": jobs}, indent=2))
+        return
+    table = Table("job", "status", "model", "fine-tuned model", "trained tokens", box=None)
+    for job in jobs:
+        table.add_row(job["id"], job["status"], job.get("model") or "", job.get("fine_tuned_model") or "",
+                      str(job.get("trained_tokens") or ""))
+    console.print(table if jobs else "no jobs")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
+              api_key: Optional[str] = API_KEY_OPTION) -> None:
+    """One job as OpenAI's JSON."""
+    client = _remote_client(remote, api_key)
+    print(json.dumps(_remote_call(client.fine_tuning.jobs.retrieve, job_id).model_dump(), indent=2))
+
+
+@jobs_app.command("events")
+def jobs_events(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
+                api_key: Optional[str] = API_KEY_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """A job's events, oldest first."""
+    client = _remote_client(remote, api_key)
+    page = list(reversed(_remote_call(client.fine_tuning.jobs.list_events, job_id, limit=1000).data))
+    if as_json:
+        print(json.dumps({"object": "list", "data": [e.model_dump() for e in page]}, indent=2))
+        return
+    for event in page:
+        console.print(f"{event.created_at} {event.level:7} {escape(event.message)}")
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
+               api_key: Optional[str] = API_KEY_OPTION) -> None:
+    """Follow a job until it ends (Ctrl-C stops watching, not the job)."""
+    from tunelab.remote.jobs import RemoteError, watch
+
+    client = _remote_client(remote, api_key)
+    try:
+        job = watch(client, job_id, Events(ConsoleEvents()))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except RemoteError as error:
+        _fail(str(error))
+    console.print(f"{job.id}: {job.status}" + (f" → {job.fine_tuned_model}" if job.fine_tuned_model else "")
+                  + (f" ({job.error.code}: {job.error.message})" if job.error else ""))
+
+
+def _job_action(action: str):
+    def command(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
+                api_key: Optional[str] = API_KEY_OPTION) -> None:
+        client = _remote_client(remote, api_key)
+        job = _remote_call(getattr(client.fine_tuning.jobs, action), job_id)
+        if action == "cancel" and job.status != "cancelled":  # a training job stops after its current step
+            console.print(f"{job.id}: cancellation requested; it stops after the current step (now {job.status})")
+        else:
+            console.print(f"{job.id}: {job.status}")
+    command.__doc__ = {"cancel": "Cancel a job.", "pause": "Pause a running job (it keeps its checkpoint).",
+                       "resume": "Resume a paused job."}[action]
+    return command
+
+
+for _action in ("cancel", "pause", "resume"):
+    jobs_app.command(_action)(_job_action(_action))
 
 
 presets_app = typer.Typer(help="Bundled training presets: list them, copy one to edit.", no_args_is_help=True)

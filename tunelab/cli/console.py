@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.core.events import PROGRESS, WARNING, Event
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # no emoji codes: "ft:gpt-4o-mini:org:…" holds ":m…:"-like runs
 
 
 def mask_markup(runs: list[tuple[bool, str]]) -> str:

@@ -1,0 +1,93 @@
+"""`tunelab train --remote` and `tunelab jobs` against a real `tunelab serve` process: the job trains there,
+is watched from here, and its run — weights included — lands in a local run directory that `eval` and `chat`
+use; jobs are listed, watched and cancelled through the same commands."""
+
+import json
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+
+from tests.server.conftest import API_KEY, upload
+from tests.server.test_jobs import wait_until_finished
+
+pytestmark = pytest.mark.slow  # a server process and a worker that trains
+
+MODEL = "gpt-4o-mini-2024-07-18"  # the tiny server's alias for the tests' tiny model
+
+
+def tunelab(*arguments, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
+
+
+def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path, support_conversations):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:12]))
+    held_out = tmp_path / "test.jsonl"
+    held_out.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[40:44]))
+    remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]
+
+    trained = tunelab("train", *remote, "--data", str(data), "--model", MODEL, "--n-epochs", "1", "--suffix", "remote",
+                      "--out", str(tmp_path / "run"), "--quiet")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    shown = trained.stdout + trained.stderr  # the console writes to stderr
+    model = next(line.split(": ", 1)[1] for line in shown.splitlines() if line.startswith("MODEL: "))
+    assert model.startswith("ft:tiny-model") and ":remote:" in model  # printed as it is (":m" is no emoji code)
+    assert f"RUN: {tmp_path / 'run'} (with its weights)" in shown and "checked here before upload" in shown
+
+    evaluated = tunelab("eval", "--model", str(tmp_path / "run"), "--data", str(held_out), "--scorers", "length",
+                        "--forgetting", "off", "--max-new-tokens", "4", "--dtype", "fp32", "--json")
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    assert json.loads(evaluated.stdout)["systems"]["fine_tuned"]["model"] == model
+    chatted = tunelab("chat", str(tmp_path / "run"), "Where is my order?", "--max-new-tokens", "4")
+    assert chatted.returncode == 0, chatted.stdout + chatted.stderr
+
+    listed = tunelab("jobs", "list", *remote, "--json")
+    jobs = json.loads(listed.stdout)["data"]
+    assert [job["status"] for job in jobs if job["fine_tuned_model"] == model] == ["succeeded"]
+
+
+def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_path, support_conversations):
+    client = openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0)
+    remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]
+    training = upload(client, tmp_path, support_conversations[:12])
+    short = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL, hyperparameters={"n_epochs": 1})
+    watched = tunelab("jobs", "watch", short.id, *remote)
+    assert watched.returncode == 0 and f"{short.id}: succeeded → ft:" in watched.stderr, watched.stdout + watched.stderr
+
+    long = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL,
+                                          hyperparameters={"n_epochs": 50, "batch_size": 1})
+    while client.fine_tuning.jobs.retrieve(long.id).status != "running":
+        time.sleep(0.2)
+    cancelled = tunelab("jobs", "cancel", long.id, *remote)
+    assert cancelled.returncode == 0 and f"{long.id}: cancellation requested" in cancelled.stderr, cancelled.stderr
+    assert wait_until_finished(client, long.id).status == "cancelled"
+    shown = json.loads(tunelab("jobs", "show", long.id, *remote).stdout)
+    assert shown["status"] == "cancelled" and shown["fine_tuned_model"] is None
+
+
+def test_remote_faults_are_plain_errors_and_send_nothing(tiny_server, tmp_path, support_conversations):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:12]))
+    client = openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0)
+    files_before = len(client.files.list().data)
+
+    cases = [
+        (["--api-key", API_KEY, "--lora-r", "8"], "cannot be sent to a remote job", "--lora-r"),
+        (["--api-key", "wrong-key"], "the API key was refused (401)", "OPENAI_API_KEY"),
+    ]
+    for flags, phrase, named in cases:
+        result = tunelab("train", "--remote", tiny_server.base_url, "--data", str(data), "--model", MODEL, *flags)
+        assert result.returncode == 1 and phrase in result.stderr and named in result.stderr, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(data.read_text() + '{"messages": [{"role": "wizard", "content": "hi"}]}\n')
+    result = tunelab("train", "--remote", tiny_server.base_url, "--api-key", API_KEY, "--data", str(broken), "--model", MODEL)
+    assert result.returncode == 1 and f"{broken}:13: messages[0].role" in result.stderr, result.stderr
+    assert len(client.files.list().data) == files_before  # nothing uploaded
+
+    nobody = tunelab("jobs", "list", "--remote", "http://127.0.0.1:9/v1", "--api-key", "x", timeout=120)
+    assert nobody.returncode == 1 and "cannot connect" in nobody.stderr and "Traceback" not in nobody.stderr
