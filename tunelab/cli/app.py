@@ -129,9 +129,7 @@ def _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags
             console.print(f"Stopped watching; {job.id} goes on. Watch again: tunelab jobs watch {job.id} --remote {remote}")
             raise typer.Exit(130) from None
         if job.status != "succeeded":
-            error = job.error
-            detail = f": {error.code}: {error.message}" + (f" (param: {error.param})" if error.param else "") if error else ""
-            _fail(f"{job.id} {job.status}{detail}")
+            _fail(f"{job.id} {job.status}" + (f": {_job_error(job)}" if job.error else ""))
         run = fetch_run(client, job, settings.out or Path("runs") / job.id)
     except (ValueError, TypeError, OSError, RemoteError) as error:
         _fail(str(error))
@@ -699,7 +697,13 @@ def jobs_watch(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE
     except RemoteError as error:
         _fail(str(error))
     console.print(f"{job.id}: {job.status}" + (f" → {job.fine_tuned_model}" if job.fine_tuned_model else "")
-                  + (f" ({job.error.code}: {job.error.message})" if job.error else ""))
+                  + (f" ({_job_error(job)})" if job.error else ""), soft_wrap=True, markup=False)
+
+
+def _job_error(job) -> str:
+    """OpenAI's error of a failed job: code, message and the parameter it concerns."""
+    error = job.error
+    return f"{error.code}: {error.message}" + (f"; param: {error.param}" if error.param else "")
 
 
 def _job_action(action: str):
