@@ -48,6 +48,12 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     listed = tunelab("jobs", "list", *remote, "--json")
     jobs = json.loads(listed.stdout)["data"]
     assert [job["status"] for job in jobs if job["fine_tuned_model"] == model] == ["succeeded"]
+    # The fetched run is a local job too: the same commands read it without --remote.
+    local = json.loads(tunelab("jobs", "list", "--runs", str(tmp_path), "--json").stdout)["data"]
+    assert [(job["fine_tuned_model"], job["run"]) for job in local] == [(model, str(tmp_path / "run"))]
+    assert json.loads(tunelab("jobs", "show", str(tmp_path / "run")).stdout)["fine_tuned_model"] == model
+    events = json.loads(tunelab("jobs", "events", str(tmp_path / "run"), "--json").stdout)["data"]
+    assert events[-1]["message"] == "Job succeeded"
 
 
 def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_path, support_conversations):

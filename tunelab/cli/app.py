@@ -662,18 +662,42 @@ def jobs_list(remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = AP
     console.print(table if jobs else "no jobs")
 
 
+def _local_run(job_id: str, remote: Optional[str]) -> Optional[RunDir]:
+    """The local run a job id names (a run directory, or runs/ID), unless a remote was given."""
+    if remote or os.environ.get("OPENAI_BASE_URL"):
+        return None
+    found = next((RunDir(p) for p in (Path(job_id), Path("runs") / job_id) if RunDir(p).has_run()), None)
+    if found is None and not os.environ.get("OPENAI_API_KEY"):
+        _fail(f"{job_id}: no local run by that name (a run directory, or runs/{job_id}); for a remote job pass "
+              f"--remote URL, or set OPENAI_API_KEY to ask OpenAI")
+    return found
+
+
 @jobs_app.command("show")
-def jobs_show(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
-              api_key: Optional[str] = API_KEY_OPTION) -> None:
-    """One job as OpenAI's JSON."""
+def jobs_show(job_id: str = typer.Argument(..., help="A job id, or a local run directory."),
+              remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = API_KEY_OPTION) -> None:
+    """One job as OpenAI's JSON (a local run's job record, or the server's job)."""
+    run = _local_run(job_id, remote)
+    if run is not None:
+        print(json.dumps(run.job(), indent=2))
+        return
     client = _remote_client(remote, api_key)
     print(json.dumps(_remote_call(client.fine_tuning.jobs.retrieve, job_id).model_dump(), indent=2))
 
 
 @jobs_app.command("events")
-def jobs_events(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
-                api_key: Optional[str] = API_KEY_OPTION, as_json: bool = JSON_OPTION) -> None:
+def jobs_events(job_id: str = typer.Argument(..., help="A job id, or a local run directory."),
+                remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = API_KEY_OPTION,
+                as_json: bool = JSON_OPTION) -> None:
     """A job's events, oldest first."""
+    run = _local_run(job_id, remote)
+    if run is not None:
+        events = run.events()
+        if as_json:
+            print(json.dumps({"object": "list", "data": events}, indent=2))
+        for event in [] if as_json else events:
+            console.print(f"{event.get('created_at', '')} {event.get('level', 'info'):7} {escape(event.get('message', ''))}")
+        return
     client = _remote_client(remote, api_key)
     page = list(reversed(_remote_call(client.fine_tuning.jobs.list_events, job_id, limit=1000).data))
     if as_json:
