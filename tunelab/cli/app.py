@@ -621,6 +621,18 @@ API_KEY_OPTION = typer.Option(None, "--api-key", help="Key for --remote (default
 JSON_OPTION = typer.Option(False, "--json", help="Print OpenAI's JSON shapes.")
 
 
+def _id_table(*headers: str):
+    """A table whose cells are never cut short (ids and model names are copied from it): the first column,
+    the id (30 characters for a job), stays whole on one line; long names in the others wrap."""
+    from rich.table import Table
+
+    table = Table(box=None)
+    table.add_column(headers[0], no_wrap=True, min_width=30)
+    for header in headers[1:]:
+        table.add_column(header, overflow="fold")
+    return table
+
+
 def _remote_client(remote: Optional[str], api_key: Optional[str]):
     from tunelab.remote.jobs import RemoteError, connect
 
@@ -644,8 +656,6 @@ def jobs_list(remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = AP
               runs: Path = typer.Option(Path("runs"), "--runs", help="Where local runs live."),
               as_json: bool = JSON_OPTION) -> None:
     """Jobs, newest first: on the server given, or the local runs under --runs."""
-    from rich.table import Table
-
     if remote or os.environ.get("OPENAI_BASE_URL"):
         client = _remote_client(remote, api_key)
         jobs = [job.model_dump() for job in _remote_call(client.fine_tuning.jobs.list, limit=100).data]
@@ -655,7 +665,7 @@ def jobs_list(remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = AP
     if as_json:
         print(json.dumps({"object": "list", "data": jobs}, indent=2))
         return
-    table = Table("job", "status", "model", "fine-tuned model", "trained tokens", box=None)
+    table = _id_table("job", "status", "model", "fine-tuned model", "trained tokens")
     for job in jobs:
         table.add_row(job["id"], job["status"], job.get("model") or "", job.get("fine_tuned_model") or "",
                       str(job.get("trained_tokens") or ""))
@@ -746,6 +756,56 @@ def _job_action(action: str):
 
 for _action in ("cancel", "pause", "resume"):
     jobs_app.command(_action)(_job_action(_action))
+
+
+migrate_app = typer.Typer(help="Move fine-tunes from a hosted service to an open model you run.", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+
+
+@migrate_app.command("openai")
+def migrate_openai(
+    job: list[str] = typer.Option([], "--job", help="An OpenAI fine-tuning job to migrate (repeatable); without --job or --all, the jobs are listed."),
+    every: bool = typer.Option(False, "--all", help="Migrate every succeeded job."),
+    to: Optional[str] = typer.Option(None, "--to", help="The open model to train (default: the embedded default on a CPU, Qwen2.5 7B Instruct with QLoRA on a GPU)."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Train on this `tunelab serve` instead of here."),
+    remote_key: Optional[str] = typer.Option(None, "--remote-api-key", help="Key for --remote."),
+    out: Path = typer.Option(Path("migration"), "--out", help="Where each migration keeps its files, run, evaluation and report; a rerun continues there."),
+) -> None:
+    """List OpenAI fine-tunes with their shutdown dates, and migrate the chosen ones: download their data,
+    train an open model, evaluate it against the fine-tune, write a report. OpenAI is reached with
+    OPENAI_API_KEY (and OPENAI_BASE_URL, if set)."""
+    from tunelab.models.precision import best_device
+    from tunelab.remote.jobs import RemoteError, connect
+    from tunelab.remote.migrate import NEW_JOBS_CLOSED, Migration, list_jobs, migrate
+
+    try:
+        client = connect()
+        jobs = list_jobs(client)
+    except RemoteError as error:
+        _fail(str(error))
+    chosen = [j["id"] for j in jobs if j["status"] == "succeeded"] if every else job
+    if not chosen:
+        table = _id_table("job", "status", "base model", "fine-tune", "shuts down")
+        for found in jobs:
+            table.add_row(found["id"], found["status"], found["model"], found.get("fine_tuned_model") or "",
+                          found["shutdown"] or "not announced")
+        console.print(table if jobs else "no fine-tuning jobs on this account")
+        console.print(f"OpenAI creates no new fine-tuning jobs from {NEW_JOBS_CLOSED}. Migrate one: "
+                      "tunelab migrate openai --job ID [--to MODEL]", soft_wrap=True)
+        return
+    if to is None:
+        to = "Qwen/Qwen2.5-7B-Instruct" if best_device() == "cuda" else "default"
+        console.print(f"--to not given: training {to} ("
+                      + ("Apache-2.0, 7B; `--preset qwen2.5-7b-qlora` settings" if to != "default" else
+                         "the embedded Gemma 3 270M, sized for a CPU; pass --to for a larger open model")
+                      + ")", soft_wrap=True, markup=False)
+    for job_id in chosen:
+        try:
+            report = migrate(client, Migration(job_id, to, out, remote, remote_key), Events(ConsoleEvents()))
+        except (RemoteError, ValueError, OSError) as error:
+            _fail(f"{job_id}: {error}")
+        console.print(report.read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+        console.print(f"REPORT: {report}", markup=False, soft_wrap=True)
 
 
 presets_app = typer.Typer(help="Bundled training presets: list them, copy one to edit.", no_args_is_help=True)
