@@ -90,8 +90,10 @@ def test_a_refused_key_and_a_missing_one_say_what_to_do(remote):
     refused = tunelab("jobs", "list", "--remote", refusing.url, "--api-key", "wrong")
     assert refused.returncode == 1 and "the API key was refused (401)" in refused.stderr
     assert refusing.requests["/v1/fine_tuning/jobs"] == 1  # a 401 is not retried
-    missing = tunelab("jobs", "show", "ftjob-abc")  # no --remote, no OPENAI_BASE_URL: OpenAI itself, needs a key
-    assert missing.returncode == 1 and "set OPENAI_API_KEY" in missing.stderr and "Traceback" not in missing.stderr
+    for asked in (["jobs", "show", "ftjob-abc"], ["jobs", "list", "--remote", "openai"], ["migrate", "openai"]):
+        missing = tunelab(*asked)  # OpenAI itself (or a job id that is no local run): needs a key
+        assert missing.returncode == 1 and "set OPENAI_API_KEY" in missing.stderr, missing.stderr
+        assert "Traceback" not in missing.stderr
 
 
 def test_watch_reconnects_after_the_connection_drops_and_shows_a_failed_jobs_error(remote):

@@ -616,7 +616,7 @@ def serve(
 jobs_app = typer.Typer(help="Fine-tuning jobs: local runs, or jobs on a server with OpenAI's API (--remote).",
                        no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-REMOTE_OPTION = typer.Option(None, "--remote", help="A server with OpenAI's API (default OPENAI_BASE_URL); without it, local runs.")
+REMOTE_OPTION = typer.Option(None, "--remote", help="URL of a server with OpenAI's API, or `openai` for OpenAI itself (default OPENAI_BASE_URL); without either, local runs.")
 API_KEY_OPTION = typer.Option(None, "--api-key", help="Key for --remote (default OPENAI_API_KEY).")
 JSON_OPTION = typer.Option(False, "--json", help="Print OpenAI's JSON shapes.")
 

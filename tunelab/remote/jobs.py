@@ -40,12 +40,17 @@ class RemoteError(RuntimeError):
     """The remote refused or failed a request, or cannot be reached; the message says which, plainly."""
 
 
+OPENAI_URL = "https://api.openai.com/v1"
+
+
 def connect(url: str | None = None, api_key: str | None = None, timeout: float = 60.0):
-    """An `openai.OpenAI` client for `url` (default OPENAI_BASE_URL, else OpenAI) with `api_key` (default
-    OPENAI_API_KEY). OpenAI itself needs a key; a `tunelab serve` on loopback may need none."""
+    """An `openai.OpenAI` client for `url` (default OPENAI_BASE_URL, else OpenAI; `openai` names OpenAI
+    itself) with `api_key` (default OPENAI_API_KEY). OpenAI needs a key; a `tunelab serve` on loopback may
+    need none."""
     import openai
 
     url = url or os.environ.get("OPENAI_BASE_URL")
+    url = None if url in ("openai", OPENAI_URL) else url
     key = api_key or os.environ.get("OPENAI_API_KEY")
     if not key and not url:
         raise RemoteError("no API key: set OPENAI_API_KEY (or pass --api-key) to reach OpenAI")
