@@ -78,7 +78,7 @@ def test_every_setting_has_a_flag_and_every_flag_a_setting():
     shown = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--help"], capture_output=True, text=True,
                            env=dict(os.environ, COLUMNS="400"), timeout=120)
     flags = set(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", shown.stdout))
-    own = {"config", "preset", "resume", "quiet", "json", "help"}
+    own = {"config", "preset", "resume", "quiet", "json", "help", "remote", "api-key"}
     negations = {f"no-{name}" for name in ("gradient-checkpointing", "fsdp")}
     assert flags - own - negations == {name.replace("_", "-") for name in TrainConfig.model_fields}
     for name in ("lora_dropout", "target_modules", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm"):
