@@ -155,7 +155,7 @@ def watch(client, job_id: str, events: Events = NO_EVENTS, poll_seconds: float =
                 if event.type == "metrics" and data.get("total_steps"):
                     if bar is None:
                         bar = events.progress("train", total=data["total_steps"], description=f"train ({job_id})")
-                    figures = {k: data[k] for k in ("train_loss", "valid_loss") if data.get(k) is not None}
+                    figures = {k: round(data[k], 4) for k in ("train_loss", "valid_loss") if data.get(k) is not None}
                     bar.update(data["step"], **figures)
                 elif event.type != "metrics":
                     events.message(event.message)
