@@ -66,7 +66,9 @@ def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_pa
 
     long = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL,
                                           hyperparameters={"n_epochs": 50, "batch_size": 1})
-    while client.fine_tuning.jobs.retrieve(long.id).status != "running":
+    deadline = time.monotonic() + 120
+    while (status := client.fine_tuning.jobs.retrieve(long.id).status) != "running":
+        assert status in ("validating_files", "queued") and time.monotonic() < deadline, status
         time.sleep(0.2)
     cancelled = tunelab("jobs", "cancel", long.id, *remote)
     assert cancelled.returncode == 0 and f"{long.id}: cancellation requested" in cancelled.stderr, cancelled.stderr
