@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tunelab.conversation.reader import read_jsonl_lines
@@ -103,6 +103,9 @@ input_output_records = st.fixed_dictionaries({"input": contents, "ideal_output":
 @given(record=st.one_of(sharegpt_records.map(lambda r: ("sharegpt", r)), alpaca_records.map(lambda r: ("alpaca", r)),
                         input_output_records.map(lambda r: ("input-output", r)), conversations.map(lambda r: ("openai", r))),
        system=st.one_of(st.none(), st.just("Be brief.")))
+# Found by a fresh run: fields that must be lists, given as something else, crashed the converter.
+@example(record=("alpaca", {"instruction": "0", "output": "0", "input": None, "history": True}), system=None)
+@example(record=("sharegpt", {"conversations": 5}), system=None)
 def test_what_the_converter_writes_the_validator_accepts(record, system):
     fmt, raw = record
     converted = convert_record(raw, fmt, system)

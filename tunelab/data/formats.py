@@ -222,7 +222,10 @@ def _alpaca(record: dict, system: str | None) -> Converted:
     if not _text(instruction) or not _text(reply):
         return Converted(reason=f"empty or missing `{'instruction' if not _text(instruction) else 'output'}`")
     messages = []
-    for turn in record.get("history") or []:
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        return Converted(reason=f"`history` must be a list of [prompt, reply] pairs; found {type(history).__name__}")
+    for turn in history:
         if not (isinstance(turn, list) and len(turn) == 2 and all(map(_text, turn))):
             return Converted(reason="`history` entries must be [prompt, reply] pairs of text")
         messages += [{"role": "user", "content": str(turn[0])}, {"role": "assistant", "content": str(turn[1])}]
@@ -237,7 +240,10 @@ def _sharegpt(record: dict, system: str | None) -> Converted:
     messages: list[dict] = []
     pending_calls: list[str] = []  # ids of tool calls not yet answered by an observation, in order
     calls_made = 0
-    for index, turn in enumerate(record.get("conversations") or []):
+    turns = record.get("conversations") or []
+    if not isinstance(turns, list):
+        return Converted(reason=f"`conversations` must be a list of turns; found {type(turns).__name__}")
+    for index, turn in enumerate(turns):
         speaker = turn.get("from") if isinstance(turn, dict) else None
         where = f"conversations[{index}]"
         if speaker not in SHAREGPT_ROLES:
