@@ -25,6 +25,7 @@ from tunelab.conversation.reader import read_conversations, split_prompt_and_rep
 from tunelab.conversation.render import render_prompt_ids
 from tunelab.conversation.templates import stop_token_ids
 from tunelab.models.generate import finished_reply, generate_replies, load_for_generation
+from tunelab.models.precision import requested_dtype
 
 QUESTIONS = Path(__file__).resolve().parent.parent / "tunelab" / "examples" / "support" / "test.jsonl"
 
@@ -53,7 +54,7 @@ def main() -> None:
     options = parser.parse_args()
 
     prompts = [split_prompt_and_reply(c)[0] for c in read_conversations(QUESTIONS)][:options.prompts]
-    loaded = load_for_generation(options.model, dtype={"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[options.dtype])
+    loaded = load_for_generation(options.model, dtype=requested_dtype(options.dtype))
     print(f"model {loaded.base_name} in {next(loaded.model.parameters()).dtype}, {len(prompts)} prompts, "
           f"at most {options.max_new_tokens} new tokens, "
           f"cpu bf16 units: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, threads: {torch.get_num_threads()}, "

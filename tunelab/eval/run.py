@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-import torch
-
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
 from tunelab.eval.forgetting import Side, forgetting_check, read_jsonl
@@ -34,7 +32,7 @@ from tunelab.eval.stats import compare, mean_with_interval
 from tunelab.eval.systems import (BASE, BASE_FEWSHOT, FINE_TUNED, Decoding, Endpoint, System, generate_for,
                                   weights_fingerprint)
 from tunelab.models.generate import Generation, load_for_generation
-from tunelab.models.precision import dtype_name
+from tunelab.models.precision import dtype_name, requested_dtype
 from tunelab.runs.rundir import RunDir
 
 RESULTS_SCHEMA_VERSION = 2
@@ -74,7 +72,7 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     check_output_directory(out)  # now, not after an hour of generation
 
     decoding = _decoding(config)
-    _forced_dtype(config.dtype)  # a wrong name is refused now, before any model is loaded
+    requested_dtype(config.dtype)  # a wrong name is refused now, before any model is loaded
     items = read_items(config.data, config.slice_by, config.limit)
     scorers = choose_scorers(config.scorers, items, config.data, config.rubric, config.schema)
     judge = Judge(config.judge) if config.judge else None
@@ -174,7 +172,7 @@ def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> di
         loaded = None
     else:
         events.message(f"loading {config.model}")
-        loaded = load_for_generation(config.model, dtype=_forced_dtype(config.dtype))
+        loaded = load_for_generation(config.model, dtype=requested_dtype(config.dtype))
         # The number format is part of a cached reply's key: bf16 and fp32 can pick different tokens.
         precision = dtype_name(next(loaded.model.parameters()).dtype)
         if run is not None:
@@ -192,7 +190,7 @@ def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> di
         base = System(BASE, endpoint.model, f"{endpoint.model}@{endpoint.url}", endpoint=endpoint)
     elif base_spec:
         events.message(f"loading the base model {base_spec}")
-        base_loaded = load_for_generation(base_spec, dtype=_forced_dtype(config.dtype))
+        base_loaded = load_for_generation(base_spec, dtype=requested_dtype(config.dtype))
         base_precision = dtype_name(next(base_loaded.model.parameters()).dtype)
         base = System(BASE, base_loaded.base_name, f"{base_spec}:{weights_fingerprint(base_spec)}:{base_precision}",
                       base_loaded)
@@ -207,13 +205,6 @@ def _decoding(config: EvalConfig) -> Decoding:
     if not 0 < config.top_p <= 1:
         raise ValueError(f"--top-p: {config.top_p} is outside (0, 1]")
     return Decoding(config.temperature, config.top_p, config.seed)
-
-
-def _forced_dtype(name: str):
-    """None for `auto` (the device's own choice), else the torch dtype asked for."""
-    if name not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"--dtype: {name!r} is not one of auto, fp32, bf16")
-    return None if name == "auto" else {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def _default_max_new_tokens(tokenizer, items: list[Item]) -> int:

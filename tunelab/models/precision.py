@@ -59,6 +59,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in _BY_NAME.items() if value == dtype)
 
 
+def requested_dtype(name: str) -> torch.dtype | None:
+    """A generation `--dtype` (auto, fp32, bf16): None for auto (`inference_dtype` decides), else the dtype."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--dtype: {name!r} is not one of auto, fp32, bf16")
+    return None if name == "auto" else _BY_NAME[name]
+
+
 def inference_dtype(trained_with: str | None, device: str) -> torch.dtype:
     """The format to generate and score in: on CUDA, the run's own (bf16 where the GPU has it); on a CPU,
     bf16 where it has bf16 units, unless the run was trained in fp32 by request, else fp32.

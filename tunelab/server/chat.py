@@ -25,7 +25,6 @@ import threading
 import time
 from collections import OrderedDict
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -34,7 +33,7 @@ from tunelab.conversation.render import render_prompt_ids
 from tunelab.conversation.schema import ROLES, content_text
 from tunelab.core.settings import TrainConfig
 from tunelab.models.generate import LoadedModel, load_for_generation
-from tunelab.models.precision import best_device
+from tunelab.models.precision import best_device, requested_dtype
 from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError
@@ -95,7 +94,7 @@ def _generator_for(request: Request, name: str) -> ContinuousGenerator:
     spec = f"{checkpoint[1]}" if checkpoint else str(run) if run else resolve_base(request, name)
     with _loading:
         if spec not in _generators:
-            forced = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[request.app.state.settings.dtype]
+            forced = requested_dtype(request.app.state.settings.dtype)
             loaded = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec, dtype=forced)
             _generators[spec] = ContinuousGenerator(loaded)
             while len(_generators) > MODEL_CACHE:
