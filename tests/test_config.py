@@ -44,7 +44,21 @@ def test_every_bundled_preset_is_a_valid_config():
     assert {"default", "llama-3.2-1b", "qwen2.5-0.5b", "gemma-3-1b", "mistral-7b-qlora"} <= {p.name for p in presets}
     for preset in presets:
         assert preset.description, preset.name
+        assert preset.licence != "unknown" and preset.parameters_billion > 0, preset.name  # what users choose by
         TrainConfig.from_sources(preset=preset.name, data="x.jsonl")  # raises on any bad field
+
+
+def test_migration_suggests_the_largest_permissive_preset_that_fits_the_device():
+    from tunelab.remote.migrate import suggest_open_model
+
+    chosen = {(device, gib): suggest_open_model("gpt-4o-mini-2024-07-18", device, gib).preset
+              for device, gib in [("cpu", None), ("cuda", 8), ("cuda", 24), ("cuda", 80)]}
+    assert {key: preset.name for key, preset in chosen.items()} == {
+        ("cpu", None): "qwen2.5-0.5b", ("cuda", 8): "qwen2.5-0.5b",  # Apache-2.0 beats the larger Gemma/Llama 1B
+        ("cuda", 24): "qwen2.5-7b-qlora", ("cuda", 80): "qwen2.5-7b-qlora"}
+    assert all(preset.permissive for preset in chosen.values())
+    reason = suggest_open_model("gpt-4o", "cuda", 24).reason
+    assert "Apache-2.0" in reason and "mistral-7b-qlora (7.25B, Apache-2.0)" in reason and "--to" in reason
 
 
 @pytest.mark.parametrize("text, message", [

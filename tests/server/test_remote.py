@@ -3,6 +3,8 @@ is watched from here, and its run — weights included — lands in a local run 
 use; jobs are listed, watched and cancelled through the same commands."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -18,9 +20,10 @@ pytestmark = pytest.mark.slow  # a server process and a worker that trains
 MODEL = "gpt-4o-mini-2024-07-18"  # the tiny server's alias for the tests' tiny model
 
 
-def tunelab(*arguments, timeout=300):
+def tunelab(*arguments, timeout=300, columns=80):
     return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
+                          timeout=timeout, env={**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "",
+                                                "COLUMNS": str(columns)})
 
 
 def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path, support_conversations):
@@ -50,7 +53,15 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     assert [job["status"] for job in jobs if job["fine_tuned_model"] == model] == ["succeeded"]
     # The fetched run is a local job too: the same commands read it without --remote.
     local = json.loads(tunelab("jobs", "list", "--runs", str(tmp_path), "--json").stdout)["data"]
-    assert [(job["fine_tuned_model"], job["run"]) for job in local] == [(model, str(tmp_path / "run"))]
+    assert [(job["fine_tuned_model"], job["run"], job["where"]) for job in local] == [(model, str(tmp_path / "run"), "here")]
+    # One table for both: the server's job, fetched here, is one row that names its local run.
+    both = json.loads(tunelab("jobs", "list", *remote, "--runs", str(tmp_path), "--json").stdout)["data"]
+    assert [(job["run"], job["where"]) for job in both if job["fine_tuned_model"] == model] == \
+        [(str(tmp_path / "run"), tiny_server.base_url.split("//")[1].split("/")[0])]
+    job_id = next(job["id"] for job in both if job["fine_tuned_model"] == model)
+    table = tunelab("jobs", "list", *remote, "--runs", str(tmp_path), columns=250).stderr
+    row = [line.split() for line in table.splitlines() if job_id in line]
+    assert "local run" in table and len(row) == 1 and row[0][-2:] == [model, str(tmp_path / "run")], table
     assert json.loads(tunelab("jobs", "show", str(tmp_path / "run")).stdout)["fine_tuned_model"] == model
     events = json.loads(tunelab("jobs", "events", str(tmp_path / "run"), "--json").stdout)["data"]
     assert events[-1]["message"] == "Job succeeded"
@@ -66,13 +77,20 @@ def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_pa
 
     long = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL,
                                           hyperparameters={"n_epochs": 50, "batch_size": 1})
+    watching = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "jobs", "watch", long.id, *remote],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200"})
     deadline = time.monotonic() + 120
-    while (status := client.fine_tuning.jobs.retrieve(long.id).status) != "running":
-        assert status in ("validating_files", "queued") and time.monotonic() < deadline, status
+    while (job := client.fine_tuning.jobs.retrieve(long.id)).estimated_finish is None:  # running, a step done
+        assert job.status in ("validating_files", "queued", "running") and time.monotonic() < deadline, job.status
         time.sleep(0.2)
+    time.sleep(3)  # the watcher polls each second: it has seen a step with the server's estimate
     cancelled = tunelab("jobs", "cancel", long.id, *remote)
     assert cancelled.returncode == 0 and f"{long.id}: cancellation requested" in cancelled.stderr, cancelled.stderr
     assert wait_until_finished(client, long.id).status == "cancelled"
+    _, shown = watching.communicate(timeout=60)
+    assert watching.returncode == 0 and f"{long.id}: cancelled" in shown, shown
+    assert re.search(r"train_loss \d+\.\d+ · finishes \d\d:\d\d:\d\d", shown), shown  # the live view's estimate
     shown = json.loads(tunelab("jobs", "show", long.id, *remote).stdout)
     assert shown["status"] == "cancelled" and shown["fine_tuned_model"] is None
 

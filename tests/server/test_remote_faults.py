@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -55,9 +56,11 @@ class Remote:
 
 
 def tunelab(*arguments):
+    """The CLI in an empty directory (no runs/ of its own to list beside the server's jobs), with no key."""
     environment = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
-                          timeout=180, env=environment)
+    with tempfile.TemporaryDirectory() as empty:
+        return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
+                              timeout=180, env=environment, cwd=empty)
 
 
 FAST_RETRY = {"retry-after-ms": "10"}  # the openai client honours it, so retries take milliseconds here
@@ -90,7 +93,7 @@ def test_a_refused_key_and_a_missing_one_say_what_to_do(remote):
     refused = tunelab("jobs", "list", "--remote", refusing.url, "--api-key", "wrong")
     assert refused.returncode == 1 and "the API key was refused (401)" in refused.stderr
     assert refusing.requests["/v1/fine_tuning/jobs"] == 1  # a 401 is not retried
-    for asked in (["jobs", "show", "ftjob-abc"], ["jobs", "list", "--remote", "openai"], ["migrate", "openai"]):
+    for asked in (["jobs", "show", "ftjob-abc"], ["jobs", "list", "--openai"], ["jobs", "watch", "ftjob-abc"], ["migrate", "openai"]):
         missing = tunelab(*asked)  # OpenAI itself (or a job id that is no local run): needs a key
         assert missing.returncode == 1 and "set OPENAI_API_KEY" in missing.stderr, missing.stderr
         assert "Traceback" not in missing.stderr

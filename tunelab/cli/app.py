@@ -613,12 +613,20 @@ def serve(
         worker.wait(30)
 
 
-jobs_app = typer.Typer(help="Fine-tuning jobs: local runs, or jobs on a server with OpenAI's API (--remote).",
-                       no_args_is_help=True)
+jobs_app = typer.Typer(help="Fine-tuning jobs, wherever they run: local runs, a `tunelab serve` (--remote URL) "
+                            "or OpenAI (--openai), through one set of commands.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-REMOTE_OPTION = typer.Option(None, "--remote", help="URL of a server with OpenAI's API, or `openai` for OpenAI itself (default OPENAI_BASE_URL); without either, local runs.")
-API_KEY_OPTION = typer.Option(None, "--api-key", help="Key for --remote (default OPENAI_API_KEY).")
+REMOTE_OPTION = typer.Option(None, "--remote", help="URL of a server with OpenAI's API (default OPENAI_BASE_URL); without it or --openai, local runs.")
+OPENAI_OPTION = typer.Option(False, "--openai", help="OpenAI itself (needs OPENAI_API_KEY).")
+API_KEY_OPTION = typer.Option(None, "--api-key", help="Key for --remote or --openai (default OPENAI_API_KEY).")
 JSON_OPTION = typer.Option(False, "--json", help="Print OpenAI's JSON shapes.")
+
+
+def _remote_of(remote: Optional[str], use_openai: bool) -> Optional[str]:
+    """The remote a jobs command talks to: --openai, --remote URL, OPENAI_BASE_URL, or none (local runs)."""
+    if use_openai and remote:
+        _fail("--openai and --remote name two different servers; give one")
+    return "openai" if use_openai else remote or os.environ.get("OPENAI_BASE_URL") or None
 
 
 def _id_table(*headers: str):
@@ -652,41 +660,51 @@ def _remote_call(call, *args, **kwargs):
 
 
 @jobs_app.command("list")
-def jobs_list(remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = API_KEY_OPTION,
+def jobs_list(remote: Optional[str] = REMOTE_OPTION, use_openai: bool = OPENAI_OPTION,
+              api_key: Optional[str] = API_KEY_OPTION,
               runs: Path = typer.Option(Path("runs"), "--runs", help="Where local runs live."),
               as_json: bool = JSON_OPTION) -> None:
-    """Jobs, newest first: on the server given, or the local runs under --runs."""
-    if remote or os.environ.get("OPENAI_BASE_URL"):
+    """Jobs, newest first, in one table: the local runs under --runs and, with --remote or --openai, the
+    server's jobs. A remote job fetched into a local run is one row, with its run directory."""
+    local = [dict(RunDir(path.parent).job(), run=str(path.parent)) for path in runs.glob("*/job.json")]
+    remote = _remote_of(remote, use_openai)
+    server = []
+    if remote:
         client = _remote_client(remote, api_key)
-        jobs = [job.model_dump() for job in _remote_call(client.fine_tuning.jobs.list, limit=100).data]
-    else:
-        jobs = sorted((dict(RunDir(path.parent).job(), run=str(path.parent)) for path in runs.glob("*/job.json")),
-                      key=lambda job: job.get("created_at") or 0, reverse=True)
-    if as_json:
+        where = "openai" if remote == "openai" else client.base_url.host + (f":{client.base_url.port}" if client.base_url.port else "")
+        server = [dict(job.model_dump(), where=where) for job in _remote_call(client.fine_tuning.jobs.list, limit=100).data]
+    runs_of = {job["id"]: job["run"] for job in local}
+    jobs = [dict(job, run=runs_of[job["id"]]) if job["id"] in runs_of else job for job in server]
+    jobs += [dict(job, where="here") for job in local if job["id"] not in {j["id"] for j in server}]
+    jobs.sort(key=lambda job: job.get("created_at") or 0, reverse=True)
+    if as_json:  # OpenAI's job objects, with `where` (here, or the server) and `run` (a local copy) added
         print(json.dumps({"object": "list", "data": jobs}, indent=2))
         return
-    table = _id_table("job", "status", "model", "fine-tuned model", "trained tokens")
+    with_runs = any(job.get("run") for job in jobs)
+    table = _id_table("job", "where", "status", "model", *(["local run"] if with_runs else []))
     for job in jobs:
-        table.add_row(job["id"], job["status"], job.get("model") or "", job.get("fine_tuned_model") or "",
-                      str(job.get("trained_tokens") or ""))
-    console.print(table if jobs else "no jobs")
+        model = job.get("fine_tuned_model") or f"{job.get('model') or ''} (base)"
+        table.add_row(job["id"], job["where"], job["status"], model, *([job.get("run") or ""] if with_runs else []))
+    console.print(table if jobs else "no jobs" + ("" if remote else f" under {runs}/ (for a server's: --remote URL or --openai)"))
 
 
 def _local_run(job_id: str, remote: Optional[str]) -> Optional[RunDir]:
     """The local run a job id names (a run directory, or runs/ID), unless a remote was given."""
-    if remote or os.environ.get("OPENAI_BASE_URL"):
+    if remote:
         return None
     found = next((RunDir(p) for p in (Path(job_id), Path("runs") / job_id) if RunDir(p).has_run()), None)
     if found is None and not os.environ.get("OPENAI_API_KEY"):
         _fail(f"{job_id}: no local run by that name (a run directory, or runs/{job_id}); for a remote job pass "
-              f"--remote URL, or set OPENAI_API_KEY to ask OpenAI")
-    return found
+              f"--remote URL, or set OPENAI_API_KEY to ask OpenAI (--openai)")
+    return found  # None: not a local run, and OPENAI_API_KEY is set, so OpenAI is asked
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: str = typer.Argument(..., help="A job id, or a local run directory."),
-              remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = API_KEY_OPTION) -> None:
+              remote: Optional[str] = REMOTE_OPTION, use_openai: bool = OPENAI_OPTION,
+              api_key: Optional[str] = API_KEY_OPTION) -> None:
     """One job as OpenAI's JSON (a local run's job record, or the server's job)."""
+    remote = _remote_of(remote, use_openai)
     run = _local_run(job_id, remote)
     if run is not None:
         print(json.dumps(run.job(), indent=2))
@@ -697,9 +715,10 @@ def jobs_show(job_id: str = typer.Argument(..., help="A job id, or a local run d
 
 @jobs_app.command("events")
 def jobs_events(job_id: str = typer.Argument(..., help="A job id, or a local run directory."),
-                remote: Optional[str] = REMOTE_OPTION, api_key: Optional[str] = API_KEY_OPTION,
-                as_json: bool = JSON_OPTION) -> None:
+                remote: Optional[str] = REMOTE_OPTION, use_openai: bool = OPENAI_OPTION,
+                api_key: Optional[str] = API_KEY_OPTION, as_json: bool = JSON_OPTION) -> None:
     """A job's events, oldest first."""
+    remote = _remote_of(remote, use_openai)
     run = _local_run(job_id, remote)
     if run is not None:
         events = run.events()
@@ -717,13 +736,22 @@ def jobs_events(job_id: str = typer.Argument(..., help="A job id, or a local run
         console.print(f"{event.created_at} {event.level:7} {escape(event.message)}")
 
 
+def _needs_remote(remote: Optional[str], what: str) -> str:
+    """A server for commands that only a server's job has: the one given, else OpenAI if a key is set."""
+    if not remote and not os.environ.get("OPENAI_API_KEY"):
+        _fail(f"{what} a job on a server: pass --remote URL, or set OPENAI_API_KEY for OpenAI (a local run "
+              "trains in the foreground: Ctrl-C stops it, `tunelab train --resume RUN` continues it)")
+    return remote or "openai"
+
+
 @jobs_app.command("watch")
 def jobs_watch(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
-               api_key: Optional[str] = API_KEY_OPTION) -> None:
-    """Follow a job until it ends (Ctrl-C stops watching, not the job)."""
+               use_openai: bool = OPENAI_OPTION, api_key: Optional[str] = API_KEY_OPTION) -> None:
+    """Follow a job until it ends: step, losses and the server's estimated finish (Ctrl-C stops watching,
+    not the job)."""
     from tunelab.remote.jobs import RemoteError, watch
 
-    client = _remote_client(remote, api_key)
+    client = _remote_client(_needs_remote(_remote_of(remote, use_openai), "watch follows"), api_key)
     try:
         job = watch(client, job_id, Events(ConsoleEvents()))
     except KeyboardInterrupt:
@@ -742,8 +770,8 @@ def _job_error(job) -> str:
 
 def _job_action(action: str):
     def command(job_id: str = typer.Argument(...), remote: Optional[str] = REMOTE_OPTION,
-                api_key: Optional[str] = API_KEY_OPTION) -> None:
-        client = _remote_client(remote, api_key)
+                use_openai: bool = OPENAI_OPTION, api_key: Optional[str] = API_KEY_OPTION) -> None:
+        client = _remote_client(_needs_remote(_remote_of(remote, use_openai), f"{action} acts on"), api_key)
         job = _remote_call(getattr(client.fine_tuning.jobs, action), job_id)
         if action == "cancel" and job.status != "cancelled":  # a training job stops after its current step
             console.print(f"{job.id}: cancellation requested; it stops after the current step (now {job.status})")
@@ -766,7 +794,7 @@ app.add_typer(migrate_app, name="migrate")
 def migrate_openai(
     job: list[str] = typer.Option([], "--job", help="An OpenAI fine-tuning job to migrate (repeatable); without --job or --all, the jobs are listed."),
     every: bool = typer.Option(False, "--all", help="Migrate every succeeded job."),
-    to: Optional[str] = typer.Option(None, "--to", help="The open model to train (default: the embedded default on a CPU, Qwen2.5 7B Instruct with QLoRA on a GPU)."),
+    to: Optional[str] = typer.Option(None, "--to", help="The open model to train: a preset (its settings too), a model id or a directory (default: the largest permissively licensed preset that fits this machine; see `tunelab presets list`)."),
     remote: Optional[str] = typer.Option(None, "--remote", help="Train on this `tunelab serve` instead of here."),
     remote_key: Optional[str] = typer.Option(None, "--remote-api-key", help="Key for --remote."),
     out: Path = typer.Option(Path("migration"), "--out", help="Where each migration keeps its files, run, evaluation and report; a rerun continues there."),
@@ -794,11 +822,15 @@ def migrate_openai(
                       "tunelab migrate openai --job ID [--to MODEL]", soft_wrap=True)
         return
     if to is None:
-        to = "Qwen/Qwen2.5-7B-Instruct" if best_device() == "cuda" else "default"
-        console.print(f"--to not given: training {to} ("
-                      + ("Apache-2.0, 7B; `--preset qwen2.5-7b-qlora` settings" if to != "default" else
-                         "the embedded Gemma 3 270M, sized for a CPU; pass --to for a larger open model")
-                      + ")", soft_wrap=True, markup=False)
+        import torch
+
+        from tunelab.remote.migrate import suggest_open_model
+
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if best_device() == "cuda" else None
+        base = next((j["model"] for j in jobs if j["id"] == chosen[0]), "the OpenAI model")
+        suggestion = suggest_open_model(base, best_device(), gpu_gib)
+        to = suggestion.preset.name
+        console.print(f"--to not given: {suggestion.reason}", soft_wrap=True, markup=False)
     for job_id in chosen:
         try:
             report = migrate(client, Migration(job_id, to, out, remote, remote_key), Events(ConsoleEvents()))
@@ -819,10 +851,15 @@ def presets_list() -> None:
 
     from tunelab.core.presets import list_presets
 
-    table = Table("preset", "model", "method", "description", box=None)
+    wide = console.width >= 140  # names are copied from this table: they are never cut; the description
+    table = Table(box=None)       # (what hardware it fits) is shown when there is room for it
+    table.add_column("preset", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    for header in ("method", "size", "licence") + (("description",) if wide else ()):
+        table.add_column(header)
     for preset in list_presets():
         table.add_row(preset.name, str(preset.settings.get("model", "")), str(preset.settings.get("method", "lora")),
-                      preset.description)
+                      f"{preset.parameters_billion:g}B", preset.licence, *([preset.description] if wide else []))
     console.print(table)
     console.print("Use one: [bold]tunelab train --preset NAME --data FILE[/], or copy it to edit: "
                   "[bold]tunelab presets copy NAME FILE[/]")

@@ -154,8 +154,10 @@ def watch(client, job_id: str, events: Events = NO_EVENTS, poll_seconds: float =
                 data = event.data or {}
                 if event.type == "metrics" and data.get("total_steps"):
                     if bar is None:
-                        bar = events.progress("train", total=data["total_steps"], description=f"train ({job_id})")
+                        bar = events.progress("train", total=data["total_steps"], description="train")
                     figures = {k: round(data[k], 4) for k in ("train_loss", "valid_loss") if data.get(k) is not None}
+                    if job.estimated_finish:  # the server's estimate (it knows the pace), in local time
+                        figures["finishes"] = time.strftime("%H:%M:%S", time.localtime(job.estimated_finish))
                     bar.update(data["step"], **figures)
                 elif event.type != "metrics":
                     events.message(event.message)

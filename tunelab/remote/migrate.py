@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import write_text_atomically
+from tunelab.core.presets import Preset, list_presets
 from tunelab.core.settings import TrainConfig
 from tunelab.data.split import split_file
 from tunelab.remote.jobs import fetch_run, plainly, submit, watch
@@ -44,10 +45,41 @@ def shutdown_date(model: str) -> str | None:
     return SHUTDOWN[max(matches, key=len)] if matches else None
 
 
+@dataclass(frozen=True)
+class Suggestion:
+    preset: Preset
+    reason: str
+
+
+def size_budget(device: str, gpu_gib: float | None) -> float:
+    """The largest model (billions of parameters) worth training on this device: a CPU trains up to about
+    half a billion parameters in hours rather than days; a GPU holds a 4-bit 8B model with its LoRA
+    gradients from about 20 GiB, and a 1B model in bf16 from about 6 GiB."""
+    if device != "cuda" or not gpu_gib:
+        return 0.5
+    return 8.0 if gpu_gib >= 20 else 1.3 if gpu_gib >= 6 else 0.5
+
+
+def suggest_open_model(openai_model: str, device: str, gpu_gib: float | None = None) -> Suggestion:
+    """The preset to replace a fine-tune of `openai_model` with: among those that fit the device, a
+    permissive licence first (a replacement goes into production), then the largest."""
+    budget = size_budget(device, gpu_gib)
+    fitting = [preset for preset in list_presets() if 0 < preset.parameters_billion <= budget]
+    best = max(fitting, key=lambda preset: (preset.permissive, preset.parameters_billion))
+    where = f"a GPU with {gpu_gib:.0f} GiB" if device == "cuda" and gpu_gib else "a CPU"
+    others = ", ".join(f"{p.name} ({p.parameters_billion:g}B, {p.licence})" for p in fitting if p is not best)
+    reason = (f"preset {best.name}: {best.settings.get('model')} ({best.parameters_billion:g}B parameters, "
+              f"{best.licence}), the largest {'permissively licensed ' if best.permissive else ''}model that "
+              f"trains on {where}; {openai_model} is most likely larger, and the evaluation against its fine-tune "
+              f"says whether this one is enough." + (f" Also fits: {others}." if others else "")
+              + " Pass --to MODEL or --to PRESET to choose.")
+    return Suggestion(best, reason)
+
+
 @dataclass
 class Migration:
     job_id: str
-    to: str  # the local base model: a spec, a preset's model, a directory
+    to: str  # the local base model: a preset name (its settings too), a model spec or a directory
     out: Path
     remote_url: str | None = None
     remote_key: str | None = None
@@ -71,10 +103,12 @@ def migrate(client, migration: Migration, events: Events = NO_EVENTS) -> Path:
 
     run = RunDir(folder / "run")
     if not run.is_finished():
-        config = TrainConfig(data=str(train_file), model=migration.to, out=str(run.path), suffix=job.get("suffix"),
-                             seed=job.get("seed") or 0, checkpoint_every=CHECKPOINT_EVERY,
-                             **{k: v for k, v in (job.get("hyperparameters") or {}).items()
-                                if k in ("n_epochs", "batch_size", "learning_rate_multiplier") and v is not None})
+        preset = next((p.name for p in list_presets() if p.name == migration.to), None)
+        config = TrainConfig.from_sources(
+            preset=preset, model=None if preset else migration.to, data=str(train_file), out=str(run.path),
+            suffix=job.get("suffix"), seed=job.get("seed") or 0, checkpoint_every=CHECKPOINT_EVERY,
+            **{k: v for k, v in (job.get("hyperparameters") or {}).items()
+               if k in ("n_epochs", "batch_size", "learning_rate_multiplier") and v is not None})
         run = _train(config, migration, events)
     else:
         events.message(f"step 3: {run.path} already trained; kept")
