@@ -265,6 +265,44 @@ def chat(
             return
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A finished run directory."),
+    format: str = typer.Option("merged", "--format", help="merged (Hugging Face safetensors), gguf (llama.cpp), ollama (GGUF + Modelfile) or adapter (PEFT, for vLLM/SGLang/LoRAX)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="merged: f32, bf16 or f16 (default: the base model's); gguf/ollama: f16 (default), bf16, f32, q8_0, or q4_k_m (needs llama.cpp)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default RUN/export/NAME); never overwritten without --force."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Chat JSONL whose prompts the export is verified on (default: the run's validation file, else its training file)."),
+    verify_prompts: int = typer.Option(10, "--verify-prompts", min=1, help="How many prompts to verify on."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export (only once the new one has passed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result and the verification figures as JSON."),
+) -> None:
+    """Export a run for use outside tunelab, verified before it is kept: reloaded and compared with the run's
+    own model on held-out prompts (next-token logits and greedy continuations)."""
+    from tunelab.export.gguf_file import UnsupportedForGGUF
+    from tunelab.export.run import ExportConfig, ExportFailed
+    from tunelab.export.run import export as run_export
+
+    config = ExportConfig(str(run), format, dtype, out and str(out), prompts and str(prompts), verify_prompts, force)
+    try:
+        result = run_export(config, Events(ConsoleEvents(progress=not as_json)))
+    except (ExportFailed, UnsupportedForGGUF) as error:
+        _fail(str(error))
+    except OSError as error:
+        _fail(f"{run}: the export could not be written ({_first_line(error)}); nothing was left in place")
+    if as_json:
+        print(json.dumps({"path": str(result.path), "format": result.format, "dtype": result.number_format,
+                          "verified_on": result.prompts_source, "checks": [c.as_dict() for c in result.checks],
+                          "notes": result.notes, "next_step": result.next_step}, indent=2))
+        return
+    console.print(f"verified on {result.prompts_source}:", markup=False, soft_wrap=True)
+    for check in result.checks:
+        console.print(f"  ✓ {check.summary()}", markup=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"[yellow]note: {escape(note)}[/]", soft_wrap=True)
+    console.print(f"EXPORTED: {result.path}", markup=False, soft_wrap=True)
+    console.print(f"next: {result.next_step}", markup=False, soft_wrap=True)
+
+
 def _load_model_for_use(model: str, chat_template: Optional[Path] = None):
     """A run directory or model spec loaded for generation, or a clear error naming it."""
     from tunelab.conversation.templates import MissingChatTemplate

@@ -1,0 +1,3 @@
+"""Exports of a run for use outside tunelab — merged weights, GGUF, Ollama, the adapter — each verified
+against the run's own model before it is kept (run.py orchestrates; merged.py, gguf_file.py, ollama.py
+build; verify.py compares)."""
