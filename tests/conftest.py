@@ -12,13 +12,16 @@ SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
 EXAMPLES = Path(__file__).resolve().parent.parent / "tunelab" / "examples" / "support"
 
 
-def build_tiny_model(directory: Path, corpus: list[str], initializer_range: float = 0.3) -> Path:
+def build_tiny_model(directory: Path, corpus: list[str], initializer_range: float = 0.3, head_dim: int = 32) -> Path:
     """A 2-layer Gemma 3 model with a byte-level BPE tokenizer trained on `corpus`, saved as a HF directory.
 
     initializer_range is large so the tied (frozen) embeddings let logits move: at the usual 0.02 a LoRA
     on a random 64-wide model cannot push any logit past ~1.3 and the loss barely moves. At 0.3, though, an
     untrained model's greedy reply depends on little but the last token; tests of generation itself build
     one at 0.02, whose every next token depends on the whole context.
+
+    head_dim 256 (Gemma 3's own) makes a model whose attention scale GGUF can carry: llama.cpp scales
+    queries by 1/sqrt(head_dim), Gemma by 1/sqrt(query_pre_attn_scalar), which is 256 by default.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -37,7 +40,7 @@ def build_tiny_model(directory: Path, corpus: list[str], initializer_range: floa
     torch.manual_seed(0)
     config = Gemma3TextConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=1024,
         sliding_window=64, initializer_range=initializer_range, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )

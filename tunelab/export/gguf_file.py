@@ -63,6 +63,8 @@ def write_gguf(model_dir: str | Path, out: str | Path, number_format: str, *, ch
         raise UnsupportedForGGUF(f"rope scaling {scaling.get('rope_type', scaling.get('type'))!r} is not written yet; "
                                  "export --format merged and convert that with llama.cpp's convert_hf_to_gguf.py")
     arch_name, permute_qk = ARCHITECTURES[model_type]
+    if arch_name == "GEMMA3":
+        _check_gemma_attention_scale(config)
     arch = getattr(gguf.MODEL_ARCH, arch_name)
     tensor_type, file_type = (getattr(gguf.GGMLQuantizationType, PYTHON_TYPES[number_format][0]),
                               getattr(gguf.LlamaFileType, PYTHON_TYPES[number_format][1]))
@@ -71,11 +73,8 @@ def write_gguf(model_dir: str | Path, out: str | Path, number_format: str, *, ch
     writer.add_name(name or model_dir.name)
     writer.add_file_type(file_type)
     _add_hyperparameters(writer, config, arch_name)
-    vocab_size = _add_tokenizer(writer, model_dir, tokenizer_source, config)
+    vocab_size = _add_tokenizer(writer, model_dir, tokenizer_source, config, end_of_turn_id)
     writer.add_chat_template(chat_template)
-    if end_of_turn_id is not None:  # llama.cpp and Ollama stop at EOS: it must be the end of a turn
-        writer.add_eos_token_id(end_of_turn_id)
-        writer.add_eot_token_id(end_of_turn_id)
 
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     files = sorted(model_dir.glob("*.safetensors"))
@@ -105,6 +104,19 @@ def write_gguf(model_dir: str | Path, out: str | Path, number_format: str, *, ch
     writer.write_tensors_to_file(progress=False)
     writer.close()
     return out
+
+
+def _check_gemma_attention_scale(config: dict) -> None:
+    """Gemma scales queries by 1/sqrt(query_pre_attn_scalar); GGUF has no key for it, and llama.cpp uses
+    1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 62-layer 27B), so any other value would change answers."""
+    head_dim = config.get("head_dim", 256)
+    scalar = config.get("query_pre_attn_scalar", 256)
+    llama_cpp_scalar = config["hidden_size"] / config["num_attention_heads"] if config["num_hidden_layers"] == 62 \
+        else head_dim
+    if scalar != llama_cpp_scalar:
+        raise UnsupportedForGGUF(f"query_pre_attn_scalar {scalar} differs from what llama.cpp assumes for this model "
+                                 f"({llama_cpp_scalar:g}), and GGUF cannot say otherwise: a GGUF would answer "
+                                 "differently; export --format merged instead")
 
 
 def _permute(weights: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
@@ -162,10 +174,29 @@ def _add_hyperparameters(writer, config: dict, arch_name: str) -> None:
         writer.add_vocab_size(config["vocab_size"])
 
 
-def _add_tokenizer(writer, model_dir: Path, source: Path | None, config: dict) -> int:
-    """The vocabulary and special tokens; returns the vocabulary size."""
-    if source is not None:
-        return _copy_tokenizer(writer, source)
+def _add_tokenizer(writer, model_dir: Path, source: Path | None, config: dict, end_of_turn_id: int | None) -> int:
+    """The vocabulary and special tokens; returns the vocabulary size. llama.cpp and Ollama stop at EOS, so
+    EOS is the template's end-of-turn token (also written as EOT)."""
+    size = _copy_tokenizer(writer, source) if source is not None else _write_tokenizer(writer, model_dir, config,
+                                                                                        end_of_turn_id)
+    if end_of_turn_id is not None:
+        if source is not None:
+            writer.add_eos_token_id(end_of_turn_id)
+        writer.add_eot_token_id(end_of_turn_id)
+    return size
+
+
+def _special_tokens(writer, model_dir: Path, size: int, end_of_turn_id: int | None, merges: bool) -> None:
+    import gguf
+
+    special = gguf.SpecialVocab(model_dir, load_merges=merges, n_vocab=size)
+    if end_of_turn_id is not None:
+        special.special_token_ids["eos"] = end_of_turn_id
+    special.chat_template = None  # the run's template is written by the caller, once
+    special.add_to_gguf(writer, quiet=True)
+
+
+def _write_tokenizer(writer, model_dir: Path, config: dict, end_of_turn_id: int | None) -> int:
     import gguf
     from transformers import AutoTokenizer
 
@@ -179,7 +210,7 @@ def _add_tokenizer(writer, model_dir: Path, source: Path | None, config: dict) -
         writer.add_token_list(list(tokens))
         writer.add_token_scores(list(scores))
         writer.add_token_types(list(types))
-        gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        _special_tokens(writer, model_dir, len(tokens), end_of_turn_id, merges=False)
         return len(tokens)
     if model.get("type") != "BPE":
         raise UnsupportedForGGUF(f"{model_dir}: a {model.get('type')} tokenizer is not written yet (byte-level BPE "
@@ -203,13 +234,13 @@ def _add_tokenizer(writer, model_dir: Path, source: Path | None, config: dict) -
     writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    _special_tokens(writer, model_dir, len(tokens), end_of_turn_id, merges=True)
     return len(tokens)
 
 
 def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     """llama.cpp's name for how text is split before BPE: found by the splitting pattern, which must be one
-    llama.cpp knows; plain byte-level splitting is GPT-2's (`default`)."""
+    llama.cpp knows; plain byte-level splitting is GPT-2's (`gpt-2`)."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     patterns = []
@@ -225,8 +256,8 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
                 collect(value)
 
     collect(tokenizer_json.get("pre_tokenizer") or {})
-    if not patterns:
-        return "default"
+    if not patterns:  # byte-level splitting with GPT-2's own pattern
+        return "gpt-2"
     for name, split in GGUF_PRE_TOKENIZER_SPLITS.items():
         if patterns[0] == split:
             return name

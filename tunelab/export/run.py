@@ -87,6 +87,7 @@ def export(config: ExportConfig, events: Events = NO_EVENTS) -> ExportResult:
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         built.rename(out)
     result.path = out
+    result.next_step = result.next_step.replace(str(built), str(out))
     return result
 
 

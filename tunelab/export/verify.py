@@ -91,24 +91,31 @@ def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[i
     """The same from llama.cpp (through llama-cpp-python): greedy is the top logit at each step."""
     import os
 
+    import numpy as np
     from llama_cpp import Llama
 
     longest = max(len(ids) for ids in prompts) + CONTINUATION_TOKENS + 8
     llm = Llama(model_path=gguf_path, n_ctx=longest, n_threads=os.cpu_count() or 1, verbose=False)
+
+    def last_logits() -> torch.Tensor:  # `Llama.scores` holds them only with logits_all (a row per position)
+        return torch.from_numpy(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy())
+
     logits, continuations = [], []
-    for ids in prompts:
-        llm.reset()
-        llm.eval(ids)
-        logits.append(torch.tensor(llm.scores[llm.n_tokens - 1]).float())
-        generated: list[int] = []
-        while len(generated) < CONTINUATION_TOKENS:
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
-            generated.append(token)
-            if token in stop_ids:
-                break
-            llm.eval([token])
-        continuations.append(_until_stop(generated, stop_ids))
-    llm.close()
+    try:
+        for ids in prompts:
+            llm.reset()
+            llm.eval(ids)
+            logits.append(last_logits())
+            generated: list[int] = []
+            while len(generated) < CONTINUATION_TOKENS:
+                token = int(last_logits().argmax())
+                generated.append(token)
+                if token in stop_ids:
+                    break
+                llm.eval([token])
+            continuations.append(_until_stop(generated, stop_ids))
+    finally:
+        llm.close()
     return logits, continuations
 
 
