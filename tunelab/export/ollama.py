@@ -25,21 +25,23 @@ from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE
 # tunelab's Gemma template (conversation/templates.py) for text conversations, in Go's text/template: a
 # first system message is folded into the first user turn after a blank line; with no user turn to fold
 # into, it gets a user turn of its own; the model's turn is opened after any message but its own.
-GEMMA_OLLAMA_TEMPLATE = (
-    '{{- $system := "" }}{{- $turns := .Messages }}'
-    '{{- if and .Messages (eq (index .Messages 0).Role "system") }}'
-    '{{- $system = printf "%s\\n\\n" (index .Messages 0).Content }}{{- $turns = slice .Messages 1 }}{{- end }}'
-    '{{- if and $system (or (not $turns) (ne (index $turns 0).Role "user")) }}'
-    '{{- printf "<start_of_turn>user\\n%s<end_of_turn>\\n" (index .Messages 0).Content }}{{- $system = "" }}{{- end }}'
-    '{{- $last := "" }}'
-    '{{- range $i, $message := $turns }}'
-    '{{- if eq $message.Role "assistant" }}<start_of_turn>model\n{{ else }}<start_of_turn>user\n{{ end }}'
-    '{{- if and (eq $i 0) $system }}{{ $system }}{{ end }}'
-    '{{- $message.Content }}<end_of_turn>\n'
-    '{{- $last = $message.Role }}'
-    '{{- end }}'
-    '{{- if ne $last "assistant" }}<start_of_turn>model\n{{ end }}'
-)
+GEMMA_OLLAMA_TEMPLATE = """\
+{{- /* every character of the prompt is written inside an action, so the layout here is trimmed away */ -}}
+{{- $system := "" }}{{ $turns := .Messages }}
+{{- if and .Messages (eq (index .Messages 0).Role "system") }}
+  {{- $system = printf "%s\\n\\n" (index .Messages 0).Content }}{{ $turns = slice .Messages 1 }}
+{{- end }}
+{{- if and $system (or (not $turns) (ne (index $turns 0).Role "user")) }}
+  {{- printf "<start_of_turn>user\\n%s<end_of_turn>\\n" (index .Messages 0).Content }}{{ $system = "" }}
+{{- end }}
+{{- $last := "" }}
+{{- range $i, $message := $turns }}
+  {{- if eq $message.Role "assistant" }}{{ "<start_of_turn>model\\n" }}{{ else }}{{ "<start_of_turn>user\\n" }}{{ end }}
+  {{- if and (eq $i 0) $system }}{{ $system }}{{ end }}
+  {{- $message.Content }}{{ "<end_of_turn>\\n" }}
+  {{- $last = $message.Role }}
+{{- end }}
+{{- if ne $last "assistant" }}{{ "<start_of_turn>model\\n" }}{{ end }}"""
 
 TEMPLATES = {GEMMA_CHAT_TEMPLATE: GEMMA_OLLAMA_TEMPLATE}
 
