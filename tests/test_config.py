@@ -137,3 +137,16 @@ def test_learning_rate_schedules():
     assert cosine[30] > linear[30] and cosine[80] < linear[80]  # cosine decays late, then fast
     assert linear[-1] == pytest.approx(1 / 90) and cosine[-1] < 0.001
     assert learning_rate_factor(99, total, warmup, "constant") == 1.0
+
+
+def test_a_migration_reads_matches_only_when_interval_and_test_agree():
+    from tunelab.remote.migrate import comparison_reading
+
+    # (diff, CI low, CI high, p, n, higher is better) → reading; diff is local − hosted
+    cases = {(-7.5, -12.9, -2.9, 0.0768, 16, True): "may fall short of",  # interval and test disagree
+             (-3.0, -5.9, -0.2, 0.0213, 16, True): "falls short of",
+             (4.0, 1.0, 7.0, 0.01, 16, True): "beats",
+             (1.2, -4.4, 6.9, 0.607, 16, None): "matches",
+             (5.0, 2.0, 8.0, 0.001, 16, None): "differs from",
+             (50.0, 40.0, 60.0, 0.0625, 4, True): "cannot be told apart from"}
+    assert {case: comparison_reading(*case) for case in cases} == cases

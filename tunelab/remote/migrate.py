@@ -11,7 +11,7 @@ with their fine-tunes are announced to shut down on 2027-01-14. For one of the u
    `tunelab serve` (`--remote`);
 4. evaluates the new model against the OpenAI fine-tune on the held-out set (the evaluation's `--compare`),
    while that still answers;
-5. writes `migration.md`: whether the local model matches or falls short of the fine-tune, with the interval.
+5. writes `migration.md`: whether the local model matches, beats or falls short of the fine-tune, with the interval and p-value.
 
 Every step writes its result atomically and is skipped when its result is there, so a second run after an
 interruption continues where the first stopped; an interrupted training resumes from its last checkpoint.
@@ -188,6 +188,22 @@ def _train(config: TrainConfig, migration: Migration, events: Events) -> RunDir:
     return RunDir(train(config, events, resume=resume))
 
 
+def comparison_reading(diff: float, low: float, high: float, p_value: float, n: int,
+                       higher_is_better: bool | None) -> str:
+    """How the local model compares with the fine-tune on one scorer, from the difference (local − hosted),
+    its 95% interval and the paired test's p-value."""
+    if n < 6:
+        return "cannot be told apart from"  # below 6 pairs even a unanimous result has p ≥ 0.0625
+    interval_differs, test_differs = not (low <= 0 <= high), p_value < 0.05
+    if not interval_differs and not test_differs:
+        return "matches"
+    direction = "differs from" if higher_is_better is None else \
+        "beats" if (diff > 0) == bool(higher_is_better) else "falls short of"
+    if interval_differs and test_differs:
+        return direction
+    return "may " + {"differs from": "differ from", "beats": "beat", "falls short of": "fall short of"}[direction]
+
+
 def migration_report(job: dict, run: RunDir, results: dict, target: str) -> str:
     """The migration's verdict in Markdown: the local model against the fine-tune, scorer by scorer."""
     local = run.job().get("fine_tuned_model") or str(run.path)
@@ -202,15 +218,13 @@ def migration_report(job: dict, run: RunDir, results: dict, target: str) -> str:
         sign = 1 if comparison["b"] == "fine_tuned" else -1  # difference as local − hosted
         diff, low, high = (sign * comparison["mean_diff"], *sorted(sign * x for x in comparison["ci95"]))
         scale = 100 if scorer.get("fraction") else 1
-        better = scorer.get("higher_is_better")
-        if low <= 0 <= high or comparison["p_value"] >= 0.05:  # the evaluation's rule for a detectable difference
-            reading = "matches" if comparison["n"] >= 6 else "cannot be told apart from"  # < 6: no test can tell
-        elif better is None:
-            reading = "differs from"
-        else:
-            reading = "beats" if (diff > 0) == bool(better) else "falls short of"
+        reading = comparison_reading(diff, low, high, comparison["p_value"], comparison["n"],
+                                     scorer.get("higher_is_better"))
         lines.append(f"- The local model **{reading}** `{target}` on {scorer['label']}: "
                      f"{diff * scale:+.1f} (95% CI {low * scale:+.1f} to {high * scale:+.1f}, p = {comparison['p_value']:.3g})")
-    lines += ["", "\"Matches\" means no detectable difference: the 95% interval includes zero or p ≥ 0.05.",
+    lines += ["", "\"Matches\" means no detectable difference: the 95% interval includes zero and p ≥ 0.05. "
+              "\"May fall short of\" (or \"may beat\") means the two disagree: the interval leaves out zero but "
+              "the paired test does not confirm it (p ≥ 0.05), or the other way round — more held-out "
+              "examples would settle it.",
               "", "The full report, with every example side by side: eval/report.html", ""]
     return "\n".join(lines)
