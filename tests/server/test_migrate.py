@@ -60,5 +60,6 @@ def test_migrate_lists_downloads_trains_evaluates_and_continues_after_a_kill(tin
     report = (out / job.id / "migration.md").read_text()
     assert f"`{job.fine_tuned_model}`" in report and "95% CI" in report
     assert "The local model **cannot be told apart from**" in report  # 3 held-out examples: too few for any test
+    assert "the OpenAI fine-tune was trained on them" in report  # the split came from its own training file
     trained = json.loads((out / job.id / "run" / "job.json").read_text())
     assert trained["hyperparameters"]["n_epochs"] == 3 and trained["seed"] == 3

@@ -210,7 +210,12 @@ def migration_report(job: dict, run: RunDir, results: dict, target: str) -> str:
     lines = [f"# Migration of {job['id']}", "",
              f"- OpenAI fine-tune: `{target}` (base {job['model']}, shuts down {shutdown_date(job['model']) or 'not announced'})",
              f"- Local model: `{local}` ({run.path})",
-             f"- Held-out examples: {results['examples_count']} ({results['data']})", "", "## Verdict", ""]
+             f"- Held-out examples: {results['examples_count']} ({results['data']})"]
+    if not job.get("validation_file"):
+        lines.append("- The job had no validation file, so these examples were split off its training file: the "
+                     "OpenAI fine-tune was trained on them and the local model was not. The comparison favours "
+                     "the fine-tune; a tie here is a good sign.")
+    lines += ["", "## Verdict", ""]
     for comparison in results["comparisons"]:
         if {comparison["a"], comparison["b"]} != {target, "fine_tuned"}:
             continue
