@@ -228,41 +228,56 @@ def evaluate(
 
 @app.command()
 def chat(
-    model: str = typer.Argument(..., help="A run directory, or a model spec ('default', a path, a hub id)."),
-    message: Optional[str] = typer.Argument(None, help="One message to answer; without it, an interactive chat."),
+    model: str = typer.Argument(..., help="A run directory, a model ('default', a directory, a hub id) or a .gguf file."),
+    message: Optional[str] = typer.Argument(None, help="One message to answer (as --once)."),
+    once: Optional[str] = typer.Option(None, "--once", help="Answer this one message, print the reply and exit (for scripts)."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Token limit per reply."),
     base: bool = typer.Option(False, "--base", help="With a run directory: answer with the base model (adapter off)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 (default): greedy; above 0, sampled."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampled replies."),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template file, for a model that has none of its own."),
 ) -> None:
-    """Chat with a fine-tuned run (or any model), using the chat template it was trained with."""
-    from tunelab.models.generate import generate_replies
+    """Chat with a fine-tuned run, any model, or an exported GGUF, using the chat template it was trained with;
+    replies stream as they are made. Without a message: an interactive session (/help lists its commands)."""
+    from tunelab.cli.chat import reply_once, run_session
 
+    text = once if once is not None else message
+    chat_model = _chat_model(model, base, temperature, seed, chat_template)
+    if text is not None:
+        reply_once(chat_model, ([{"role": "system", "content": system}] if system else [])
+                   + [{"role": "user", "content": text}], max_new_tokens)
+        if chat_model.last.finish_reason == "length":
+            console.print(f"[yellow](stopped at the {max_new_tokens}-token limit)[/]")
+        return
+    run_session(chat_model, system, max_new_tokens,
+                lambda note: console.print(note, markup=False, highlight=False, soft_wrap=True))
+
+
+def _chat_model(model: str, base: bool, temperature: float, seed: Optional[int], chat_template: Optional[Path]):
+    """llama.cpp for a .gguf when it is installed; transformers otherwise."""
+    from tunelab.models.chat import LlamaCppChat, TransformersChat
+
+    if model.endswith(".gguf") and Path(model).is_file() and _llama_cpp_installed():
+        if base or chat_template:
+            _fail("--base and --chat-template apply to runs and Hugging Face models, not to a GGUF file")
+        try:
+            return LlamaCppChat(model, temperature, seed)
+        except ValueError as error:
+            _fail(str(error))
     if base and not RunDir(model).is_finished():
         _fail(f"--base: {model} is not a finished run directory, so there is no fine-tune to switch off")
     loaded = _load_model_for_use(model, chat_template)
     if base and loaded.fully_fine_tuned:
         _fail(f"--base: {model} is a full fine-tune (every weight changed), so there is no adapter to switch off; "
               f"chat with its base model instead: tunelab chat {loaded.base_name if loaded.base_name != 'gemma-3-270m' else 'default'}")
-    messages = [{"role": "system", "content": system}] if system else []
-    interactive = message is None
-    while True:
-        if interactive:
-            try:
-                message = console.input("[bold]you>[/] ")
-            except (EOFError, KeyboardInterrupt):
-                return
-            if not message.strip():
-                continue
-        messages.append({"role": "user", "content": message})
-        reply = generate_replies(loaded, [messages], max_new_tokens=max_new_tokens, use_adapter=not base)[0]
-        messages.append({"role": "assistant", "content": reply.content, **({"tool_calls": reply.tool_calls}
-                                                                          if reply.tool_calls else {})})
-        print(reply.text if not interactive else f"\n{reply.text}\n")
-        if reply.finish_reason == "length":
-            console.print(f"[yellow](stopped at the {max_new_tokens}-token limit)[/]")
-        if not interactive:
-            return
+    return TransformersChat(loaded, use_adapter=not base, temperature=temperature, seed=seed)
+
+
+def _llama_cpp_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 @app.command()

@@ -139,7 +139,7 @@ def _add_tensor(writer, name: str, data: np.ndarray, tensor_type) -> None:
     if data.shape[-1] % block:  # llama.cpp's converter falls back the same way
         writer.add_tensor(name, data.astype(np.float16))
         return
-    writer.add_tensor(name, gguf.quants.quantize(data, tensor_type), raw_shape=data.shape, raw_dtype=tensor_type)
+    writer.add_tensor(name, gguf.quants.quantize(data, tensor_type), raw_dtype=tensor_type)
 
 
 def _add_hyperparameters(writer, config: dict, arch_name: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.conversation.templates import stop_token_ids
+from tunelab.conversation.templates import end_of_turn_token, stop_token_ids
 from tunelab.models.resolve import load_model, load_tokenizer, resolve_model
 from tunelab.runs.rundir import RunDir
 
@@ -60,7 +60,9 @@ def save_merged(model, tokenizer, out: str | Path, dtype: torch.dtype) -> Path:
     out = Path(out)
     model = model.to(dtype)
     generation = model.generation_config
-    generation.eos_token_id = stop_token_ids(tokenizer, generation)  # the end-of-turn token first of all
+    stops = stop_token_ids(tokenizer, generation)
+    end_of_turn = end_of_turn_token(tokenizer)  # first: a tool that reads one EOS id reads this one
+    generation.eos_token_id = sorted(stops, key=lambda token: token != end_of_turn)
     generation.pad_token_id = tokenizer.pad_token_id
     if tokenizer.bos_token_id is not None:
         generation.bos_token_id = tokenizer.bos_token_id

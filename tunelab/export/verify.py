@@ -88,7 +88,9 @@ def transformers_answers(model, prompts: list[list[int]], stop_ids: list[int]) -
 
 
 def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[int]) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """The same from llama.cpp (through llama-cpp-python): greedy is the top logit at each step."""
+    """The same from llama.cpp (through llama-cpp-python): greedy is the top logit at each step, and a
+    continuation ends where llama.cpp ends generation (its end-of-generation tokens: EOS, EOT and the like),
+    so a GGUF that would not stop where the run stops fails the comparison."""
     import os
 
     import numpy as np
@@ -96,6 +98,10 @@ def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[i
 
     longest = max(len(ids) for ids in prompts) + CONTINUATION_TOKENS + 8
     llm = Llama(model_path=gguf_path, n_ctx=longest, n_threads=os.cpu_count() or 1, verbose=False)
+
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
 
     def last_logits() -> torch.Tensor:  # `Llama.scores` holds them only with logits_all (a row per position)
         return torch.from_numpy(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy())
@@ -110,10 +116,10 @@ def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[i
             while len(generated) < CONTINUATION_TOKENS:
                 token = int(last_logits().argmax())
                 generated.append(token)
-                if token in stop_ids:
+                if llama_cpp.llama_vocab_is_eog(vocab, token):  # where llama.cpp itself stops
                     break
                 llm.eval([token])
-            continuations.append(_until_stop(generated, stop_ids))
+            continuations.append(generated)
     finally:
         llm.close()
     return logits, continuations
