@@ -50,6 +50,19 @@ def build_tiny_model(directory: Path, corpus: list[str], initializer_range: floa
     return directory
 
 
+def train_tiny_run(folder: Path, conversations: list[dict], **settings) -> Path:
+    """A finished run of a tiny model with Gemma 3's head size (256: an attention scale GGUF can carry) and
+    small initial weights (each greedy token depends on the whole context), on the first 24 conversations."""
+    from tunelab.core.settings import TrainConfig
+    from tunelab.train.local import train
+
+    corpus = [m["content"] for c in conversations for m in c["messages"]]
+    model = build_tiny_model(folder / "model", corpus, initializer_range=0.02, head_dim=256)
+    (folder / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations[:24]))
+    return train(TrainConfig(data=str(folder / "train.jsonl"), model=str(model), out=str(folder / "run"),
+                             batch_size=4, dtype="fp32", **settings))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

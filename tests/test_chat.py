@@ -8,6 +8,7 @@ import sys
 import pexpect
 import pytest
 
+from tests.conftest import train_tiny_run
 from tunelab.models.chat import TransformersChat
 from tunelab.models.generate import generate_replies, load_for_generation
 
@@ -16,16 +17,7 @@ pytestmark = pytest.mark.slow  # trains a tiny run and starts the CLI several ti
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, support_conversations):
-    from tests.conftest import build_tiny_model
-    from tunelab.core.settings import TrainConfig
-    from tunelab.train.local import train
-
-    folder = tmp_path_factory.mktemp("chat")
-    corpus = [m["content"] for c in support_conversations for m in c["messages"]]
-    model = build_tiny_model(folder / "model", corpus, initializer_range=0.02, head_dim=256)
-    (folder / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:24]))
-    return train(TrainConfig(data=str(folder / "train.jsonl"), model=str(model), out=str(folder / "run"),
-                             n_epochs=2, batch_size=4, seed=5, dtype="fp32"))
+    return train_tiny_run(tmp_path_factory.mktemp("chat"), support_conversations, n_epochs=2, seed=5)
 
 
 def tunelab(*arguments):

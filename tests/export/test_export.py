@@ -9,12 +9,10 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import build_tiny_model
-from tunelab.core.settings import TrainConfig
+from tests.conftest import train_tiny_run
 from tunelab.export.ollama import GEMMA_OLLAMA_TEMPLATE
 from tunelab.export.run import ExportConfig, ExportFailed, export, llama_cpp_installed
 from tunelab.export.verify import Comparison, Reference, compare
-from tunelab.train.local import train
 
 pytestmark = pytest.mark.slow  # trains a run, then reloads each export and generates with it
 
@@ -22,12 +20,8 @@ pytestmark = pytest.mark.slow  # trains a run, then reloads each export and gene
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, support_conversations):
     folder = tmp_path_factory.mktemp("export")
-    corpus = [m["content"] for c in support_conversations for m in c["messages"]]
-    model = build_tiny_model(folder / "model", corpus, initializer_range=0.02, head_dim=256)
-    (folder / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:24]))
     (folder / "held_out.jsonl").write_text("".join(json.dumps(c) + "\n" for c in support_conversations[40:60]))
-    return train(TrainConfig(data=str(folder / "train.jsonl"), model=str(model), out=str(folder / "run"),
-                             n_epochs=3, batch_size=4, learning_rate_multiplier=25, seed=3, dtype="fp32"))
+    return train_tiny_run(folder, support_conversations, n_epochs=3, learning_rate_multiplier=25, seed=3)
 
 
 def exported(run, tmp_path, **settings):
