@@ -138,9 +138,9 @@ def _reference(run: RunDir, prompts: list[list[dict]], events: Events):
     ids = [render_prompt_ids(loaded.tokenizer, messages) for messages in prompts]
     stops = stop_token_ids(loaded.tokenizer, loaded.model.generation_config)
     events.message(f"reference: the run's model (adapter not merged, fp32) on {len(ids)} prompts")
-    logits, continuations = transformers_answers(loaded.model, ids, stops)
+    logits, continuations, margins = transformers_answers(loaded.model, ids, stops)
     del loaded
-    return Reference(ids, logits, continuations, stops)
+    return Reference(ids, logits, continuations, stops, margins)
 
 
 def _check_transformers(reference, model_dir: Path, number_format: str, label: str, gguf_file: str | None = None):
@@ -149,7 +149,7 @@ def _check_transformers(reference, model_dir: Path, number_format: str, label: s
     from tunelab.export.verify import compare, transformers_answers
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), gguf_file=gguf_file, dtype=torch.float32).eval()
-    logits, continuations = transformers_answers(model, reference.prompts, reference.stop_ids)
+    logits, continuations, _ = transformers_answers(model, reference.prompts, reference.stop_ids)
     return compare(reference, label, number_format, logits, continuations)
 
 
@@ -252,7 +252,7 @@ def _adapter(run: RunDir, out: Path, number_format: str, prompts, events: Events
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     base = load_model(resolve_model(spec).path, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(out)).eval()
-    logits, continuations = transformers_answers(model, reference.prompts, reference.stop_ids)
+    logits, continuations, _ = transformers_answers(model, reference.prompts, reference.stop_ids)
     check = compare(reference, "adapter, reloaded by PEFT", "f32", logits, continuations)
     name = run.path.resolve().name
     return ExportResult(out, "adapter", "f32", [check],
