@@ -81,8 +81,10 @@ def export(config: ExportConfig, events: Events = NO_EVENTS) -> ExportResult:
         result.prompts_source = source
         failed = [check for check in result.checks if not check.passed]
         if failed:
+            hint = ("" if number_format in ("f32", "f16") else
+                    f"\n{number_format} rounds the weights too far for this model; a wider format (q8_0, f16) keeps its answers")
             raise ExportFailed("the export does not answer as the run does, so it was not kept:\n"
-                               + "\n".join(check.summary() for check in failed))
+                               + "\n".join(check.summary() for check in failed) + hint)
         if out.exists():  # --force: the old export goes only once the new one has proven itself
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         built.rename(out)
@@ -170,7 +172,7 @@ def _merged(run: RunDir, out: Path, number_format: str, prompts, events: Events)
 def _gguf(run: RunDir, out: Path, number_format: str, prompts, events: Events, reference=None) -> ExportResult:
     from tunelab.export.gguf_file import write_gguf
     from tunelab.export.merged import merged_model, save_merged
-    from tunelab.export.verify import compare, llama_cpp_answers, llama_cpp_tokens
+    from tunelab.export.verify import LLAMA_CPP_TOLERANCE, compare, llama_cpp_answers, llama_cpp_tokens
 
     reference = reference or _reference(run, prompts, events)
     model, tokenizer = merged_model(run)
@@ -203,7 +205,8 @@ def _gguf(run: RunDir, out: Path, number_format: str, prompts, events: Events, r
             raise ExportFailed(f"llama.cpp tokenizes {bad} of {len(texts)} rendered prompts differently from the "
                                "run's tokenizer; the GGUF's vocabulary is wrong")
         logits, continuations = llama_cpp_answers(str(out), reference.prompts, reference.stop_ids)
-        checks.append(compare(reference, "GGUF in llama.cpp", number_format, logits, continuations))
+        checks.append(compare(reference, "GGUF in llama.cpp", number_format, logits, continuations,
+                              runtime_tolerance=LLAMA_CPP_TOLERANCE))
     else:
         notes.append("llama.cpp is not installed, so the GGUF was checked with transformers only; "
                      "`pip install 'tunelab[llama]'` (builds llama.cpp, ~7 min) adds the llama.cpp check")

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 import torch
 
 CONTINUATION_TOKENS = 32
-# How far next-token logits may move, per number format of the exported weights (measured on the default
-# model: merged bf16 0.35; GGUF f16 0.065 in llama.cpp; q8_0 1.1 in transformers, 2.4 in llama.cpp)
-TOLERANCES = {"f32": 1e-3, "f16": 0.15, "bf16": 1.0, "q8_0": 3.0, "q4_k_m": 6.0}
+# How far next-token logits (over the reference's top ten) may move, per number format of the exported
+# weights. Measured on the default model fine-tuned on the support example: merged bf16 0.17; GGUF f16
+# 0.021 (transformers) and 0.034 (llama.cpp); q8_0 0.45 and 1.51; q4_k_m 18.3 in llama.cpp (top token
+# changed on 3 of 10 prompts: a 270M model does not survive 4 bits).
+TOLERANCES = {"f32": 1e-3, "f16": 0.15, "bf16": 1.0, "q8_0": 2.0, "q4_k_m": 3.0}
 TOP_TOKENS = 10  # the reference's most likely tokens, over which logits are compared
+# llama.cpp's own arithmetic adds to the export's rounding: an f16 KV cache and f16 activations in its
+# matrix products, whatever the weights. Measured on the default model with f32 weights: 0.018.
+LLAMA_CPP_TOLERANCE = 0.15
 
 
 @dataclass
@@ -44,10 +49,11 @@ class Comparison:
     top_token_agreed: int = 0
     greedy_identical: int = 0
     partings: list[tuple[int, float]] = field(default_factory=list)  # (first differing token, reference margin there)
+    runtime_tolerance: float = 0.0  # what the candidate's own arithmetic adds (llama.cpp's)
 
     @property
     def tolerance(self) -> float:
-        return TOLERANCES[self.number_format]
+        return max(TOLERANCES[self.number_format], self.runtime_tolerance)
 
     @property
     def unexplained_partings(self) -> list[tuple[int, float]]:
@@ -157,8 +163,8 @@ def llama_cpp_tokens(gguf_path: str, texts: list[str]) -> list[list[int]]:
 
 
 def compare(reference: Reference, candidate: str, number_format: str, logits: list[torch.Tensor],
-            continuations: list[list[int]]) -> Comparison:
-    result = Comparison(candidate, number_format, prompts=len(reference.prompts))
+            continuations: list[list[int]], runtime_tolerance: float = 0.0) -> Comparison:
+    result = Comparison(candidate, number_format, prompts=len(reference.prompts), runtime_tolerance=runtime_tolerance)
     for expected, got in zip(reference.last_logits, logits):
         top = expected.topk(min(TOP_TOKENS, expected.numel())).indices
         result.max_logit_diff = max(result.max_logit_diff, float((expected[top] - got[top]).abs().max()))
