@@ -122,6 +122,9 @@ def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[i
     import numpy as np
     from llama_cpp import Llama
 
+    from tunelab.models.chat import silence_llama_cpp
+
+    silence_llama_cpp()
     longest = max(len(ids) for ids in prompts) + CONTINUATION_TOKENS + 8
     llm = Llama(model_path=gguf_path, n_ctx=longest, n_threads=os.cpu_count() or 1, verbose=False)
 
@@ -155,6 +158,9 @@ def llama_cpp_tokens(gguf_path: str, texts: list[str]) -> list[list[int]]:
     """How llama.cpp tokenizes rendered prompts (special tokens parsed, no BOS added: the text has it)."""
     from llama_cpp import Llama
 
+    from tunelab.models.chat import silence_llama_cpp
+
+    silence_llama_cpp()
     llm = Llama(model_path=gguf_path, vocab_only=True, verbose=False)
     try:
         return [llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) for text in texts]

@@ -71,6 +71,20 @@ class TransformersChat:
         self.last = Ended(generation.text, generation.finish_reason, generation.completion_tokens)
 
 
+_SILENT_LOG = None
+
+
+def silence_llama_cpp() -> None:
+    """Keep llama.cpp's own log lines (cache sizes, context warnings) off the terminal: `verbose=False`
+    alone leaves some. The callback is kept alive here, as llama.cpp holds only a pointer to it."""
+    global _SILENT_LOG
+    if _SILENT_LOG is None:
+        import llama_cpp
+
+        _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_SILENT_LOG, None)
+
+
 class LlamaCppChat:
     """Replies from a GGUF file in llama.cpp (llama-cpp-python): the template and stop token from the file."""
 
@@ -80,6 +94,7 @@ class LlamaCppChat:
         from gguf import GGUFReader
         from llama_cpp import Llama
 
+        silence_llama_cpp()
         fields = GGUFReader(gguf_path).fields
         if "tokenizer.chat_template" not in fields:
             raise ValueError(f"{gguf_path}: the file carries no chat template (tokenizer.chat_template); "
