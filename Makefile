@@ -38,7 +38,7 @@ demo: setup
 	$(BIN)/tunelab demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 clean:
 	rm -rf runs .pytest_cache

@@ -34,15 +34,19 @@ def test_a_streamed_reply_comes_in_pieces_and_equals_the_batch_reply(run):
 
 
 def test_once_answers_from_a_run_and_from_its_gguf_alike(run):
-    from_run = tunelab("chat", str(run), "--once", "Where is my order?", "--max-new-tokens", "16")
+    from_run = tunelab("chat", str(run), "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32")
     assert from_run.returncode == 0, from_run.stderr
     exported = tunelab("export", str(run), "--format", "gguf", "--dtype", "f32", "--prompts", str(run.parent / "train.jsonl"),
                        "--verify-prompts", "3", "--json")
     assert exported.returncode == 0, exported.stderr
     gguf = json.loads(exported.stdout)["path"]
-    from_gguf = tunelab("chat", gguf, "--once", "Where is my order?", "--max-new-tokens", "16")
+    from_gguf = tunelab("chat", gguf, "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32")
     assert from_gguf.returncode == 0, from_gguf.stderr
-    assert from_gguf.stdout == from_run.stdout and from_run.stdout.strip()  # llama.cpp (if installed) or transformers
+    # The same reply, from llama.cpp when installed, else from transformers' GGUF loader. The run stops on
+    # the vocabulary's <eos> as well as <end_of_turn>; llama.cpp does too, but a GGUF's EOS slot holds
+    # <end_of_turn>, so transformers may write on past an <eos> the untrained tiny model emits: the GGUF's
+    # reply starts with the run's.
+    assert from_run.stdout.strip() and from_gguf.stdout.startswith(from_run.stdout.rstrip("\n"))
 
 
 def test_an_interactive_session_in_a_terminal_streams_resets_and_saves(run, tmp_path):

@@ -236,14 +236,21 @@ def chat(
     base: bool = typer.Option(False, "--base", help="With a run directory: answer with the base model (adapter off)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 (default): greedy; above 0, sampled."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampled replies."),
+    dtype: str = typer.Option("auto", "--dtype", help="Number format in transformers: auto (the run's; bf16 on a CPU or GPU with bf16 units), fp32 or bf16. A GGUF in llama.cpp computes as its file says."),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template file, for a model that has none of its own."),
 ) -> None:
     """Chat with a fine-tuned run, any model, or an exported GGUF, using the chat template it was trained with;
     replies stream as they are made. Without a message: an interactive session (/help lists its commands)."""
     from tunelab.cli.chat import reply_once, run_session
 
+    from tunelab.models.precision import requested_dtype
+
     text = once if once is not None else message
-    chat_model = _chat_model(model, base, temperature, seed, chat_template)
+    try:
+        number_format = requested_dtype(dtype)
+    except ValueError as error:
+        _fail(str(error))
+    chat_model = _chat_model(model, base, temperature, seed, chat_template, number_format)
     if text is not None:
         reply_once(chat_model, ([{"role": "system", "content": system}] if system else [])
                    + [{"role": "user", "content": text}], max_new_tokens)
@@ -254,7 +261,8 @@ def chat(
                 lambda note: console.print(note, markup=False, highlight=False, soft_wrap=True))
 
 
-def _chat_model(model: str, base: bool, temperature: float, seed: Optional[int], chat_template: Optional[Path]):
+def _chat_model(model: str, base: bool, temperature: float, seed: Optional[int], chat_template: Optional[Path],
+                dtype=None):
     """llama.cpp for a .gguf when it is installed; transformers otherwise."""
     from tunelab.models.chat import LlamaCppChat, TransformersChat
 
@@ -267,7 +275,7 @@ def _chat_model(model: str, base: bool, temperature: float, seed: Optional[int],
             _fail(str(error))
     if base and not RunDir(model).is_finished():
         _fail(f"--base: {model} is not a finished run directory, so there is no fine-tune to switch off")
-    loaded = _load_model_for_use(model, chat_template)
+    loaded = _load_model_for_use(model, chat_template, dtype)
     if base and loaded.fully_fine_tuned:
         _fail(f"--base: {model} is a full fine-tune (every weight changed), so there is no adapter to switch off; "
               f"chat with its base model instead: tunelab chat {loaded.base_name if loaded.base_name != 'gemma-3-270m' else 'default'}")
@@ -318,13 +326,13 @@ def export(
     console.print(f"next: {result.next_step}", markup=False, soft_wrap=True)
 
 
-def _load_model_for_use(model: str, chat_template: Optional[Path] = None):
+def _load_model_for_use(model: str, chat_template: Optional[Path] = None, dtype=None):
     """A run directory or model spec loaded for generation, or a clear error naming it."""
     from tunelab.conversation.templates import MissingChatTemplate
     from tunelab.models.generate import load_for_generation
 
     try:
-        return load_for_generation(model, chat_template=chat_template and str(chat_template))
+        return load_for_generation(model, chat_template=chat_template and str(chat_template), dtype=dtype)
     except (FileNotFoundError, MissingChatTemplate) as error:
         _fail(str(error))
     except OSError as error:  # a hub id that cannot be fetched, a damaged model directory

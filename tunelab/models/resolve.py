@@ -127,10 +127,35 @@ def _convert_gguf(gguf_path: Path, out: Path, events: Events) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _keep_tokenizer_as_built(tokenizer, out)
     if template:
         _write_template_note(out, template)
     events.message(f"Converted in {time.monotonic() - start:.0f} s → cached.",
                    conversion_seconds=round(time.monotonic() - start, 1))
+
+
+PROBE_TEXT = "Hello there,\n  order BL-20931 (£12.50) — where is it?\t<start_of_turn>"
+
+
+def _keep_tokenizer_as_built(tokenizer, out: Path) -> None:
+    """Make the saved tokenizer reload as the one built from the GGUF. transformers saves it under its
+    architecture's class (e.g. GemmaTokenizer), and that class rebuilds its own pre-tokenizer and decoder on
+    load: right for Gemma's own vocabulary, wrong for a byte-level one a GGUF export of another tokenizer
+    carries (spaces come back as <unk>). When a reload splits a probe text differently, the saved config
+    names the generic class, which takes tokenizer.json as it is."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    expected = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if AutoTokenizer.from_pretrained(out)(PROBE_TEXT, add_special_tokens=False)["input_ids"] == expected:
+        return
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if AutoTokenizer.from_pretrained(out)(PROBE_TEXT, add_special_tokens=False)["input_ids"] != expected:
+        raise ValueError(f"{out}: the tokenizer built from the GGUF does not reload as it was built")
 
 
 def _write_template_note(directory: Path, template: str) -> None:
