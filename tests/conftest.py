@@ -12,8 +12,10 @@ SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
 EXAMPLES = Path(__file__).resolve().parent.parent / "tunelab" / "examples" / "support"
 
 
-def build_tiny_model(directory: Path, corpus: list[str], initializer_range: float = 0.3, head_dim: int = 32) -> Path:
-    """A 2-layer Gemma 3 model with a byte-level BPE tokenizer trained on `corpus`, saved as a HF directory.
+def build_tiny_model(directory: Path, corpus: list[str], initializer_range: float = 0.3, head_dim: int = 32,
+                     architecture: str = "gemma3") -> Path:
+    """A 2-layer Gemma 3 model (or `architecture` "llama" or "qwen2", for the GGUF writer's other layouts)
+    with a byte-level BPE tokenizer trained on `corpus`, saved as a HF directory.
 
     initializer_range is large so the tied (frozen) embeddings let logits move: at the usual 0.02 a LoRA
     on a random 64-wide model cannot push any logit past ~1.3 and the loss barely moves. At 0.3, though, an
@@ -44,20 +46,30 @@ def build_tiny_model(directory: Path, corpus: list[str], initializer_range: floa
         sliding_window=64, initializer_range=initializer_range, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
-    model = Gemma3ForCausalLM(config)
+    if architecture != "gemma3":
+        from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+        config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
+                                     "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[architecture]
+        config = config_class(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+            initializer_range=initializer_range, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = (Gemma3ForCausalLM if architecture == "gemma3" else model_class)(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-def train_tiny_run(folder: Path, conversations: list[dict], **settings) -> Path:
+def train_tiny_run(folder: Path, conversations: list[dict], architecture: str = "gemma3", **settings) -> Path:
     """A finished run of a tiny model with Gemma 3's head size (256: an attention scale GGUF can carry) and
     small initial weights (each greedy token depends on the whole context), on the first 24 conversations."""
     from tunelab.core.settings import TrainConfig
     from tunelab.train.local import train
 
     corpus = [m["content"] for c in conversations for m in c["messages"]]
-    model = build_tiny_model(folder / "model", corpus, initializer_range=0.02, head_dim=256)
+    model = build_tiny_model(folder / "model", corpus, initializer_range=0.02, head_dim=256, architecture=architecture)
     (folder / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations[:24]))
     return train(TrainConfig(data=str(folder / "train.jsonl"), model=str(model), out=str(folder / "run"),
                              batch_size=4, dtype="fp32", **settings))

@@ -100,6 +100,20 @@ def test_gguf_in_llama_cpp_answers_as_the_run(run, tmp_path):
     assert check.passed and check.greedy_identical == check.prompts == 10
 
 
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_gguf_of_llama_and_qwen2_layouts_answers_as_the_run(architecture, tmp_path, support_conversations):
+    """Llama's q/k are permuted for llama.cpp's rotary layout, Qwen2's biases kept: transformers' loader undoes
+    the one and llama.cpp reads both; each must answer as the run does."""
+    (tmp_path / "run").mkdir()
+    other = train_tiny_run(tmp_path / "run", support_conversations, architecture=architecture, n_epochs=2,
+                           learning_rate_multiplier=25, seed=3)
+    result = export(ExportConfig(str(other), "gguf", "f16", str(tmp_path / "out.gguf"), str(tmp_path / "run" / "train.jsonl"), 5))
+    import gguf
+
+    assert gguf.GGUFReader(str(result.path)).fields["general.architecture"].contents() == architecture
+    assert all(check.passed for check in result.checks) and len(result.checks) == 1 + llama_cpp_installed()
+
+
 def test_ollama_export_is_the_gguf_and_a_modelfile_with_the_training_template(run, tmp_path):
     result = exported(run, tmp_path, format="ollama", dtype="q8_0")
     assert {p.name for p in result.path.iterdir()} == {"model.gguf", "Modelfile"}
