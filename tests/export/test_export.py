@@ -94,7 +94,7 @@ def test_gguf_reloads_through_transformers_with_the_chat_template_and_end_of_tur
 def test_gguf_in_llama_cpp_answers_as_the_run(run, tmp_path):
     if not llama_cpp_installed():
         pytest.skip("llama.cpp is not installed: `pip install -e '.[llama]'` (builds llama-cpp-python from source, "
-                    "~7 min on two cores) runs this check; the transformers checks above ran without it")
+                    "about 10 min on two cores) runs this check; the transformers checks above ran without it")
     result = exported(run, tmp_path, format="gguf", dtype="f16")
     check = next(c for c in result.checks if "llama.cpp" in c.candidate)
     assert check.passed and check.greedy_identical == check.prompts == 10

@@ -209,7 +209,7 @@ def _gguf(run: RunDir, out: Path, number_format: str, prompts, events: Events, r
                               runtime_tolerance=LLAMA_CPP_TOLERANCE))
     else:
         notes.append("llama.cpp is not installed, so the GGUF was checked with transformers only; "
-                     "`pip install 'tunelab[llama]'` (builds llama.cpp, ~7 min) adds the llama.cpp check")
+                     "`pip install 'tunelab[llama]'` (builds llama.cpp, about 10 min) adds the llama.cpp check")
     return ExportResult(out, "gguf", number_format, checks, notes=notes,
                         next_step=f"llama-cli -m {out} -cnv   (or: tunelab chat {out})")
 
@@ -334,7 +334,7 @@ def quantize_with_llama_cpp(source: Path, out: Path) -> None:
     """k-quantize an f16 GGUF with llama.cpp's own quantizer (Q4_K_M)."""
     if not llama_cpp_installed():
         raise ExportFailed("q4_k_m is made by llama.cpp's quantizer, which is not installed: "
-                           "`pip install 'tunelab[llama]'` (builds llama.cpp from source, ~7 min), or use "
+                           "`pip install 'tunelab[llama]'` (builds llama.cpp from source, about 10 min), or use "
                            "--dtype q8_0 (written here, about half the size of f16)")
     import llama_cpp
 
