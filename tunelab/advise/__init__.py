@@ -1,0 +1,1 @@
+"""`tunelab advise`: should this data be fine-tuned at all? The decision framework, fed by measurements."""
