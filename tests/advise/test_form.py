@@ -15,7 +15,9 @@ def knowledge_questions(count: int) -> list[dict]:
     places = ["Uppsala", "Lyon", "Sapporo", "Gdansk", "Beirut", "Enugu", "Bergen", "Valencia"]
     conversations = []
     for index in range(count):
-        topic = f"the compound {rng.choice('ABCDEFGH')}{index}"
+        syllables = ["ka", "lo", "mi", "ru", "te", "zan", "bor", "vel"]  # distinct names, no digits: the data
+        topic = "the compound " + "".join(syllables[(index >> (3 * k)) % 8] for k in range(3))  # toolkit
+        # reads prompts that differ only in digits as one prompt
         answer = (f"It was first described in {rng.randint(1850, 1990)} by {rng.choice(first)} {rng.choice(last)} "
                   f"at the University of {rng.choice(places)}, and its melting point is {rng.randint(40, 400)} °C. "
                   f"{rng.choice(first)} {rng.choice(last)} later patented it in {rng.choice(places)}.")
