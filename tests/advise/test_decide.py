@@ -1,6 +1,7 @@
 """The advice on data built here, one scenario per recommendation the issue names."""
 
 import json
+import re
 
 from tests.advise.test_form import knowledge_questions
 from tests.conftest import EXAMPLES, read_jsonl
@@ -69,3 +70,53 @@ def test_many_conflicting_answers_need_better_data(tmp_path):
 def test_unknown_answers_lower_the_confidence(tmp_path):
     measured = measure_data(write(tmp_path, format_task(150)))
     assert decide(Answers(), measured).confidence < decide(READY, measured).confidence
+
+
+def test_advise_on_the_command_line_reads_answers_and_prints_json(tmp_path):
+    import subprocess
+    import sys
+
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("tried_best_model: yes\noptimized_prompt: yes\nrag_would_solve: no\nhigh_volume_narrow: yes\n"
+                       "goal: format_reliability\n")
+    data = write(tmp_path, format_task(150))
+    shown = subprocess.run([sys.executable, "-m", "tunelab.cli", "advise", "--data", data, "--answers", str(answers),
+                            "--json"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    advice = json.loads(shown.stdout)
+    assert advice["recommendation"] == "fine_tune" and advice["measurements"]["examples"] == 150
+    assert {"step", "finding", "evidence"} == set(advice["reasons"][0]) and advice["next_steps"]
+    answers.write_text("optimized_prompt: maybe\n")
+    bad = subprocess.run([sys.executable, "-m", "tunelab.cli", "advise", "--answers", str(answers)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and f"{answers}: optimized_prompt: 'maybe' is not one of yes, no, unknown" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_the_questions_are_asked_in_a_terminal(tmp_path):
+    import sys
+
+    import pexpect
+
+    session = pexpect.spawn(sys.executable, ["-m", "tunelab.cli", "advise", "--data", write(tmp_path, format_task(150))],
+                            encoding="utf-8", timeout=120, dimensions=(40, 200))
+    for reply in ("yes", "yes", "no", "yes"):
+        session.expect(r"\[yes/no/unknown\]")
+        session.sendline(reply)
+    session.expect(r"\[1-8, Enter: unknown\]")
+    session.sendline("3")  # a reliable output format
+    session.expect(pexpect.EOF)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", session.before)  # the terminal gets colours
+    assert "Recommendation: fine_tune (confidence 90%)" in shown and "a reliable output format" in shown
+
+
+def test_an_evaluation_where_few_shot_matches_is_read_from_results_json():
+    from tunelab.advise.decide import prompting_from_results
+
+    results = {"scorers": [{"name": "length", "label": "reply tokens", "higher_is_better": None},
+                           {"name": "rubric", "label": "house style", "higher_is_better": True}],
+               "comparisons": [{"a": "base_fewshot", "b": "fine_tuned", "scorer": "rubric", "ci95": [-0.02, 0.04]}],
+               "systems": {"base_fewshot": {"scores": {"rubric": {"mean": 0.90}}},
+                           "fine_tuned": {"scores": {"rubric": {"mean": 0.91}}}}}
+    found = prompting_from_results(results)
+    assert found.scorer == "house style" and found.difference_ci == (-0.02, 0.04) and found.prompting_reaches_fine_tune

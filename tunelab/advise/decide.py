@@ -171,3 +171,55 @@ def measure_data(path: str) -> Measurements:
     return Measurements(examples=report.examples, errors=len(report.errors),
                         conflicting=codes.count("conflicting_answers"),
                         duplicates=codes.count("duplicate_example") + codes.count("near_duplicate_example"), form=form)
+
+
+def prompting_from_results(results: dict) -> PromptingResult | None:
+    """The few-shot baseline against the fine-tune on the evaluation's first scorer where higher is better
+    (`results.json` of `tunelab eval`); None when it has no few-shot baseline."""
+    for scorer in results.get("scorers", []):
+        if not scorer.get("higher_is_better"):
+            continue
+        for comparison in results.get("comparisons", []):
+            if comparison["scorer"] != scorer["name"] or {comparison["a"], comparison["b"]} != {"base_fewshot", "fine_tuned"}:
+                continue
+            sign = 1 if comparison["b"] == "fine_tuned" else -1  # a comparison's difference is b − a
+            low, high = sorted(sign * value for value in comparison["ci95"])
+            means = {name: results["systems"][name]["scores"][scorer["name"]]["mean"] for name in ("base_fewshot", "fine_tuned")}
+            return PromptingResult(scorer["label"], means["base_fewshot"], means["fine_tuned"], (low, high))
+    return None
+
+
+def read_answers(path: str) -> Answers:
+    """The framework's answers from a YAML file; an unknown key or value is an error naming it."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        given = yaml.safe_load(handle) or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"{path}: expected a mapping of answers (tried_best_model: yes, …)")
+    answers = Answers()
+    for key, value in given.items():
+        value = {True: "yes", False: "no", None: "unknown"}.get(value, value) if not isinstance(value, str) else value
+        if key == "goal":
+            if value not in (*GOOD_GOALS, *BAD_GOALS, "unknown"):
+                raise ValueError(f"{path}: goal: {value!r} is not one of {', '.join((*GOOD_GOALS, *BAD_GOALS, 'unknown'))}")
+        elif key in Answers.__dataclass_fields__:
+            if value not in ANSWER_VALUES:
+                raise ValueError(f"{path}: {key}: {value!r} is not one of yes, no, unknown")
+        else:
+            raise ValueError(f"{path}: {key!r} is not a question (tried_best_model, optimized_prompt, rag_would_solve, "
+                             "high_volume_narrow, goal)")
+        setattr(answers, key, value)
+    return answers
+
+
+QUESTIONS = {
+    "tried_best_model": "Have you tried the strongest base model you can use, with a good prompt? (A better model "
+                        "often makes fine-tuning unnecessary.)",
+    "optimized_prompt": "Have you worked on the prompt: clear instructions and a few examples? (Try prompts first, "
+                        "always.)",
+    "rag_would_solve": "Is the problem missing knowledge that retrieval could put in the prompt? (Fine-tuning teaches "
+                       "style and format, not facts.)",
+    "high_volume_narrow": "Is it a narrow task you will call many times a day? (That is where a small fine-tuned model "
+                          "pays back.)",
+}
