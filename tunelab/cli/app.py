@@ -264,9 +264,9 @@ def chat(
 def _chat_model(model: str, base: bool, temperature: float, seed: Optional[int], chat_template: Optional[Path],
                 dtype=None):
     """llama.cpp for a .gguf when it is installed; transformers otherwise."""
-    from tunelab.models.chat import LlamaCppChat, TransformersChat
+    from tunelab.models.chat import LlamaCppChat, TransformersChat, llama_cpp_installed
 
-    if model.endswith(".gguf") and Path(model).is_file() and _llama_cpp_installed():
+    if model.endswith(".gguf") and Path(model).is_file() and llama_cpp_installed():
         if base or chat_template:
             _fail("--base and --chat-template apply to runs and Hugging Face models, not to a GGUF file")
         try:
@@ -280,12 +280,6 @@ def _chat_model(model: str, base: bool, temperature: float, seed: Optional[int],
         _fail(f"--base: {model} is a full fine-tune (every weight changed), so there is no adapter to switch off; "
               f"chat with its base model instead: tunelab chat {loaded.base_name if loaded.base_name != 'gemma-3-270m' else 'default'}")
     return TransformersChat(loaded, use_adapter=not base, temperature=temperature, seed=seed)
-
-
-def _llama_cpp_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 @app.command()

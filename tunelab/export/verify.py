@@ -119,10 +119,9 @@ def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[i
     so a GGUF that would not stop where the run stops fails the comparison."""
     import os
 
-    import numpy as np
     from llama_cpp import Llama
 
-    from tunelab.models.chat import silence_llama_cpp
+    from tunelab.models.chat import last_logits, silence_llama_cpp
 
     silence_llama_cpp()
     longest = max(len(ids) for ids in prompts) + CONTINUATION_TOKENS + 8
@@ -136,18 +135,15 @@ def llama_cpp_answers(gguf_path: str, prompts: list[list[int]], stop_ids: list[i
 
     vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
 
-    def last_logits() -> torch.Tensor:  # `Llama.scores` holds them only with logits_all (a row per position)
-        return torch.from_numpy(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy())
-
     logits, continuations = [], []
     try:
         for ids in prompts:
             llm.reset()
             llm.eval(ids)
-            logits.append(last_logits())
+            logits.append(last_logits(llm))
             generated: list[int] = []
             while len(generated) < CONTINUATION_TOKENS:
-                token = int(last_logits().argmax())
+                token = int(last_logits(llm).argmax())
                 generated.append(token)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):  # where llama.cpp itself stops
                     break

@@ -74,6 +74,21 @@ class TransformersChat:
 _SILENT_LOG = None
 
 
+def llama_cpp_installed() -> bool:
+    """Whether the optional llama.cpp build (the `llama` extra) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def last_logits(llm) -> torch.Tensor:
+    """The next-token logits after the last `llm.eval`: `Llama.scores` holds them only with logits_all (a row
+    per position), so they are read from the context itself."""
+    import numpy as np
+
+    return torch.from_numpy(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy())
+
+
 def silence_llama_cpp() -> None:
     """Keep llama.cpp's own log lines (cache sizes, context warnings) off the terminal: `verbose=False`
     alone leaves some. The callback is kept alive here, as llama.cpp holds only a pointer to it."""
@@ -114,7 +129,6 @@ class LlamaCppChat:
         self.last: Ended | None = None
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256) -> Iterator[str]:
-        import numpy as np
         from transformers.utils.chat_template_utils import render_jinja_template
 
         rendered = render_jinja_template([messages], chat_template=self.template, add_generation_prompt=True,
@@ -126,8 +140,7 @@ class LlamaCppChat:
         shown = ""
         finish = "length"
         while len(generated) < max_new_tokens:
-            logits = torch.from_numpy(np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1),
-                                                            shape=(self.llm.n_vocab(),)).copy())
+            logits = last_logits(self.llm)
             token = int(logits.argmax()) if self.temperature <= 0 else \
                 int(torch.multinomial(torch.softmax(logits / self.temperature, -1), 1, generator=self.generator))
             if self.ends_generation(token):  # where llama.cpp's own tools stop
