@@ -16,9 +16,11 @@ allowed and lower the confidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 
 from tunelab.advise.form import FormAndFacts
+from tunelab.advise.volume import PAYBACK_DAYS, WORTH_SAVING_USD_PER_MONTH, BreakEven, days_text
 
 ANSWER_VALUES = ("yes", "no", "unknown")
 GOOD_GOALS = {"style_consistency": "consistent style and tone", "domain_terminology": "domain terminology",
@@ -60,8 +62,17 @@ class Measurements:
     errors: int = 0
     conflicting: int = 0
     duplicates: int = 0
+    warnings: dict[str, int] = field(default_factory=dict)  # the data toolkit's warnings, by code
     form: FormAndFacts | None = None
     prompting: PromptingResult | None = None
+    training: dict | None = None  # the data toolkit's estimates: {"local": …, "openai": …}
+    volume: BreakEven | None = None
+
+    def as_dict(self) -> dict:
+        return {"examples": self.examples, "errors": self.errors, "conflicting": self.conflicting,
+                "duplicates": self.duplicates, "warnings": self.warnings, "form": self.form.as_dict() if self.form else None,
+                "prompting": asdict(self.prompting) if self.prompting else None, "training": self.training,
+                "volume": self.volume.as_dict() if self.volume else None}
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Advice:
 def decide(answers: Answers, measured: Measurements) -> Advice:
     reasons: list[Reason] = []
     unknown = [name for name in ("tried_best_model", "optimized_prompt", "rag_would_solve", "high_volume_narrow", "goal")
-               if getattr(answers, name) == "unknown"]
+               if getattr(answers, name) == "unknown" and not (name == "high_volume_narrow" and measured.volume)]
     confidence = max(0.3, 0.9 - 0.1 * len(unknown) - (0.1 if measured.examples is None else 0.0))
 
     def advice(recommendation: str, *next_steps: str) -> Advice:
@@ -107,8 +118,14 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
                                   f"{measured.examples} < {MINIMUM_EXAMPLES}; results show from 100–500"))
             return advice("more_data", f"collect at least {MINIMUM_EXAMPLES} (better {ENOUGH_EXAMPLES}–500) examples",
                           "until then, put a few of them in the prompt as examples")
-        reasons.append(Reason("quality data", f"{measured.examples} examples, conflicts under {CONFLICT_SHARE:.0%}",
-                              f"{measured.conflicting} conflicting, {measured.duplicates} duplicates"))
+        size = (f"under {ENOUGH_EXAMPLES}: enough to start, results show from {ENOUGH_EXAMPLES}–500"
+                if measured.examples < ENOUGH_EXAMPLES else f"{ENOUGH_EXAMPLES}–500 is where results show"
+                if measured.examples <= 500 else "more than the 100–500 where results show")
+        other = ", ".join(f"{count} {code}" for code, count in sorted(measured.warnings.items())
+                          if code not in ("conflicting_answers", "duplicate_example", "near_duplicate_example"))
+        reasons.append(Reason("quality data", f"{measured.examples} examples ({size}), conflicts under {CONFLICT_SHARE:.0%}",
+                              f"{measured.conflicting} conflicting, {measured.duplicates} duplicates"
+                              + (f"; other warnings: {other}" if other else "")))
 
     # 2. Form or facts — would retrieval solve it?
     if measured.form is not None and measured.form.new_fact_share >= FACT_SHARE:
@@ -148,8 +165,26 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
                               f"goal: {answers.goal}"))
         return advice("prompt_first", "solve it in the prompt (or with retrieval for knowledge)")
 
-    # 5. Narrow, high-volume use and a good goal
-    if answers.high_volume_narrow == "no":
+    # 5. Narrow, high-volume use and a good goal; a measured break-even stands in for the answer
+    if measured.volume is not None:
+        volume, best = measured.volume, measured.volume.best_hosted
+        costs = (f"{volume.prompted.name} ${volume.prompted.usd_per_day:,.2f}/day" + (
+            f" against {best.name} ${best.usd_per_day:,.2f}/day + ${best.training_usd:,.2f} training" if best else "")
+            + f" (prices as of {volume.prices_as_of})")
+        if volume.worth_it:
+            reasons.append(Reason("high-volume narrow use", f"at {volume.calls_per_day:,} calls a day a fine-tune saves "
+                                  f"${best.usd_saved_per_month:,.0f} a month and pays back its training in "
+                                  f"{days_text(best.days_to_pay_back)}", costs))
+        else:
+            confidence -= 0.2
+            saved = f"saves ${best.usd_saved_per_month:,.0f} a month" if best else "saves nothing"
+            reasons.append(Reason("high-volume narrow use", f"at {volume.calls_per_day:,} calls a day a fine-tune "
+                                  f"{saved} (worth it from ${WORTH_SAVING_USD_PER_MONTH:,.0f}, repaid within "
+                                  f"{PAYBACK_DAYS} days)", costs))
+            if answers.goal == "efficiency_at_scale":
+                return advice("prompt_first", "keep prompting the large model: at this volume a smaller model saves "
+                              "less than it costs to keep", "tunelab advise --data FILE --volume CALLS  # when it grows")
+    elif answers.high_volume_narrow == "no":
         confidence -= 0.2
         reasons.append(Reason("high-volume narrow use", "not high-volume: the cost of training may not pay back",
                               "high_volume_narrow: no"))
@@ -159,18 +194,35 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
                   "tunelab eval --model runs/NAME --data data/test.jsonl")
 
 
-def measure_data(path: str) -> Measurements:
-    """What the data toolkit and the form-or-facts measurement find in a chat JSONL file."""
+def measure_data(path: str, model: str = "default", calls_per_day: int | None = None) -> Measurements:
+    """What the data toolkit and the form-or-facts measurement find in a chat JSONL file: quality, form or
+    facts, what training would take (here on `model`, and at OpenAI), and with `calls_per_day` the break-even."""
     from tunelab.advise.form import form_and_facts
+    from tunelab.advise.volume import SMALL_HOSTED_MODELS, break_even
     from tunelab.conversation.reader import read_conversations
+    from tunelab.data.cost import openai_cost
+    from tunelab.data.tokens import token_counter
     from tunelab.data.validate import validate_file
 
-    report = validate_file(path)
+    counter = token_counter(model)
+    report = validate_file(path, counter=counter)
     codes = [finding.code for finding in report.findings]
-    form = form_and_facts(read_conversations(path)) if not report.errors else None
-    return Measurements(examples=report.examples, errors=len(report.errors),
-                        conflicting=codes.count("conflicting_answers"),
-                        duplicates=codes.count("duplicate_example") + codes.count("near_duplicate_example"), form=form)
+    measured = Measurements(examples=report.examples, errors=len(report.errors),
+                            conflicting=codes.count("conflicting_answers"),
+                            duplicates=codes.count("duplicate_example") + codes.count("near_duplicate_example"),
+                            warnings=dict(Counter(f.code for f in report.findings if f.severity == "warning")))
+    if report.errors:
+        return measured
+    conversations = read_conversations(path)
+    measured.form = form_and_facts(conversations)
+    messages = [conversation["messages"] for conversation in conversations]
+    hosted = SMALL_HOSTED_MODELS[0]
+    openai_tokens = [count.total for count in token_counter(target=f"openai:{hosted}").count_batch(messages)]
+    measured.training = {"local": report.cost, "openai": openai_cost(hosted, openai_tokens).to_dict()}
+    if calls_per_day:
+        measured.volume = break_even(calls_per_day, messages, counter.model, counter.parameters,
+                                     report.cost["seconds"] if report.cost else None)
+    return measured
 
 
 def prompting_from_results(results: dict) -> PromptingResult | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tunelab.advise.decide import BAD_GOALS, GOOD_GOALS, QUESTIONS, Advice, Answers
+from rich.table import Table
+
+from tunelab.advise.decide import BAD_GOALS, GOOD_GOALS, QUESTIONS, Advice, Answers, Measurements
+from tunelab.advise.volume import days_text
 
 
 def ask(console) -> Answers:
@@ -21,10 +24,52 @@ def ask(console) -> Answers:
     return answers
 
 
-def show(console, advice: Advice) -> None:
+def show(console, advice: Advice, measured: Measurements) -> None:
+    if measured.examples is not None:
+        show_measurements(console, measured)
     console.print(f"\nRecommendation: [bold]{advice.recommendation}[/] (confidence {advice.confidence:.0%})")
     for reason in advice.reasons:
         console.print(f"  {reason.step}: {reason.finding} — {reason.evidence}", markup=False, highlight=False)
     console.print("Next:")
     for step in advice.next_steps:
         console.print(f"  {step}", markup=False, highlight=False)
+
+
+def show_measurements(console, measured: Measurements) -> None:
+    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731 - plain lines
+    say(f"Measured: {measured.examples} examples, {measured.errors} with errors, {measured.conflicting} conflicting, "
+        f"{measured.duplicates} duplicates")
+    if form := measured.form:
+        say(f"  form or facts: new names, numbers and dates are {form.new_fact_share:.0%} of reply words; "
+            f"replies open with '{form.shared_opening}' in {form.shared_opening_share:.0%}, close with "
+            f"'{form.shared_closing}' in {form.shared_closing_share:.0%}; JSON {form.json_share:.0%}")
+    if training := measured.training:
+        local, hosted = training["local"], training["openai"]
+        say(f"  training: about {local['seconds'] / 60:.0f} min here ({local['model']}, {local['n_epochs']} epochs of "
+            f"{local['tokens_per_epoch']:,} tokens; {local['throughput_source']}) · ${hosted['usd']:,.2f} at OpenAI "
+            f"({hosted['model']}, {hosted['n_epochs']} epochs, prices as of {hosted['prices_as_of']})")
+    if volume := measured.volume:
+        tokens = volume.tokens
+        table = Table(title=f"{volume.calls_per_day:,} calls a day, each {tokens.input:.0f} tokens in and "
+                            f"{tokens.output:.0f} out (prices as of {volume.prices_as_of})", title_justify="left")
+        table.add_column("model")
+        for column in ("per day", "training", "pays back in"):
+            table.add_column(column, justify="right")
+        notes = [volume.prompted.note]
+        table.add_row(f"{volume.prompted.name}¹", f"${volume.prompted.usd_per_day:,.2f}", "—", "—")
+        for number, option in enumerate(volume.fine_tuned, 2):
+            if option.usd_per_day is None:  # a local model: hours of a machine, not dollars
+                training = f"~{option.training_seconds / 60:.0f} min" if option.training_seconds else "—"
+                table.add_row(f"{option.name}{SUPERSCRIPTS[number]}", f"{option.cpu_hours_per_day:g} CPU-hours",
+                              training, "—")
+            else:
+                payback = days_text(option.days_to_pay_back) if option.days_to_pay_back is not None else "never"
+                table.add_row(f"{option.name}{SUPERSCRIPTS[number]}", f"${option.usd_per_day:,.2f}",
+                              f"${option.training_usd:,.2f}", payback)
+            notes.append(option.note)
+        console.print(table)
+        for number, note in enumerate(notes, 1):
+            say(f"  {SUPERSCRIPTS[number]} {note}")
+
+
+SUPERSCRIPTS = " ¹²³⁴⁵⁶⁷⁸⁹"

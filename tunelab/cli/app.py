@@ -673,6 +673,8 @@ def advise(
     data: Optional[Path] = typer.Option(None, "--data", help="Chat JSONL to measure: size, conflicts, form or facts."),
     answers: Optional[Path] = typer.Option(None, "--answers", help="YAML answers (tried_best_model, optimized_prompt, rag_would_solve, high_volume_narrow: yes/no/unknown; goal)."),
     eval_results: Optional[Path] = typer.Option(None, "--eval", help="results.json of `tunelab eval`: does few-shot prompting reach the fine-tune?"),
+    volume: Optional[int] = typer.Option(None, "--volume", min=1, metavar="CALLS_PER_DAY", help="Calls a day: the break-even of a small fine-tune against a large prompted model (needs --data)."),
+    model: str = typer.Option("default", "--model", help="The model you would fine-tune here: its tokenizer counts the data, its size scales the estimates."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
 ) -> None:
     """Should you fine-tune at all? The framework's questions (asked on a terminal, or from --answers), backed
@@ -684,13 +686,15 @@ def advise(
     from tunelab.cli.advise import ask, show
     from tunelab.core.files import input_file_problem
 
+    if volume and not data:
+        _fail("--volume needs --data: the break-even counts the tokens of your examples")
     for path in (data, answers, eval_results):
         if path is not None and (problem := input_file_problem(path)):
             _fail(problem)
     try:
         chosen = read_answers(str(answers)) if answers else \
             ask(console) if sys.stdin.isatty() and not as_json else Answers()
-        measured = measure_data(str(data)) if data else Measurements()
+        measured = measure_data(str(data), model, volume) if data else Measurements()
         if eval_results:
             measured.prompting = prompting_from_results(json.loads(eval_results.read_text(encoding="utf-8")))
     except (ValueError, OSError) as error:
@@ -699,13 +703,9 @@ def advise(
     if as_json:
         print(json.dumps({"recommendation": advice.recommendation, "confidence": advice.confidence,
                           "reasons": [asdict(r) for r in advice.reasons], "answers": asdict(chosen),
-                          "measurements": {"examples": measured.examples, "errors": measured.errors,
-                                           "conflicting": measured.conflicting, "duplicates": measured.duplicates,
-                                           "form": measured.form.as_dict() if measured.form else None,
-                                           "prompting": asdict(measured.prompting) if measured.prompting else None},
-                          "next_steps": advice.next_steps}, indent=2))
+                          "measurements": measured.as_dict(), "next_steps": advice.next_steps}, indent=2))
         return
-    show(console, advice)
+    show(console, advice, measured)
 
 
 jobs_app = typer.Typer(help="Fine-tuning jobs, wherever they run: local runs, a `tunelab serve` (--remote URL) "
