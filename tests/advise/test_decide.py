@@ -120,3 +120,14 @@ def test_an_evaluation_where_few_shot_matches_is_read_from_results_json():
                            "fine_tuned": {"scores": {"rubric": {"mean": 0.91}}}}}
     found = prompting_from_results(results)
     assert found.scorer == "house style" and found.difference_ci == (-0.02, 0.04) and found.prompting_reaches_fine_tune
+
+
+def test_the_demo_opens_with_the_advice_to_fine_tune_its_example(capsys):
+    from tunelab.cli.demo import DEMO_CALLS_PER_DAY, advise_on_example
+
+    advice = advise_on_example()
+    shown = capsys.readouterr().err
+    assert advice.recommendation == "fine_tune" and advice.confidence >= 0.8
+    assert f"{DEMO_CALLS_PER_DAY:,} calls a day" in shown and "Recommendation: fine_tune" in shown
+    assert [reason.step for reason in advice.reasons] == ["quality data", "would RAG solve it",
+                                                          "high-volume narrow use", "good reason"]

@@ -1,5 +1,7 @@
 """The main job, end to end on the bundled example (`make demo` / `tunelab demo`):
 
+0. should Brightlane fine-tune at all? `tunelab advise` on the training set with the team's answers
+   (`examples/support/advise.yaml`) and its volume;
 1. validate tunelab/examples/support/train.jsonl and test.jsonl with `tunelab data validate` (format, quality, and
    no held-out prompt in the training set);
 2. fine-tune the default model (Gemma 3 270M) with LoRA on the training set;
@@ -33,6 +35,7 @@ from tunelab.train.local import train
 # Package data, so the demo runs from an installed package as well as from a checkout.
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "support"
 DEMO_SETTINGS = dict(n_epochs=1, batch_size=4, learning_rate_multiplier=2.0)
+DEMO_CALLS_PER_DAY = 5_000  # Brightlane's support messages a day (see advise.yaml)
 
 
 def run_demo(out: Path, n_epochs: int | None = None) -> Path:
@@ -41,14 +44,20 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     events = Events(ConsoleEvents())
     train_file, test_file, rubric = EXAMPLE_DIR / "train.jsonl", EXAMPLE_DIR / "test.jsonl", EXAMPLE_DIR / "rubric.yaml"
 
-    console.rule("1. validate the example data")
-    train_examples = _validate_example_data(train_file, test_file)
-
-    console.rule("2. fine-tune the default model")
+    console.rule("0. should you fine-tune at all? tunelab advise on the example")
+    # The advice counts tokens with the default model's tokenizer, so the model is converted (once) here.
     was_cached = (cache_dir() / "models" / "gemma-3-270m" / "config.json").is_file()
     conversion_started = time.monotonic()
     resolve_model(DEFAULT_MODEL, events)
     conversion_seconds = time.monotonic() - conversion_started
+    advice = advise_on_example()
+    if advice.recommendation != "fine_tune":  # the example is built to be a good case; anything else is a bug in it
+        raise ValueError(f"the example data is advised {advice.recommendation}, not fine_tune")
+
+    console.rule("1. validate the example data")
+    train_examples = _validate_example_data(train_file, test_file)
+
+    console.rule("2. fine-tune the default model")
     console.print("Model: Gemma 3 270M, " + ("cached conversion reused" if was_cached
                                               else f"converted from GGUF in {conversion_seconds:.0f} s"))
     if out.exists():
@@ -83,6 +92,17 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     report = eval_dir / "report.html"
     print(f"REPORT: {report}")
     return report
+
+
+def advise_on_example():
+    """`tunelab advise --data train.jsonl --answers advise.yaml --volume 5000` on the example, shown."""
+    from tunelab.advise.decide import decide, measure_data, read_answers
+    from tunelab.cli.advise import show
+
+    measured = measure_data(str(EXAMPLE_DIR / "train.jsonl"), calls_per_day=DEMO_CALLS_PER_DAY)
+    advice = decide(read_answers(str(EXAMPLE_DIR / "advise.yaml")), measured)
+    show(console, advice, measured)
+    return advice
 
 
 def _validate_example_data(train_file: Path, test_file: Path) -> int:
