@@ -160,6 +160,11 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
                               f"{p.scorer}: few-shot {p.fewshot:.3g}, fine-tuned {p.fine_tuned:.3g}, difference "
                               f"95% CI {p.difference_ci[0]:+.3g} to {p.difference_ci[1]:+.3g} (includes 0)"))
         return advice("prompt_first", "ship the prompted base model; fine-tune when prompting stops being enough")
+    if measured.prompting is not None:
+        p = measured.prompting
+        reasons.append(Reason("prompt optimised", "the fine-tune beats few-shot prompting",
+                              f"{p.scorer}: few-shot {p.fewshot:.3g}, fine-tuned {p.fine_tuned:.3g}, difference "
+                              f"95% CI {p.difference_ci[0]:+.3g} to {p.difference_ci[1]:+.3g}"))
     if answers.goal in BAD_GOALS:
         reasons.append(Reason("good reason", f"{BAD_GOALS[answers.goal]} is not what fine-tuning fixes",
                               f"goal: {answers.goal}"))
