@@ -63,7 +63,7 @@ def _content_errors(content, where: str) -> list[tuple[str, str, str]]:
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         part_where = f"{where}.content[{index}]"
-        if kind in UNSUPPORTED_PARTS:
+        if isinstance(kind, str) and kind in UNSUPPORTED_PARTS:
             errors.append(("unsupported_content", part_where,
                            f"{UNSUPPORTED_PARTS[kind]} ({kind} part): not supported for this model, which reads text "
                            "only; remove the part or describe it in text"))
@@ -139,6 +139,17 @@ def _example_errors(record) -> list[tuple[str, str, str]]:
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         errors.append(("example_missing_assistant_message", "messages", "no assistant message, so nothing to learn"))
     return errors
+
+
+# What a chat request may leave out or add that a training example may not: it asks for the next reply (so
+# needs no assistant message), weights mean nothing there, and OpenAI accepts message keys we do not use.
+_NOT_PROMPT_ERRORS = ("example_missing_assistant_message", "invalid_weight", "message_unrecognized_key")
+
+
+def prompt_errors(messages, tools=None) -> list[tuple[str, str, str]]:
+    """(code, path, message) for each format error of a chat request's messages and tools, in the training
+    format's terms (the same checks, so what trains is what the server accepts)."""
+    return [error for error in _example_errors({"messages": messages, "tools": tools}) if error[0] not in _NOT_PROMPT_ERRORS]
 
 
 def calls_a_tool(message: dict) -> bool:

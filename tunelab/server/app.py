@@ -7,7 +7,8 @@ Served: files (upload with validation, list, retrieve, delete, content), fine-tu
 retrieve, cancel, pause, resume, events, checkpoints usable as models; trained by the worker, worker.py),
 models (base models, aliases, fine-tunes), chat completions (batched and streamed, chat.py) and /health.
 
-Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise);
+Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise) —
+the server's own OpenAPI schema too, at /v1/openapi.json;
 127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they
 arrive (413), so a large upload is refused without being stored, and at most a few uploads at once (429).
 """
@@ -42,7 +43,7 @@ class ServerSettings:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None)
+    app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.store = Store(settings.data_dir)
     app.state.started = int(time.time())
@@ -57,6 +58,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(jobs.router, prefix="/v1", dependencies=authorised)
     app.include_router(models.router, prefix="/v1", dependencies=authorised)
     app.include_router(chat.router, prefix="/v1", dependencies=authorised)
+
+    @app.get("/v1/openapi.json", dependencies=authorised, include_in_schema=False)
+    async def openapi_schema() -> dict:
+        return app.openapi()
     return RequestLimits(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD)
 
 

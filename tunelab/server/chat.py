@@ -27,16 +27,17 @@ from collections import OrderedDict
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
 from starlette.concurrency import run_in_threadpool
 
 from tunelab.conversation.render import render_prompt_ids
-from tunelab.conversation.schema import ROLES, content_text
+from tunelab.conversation.schema import prompt_errors
 from tunelab.core.settings import TrainConfig
 from tunelab.models.generate import LoadedModel, load_for_generation
 from tunelab.models.precision import best_device, requested_dtype
 from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
-from tunelab.server.errors import APIError
+from tunelab.server.errors import APIError, json_object
 from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
@@ -104,16 +105,11 @@ def _generator_for(request: Request, name: str) -> ContinuousGenerator:
 
 
 def _messages(body: dict) -> list[dict]:
+    """The request's messages, checked as the training format checks them (roles, text content, tool calls
+    and their ids, tool definitions); the first problem is the 400."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "messages: must be a non-empty list of messages", param="messages", code="invalid_value")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise APIError(400, f"messages[{index}].role: must be one of {sorted(ROLES)}", param=f"messages[{index}]",
-                           code="invalid_value")
-        if content_text(message.get("content")) is None and not message.get("tool_calls"):
-            raise APIError(400, f"messages[{index}].content: must be text or a list of text parts",
-                           param=f"messages[{index}].content", code="invalid_value")
+    for _code, where, message in prompt_errors(messages, body.get("tools")):
+        raise APIError(400, f"{where}: {message}", param=where, code="invalid_value")
     return messages
 
 
@@ -128,7 +124,7 @@ def _number(body: dict, name: str, default, low, high):
 
 @router.post("/chat/completions")
 async def create_chat_completion(request: Request):
-    body = await request.json()
+    body = await json_object(request)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise APIError(400, "model: required", param="model", code="missing_required_parameter")
     messages = _messages(body)
@@ -138,18 +134,25 @@ async def create_chat_completion(request: Request):
     top_p = _number(body, "top_p", 1.0, 0, 1)
     choices = int(_number(body, "n", 1, 1, 8))
     stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else [] if stop is None else None
+    if stops is None or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise APIError(400, "stop: up to 4 non-empty strings", param="stop", code="invalid_value")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise APIError(400, "stream_options: must be an object", param="stream_options", code="invalid_value")
     tools = body.get("tools")
     generator = await run_in_threadpool(_generator_for, request, body["model"])
     tokenizer = generator.loaded.tokenizer
-    prompt_ids = await run_in_threadpool(render_prompt_ids, tokenizer, messages, tools)
+    try:
+        prompt_ids = await run_in_threadpool(render_prompt_ids, tokenizer, messages, tools)
+    except (ValueError, TypeError, TemplateError) as error:  # the template's own checks (role order, …)
+        raise APIError(400, f"messages: the model's chat template cannot render them: {error}", param="messages",
+                       code="invalid_value") from None
     replies = [ReplyText(tokenizer, generator.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
     sampling = Sampling(temperature, top_p)
     completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"]}
     if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = bool(stream_options.get("include_usage"))
         pieces = _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
         return StreamingResponse(_chunks(completion, pieces, replies, include_usage), media_type="text/event-stream")
     try:

@@ -37,6 +37,21 @@ def row_or_404(store, table: str, identifier: str, pattern, kind: str, param: st
     return rows[0]
 
 
+async def json_object(request: Request) -> dict:
+    """The request's JSON body, which must be an object; anything else is OpenAI's 400, never a 500."""
+    import json
+
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
+        raise APIError(400, "We could not parse the JSON body of your request. The API expects a JSON object; "
+                       "what was sent was " + ("empty" if not raw.strip() else "not valid JSON") + ".") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"The JSON body must be an object, not {type(body).__name__}.")
+    return body
+
+
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 

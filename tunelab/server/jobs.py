@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from tunelab.core.settings import parsed_values
 from tunelab.runs.record import fine_tuned_model_name
 from tunelab.runs.rundir import RunDir
-from tunelab.server.errors import APIError, row_or_404
+from tunelab.server.errors import APIError, json_object, row_or_404
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
 from tunelab.train.checkpoints import complete_checkpoints
@@ -75,11 +75,15 @@ def _row(request: Request, job_id: str):
 def _requested_hyperparameters(body: dict) -> dict:
     """`method.supervised.hyperparameters`, or the deprecated top-level `hyperparameters`, checked."""
     method = body.get("method") or {}
+    supervised = method.get("supervised") if isinstance(method, dict) else None
+    if not isinstance(method, dict) or not isinstance(supervised or {}, dict):
+        raise APIError(400, "method: must be {\"type\": \"supervised\", \"supervised\": {\"hyperparameters\": {…}}}",
+                       param="method", code="invalid_value")
     if method and method.get("type") not in (None, "supervised"):
         raise APIError(400, f"method.type {method.get('type')!r} is not supported yet: tunelab serve trains "
                        "supervised jobs only (dpo and reinforcement are planned)", param="method.type",
                        code="unsupported_value")
-    given = ((method.get("supervised") or {}).get("hyperparameters") if method else None) \
+    given = ((supervised or {}).get("hyperparameters") if method else None) \
         or body.get("hyperparameters") or {}
     if not isinstance(given, dict):
         raise APIError(400, "hyperparameters: must be an object", param="hyperparameters", code="invalid_value")
@@ -108,7 +112,7 @@ def _file_id(request: Request, body: dict, name: str, required: bool) -> str | N
 
 @router.post("/fine_tuning/jobs")
 async def create_job(request: Request) -> dict:
-    body = await request.json()
+    body = await json_object(request)
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_value")
     if body.get("integrations"):
