@@ -43,7 +43,8 @@ class ServerSettings:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)  # OpenAI answers a stray slash with 404, not a redirect
     app.state.settings = settings
     app.state.store = Store(settings.data_dir)
     app.state.started = int(time.time())
