@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tunelab.conversation.templates import end_of_turn_token, stop_token_ids
-from tunelab.models.resolve import load_model, load_tokenizer, resolve_model
+from tunelab.models.resolve import load_adapter, load_model, load_tokenizer, resolve_model
 from tunelab.runs.rundir import RunDir
 
 _STORED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,13 +29,11 @@ _STORED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 
 def merged_model(run: RunDir):
     """The run's model in fp32 on the CPU, adapter folded in, and its tokenizer (the run's own)."""
-    from peft import PeftModel
-
     tokenizer = load_tokenizer(str(run.tokenizer_dir))
     if run.is_full_fine_tune:
         return load_model(str(run.model_dir), dtype=torch.float32).eval(), tokenizer
     base = load_model(resolve_model(run.settings()["model"]).path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
+    model = load_adapter(base, run.adapter_dir).merge_and_unload()
     return model.eval(), tokenizer
 
 

@@ -239,10 +239,8 @@ def _ollama(run: RunDir, out: Path, number_format: str, prompts, events: Events)
 
 
 def _adapter(run: RunDir, out: Path, number_format: str, prompts, events: Events) -> ExportResult:
-    from peft import PeftModel
-
     from tunelab.export.verify import compare, transformers_answers
-    from tunelab.models.resolve import load_model, resolve_model
+    from tunelab.models.resolve import load_adapter, load_model, resolve_model
 
     if run.is_full_fine_tune:
         raise ExportFailed("a full fine-tune has no adapter: export --format merged")
@@ -256,7 +254,7 @@ def _adapter(run: RunDir, out: Path, number_format: str, prompts, events: Events
     config["base_model_name_or_path"] = base_id  # a hub id or a path: what serving engines load as the base
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     base = load_model(resolve_model(spec).path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(out)).eval()
+    model = load_adapter(base, out).eval()
     logits, continuations, _ = transformers_answers(model, reference.prompts, reference.stop_ids)
     check = compare(reference, "adapter, reloaded by PEFT", "f32", logits, continuations)
     name = run.path.resolve().name

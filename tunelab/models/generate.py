@@ -21,7 +21,7 @@ import torch
 from tunelab.conversation.render import render_prompt_ids
 from tunelab.conversation.templates import parse_tool_calls, stop_token_ids
 from tunelab.models.precision import best_device, inference_dtype
-from tunelab.models.resolve import load_four_bit_model, load_model, load_tokenizer, resolve_model
+from tunelab.models.resolve import load_adapter, load_four_bit_model, load_model, load_tokenizer, resolve_model
 from tunelab.runs.rundir import RunDir
 
 
@@ -102,8 +102,6 @@ def load_for_generation(model_or_run: str, chat_template: str | None = None, dev
     device = device or best_device()
     run = RunDir(model_or_run)
     if run.is_finished():
-        from peft import PeftModel
-
         settings = run.settings()
         dtype = dtype or inference_dtype(settings.get("dtype"), device)
         resolved = resolve_model(settings["model"])
@@ -114,7 +112,7 @@ def load_for_generation(model_or_run: str, chat_template: str | None = None, dev
         else:
             base = load_four_bit_model(resolved.path, dtype) if settings.get("method") == "qlora" and device == "cuda" \
                 else load_model(resolved.path, dtype=dtype)
-            model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+            model = load_adapter(base, run.adapter_dir)
         job = run.job() if run.has_run() else {}
         name = job.get("fine_tuned_model") or f"ft:{resolved.name}:{run.path.name}"
         return LoadedModel(_placed(model, device).eval(), tokenizer, resolved.name, name, fully_fine_tuned=full)

@@ -187,15 +187,45 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     return tokenizer
 
 
+TRUST_REMOTE_CODE = "TUNELAB_TRUST_REMOTE_CODE"  # =1: run the Python a model's folder or hub repo ships
+ALLOW_PICKLE = "TUNELAB_ALLOW_PICKLE"  # =1: read weights from pickle files (.bin, .pt) when there is no safetensors
+
+
+def loading_options() -> dict:
+    """What every model loader passes to `from_pretrained`: no code from the model's folder or repo, and
+    weights from safetensors only — a pickle can run code when it is read — unless the user opts in."""
+    return {"trust_remote_code": os.environ.get(TRUST_REMOTE_CODE) == "1",
+            "use_safetensors": None if os.environ.get(ALLOW_PICKLE) == "1" else True}
+
+
+def require_safetensors(path: str | Path, what: str = "model") -> None:
+    """A local folder whose weights are only in pickle files is refused with the way out, before any loader
+    would fall back to reading them."""
+    folder = Path(path)
+    if not folder.is_dir() or os.environ.get(ALLOW_PICKLE) == "1" or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+    if pickles:
+        raise FileNotFoundError(f"{folder}: the {what}'s weights are only in pickle files ({', '.join(pickles[:3])}); "
+                                f"tunelab reads safetensors only, because loading a pickle can run code. Convert them, "
+                                f"or set {ALLOW_PICKLE}=1 if you trust the files")
+
+
 def load_model(path: str, dtype=None):
-    """Load a causal LM for training or generation (no remote code unless the user opts in)."""
+    """Load a causal LM for training or generation (no remote code, no pickles, unless the user opts in)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    trust_remote_code = os.environ.get("TUNELAB_TRUST_REMOTE_CODE") == "1"
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
-    )
+    require_safetensors(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **loading_options())
+
+
+def load_adapter(base, adapter_dir: str | Path):
+    """A run's LoRA adapter on its base model, from safetensors (PEFT would fall back to a pickled .bin)."""
+    from peft import PeftModel
+
+    require_safetensors(adapter_dir, "adapter")
+    return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
 def load_four_bit_model(path: str, dtype):
@@ -205,5 +235,6 @@ def load_four_bit_model(path: str, dtype):
 
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=dtype)
+    require_safetensors(path)
     return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
-                                                device_map={"": torch.cuda.current_device()})
+                                                device_map={"": torch.cuda.current_device()}, **loading_options())

@@ -143,9 +143,12 @@ def _four_bit_model(resolved: ResolvedModel, dtype: torch.dtype):
 def _unsloth_model(resolved: ResolvedModel, config: TrainConfig, dtype: torch.dtype):
     from unsloth import FastLanguageModel
 
+    from tunelab.models.resolve import loading_options, require_safetensors
+
+    require_safetensors(resolved.path)
     model, _tokenizer = FastLanguageModel.from_pretrained(model_name=resolved.path, max_seq_length=config.max_length,
                                                           dtype=dtype, load_in_4bit=config.method == "qlora",
-                                                          full_finetuning=config.method == "full")
+                                                          full_finetuning=config.method == "full", **loading_options())
     if config.method == "full":
         return model
     targets = _target_modules(config)
