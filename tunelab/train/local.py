@@ -35,7 +35,7 @@ import yaml
 from tunelab.conversation.reader import read_numbered_conversations
 from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
 from tunelab.core.events import NO_EVENTS, Events
-from tunelab.core.files import atomic_path, check_output_directory, write_text_atomically
+from tunelab.core.files import atomic_path, check_output_directory, remove_stale_temporaries, write_text_atomically
 from tunelab.core.settings import TrainConfig, resolve_hyperparameters
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
@@ -149,8 +149,12 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     job_id = cluster.broadcast(job_id or new_job_id())
     run = RunDir(config.out or Path("runs") / job_id)
     check_output_directory(run.path)
+    if resume and not run.has_run():  # stopped before its first step was recorded: nothing to continue
+        resume = False
     if resume:
         job_id = run.job()["id"]
+        if cluster.is_main:  # what the crash interrupted (a loss curve, the adapter) is written again below
+            remove_stale_temporaries(run.path)
     elif run.has_run():
         raise RunExists(f"{run.path} already holds a run; resume it with `tunelab train --resume {run.path}` "
                         "or choose another --out")
@@ -180,14 +184,17 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     total_steps = steps_per_epoch * hyper.n_epochs
     eval_every = config.eval_every or max(1, total_steps // 4)
     job = run.job() if resume else _new_job(job_id, started, resolved.name, config, hyper, total_steps)
+    if cluster.is_main and not resume:
+        # Settings and tokenizer before the job record: a run that has a job.json can always be resumed,
+        # wherever a crash stopped it.
+        _write_resolved_config(run, config, hyper, dtype)
+        with atomic_path(run.tokenizer_dir, directory=True) as temporary:
+            tokenizer.save_pretrained(temporary)
     recorder = RunRecorder(run, job, resume=resume) if cluster.is_main else None
     if recorder:
         recorder.set_status("running")
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
-        if not resume:
-            _write_resolved_config(run, config, hyper, dtype)
-            tokenizer.save_pretrained(run.tokenizer_dir)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
         events.message(
@@ -233,7 +240,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
             recorder.close()
             events.message(f"Cancelled at step {fit.step}; resume with `tunelab train --resume {run.path}`")
             return run.path
-        _save_trained(model, config, run, whole)
+        _save_trained(model, config, run, whole, replace=resume)
         recorder.plot_loss_curve()
         recorder.set_status("succeeded", fine_tuned_model=fine_tuned_model_name(resolved.name, config.suffix, job_id),
                             trained_tokens=fit.tokens_seen)
@@ -543,12 +550,15 @@ class Fit:
                 f"(validation loss {self.best['valid_loss']:.4f})", data=dict(self.best, stopped_at=self.step))
 
 
-def _save_trained(model, config: TrainConfig, run: RunDir, trained: dict[str, torch.Tensor] | None) -> None:
+def _save_trained(model, config: TrainConfig, run: RunDir, trained: dict[str, torch.Tensor] | None,
+                  replace: bool = False) -> None:
     """The result: `adapter/` (PEFT, safetensors) or, for full fine-tuning, `model/` — renamed into place.
 
     `trained`: the trained tensors gathered from a sharded model (None: the model holds them whole).
+    `replace`: a resumed run may find the result of a save that finished just before the crash (the job was
+    not yet marked succeeded); it is written again, from the same weights.
     """
-    with atomic_path(run.result_dir(full=config.method == "full"), directory=True, replace=False) as temporary:
+    with atomic_path(run.result_dir(full=config.method == "full"), directory=True, replace=replace) as temporary:
         model.save_pretrained(temporary, safe_serialization=True, state_dict=trained)
 
 
