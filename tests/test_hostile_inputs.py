@@ -41,6 +41,13 @@ def make_fifo(directory: Path) -> None:
     os.mkfifo(directory / "pipe.jsonl")
 
 
+def part_type_is_an_object(directory: Path) -> None:
+    """A content part whose `type` is itself an object (found crashing the validator by fuzzing the server)."""
+    bad = {"messages": [{"role": "user", "content": [{"type": {"text": "hi"}, "text": "hi"}]},
+                        {"role": "assistant", "content": "Hello."}]}
+    (directory / "data.jsonl").write_bytes(good_lines(11) + json.dumps(bad).encode() + b"\n")
+
+
 def data_file(directory: Path) -> None:
     (directory / "data.jsonl").write_bytes(good_lines())
 
@@ -103,6 +110,8 @@ HOSTILE_CASES = [
          "data.jsonl:4: line: nested too deeply"),
     Case("deep-json-train", with_deep_line, ["train", "--data", "data.jsonl", "--model", "{model}", "--out", "run"],
          "data.jsonl:4: line: nested too deeply", ["model"]),
+    Case("validate-part-type-object", part_type_is_an_object, ["data", "validate", "data.jsonl", "--model", "none"],
+         "data.jsonl:12: messages[0].content[0]: each part must be"),
     # Paths that are not data files.
     Case("stats-missing", lambda d: None, ["data", "stats", "missing.jsonl"], "missing.jsonl: no such file"),
     Case("stats-directory", lambda d: (d / "folder").mkdir(), ["data", "stats", "folder"], "folder: is a directory"),

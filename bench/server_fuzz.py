@@ -1,0 +1,62 @@
+"""`tunelab serve` fuzzed by schemathesis, longer than the test suite does it.
+
+    .venv/bin/python bench/server_fuzz.py [--examples 100] [--seed 19]
+
+Starts a real server on the tests' tiny model (built here), fetches its own OpenAPI schema (behind the key)
+and runs schemathesis's every phase against it and against OpenAI's published spec
+(tests/server/openai_api/, with the four contradictions named in tests/reliability/fuzzing.py mended).
+Prints, per schema: requests sent, responses by class, server errors (target 0), failed checks (target 0),
+error bodies not in OpenAI's shape (target 0) and latency percentiles; then the database's integrity check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", type=int, default=100, help="cases per operation and phase")
+    parser.add_argument("--seed", type=int, default=19)
+    arguments = parser.parse_args()
+
+    import httpx2 as httpx
+
+    from tests.conftest import EXAMPLES, build_tiny_model, read_jsonl
+    from tests.reliability.fuzzing import fuzz, openai_spec_as_served
+    from tests.serving import API_KEY, Server
+
+    with tempfile.TemporaryDirectory(prefix="server-fuzz-") as scratch:
+        scratch = Path(scratch)
+        corpus = [m["content"] for c in read_jsonl(EXAMPLES / "train.jsonl") for m in c["messages"]]
+        model = build_tiny_model(scratch / "tiny-model", corpus)
+        server = Server(scratch / "data", "--alias", f"gpt-4o-mini-2024-07-18={model}", "--dtype", "fp32",
+                        "--max-upload-mb", "1")
+        try:
+            own = scratch / "own.json"
+            own.write_bytes(httpx.get(f"{server.base_url}/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}).content)
+            for label, schema, base_url in (("own schema", own, server.base_url.removesuffix("/v1")),
+                                            ("OpenAI's spec", openai_spec_as_served(scratch / "openai.json"), server.base_url)):
+                figures = fuzz(schema, base_url, API_KEY, arguments.examples, arguments.seed, scratch / "reports",
+                               label.split()[0].lower())
+                figures.schema = label
+                print(figures.line(), flush=True)
+                for body in figures.error_bodies_not_openai_shaped[:5]:
+                    print("  not OpenAI's shape:", body)
+                if figures.exit_code:
+                    print(figures.output_tail)
+        finally:
+            server.stop()
+        with sqlite3.connect(scratch / "data" / "tunelab.db") as database:
+            print("database integrity_check:", database.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+if __name__ == "__main__":
+    main()
