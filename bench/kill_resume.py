@@ -136,7 +136,7 @@ def kill_and_resume(runs: int, seed: int, model: str | None, epochs: int, scratc
     started = time.monotonic()
     subprocess.run(train_command(data, model, reference, epochs), check=True)
     duration = time.monotonic() - started
-    report(f"uninterrupted run: {duration:.1f} s, {epochs} epochs, a checkpoint each epoch")
+    report(f"uninterrupted run: {duration:.1f} s, {epochs} epochs, a checkpoint every step (the newest three kept)")
     rng, outcomes = random.Random(seed), []
     for number in range(runs):
         kind = KINDS[number % len(KINDS)]

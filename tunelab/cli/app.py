@@ -30,6 +30,7 @@ from rich.markup import escape
 from tunelab import __version__
 from tunelab.cli.console import ConsoleEvents, console
 from tunelab.core.events import Events
+from tunelab.core.files import StorageError
 from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.runs.rundir import RunDir
 
@@ -97,7 +98,15 @@ def train(config: Optional[Path], preset: Optional[str], resume: Optional[Path],
     except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError, MissingChatTemplate,
             NothingToTrain, OutputError) as error:
         _fail(str(error))
-    except OSError as error:  # a model that cannot be loaded, a disk that fills up
+    except StorageError as error:  # a disk that fills up or turns read-only
+        from tunelab.train.checkpoints import complete_checkpoints
+
+        run = RunDir(settings.out) if settings.out else None
+        kept = complete_checkpoints(run.checkpoints_dir) if run and run.has_run() else []
+        _fail(f"{error} — " + (f"the run keeps its last complete checkpoint ({kept[-1].name}); free space, then "
+                               f"continue with `tunelab train --resume {run.path}`" if kept else
+                               "nothing was trained yet; free space and run the same command again"))
+    except OSError as error:  # a model that cannot be loaded
         _fail(f"{error.filename or settings.model}: {error.strerror or _first_line(error)}")
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the first process reports

@@ -11,8 +11,10 @@ it is removed and the target is as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -32,15 +34,28 @@ def atomic_path(path: str | Path, directory: bool = False, replace: bool = True)
     """A temporary path to write `path` through (a file, or a directory with `directory=True`).
 
     The temporary does not exist yet: the block creates it (a writer that makes its own directory, such as
-    `save_pretrained`, can be handed it as it is). When the block completes the temporary is renamed onto `path`: readers see the old version or the new
-    one, never a part. `replace=False` refuses (FileExistsError) to put a directory over an existing one;
-    a file is always replaced. If the block raises, the temporary is removed and `path` is untouched.
+    `save_pretrained`, can be handed it as it is). When the block completes the temporary is renamed onto
+    `path`: readers see the old version or the new one, never a part. `replace=False` refuses
+    (FileExistsError) to put a directory over an existing one; a file is always replaced. If the block
+    raises, the temporary is removed and `path` is untouched; a full or read-only disk is raised as a
+    StorageError that names `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if (problem := as_storage_error(error, path.parent)) is error:
+            raise
+        raise problem from error
     temporary = temporary_name(path)
     try:
-        yield temporary
+        try:
+            yield temporary
+        except Exception as error:  # a full or read-only disk, said plainly with the file it stopped
+            problem = as_storage_error(error, path)
+            if problem is error:
+                raise
+            raise problem from error
         if directory and path.exists():
             if not replace:
                 raise FileExistsError(f"{path} already exists; refusing to overwrite it")
@@ -55,6 +70,30 @@ def atomic_path(path: str | Path, directory: bool = False, replace: bool = True)
             shutil.rmtree(temporary, ignore_errors=True)
         else:
             temporary.unlink(missing_ok=True)
+
+
+class StorageError(OSError):
+    """A write that failed because of where it writes: the disk is full, read-only, or not ours to write."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot write it: {self.strerror.lower()}"
+
+
+# Errors that are about the storage, not the data; libraries that are not Python (safetensors) report them as
+# "… (os error 28)".
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+def as_storage_error(error: BaseException, path: str | Path) -> BaseException:
+    """`error` as a StorageError naming `path` when it means the storage refused the write; else `error`."""
+    if isinstance(error, StorageError):
+        return error
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and (found := re.search(r"os error (\d+)", str(error))):
+        code = int(found.group(1))
+    if code not in STORAGE_ERRNOS:
+        return error
+    return StorageError(code, os.strerror(code), str(path))
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

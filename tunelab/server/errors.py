@@ -6,10 +6,14 @@ Every failure a client can cause is one of these, so the official SDKs raise the
 
 from __future__ import annotations
 
+import errno
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from tunelab.core.files import StorageError
 
 
 class APIError(Exception):
@@ -69,6 +73,13 @@ def install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
         return error_response(APIError(400, f"{where}: {first['msg']}" if where else first["msg"],
                                        param=where or None, code="invalid_value"))
+
+    @app.exception_handler(StorageError)
+    async def _storage(_request: Request, error: StorageError):  # the server's disk: the client can only retry
+        return error_response(APIError(507, f"The server cannot store this: its data directory's disk "
+                                       f"{'is read-only' if error.errno == errno.EROFS else 'is full'} "
+                                       f"({error.strerror.lower()}). Free space on the server, then retry.",
+                                       type="server_error", code="insufficient_storage"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception):  # a bug: still OpenAI's shape, and logged

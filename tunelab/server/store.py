@@ -114,6 +114,18 @@ class Store:
         with self._lock:
             return self._db.execute(sql, parameters).fetchall()
 
+    def execute_together(self, statements: list[tuple[str, tuple]]) -> None:
+        """Several writes in one transaction: a crash leaves all of them or none."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, parameters in statements:
+                    self._db.execute(sql, parameters)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def file_path(self, file_id: str) -> Path:
         return self.files_dir / file_id
 

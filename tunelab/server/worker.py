@@ -22,11 +22,14 @@ resumes from its last complete checkpoint, exactly as `tunelab train --resume` d
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -35,11 +38,12 @@ from pathlib import Path
 
 from tunelab.conversation.problems import DataError
 from tunelab.conversation.reader import read_conversations
+from tunelab.core.files import StorageError, atomic_path
 from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.core.settings import TrainConfig
 from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
-from tunelab.server.store import Store, new_id
+from tunelab.server.store import Store
 
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
 POLL_SECONDS = 0.5
@@ -133,6 +137,13 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
 
     try:
         train(config, resume=resume, should_stop=cancelled, job_id=job_id)
+    except StorageError as error:  # a full or read-only disk: the job waits for space rather than failing
+        if main:
+            store.execute("UPDATE jobs SET status = 'paused', pause_requested = 1 WHERE id = ?", (job_id,))
+            store.job_event(job_id, f"Job paused: the server's disk {'is read-only' if error.errno == errno.EROFS else 'is full'} "
+                            f"({error.strerror.lower()}). Free space, then resume the job; it continues from its "
+                            "last complete checkpoint", level="error")
+        return
     except Exception as error:  # noqa: BLE001 - whatever ends a job is reported on the job
         if main:
             fail(store, job_id, type(error).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -146,16 +157,27 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
                           (int(time.time()), job_id))
         return
     # The metrics CSV first, as OpenAI's clients expect; then the run itself, for `tunelab train --remote`.
-    results, run_file = new_id("file-"), new_id("file-")
-    shutil.copyfile(run.metrics_file, store.file_path(results))
+    # Their ids follow from the job's, so a completion interrupted by a crash and done again writes the same
+    # two files (each renamed into place) and records them with the job's outcome in one transaction:
+    # nothing is stored twice or left without its row.
+    results, run_file = result_file_id(job_id, "results"), result_file_id(job_id, "run")
+    with atomic_path(store.file_path(results)) as temporary:
+        shutil.copyfile(run.metrics_file, temporary)
     pack_run(run.path, store.file_path(run_file))
-    for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar")):
-        store.execute("INSERT INTO files (id, bytes, created_at, filename, purpose, status) VALUES (?, ?, ?, ?, ?, ?)",
-                      (file_id, store.file_path(file_id).stat().st_size, int(time.time()), filename,
-                       "fine-tune-results", "processed"))
-    store.execute("UPDATE jobs SET status = 'succeeded', finished_at = ?, fine_tuned_model = ?, trained_tokens = ?, "
-                  "result_files = ? WHERE id = ?", (int(time.time()), record["fine_tuned_model"],
-                                                     record["trained_tokens"], json.dumps([results, run_file]), job_id))
+    now = int(time.time())
+    store.execute_together([
+        *(("INSERT OR REPLACE INTO files (id, bytes, created_at, filename, purpose, status) VALUES (?, ?, ?, ?, ?, ?)",
+           (file_id, store.file_path(file_id).stat().st_size, now, filename, "fine-tune-results", "processed"))
+          for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar"))),
+        ("UPDATE jobs SET status = 'succeeded', finished_at = ?, fine_tuned_model = ?, trained_tokens = ?, "
+         "result_files = ? WHERE id = ?", (now, record["fine_tuned_model"], record["trained_tokens"],
+                                          json.dumps([results, run_file]), job_id)),
+    ])
+
+
+def result_file_id(job_id: str, kind: str) -> str:
+    """The id of a job's result file of `kind`: fixed by the job, in the shape of every other file id."""
+    return "file-" + hashlib.sha256(f"{job_id}:{kind}".encode()).hexdigest()[:24]
 
 
 def server_alive() -> bool:
@@ -196,24 +218,33 @@ def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None
     environment = dict(os.environ, TUNELAB_WORKER_PID=str(os.getpid()))
     running: dict[str, subprocess.Popen] = {}
     while server_alive():
-        for job_id, process in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[job_id]
-            if process.returncode != 0 and store.execute("SELECT status FROM jobs WHERE id = ?",
-                                                         (job_id,))[0]["status"] == "running":
-                fail(store, job_id, "training_process_failed",
-                     f"The training process exited with status {process.returncode} (see the server's output)")
-        job = next_job(store, set(running))
-        if job is not None and job["status"] == "validating_files":
-            validate_files(store, job)
-        elif job is not None and len(running) < max_jobs:
-            if start_job(store, job):
-                resume = RunDir(store.run_dir(job["id"])).has_run()  # interrupted, or paused and resumed
-                running[job["id"]] = subprocess.Popen(job_command(data_dir, job["id"], resume, launcher),
-                                                      env=environment)
-        else:
+        try:
+            _one_round(store, data_dir, running, max_jobs, launcher, environment)
+        except sqlite3.OperationalError:  # the database's disk is full (or locked too long): wait, then retry
             time.sleep(POLL_SECONDS)
+
+
+def _one_round(store: Store, data_dir: Path, running: dict, max_jobs: int, launcher: str | None,
+               environment: dict) -> None:
+    """Collect finished job processes, validate or start the next job, or wait a moment."""
+    for job_id, process in list(running.items()):
+        if process.poll() is None:
+            continue
+        del running[job_id]
+        if process.returncode != 0 and store.execute("SELECT status FROM jobs WHERE id = ?",
+                                                     (job_id,))[0]["status"] == "running":
+            fail(store, job_id, "training_process_failed",
+                 f"The training process exited with status {process.returncode} (see the server's output)")
+    job = next_job(store, set(running))
+    if job is not None and job["status"] == "validating_files":
+        validate_files(store, job)
+    elif job is not None and len(running) < max_jobs:
+        if start_job(store, job):
+            resume = RunDir(store.run_dir(job["id"])).has_run()  # interrupted, or paused and resumed
+            running[job["id"]] = subprocess.Popen(job_command(data_dir, job["id"], resume, launcher),
+                                                  env=environment)
+    else:
+        time.sleep(POLL_SECONDS)
 
 
 def main() -> None:

@@ -227,8 +227,11 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     except BaseException as error:
         if recorder:
             status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
-            recorder.set_status(status, error={"code": type(error).__name__, "message": str(error), "param": None})
-            recorder.close()
+            try:
+                recorder.set_status(status, error={"code": type(error).__name__, "message": str(error), "param": None})
+                recorder.close()
+            except OSError:  # the disk that stopped training may not take the record either; resume still works
+                pass
         raise
 
     # --- save ------------------------------------------------------------------------------------------
