@@ -91,6 +91,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def wait_until_finished(client, job_id: str):
+    from tests.server.test_jobs import wait_until_finished as wait
+
+    return wait(client, job_id, timeout=600)
+
+
 def client_for(server):
     import httpx2 as httpx
     import openai
@@ -98,16 +104,6 @@ def client_for(server):
     from tests.serving import API_KEY
 
     return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, http_client=httpx.Client(timeout=60))
-
-
-def wait_until_finished(client, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"{job_id} did not finish in {timeout:.0f} s")
 
 
 def _temporaries(directory: Path) -> list[str]:

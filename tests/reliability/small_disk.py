@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -63,9 +64,14 @@ class SmallDisk:
         return stats.f_bavail * stats.f_frsize // 1024
 
     def read_only(self, read_only: bool = True) -> None:
-        remount = self.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", self.mount_point])
-        if remount.returncode:
-            raise RuntimeError(remount.stderr)
+        """Remount read-only (or back); a file still open for writing — a process that is exiting — makes the
+        mount busy for a moment, so it is tried for up to 10 s."""
+        for _ in range(20):
+            remount = self.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", self.mount_point])
+            if remount.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(remount.stderr)
 
     def close(self) -> None:
         self.holder.kill()

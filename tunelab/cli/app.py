@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -313,6 +314,8 @@ def export(
         result = run_export(config, Events(ConsoleEvents(progress=not as_json)))
     except (ExportFailed, UnsupportedForGGUF) as error:
         _fail(str(error))
+    except StorageError as error:
+        _fail(f"{error}; nothing was left in place — free space (or choose another --out) and export again")
     except OSError as error:
         _fail(f"{run}: the export could not be written ({_first_line(error)}); nothing was left in place")
     if as_json:
@@ -662,8 +665,13 @@ def serve(
     home = data_dir or Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".local" / "share" / "tunelab")
     try:
         application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases, dtype))
-    except (NewerDatabase, OSError) as error:
+    except NewerDatabase as error:
         _fail(str(error))
+    except (OSError, sqlite3.Error) as error:  # a data directory on a read-only or full disk, or not ours
+        existing = next((p for p in (Path(home), *Path(home).parents) if p.exists()), Path("/"))
+        reason = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else \
+            (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
+        _fail(f"{home}: the server cannot keep its database and files here ({reason}); give a --data-dir it can write")
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
                   + (" · key required" if api_key else " · no key (loopback only)")
                   + " · files, fine-tuning jobs, models, chat completions")

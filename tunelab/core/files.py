@@ -145,6 +145,8 @@ def _check_can_create_in(path: Path, directory: Path) -> None:
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise OutputError(f"{path}: {ancestor} is a file, not a directory")
+            if os.statvfs(ancestor).f_flag & os.ST_RDONLY:
+                raise OutputError(f"{path}: cannot write in {ancestor} (read-only file system)")
             if not os.access(ancestor, os.W_OK | os.X_OK):
                 raise OutputError(f"{path}: cannot write in {ancestor} (permission denied)")
             return
