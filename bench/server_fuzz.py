@@ -12,7 +12,6 @@ error bodies not in OpenAI's shape (target 0) and latency percentiles; then the 
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ def main() -> None:
 
     from tests.conftest import EXAMPLES, build_tiny_model, read_jsonl
     from tests.reliability.fuzzing import fuzz, openai_spec_as_served
-    from tests.serving import API_KEY, Server
+    from tests.serving import API_KEY, Server, integrity_check
 
     with tempfile.TemporaryDirectory(prefix="server-fuzz-") as scratch:
         scratch = Path(scratch)
@@ -54,8 +53,7 @@ def main() -> None:
                     print(figures.output_tail)
         finally:
             server.stop()
-        with sqlite3.connect(scratch / "data" / "tunelab.db") as database:
-            print("database integrity_check:", database.execute("PRAGMA integrity_check").fetchone()[0])
+        print("database integrity_check:", integrity_check(scratch / "data"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ def main() -> None:
 
     from tests.conftest import EXAMPLES, build_tiny_model, read_jsonl
     from tests.reliability.load import chat_streams, job_burst
-    from tests.serving import API_KEY, Server
+    from tests.serving import API_KEY, Server, integrity_check
 
     with tempfile.TemporaryDirectory(prefix="server-load-") as scratch:
         scratch = Path(scratch)
@@ -60,8 +59,7 @@ def main() -> None:
                 print("  ", error)
         finally:
             server.stop()
-        with sqlite3.connect(scratch / "data" / "tunelab.db") as database:
-            print("database integrity_check:", database.execute("PRAGMA integrity_check").fetchone()[0])
+        print("database integrity_check:", integrity_check(scratch / "data"))
 
 
 if __name__ == "__main__":

@@ -113,9 +113,11 @@ def _temporaries(directory: Path) -> list[str]:
 
 def audit(data_dir: Path) -> str:
     """What is wrong with the data directory after the restart (empty: nothing)."""
+    from tests.serving import integrity_check
+
+    if integrity_check(data_dir) != "ok":
+        return "integrity_check failed"
     with sqlite3.connect(data_dir / "tunelab.db") as database:
-        if database.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-            return "integrity_check failed"
         rows = {row[0] for row in database.execute("SELECT id FROM files")}
         results = [json.loads(row[0]) for row in database.execute("SELECT result_files FROM jobs")]
         jobs = {row[0] for row in database.execute("SELECT id FROM jobs")}

@@ -42,3 +42,12 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def integrity_check(data_dir) -> str:
+    """SQLite's own check of a server's database: "ok", or what it found."""
+    import sqlite3
+    from pathlib import Path
+
+    with sqlite3.connect(Path(data_dir) / "tunelab.db") as database:
+        return database.execute("PRAGMA integrity_check").fetchone()[0]

@@ -4,14 +4,13 @@ and oversized multipart bodies, and slow clients — never a 5xx, never a file o
 database intact afterwards."""
 
 import socket
-import sqlite3
 import threading
 import time
 
 import httpx2 as httpx
 import pytest
 
-from tests.serving import API_KEY, Server
+from tests.serving import API_KEY, Server, integrity_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -182,5 +181,4 @@ def test_slow_clients_do_not_hold_up_the_others(hostile_server):
 
 
 def _database_intact(server) -> None:
-    with sqlite3.connect(server.data_dir / "tunelab.db") as database:
-        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert integrity_check(server.data_dir) == "ok"

@@ -2,13 +2,11 @@
 every fifth client hanging up midway — no 5xx, every job and stream ends properly, the server still quick
 afterwards, the database intact."""
 
-import sqlite3
-
 import httpx2 as httpx
 import pytest
 
 from tests.reliability.load import chat_streams, job_burst
-from tests.serving import API_KEY, Server
+from tests.serving import API_KEY, Server, integrity_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 MODEL = "gpt-4o-mini-2024-07-18"
@@ -33,8 +31,7 @@ def test_twenty_jobs_submitted_and_cancelled_at_once(loaded_server, support_conv
     print(figures.line())
     assert figures.server_errors == 0 and figures.other_errors == [], figures.line()
     assert figures.notes["created"] == 20 and figures.notes["listed"] == 20
-    with sqlite3.connect(loaded_server.data_dir / "tunelab.db") as database:
-        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert integrity_check(loaded_server.data_dir) == "ok"
 
 
 def test_fifty_chat_streams_with_clients_hanging_up(loaded_server):
