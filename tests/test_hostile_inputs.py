@@ -84,6 +84,15 @@ def bad_probes(directory: Path) -> None:
     (directory / "probes.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(dict(good, id="p2", answer=5)) + "\n")
 
 
+def binary_beside_data(name: str):
+    """The data file, and `name` holding bytes that are not UTF-8 text (a settings, rubric, schema or
+    answers file that is really something else)."""
+    def prepare(directory: Path) -> None:
+        data_file(directory)
+        (directory / name).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    return prepare
+
+
 def bad_rubric(directory: Path) -> None:
     data_file(directory)
     (directory / "rubric.yaml").write_text("checks:\n  - id: greeting\n    regex: '(unclosed'\n")
@@ -158,6 +167,17 @@ HOSTILE_CASES = [
     Case("eval-invalid-rubric-regex", bad_rubric,
          ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--rubric", "rubric.yaml"],
          "rubric.yaml: checks[0] (greeting): regex: not a valid regular expression", ["full_run"]),
+    # Every other file a command reads, given bytes that are not text.
+    Case("train-config-not-text", binary_beside_data("config.yaml"), ["train", "--config", "config.yaml"],
+         "config.yaml: not UTF-8 text"),
+    Case("advise-answers-not-text", binary_beside_data("answers.yaml"), ["advise", "--answers", "answers.yaml", "--json"],
+         "answers.yaml: not UTF-8 text"),
+    Case("eval-rubric-not-text", binary_beside_data("rubric.yaml"),
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--rubric", "rubric.yaml"],
+         "rubric.yaml: not UTF-8 text", ["full_run"]),
+    Case("eval-schema-not-json", binary_beside_data("schema.json"),
+         ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--scorers", "json_schema", "--schema", "schema.json"],
+         "schema.json: not valid JSON", ["full_run"]),
     Case("eval-unknown-scorer", data_file, ["eval", "--model", "{full_run}", "--data", "data.jsonl", "--scorers", "bleu"],
          "--scorers: unknown scorer bleu", ["full_run"]),
     Case("eval-invalid-schema", bad_schema,

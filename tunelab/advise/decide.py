@@ -248,15 +248,14 @@ def prompting_from_results(results: dict) -> PromptingResult | None:
 
 def read_answers(path: str) -> Answers:
     """The framework's answers from a YAML file; an unknown key or value is an error naming it."""
-    import yaml
+    from tunelab.core.files import read_yaml_file
 
-    with open(path, encoding="utf-8") as handle:
-        given = yaml.safe_load(handle) or {}
+    given = read_yaml_file(path) or {}
     if not isinstance(given, dict):
         raise ValueError(f"{path}: expected a mapping of answers (tried_best_model: yes, …)")
     answers = Answers()
     for key, value in given.items():
-        value = {True: "yes", False: "no", None: "unknown"}.get(value, value) if not isinstance(value, str) else value
+        value = {True: "yes", False: "no", None: "unknown"}.get(value, value) if isinstance(value, (bool, type(None))) else value
         if key == "goal":
             if value not in (*GOOD_GOALS, *BAD_GOALS, "unknown"):
                 raise ValueError(f"{path}: goal: {value!r} is not one of {', '.join((*GOOD_GOALS, *BAD_GOALS, 'unknown'))}")

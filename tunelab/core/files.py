@@ -96,6 +96,19 @@ def as_storage_error(error: BaseException, path: str | Path) -> BaseException:
     return StorageError(code, os.strerror(code), str(path))
 
 
+def read_yaml_file(path: str | Path):
+    """A user's YAML file (settings, a rubric, answers) parsed; a file that is not UTF-8 text or not YAML is a
+    ValueError naming it and saying where."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
 def write_text_atomically(path: str | Path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

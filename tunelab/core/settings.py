@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.core.files import read_yaml_file
 
 AUTO = "auto"
 
@@ -214,10 +215,7 @@ def _flag(name: str) -> str:
 
 def _read_settings(path: Path) -> dict:
     """A YAML mapping of TrainConfig fields; unknown keys are an error naming the key and the file."""
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    loaded = read_yaml_file(path) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
     known = set(TrainConfig.model_fields)

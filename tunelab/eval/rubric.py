@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from tunelab.conversation.schema import content_text
+from tunelab.core.files import read_yaml_file
 
 CHECK_KINDS = ("starts_with", "ends_with", "regex", "not_regex", "max_sentences", "quotes_from_prompt")
 _SENTENCE_END = re.compile(r"[.?!](?:\s+|$)")
@@ -82,10 +82,7 @@ class RubricScorer:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: no such rubric file" if not path.exists() else f"{path}: not a regular file")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        raw = read_yaml_file(path) or {}
         if not isinstance(raw, dict) or not isinstance(raw.get("checks") or [], list):
             raise ValueError(f"{path}: a rubric is a mapping with a `checks` list (see tunelab/examples/support/rubric.yaml)")
         checks = []
