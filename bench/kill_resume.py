@@ -134,7 +134,7 @@ def kill_and_resume(runs: int, seed: int, model: str | None, epochs: int, scratc
         model = str(build_tiny_model(scratch / "tiny-model", corpus))
     reference = scratch / "uninterrupted"
     started = time.monotonic()
-    subprocess.run(train_command(data, model, reference, epochs), check=True)
+    subprocess.run(train_command(data, model, reference, epochs), check=True, capture_output=True)
     duration = time.monotonic() - started
     report(f"uninterrupted run: {duration:.1f} s, {epochs} epochs, a checkpoint every step (the newest three kept)")
     rng, outcomes = random.Random(seed), []

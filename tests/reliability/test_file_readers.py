@@ -109,3 +109,16 @@ def test_a_json_schema_is_read_or_refused_naming_the_file(tmp_path, content):
     schema = read_or_refuse(JsonSchema.from_file, write(tmp_path, "schema.json", content[1]))
     if schema is not None:
         assert schema is not None
+
+
+@PROPERTIES
+@given(name=st.text(max_size=30) | st.sampled_from(["default", "../../../etc/passwd", "/etc/hostname", "..", ""]))
+def test_a_preset_name_finds_a_preset_or_is_refused_never_another_file(name):
+    from tunelab.core.presets import PRESET_DIR, preset_path
+
+    try:
+        path = preset_path(name)
+    except ValueError as error:
+        assert "no preset named" in str(error)
+        return
+    assert path.resolve().parent == PRESET_DIR and path.suffix == ".yaml"

@@ -55,7 +55,7 @@ def list_presets() -> list[Preset]:
 def preset_path(name: str) -> Path:
     """The YAML file of preset `name`; a clear error listing the presets when there is none."""
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if not path.is_file() or path.resolve().parent != PRESET_DIR:  # a name, not a path out of the presets
         names = ", ".join(p.name for p in list_presets())
         raise ValueError(f"no preset named {name!r}; presets: {names}")
     return path
