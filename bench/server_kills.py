@@ -10,9 +10,11 @@ out-of-memory killer would — at a moment of that phase:
 - `validation`: the job just created, its files being validated;
 - `training`: a random step of the training;
 - `checkpoint`: a checkpoint being written (its temporary directory exists);
-- `completion`: training finished (the run says succeeded) but the job's result not yet recorded.
+- `completion`: training finished (the run says succeeded) but the job's result not yet recorded;
+- `worker`: only the worker and the job's process, at a random step, the server left running.
 
-Then the server is started again on the same data directory. A phase survives when the job ends
+Then the server is started again on the same data directory (for `worker`, the server starts a new worker
+itself). A phase survives when the job ends
 `succeeded` with an adapter bit-equal to an uninterrupted job's, the database passes
 `PRAGMA integrity_check`, every stored file has its row and every row its file (result files included),
 and nothing half-written is left. Prints one line per kill, then `survived: K/N`.
@@ -35,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-PHASES = ("upload", "validation", "training", "checkpoint", "completion")
+PHASES = ("upload", "validation", "training", "checkpoint", "completion", "worker")
 MODEL = "gpt-4o-mini-2024-07-18"
 SETTINGS = dict(seed=11, hyperparameters={"n_epochs": 3, "batch_size": 2})
 TEMPORARY_MARK = ".tmp-"
@@ -80,6 +82,17 @@ def kill_everything(server) -> int:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(pid) for pid in victims):
         time.sleep(0.05)
+    return len(victims)
+
+
+def kill_worker(server) -> int:
+    """SIGKILL the server's job worker and what it started, leaving the server; how many processes."""
+    victims = descendants(server.process.pid)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return len(victims)
 
 
@@ -199,7 +212,7 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                     if any(m.startswith("Validating training file") for m in events):
                         killed_at = "validating files"
                         break
-                elif phase == "training":
+                elif phase in ("training", "worker"):
                     steps = len((run / "metrics.csv").read_text().splitlines()) - 1 if (run / "metrics.csv").is_file() else 0
                     if steps >= target_step:
                         killed_at = f"at step {steps}"
@@ -222,13 +235,17 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                 time.sleep(0.001 if phase in ("checkpoint", "completion") else 0.02)
             else:
                 return Outcome(phase, "never reached", False, "the phase did not come within 300 s")
-        killed = kill_everything(server)
-        killed_at += f"; {killed} processes killed"
+        if phase == "worker":
+            killed = kill_worker(server)
+            killed_at += f"; the worker and {killed - 1} job process killed, the server left running"
+        else:
+            killed = kill_everything(server)
+            killed_at += f"; {killed} processes killed"
     finally:
-        if server.process.poll() is None:
+        if server.process.poll() is None and phase != "worker":
             server.stop()
 
-    restarted = Server(data_dir, "--alias", alias, "--dtype", "fp32")
+    restarted = server if phase == "worker" else Server(data_dir, "--alias", alias, "--dtype", "fp32")
     try:
         client = client_for(restarted)
         if job_id is None:  # the upload died with the server: the client sends it again

@@ -675,14 +675,42 @@ def serve(
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
                   + (" · key required" if api_key else " · no key (loopback only)")
                   + " · files, fine-tuning jobs, models, chat completions")
-    # Jobs train in their own process, so requests are answered while a job trains.
-    worker = subprocess.Popen([sys.executable, "-m", "tunelab.server.worker", str(home), "--max-jobs", str(max_jobs),
+    # Jobs train in their own process, so requests are answered while a job trains; a worker that dies
+    # (killed, out of memory) is started again, and resumes the job it had from its last checkpoint.
+    worker = WorkerSupervisor([sys.executable, "-m", "tunelab.server.worker", str(home), "--max-jobs", str(max_jobs),
                                *(["--launcher", launcher] if launcher else [])])
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning")
     finally:
-        worker.terminate()
-        worker.wait(30)
+        worker.stop()
+
+
+class WorkerSupervisor:
+    """The job worker's process, started again (after a second's pause) whenever it exits unasked."""
+
+    def __init__(self, command: list[str]):
+        import threading
+
+        self.command, self.stopping, self.lock = command, threading.Event(), threading.Lock()
+        self.process = subprocess.Popen(command)
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _supervise(self) -> None:
+        while True:
+            code = self.process.wait()
+            if self.stopping.wait(1):
+                return
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                console.print(f"tunelab serve: the job worker exited (status {code}); starting it again", markup=False)
+                self.process = subprocess.Popen(self.command)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping.set()
+            self.process.terminate()
+        self.process.wait(30)
 
 
 @app.command()
