@@ -115,3 +115,17 @@ def test_every_dependency_is_pinned():
     requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
     assert requirements and all("==" in requirement for requirement in requirements), \
         [r for r in requirements if "==" not in r]
+
+
+def test_the_lock_holds_every_pin_at_its_version():
+    """requirements.lock (what `make setup` installs, as constraints) agrees with every pin of the project and
+    its dev extra, so neither can drift from the other."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    locked = dict(line.split("==", 1) for line in (PACKAGE.parent / "requirements.lock").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    locked = {name.lower().replace("_", "-"): version for name, version in locked.items()}
+    pins = [r.split("==") for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    disagreeing = {name: (version, locked.get(name.lower())) for name, version in pins if locked.get(name.lower()) != version}
+    assert disagreeing == {}
