@@ -9,7 +9,8 @@ out-of-memory killer would — at a moment of that phase:
 - `upload`: a training file half sent (the client stalls mid-body);
 - `validation`: the job just created, its files being validated;
 - `training`: a random step of the training;
-- `checkpoint`: a checkpoint being written (its temporary directory exists);
+- `checkpoint`: one of its three checkpoints, chosen at random, being written (its temporary directory
+  exists);
 - `completion`: training finished (the run says succeeded) but the job's result not yet recorded;
 - `worker`: only the worker and the job's process, at a random step, the server left running.
 
@@ -206,6 +207,7 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
             job_id = client.fine_tuning.jobs.create(training_file=file_id, model=MODEL, **SETTINGS).id
             run = data_dir / "runs" / job_id
             target_step, deadline = rng.randint(2, 55), time.monotonic() + 300
+            target_checkpoint, checkpoints_seen = rng.randint(1, 3), set()  # the job writes three (steps 20, 40, 60)
             while time.monotonic() < deadline:
                 if phase == "validation":
                     events = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=20).data]
@@ -220,7 +222,8 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                 elif phase == "checkpoint":
                     writing = [p.name for p in (run / "checkpoints").glob(f".*{TEMPORARY_MARK}*")] \
                         if (run / "checkpoints").is_dir() else []
-                    if writing:
+                    checkpoints_seen |= {name.split(TEMPORARY_MARK)[0].lstrip(".") for name in writing}
+                    if writing and len(checkpoints_seen) >= target_checkpoint:
                         killed_at = f"writing {writing[0].split(TEMPORARY_MARK)[0].lstrip('.')}"
                         break
                 elif phase == "completion":

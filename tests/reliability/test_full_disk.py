@@ -91,7 +91,7 @@ def test_conversion_onto_a_full_or_read_only_disk_leaves_nothing(tmp_path):
         assert len(disk.outside("chat.jsonl").read_text().splitlines()) == 2000
 
 
-def test_an_export_onto_a_full_disk_leaves_nothing_and_succeeds_once_there_is_room(tmp_path, training_data,
+def test_an_export_onto_a_full_or_read_only_disk_leaves_nothing_and_succeeds_once_there_is_room(tmp_path, training_data,
                                                                                      tiny_model_dir):
     import subprocess
 
@@ -106,6 +106,11 @@ def test_an_export_onto_a_full_disk_leaves_nothing_and_succeeds_once_there_is_ro
         assert f"{disk.inside('merged')}: cannot write it: no space left on device" in full.stderr
         assert sorted(p.name for p in disk.outside().iterdir()) == [".ballast"]
         disk.free()
+        disk.read_only()
+        read_only = disk.run(command)
+        assert read_only.returncode == 1 and "read-only file system" in read_only.stderr, read_only.stderr[-2000:]
+        assert "Traceback" not in read_only.stderr
+        disk.read_only(False)
         done = disk.run(command)
         assert done.returncode == 0, done.stderr[-2000:]
         assert (disk.outside("merged") / "config.json").is_file()
