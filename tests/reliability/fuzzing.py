@@ -65,7 +65,7 @@ def fuzz(schema: Path, base_url: str, api_key: str, examples: int, seed: int, ou
          "-H", f"Authorization: Bearer {api_key}", "-n", str(examples), "--seed", str(seed), "--checks", CHECKS,
          "--workers", "1", "--request-timeout", "60", "--no-color", "--report", "har,junit",
          "--report-har-path", str(har), "--report-junit-path", str(junit), "--generation-database", "none"],
-        capture_output=True, text=True, timeout=1800)
+        capture_output=True, text=True, timeout=1800, cwd=out)  # its cache folder goes there, not into the checkout
     figures = FuzzFigures(label, finished.returncode, output_tail=(finished.stdout + finished.stderr)[-4000:])
     entries = json.loads(har.read_text())["log"]["entries"] if har.is_file() else []
     times = sorted(entry["time"] for entry in entries)
