@@ -108,7 +108,9 @@ def _messages(body: dict) -> list[dict]:
     """The request's messages, checked as the training format checks them (roles, text content, tool calls
     and their ids, tool definitions); the first problem is the 400."""
     messages = body.get("messages")
-    for _code, where, message in prompt_errors(messages, body.get("tools")):
+    problems = prompt_errors(messages, body.get("tools"))
+    if problems:
+        _code, where, message = problems[0]
         raise APIError(400, f"{where}: {message}", param=where, code="invalid_value")
     return messages
 
@@ -125,7 +127,7 @@ def _number(body: dict, name: str, default, low, high):
 @router.post("/chat/completions")
 async def create_chat_completion(request: Request):
     body = await json_object(request)
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+    if not isinstance(body.get("model"), str):
         raise APIError(400, "model: required", param="model", code="missing_required_parameter")
     messages = _messages(body)
     max_tokens = int(_number(body, "max_completion_tokens", None, 1, MAX_COMPLETION_TOKENS)

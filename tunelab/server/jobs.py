@@ -113,8 +113,6 @@ def _file_id(request: Request, body: dict, name: str, required: bool) -> str | N
 @router.post("/fine_tuning/jobs")
 async def create_job(request: Request) -> dict:
     body = await json_object(request)
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_value")
     if body.get("integrations"):
         raise APIError(400, "integrations are not supported by tunelab serve (metrics are in the job's events "
                        "and result file)", param="integrations", code="unsupported_value")
