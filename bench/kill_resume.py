@@ -36,8 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tunelab.core.files import TEMPORARY_MARK  # noqa: E402 - after the path it is found on
 KINDS = ("time", "checkpoint", "final-save", "after-save")
-TEMPORARY_MARK = ".tmp-"  # tunelab.core.files names every temporary `.NAME.tmp-PID-RANDOM`
 
 
 @dataclass

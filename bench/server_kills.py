@@ -38,10 +38,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tunelab.core.files import TEMPORARY_MARK  # noqa: E402 - after the path it is found on
 PHASES = ("upload", "validation", "training", "checkpoint", "completion", "worker")
 MODEL = "gpt-4o-mini-2024-07-18"
 SETTINGS = dict(seed=11, hyperparameters={"n_epochs": 3, "batch_size": 2})
-TEMPORARY_MARK = ".tmp-"
 
 
 @dataclass

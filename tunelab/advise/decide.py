@@ -154,17 +154,14 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
         reasons.append(Reason("prompt optimised", "not yet", "optimized_prompt: no"))
         return advice("prompt_first", "write a clear system prompt with 3–5 examples, then measure it: "
                       "tunelab eval --model BASE --data test.jsonl --fewshot 3")
-    if measured.prompting is not None and measured.prompting.prompting_reaches_fine_tune:
-        p = measured.prompting
-        reasons.append(Reason("prompt optimised", "few-shot prompting already reaches the fine-tune",
-                              f"{p.scorer}: few-shot {p.fewshot:.3g}, fine-tuned {p.fine_tuned:.3g}, difference "
-                              f"95% CI {p.difference_ci[0]:+.3g} to {p.difference_ci[1]:+.3g} (includes 0)"))
-        return advice("prompt_first", "ship the prompted base model; fine-tune when prompting stops being enough")
-    if measured.prompting is not None:
-        p = measured.prompting
-        reasons.append(Reason("prompt optimised", "the fine-tune beats few-shot prompting",
-                              f"{p.scorer}: few-shot {p.fewshot:.3g}, fine-tuned {p.fine_tuned:.3g}, difference "
-                              f"95% CI {p.difference_ci[0]:+.3g} to {p.difference_ci[1]:+.3g}"))
+    if (p := measured.prompting) is not None:
+        evidence = (f"{p.scorer}: few-shot {p.fewshot:.3g}, fine-tuned {p.fine_tuned:.3g}, difference "
+                    f"95% CI {p.difference_ci[0]:+.3g} to {p.difference_ci[1]:+.3g}")
+        if p.prompting_reaches_fine_tune:
+            reasons.append(Reason("prompt optimised", "few-shot prompting already reaches the fine-tune",
+                                  evidence + " (includes 0)"))
+            return advice("prompt_first", "ship the prompted base model; fine-tune when prompting stops being enough")
+        reasons.append(Reason("prompt optimised", "the fine-tune beats few-shot prompting", evidence))
     if answers.goal in BAD_GOALS:
         reasons.append(Reason("good reason", f"{BAD_GOALS[answers.goal]} is not what fine-tuning fixes",
                               f"goal: {answers.goal}"))
@@ -255,7 +252,8 @@ def read_answers(path: str) -> Answers:
         raise ValueError(f"{path}: expected a mapping of answers (tried_best_model: yes, …)")
     answers = Answers()
     for key, value in given.items():
-        value = {True: "yes", False: "no", None: "unknown"}.get(value, value) if isinstance(value, (bool, type(None))) else value
+        if isinstance(value, bool) or value is None:  # YAML reads yes/no as booleans, and an empty answer as null
+            value = {True: "yes", False: "no", None: "unknown"}[value]
         if key == "goal":
             if value not in (*GOOD_GOALS, *BAD_GOALS, "unknown"):
                 raise ValueError(f"{path}: goal: {value!r} is not one of {', '.join((*GOOD_GOALS, *BAD_GOALS, 'unknown'))}")

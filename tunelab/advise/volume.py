@@ -19,10 +19,6 @@ from dataclasses import asdict, dataclass, field
 
 from tunelab.data.cost import DEFAULT_MODEL_PARAMETERS, openai_cost, openai_model, price_table
 
-
-def days_text(days: float) -> str:
-    return f"{days * 24:.1f} hours" if days < 1 else f"{days:.1f} days"
-
 FEWSHOT_EXAMPLES = 3
 LARGE_MODEL = "gpt-4.1"  # the large hosted model a small fine-tune competes with
 SMALL_HOSTED_MODELS = ("gpt-4.1-mini", "gpt-4.1-nano")
@@ -40,6 +36,10 @@ OPENAI_CLOSES = "2027-01-06"  # OpenAI takes no new fine-tuning jobs from this d
 LOCAL_PREFILL_TOKENS_PER_SECOND = 600.0
 LOCAL_DECODE_TOKENS_PER_SECOND = 48.0
 LOCAL_SPEED_SOURCE = "llama.cpp on Gemma 3 270M (Q4_K_M), 2 CPU threads: prefill 600, decode 48 tokens/s"
+
+
+def days_text(days: float) -> str:
+    return f"{days * 24:.1f} hours" if days < 1 else f"{days:.1f} days"
 
 
 @dataclass

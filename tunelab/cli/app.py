@@ -643,6 +643,7 @@ def serve(
     import uvicorn
 
     from tunelab.server.app import ServerSettings, create_app
+    from tunelab.core.files import OutputError, check_output_directory
     from tunelab.server.store import NewerDatabase
 
     if dtype not in ("auto", "fp32", "bf16"):
@@ -664,14 +665,12 @@ def serve(
         aliases[name] = spec
     home = data_dir or Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".local" / "share" / "tunelab")
     try:
+        check_output_directory(Path(home))  # read-only, not ours, or a file: said before the database is opened
         application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases, dtype))
-    except NewerDatabase as error:
+    except (NewerDatabase, OutputError) as error:
         _fail(str(error))
-    except (OSError, sqlite3.Error) as error:  # a data directory on a read-only or full disk, or not ours
-        existing = next((p for p in (Path(home), *Path(home).parents) if p.exists()), Path("/"))
-        reason = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else \
-            (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
-        _fail(f"{home}: the server cannot keep its database and files here ({reason}); give a --data-dir it can write")
+    except (OSError, sqlite3.Error) as error:  # a data directory on a full disk
+        _fail(f"{home}: the server cannot keep its database and files here ({error}); give a --data-dir it can write")
     console.print(f"tunelab serve: http://{host}:{port}/v1 · data in {home}"
                   + (" · key required" if api_key else " · no key (loopback only)")
                   + " · files, fine-tuning jobs, models, chat completions")

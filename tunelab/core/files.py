@@ -41,21 +41,12 @@ def atomic_path(path: str | Path, directory: bool = False, replace: bool = True)
     StorageError that names `path`.
     """
     path = Path(path)
-    try:
+    with storage_errors_named(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        if (problem := as_storage_error(error, path.parent)) is error:
-            raise
-        raise problem from error
     temporary = temporary_name(path)
     try:
-        try:
+        with storage_errors_named(path):
             yield temporary
-        except Exception as error:  # a full or read-only disk, said plainly with the file it stopped
-            problem = as_storage_error(error, path)
-            if problem is error:
-                raise
-            raise problem from error
         if directory and path.exists():
             if not replace:
                 raise FileExistsError(f"{path} already exists; refusing to overwrite it")
@@ -78,10 +69,28 @@ class StorageError(OSError):
     def __str__(self) -> str:
         return f"{self.filename}: cannot write it: {self.strerror.lower()}"
 
+    @property
+    def condition(self) -> str:
+        """What is wrong with the disk, to finish "the disk …"."""
+        return {errno.EROFS: "is read-only", errno.EACCES: "is not writable here"}.get(self.errno, "is full")
+
 
 # Errors that are about the storage, not the data; libraries that are not Python (safetensors) report them as
 # "… (os error 28)".
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+@contextmanager
+def storage_errors_named(path: str | Path) -> Iterator[None]:
+    """Within the block, a full or read-only disk is raised as a StorageError naming `path`; any other error
+    passes as it is."""
+    try:
+        yield
+    except Exception as error:
+        problem = as_storage_error(error, path)
+        if problem is error:
+            raise
+        raise problem from error
 
 
 def as_storage_error(error: BaseException, path: str | Path) -> BaseException:

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from tunelab.conversation.schema import content_text
 from tunelab.core.files import read_yaml_file
 

@@ -29,7 +29,7 @@ from tunelab.conversation.reader import read_conversations, split_prompt_and_rep
 from tunelab.conversation.render import render_prompt_ids, render_text
 from tunelab.conversation.templates import end_of_turn_token, stop_token_ids
 from tunelab.core.events import NO_EVENTS, Events
-from tunelab.core.files import as_storage_error
+from tunelab.core.files import storage_errors_named
 from tunelab.models.chat import llama_cpp_installed
 from tunelab.runs.rundir import RunDir
 
@@ -76,20 +76,14 @@ def export(config: ExportConfig, events: Events = NO_EVENTS) -> ExportResult:
     if out.exists() and not config.force:
         raise ExportFailed(f"{out} exists; give another --out, or --force to replace it")
     prompts, source = _held_out_prompts(run, config)
-    try:
+    with storage_errors_named(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         scratch_dir = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-")
-    except OSError as error:
-        raise as_storage_error(error, out) from error
     with scratch_dir as scratch:
         built = Path(scratch) / out.name
         build = {"merged": _merged, "gguf": _gguf, "ollama": _ollama, "adapter": _adapter}[config.format]
-        try:
+        with storage_errors_named(out):  # a full or read-only disk is named as such
             result = build(run, built, number_format, prompts, events)
-        except Exception as error:  # a full or read-only disk is named as such; anything else as it is
-            if (problem := as_storage_error(error, out)) is error:
-                raise
-            raise problem from error
         result.prompts_source = source
         failed = [check for check in result.checks if not check.passed]
         if failed:

@@ -6,8 +6,6 @@ Every failure a client can cause is one of these, so the official SDKs raise the
 
 from __future__ import annotations
 
-import errno
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -77,8 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def _storage(_request: Request, error: StorageError):  # the server's disk: the client can only retry
         return error_response(APIError(507, f"The server cannot store this: its data directory's disk "
-                                       f"{'is read-only' if error.errno == errno.EROFS else 'is full'} "
-                                       f"({error.strerror.lower()}). Free space on the server, then retry.",
+                                       f"{error.condition} ({error.strerror.lower()}). Free space on the server, "
+                                       "then retry.",
                                        type="server_error", code="insufficient_storage"))
 
     @app.exception_handler(Exception)

@@ -22,7 +22,6 @@ resumes from its last complete checkpoint, exactly as `tunelab train --resume` d
 from __future__ import annotations
 
 import argparse
-import errno
 import fcntl
 import hashlib
 import json
@@ -140,9 +139,9 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
     except StorageError as error:  # a full or read-only disk: the job waits for space rather than failing
         if main:
             store.execute("UPDATE jobs SET status = 'paused', pause_requested = 1 WHERE id = ?", (job_id,))
-            store.job_event(job_id, f"Job paused: the server's disk {'is read-only' if error.errno == errno.EROFS else 'is full'} "
-                            f"({error.strerror.lower()}). Free space, then resume the job; it continues from its "
-                            "last complete checkpoint", level="error")
+            store.job_event(job_id, f"Job paused: the server's disk {error.condition} ({error.strerror.lower()}). "
+                            "Free space, then resume the job; it continues from its last complete checkpoint",
+                            level="error")
         return
     except Exception as error:  # noqa: BLE001 - whatever ends a job is reported on the job
         if main:
