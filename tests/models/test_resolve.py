@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.models.resolve import _convert_once, cache_dir, resolve_model
+from tunelab.models.resolve import ModelNotFound, _convert_once, cache_dir, resolve_model
 
 
 def slow_build(out: Path) -> None:
@@ -59,8 +59,39 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_model_spec_forms(tmp_path, tiny_model_dir):
     local = resolve_model(str(tiny_model_dir))
     assert local.source == "local" and Path(local.path) == tiny_model_dir.resolve()
-    assert resolve_model("google/gemma-3-270m").source == "hub"
     with pytest.raises(FileNotFoundError, match="no such GGUF"):
         resolve_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_a_hub_id_is_handed_on_only_when_the_hub_answers(monkeypatch, tmp_path):
+    import socket
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+    assert resolve_model("google/gemma-3-270m").source == "hub"
+    listening.close()  # nothing listens there now: the hub is unreachable
+    started = time.monotonic()
+    with pytest.raises(ModelNotFound, match=r"google/gemma-3-270m: not in the Hugging Face cache, and the hub \(127.0.0.1:"):
+        resolve_model("google/gemma-3-270m")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="HF_HUB_OFFLINE is set"):
+        resolve_model("google/gemma-3-270m")
+    assert time.monotonic() - started < 2
+
+
+def test_a_missing_path_or_unfinished_run_fails_at_once_naming_it(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "killed").mkdir(parents=True)
+    (tmp_path / "runs" / "killed" / "config.yaml").write_text("data: x.jsonl\n")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # were the hub asked, this would be the error
+    with pytest.raises(ModelNotFound, match=r"runs/nope: no such run, model directory or .gguf file \(looked for "):
+        resolve_model("runs/nope")
+    with pytest.raises(ModelNotFound, match=r"this run has not finished.*tunelab train --resume runs/killed"):
+        resolve_model("runs/killed")
+    with pytest.raises(ModelNotFound, match="no such run"):
+        resolve_model("./typo")

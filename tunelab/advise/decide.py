@@ -67,9 +67,11 @@ class Measurements:
     prompting: PromptingResult | None = None
     training: dict | None = None  # the data toolkit's estimates: {"local": …, "openai": …}
     volume: BreakEven | None = None
+    data: str | None = None  # the file measured, and the model it was counted for: next steps name them
+    model: str | None = None
 
     def as_dict(self) -> dict:
-        return {"examples": self.examples, "errors": self.errors, "conflicting": self.conflicting,
+        return {"data": self.data, "model": self.model, "examples": self.examples, "errors": self.errors, "conflicting": self.conflicting,
                 "duplicates": self.duplicates, "warnings": self.warnings, "form": self.form.as_dict() if self.form else None,
                 "prompting": asdict(self.prompting) if self.prompting else None, "training": self.training,
                 "volume": self.volume.as_dict() if self.volume else None}
@@ -91,27 +93,31 @@ class Advice:
 
 
 def decide(answers: Answers, measured: Measurements) -> Advice:
+    """The framework's steps in order; the first that fails decides. `fine_tune` only when every step is
+    passed on evidence (measured, or answered yes/no); anything still unknown makes the advice to find it out,
+    prompting first — the framework's default."""
     reasons: list[Reason] = []
     unknown = [name for name in ("tried_best_model", "optimized_prompt", "rag_would_solve", "high_volume_narrow", "goal")
                if getattr(answers, name) == "unknown" and not (name == "high_volume_narrow" and measured.volume)]
     confidence = max(0.3, 0.9 - 0.1 * len(unknown) - (0.1 if measured.examples is None else 0.0))
+    steps = NextSteps(measured)
 
     def advice(recommendation: str, *next_steps: str) -> Advice:
-        return Advice(recommendation, round(confidence, 2), reasons, list(next_steps))
+        return Advice(recommendation, round(max(confidence, 0.3), 2), reasons, list(next_steps))
 
     # 1. Quality training data
     if measured.examples is not None:
         if measured.errors:
             reasons.append(Reason("quality data", f"{measured.errors} lines cannot be trained on",
                                   "tunelab data validate: errors"))
-            return advice("improve_data", "tunelab data validate FILE  # fix the errors it lists")
+            return advice("improve_data", f"{steps.validate}  # fix the errors it lists")
         conflicting_share = measured.conflicting / max(measured.examples, 1)
         if conflicting_share >= CONFLICT_SHARE:
             reasons.append(Reason("quality data", "the same prompt has different answers",
                                   f"{measured.conflicting} of {measured.examples} examples "
                                   f"({conflicting_share:.0%}) conflict with another answer"))
-            return advice("improve_data", "tunelab data validate FILE  # lists the conflicting lines",
-                          "decide one answer per prompt, then: tunelab advise --data FILE")
+            return advice("improve_data", f"{steps.validate}  # lists the conflicting lines",
+                          f"decide one answer per prompt, then: {steps.advise}")
         if measured.examples < MINIMUM_EXAMPLES:
             size = "too few to learn anything" if measured.examples < FEW_EXAMPLES else "not enough signal"
             reasons.append(Reason("quality data", f"{measured.examples} examples: {size}",
@@ -152,8 +158,9 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
     # 4. Prompting
     if answers.optimized_prompt == "no":
         reasons.append(Reason("prompt optimised", "not yet", "optimized_prompt: no"))
-        return advice("prompt_first", "write a clear system prompt with 3–5 examples, then measure it: "
-                      "tunelab eval --model BASE --data test.jsonl --fewshot 3")
+        return advice("prompt_first", "write a clear system prompt with 3–5 examples, then measure it:",
+                      *steps.measure_prompting)
+    beats_prompting = False
     if (p := measured.prompting) is not None:
         evidence = (f"{p.scorer}: few-shot {p.fewshot:.3g}, fine-tuned {p.fine_tuned:.3g}, difference "
                     f"95% CI {p.difference_ci[0]:+.3g} to {p.difference_ci[1]:+.3g}")
@@ -162,12 +169,15 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
                                   evidence + " (includes 0)"))
             return advice("prompt_first", "ship the prompted base model; fine-tune when prompting stops being enough")
         reasons.append(Reason("prompt optimised", "the fine-tune beats few-shot prompting", evidence))
+        beats_prompting = True
     if answers.goal in BAD_GOALS:
         reasons.append(Reason("good reason", f"{BAD_GOALS[answers.goal]} is not what fine-tuning fixes",
                               f"goal: {answers.goal}"))
         return advice("prompt_first", "solve it in the prompt (or with retrieval for knowledge)")
 
-    # 5. Narrow, high-volume use and a good goal; a measured break-even stands in for the answer
+    # 5. Narrow, high-volume use; a measured break-even stands in for the answer, and one below it is a reason
+    # against (decisive when saving money is the point, or no other goal was given).
+    below_break_even = False
     if measured.volume is not None:
         volume, best = measured.volume, measured.volume.best_hosted
         costs = (f"{volume.prompted.name} ${volume.prompted.usd_per_day:,.2f}/day" + (
@@ -178,22 +188,73 @@ def decide(answers: Answers, measured: Measurements) -> Advice:
                                   f"${best.usd_saved_per_month:,.0f} a month and pays back its training in "
                                   f"{days_text(best.days_to_pay_back)}", costs))
         else:
+            below_break_even = True
             confidence -= 0.2
             saved = f"saves ${best.usd_saved_per_month:,.0f} a month" if best else "saves nothing"
-            reasons.append(Reason("high-volume narrow use", f"at {volume.calls_per_day:,} calls a day a fine-tune "
-                                  f"{saved} (worth it from ${WORTH_SAVING_USD_PER_MONTH:,.0f}, repaid within "
-                                  f"{PAYBACK_DAYS} days)", costs))
-            if answers.goal == "efficiency_at_scale":
+            reasons.append(Reason("high-volume narrow use", f"against: at {volume.calls_per_day:,} calls a day a "
+                                  f"fine-tune {saved} (worth it from ${WORTH_SAVING_USD_PER_MONTH:,.0f}, repaid "
+                                  f"within {PAYBACK_DAYS} days)", costs))
+            if answers.goal in ("efficiency_at_scale", "unknown"):
                 return advice("prompt_first", "keep prompting the large model: at this volume a smaller model saves "
-                              "less than it costs to keep", "tunelab advise --data FILE --volume CALLS  # when it grows")
+                              "less than it costs to keep", steps.advise_volume)
     elif answers.high_volume_narrow == "no":
         confidence -= 0.2
         reasons.append(Reason("high-volume narrow use", "not high-volume: the cost of training may not pay back",
                               "high_volume_narrow: no"))
     if answers.goal in GOOD_GOALS:
         reasons.append(Reason("good reason", f"fine-tuning serves {GOOD_GOALS[answers.goal]}", f"goal: {answers.goal}"))
-    return advice("fine_tune", "tunelab data split FILE --out data/", "tunelab train --data data/train.jsonl",
-                  "tunelab eval --model runs/NAME --data data/test.jsonl")
+
+    # Every step passed on evidence? What is still unknown is the advice: find it out, prompting first.
+    not_known = []  # (step, what is not known, the evidence missing, how to find it out)
+    if measured.examples is None:
+        not_known.append(("quality data", "your data was not measured", "no --data", steps.advise_with_data))
+    if measured.form is None and answers.rag_would_solve != "no":
+        not_known.append(("would RAG solve it", "whether the need is knowledge", f"rag_would_solve: "
+                          f"{answers.rag_would_solve}, and no data measured", "answer rag_would_solve"))
+    if answers.tried_best_model != "yes":
+        not_known.append(("best base model tried", "whether a stronger model already does it",
+                          f"tried_best_model: {answers.tried_best_model}", "answer tried_best_model"))
+    if answers.optimized_prompt != "yes" and not beats_prompting:
+        not_known.append(("prompt optimised", "whether prompting already does it",
+                          f"optimized_prompt: {answers.optimized_prompt}, and no evaluation with a few-shot baseline",
+                          "answer optimized_prompt, or measure prompting (below)"))
+    if answers.goal not in GOOD_GOALS:
+        not_known.append(("good reason", "a goal fine-tuning serves", f"goal: {answers.goal}", "answer goal"))
+    elif answers.goal == "efficiency_at_scale" and measured.volume is None and answers.high_volume_narrow != "yes":
+        not_known.append(("high-volume narrow use", "the volume that would repay it",
+                          f"high_volume_narrow: {answers.high_volume_narrow}, no --volume", steps.advise_volume))
+    if not_known:
+        for step, finding, evidence, _ in not_known:
+            reasons.append(Reason(step, f"not known yet: {finding}", evidence))
+        return advice("prompt_first", "prompt the strongest model you can use first, and find out what is not known: "
+                      + "; ".join(dict.fromkeys(how for *_, how in not_known)),
+                      steps.answer, *steps.measure_prompting)
+    if below_break_even:
+        reasons.append(Reason("good reason", f"{GOOD_GOALS[answers.goal]} can justify the cost the volume does not",
+                              f"goal: {answers.goal}"))
+    return advice("fine_tune", *steps.fine_tune)
+
+
+class NextSteps:
+    """The commands advice points to, written for the user's own file and model so they run as printed."""
+
+    def __init__(self, measured: Measurements):
+        self.data = measured.data or "YOUR_DATA.jsonl"
+        model = measured.model or "default"
+        self.model = "" if model == "default" else f" --model {model}"
+        self.validate = f"tunelab data validate {self.data}{self.model}"
+        self.advise = f"tunelab advise --data {self.data}{self.model}"
+        self.advise_with_data = f"measure it: tunelab advise --data YOUR_DATA.jsonl{self.model}"
+        self.advise_volume = f"tunelab advise --data {self.data} --volume CALLS_PER_DAY{self.model}  # when it grows"
+        self.answer = (f"{self.advise} --answers answers.yaml  # tried_best_model, optimized_prompt, rag_would_solve, "
+                       "high_volume_narrow: yes or no; goal: one of " + ", ".join(GOOD_GOALS))
+        split = f"tunelab data split {self.data} --out data/"
+        model_argument = model
+        self.measure_prompting = [split, f"tunelab eval {model_argument} --data data/test.jsonl "
+                                         f"--fewshot-from data/train.jsonl  # the base model, alone and 3-shot"]
+        self.fine_tune = [split, f"tunelab train --data data/train.jsonl --validation-split 0.1{self.model} "
+                                 "--out runs/first-fine-tune",
+                          "tunelab eval runs/first-fine-tune --data data/test.jsonl  # against the base and 3-shot"]
 
 
 def measure_data(path: str, model: str = "default", calls_per_day: int | None = None) -> Measurements:
@@ -209,7 +270,7 @@ def measure_data(path: str, model: str = "default", calls_per_day: int | None = 
     counter = token_counter(model)
     report = validate_file(path, counter=counter)
     codes = [finding.code for finding in report.findings]
-    measured = Measurements(examples=report.examples, errors=len(report.errors),
+    measured = Measurements(data=path, model=model, examples=report.examples, errors=len(report.errors),
                             conflicting=codes.count("conflicting_answers"),
                             duplicates=codes.count("duplicate_example") + codes.count("near_duplicate_example"),
                             warnings=dict(Counter(f.code for f in report.findings if f.severity == "warning")))

@@ -1,11 +1,63 @@
-"""`tunelab advise`'s terminal side: ask the framework's questions in order, and print the advice."""
+"""`tunelab advise`: should you fine-tune at all? Ask the framework's questions in order (or read them from
+--answers), measure the data and an evaluation, and print one recommendation with its reasons.
+
+    tunelab advise --data train.jsonl --answers answers.yaml --volume 5000
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
 from rich.table import Table
 
 from tunelab.advise.decide import BAD_GOALS, GOOD_GOALS, QUESTIONS, Advice, Answers, Measurements
 from tunelab.advise.volume import days_text
+from tunelab.cli.common import examples, fail, out
+
+EXAMPLES = examples("tunelab advise",
+                    "tunelab advise --data train.jsonl --answers answers.yaml",
+                    "tunelab advise --data train.jsonl --volume 5000 --eval runs/ftjob-abc123/eval/results.json --json")
+
+
+def advise(
+    data: Optional[Path] = typer.Option(None, "--data", "-d", metavar="FILE", help="Chat JSONL to measure: size, conflicts, form or facts."),
+    answers: Optional[Path] = typer.Option(None, "--answers", metavar="FILE", help="YAML answers (tried_best_model, optimized_prompt, rag_would_solve, high_volume_narrow: yes, no or unknown; goal)."),
+    eval_results: Optional[Path] = typer.Option(None, "--eval", metavar="RESULTS.json", help="results.json of `tunelab eval`: does few-shot prompting reach the fine-tune?"),
+    volume: Optional[int] = typer.Option(None, "--volume", min=1, metavar="CALLS_PER_DAY", help="Calls a day: the break-even of a small fine-tune against a large prompted model (needs --data)."),
+    model: str = typer.Option("default", "--model", "-m", metavar="MODEL", help="The model you would fine-tune here: its tokenizer counts the data, its size scales the estimates."),
+    as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
+) -> None:
+    """Should you fine-tune at all? The framework's questions (asked on a terminal, or from --answers), backed
+    by what your data and evaluation measure; one recommendation with its reasons and next steps. It says
+    fine_tune only when every step is passed on evidence."""
+    from tunelab.advise.decide import decide, measure_data, prompting_from_results, read_answers
+    from tunelab.core.files import input_file_problem
+
+    if volume and not data:
+        fail("--volume needs --data: the break-even counts the tokens of your examples", 2)
+    for path in (data, answers, eval_results):
+        if path is not None and (problem := input_file_problem(path)):
+            fail(f"{path}: {problem}")
+    try:
+        chosen = read_answers(str(answers)) if answers else \
+            ask(out) if sys.stdin.isatty() and not as_json else Answers()
+        measured = measure_data(str(data), model, volume) if data else Measurements()
+        if eval_results:
+            measured.prompting = prompting_from_results(json.loads(eval_results.read_text(encoding="utf-8")))
+    except (ValueError, OSError) as error:
+        fail(str(error))
+    advice = decide(chosen, measured)
+    if as_json:
+        print(json.dumps({"recommendation": advice.recommendation, "confidence": advice.confidence,
+                          "reasons": [asdict(r) for r in advice.reasons], "answers": asdict(chosen),
+                          "measurements": measured.as_dict(), "next_steps": advice.next_steps}, indent=2))
+        return
+    show(out, advice, measured)
 
 
 def ask(console) -> Answers:

@@ -21,7 +21,11 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
+import typer
+
+from tunelab.cli.common import examples, fail
 from tunelab.cli.console import ConsoleEvents, console
 from tunelab.core.events import Events
 from tunelab.core.process import keep_freed_memory
@@ -36,6 +40,21 @@ from tunelab.train.local import train
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "support"
 DEMO_SETTINGS = dict(n_epochs=1, batch_size=4, learning_rate_multiplier=2.0)
 DEMO_CALLS_PER_DAY = 5_000  # Brightlane's support messages a day (see advise.yaml)
+
+
+EXAMPLES = examples("tunelab demo", "tunelab demo --out runs/my-demo")
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", metavar="DIR", help="Where the demo's run goes (replaced if it exists)."),
+    n_epochs: Optional[int] = typer.Option(None, "--n-epochs", metavar="N", help="Override the demo's epochs."),
+) -> None:
+    """The main job on the bundled example: advise → validate → fine-tune the default model → evaluate → report."""
+    try:
+        run_demo(out, n_epochs=n_epochs)
+    except Exception as error:  # the demo is for people: one clear line, then the trace for bug reports
+        console.print_exception()
+        fail(str(error))
 
 
 def run_demo(out: Path, n_epochs: int | None = None) -> Path:

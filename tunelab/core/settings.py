@@ -4,7 +4,7 @@
     tunelab train --config run.yaml               # a YAML file holds exactly these fields; flags override it
 
 Each field carries its type, bounds and help text here, once: the CLI derives its `train` options from
-this model (tunelab/cli/app.py), and an error names the setting and where it came from (a flag, a file,
+this model (tunelab/cli/train.py), and an error names the setting and where it came from (a flag, a file,
 a preset). Hyperparameters use OpenAI's names (`n_epochs`, `batch_size`, `learning_rate_multiplier`),
 each `auto` by default, so a job created through the OpenAI-shaped API and one started from the CLI mean
 the same thing. The rest are what users of other trainers expect to set (warmup, schedule, weight decay,
@@ -166,6 +166,14 @@ def field_help(name: str) -> tuple[str, str | None]:
     default = info.default
     shown = None if default in (None, "") else (str(default).lower() if isinstance(default, bool) else str(default))
     return " ".join((info.description or "").split()), shown
+
+
+def field_choices(name: str) -> tuple[str, ...] | None:
+    """The values a setting takes when it is one of a few words (method, dtype, …); None otherwise."""
+    from typing import get_args, get_origin
+
+    annotation = TrainConfig.model_fields[name].annotation
+    return tuple(get_args(annotation)) if get_origin(annotation) is Literal else None
 
 
 def field_kind(name: str) -> type:

@@ -11,8 +11,11 @@ Formats (`--format auto` looks at the first record):
   messages, and the record's `tools` (a list or a JSON string of one) OpenAI's `tools`;
 - `openai`: `{"messages": [...]}` already; each record is validated as `tunelab data validate` would, and
   `--system` adds a system message where there is none.
-A file is JSONL, CSV, a JSON list of records, or one JSON record. Every record becomes `{"messages":
-[system?, user, assistant, ...]}` (plus `tools`).
+A file is JSONL, CSV, a JSON list of records, or one JSON record, in UTF-8 unless `--encoding` says otherwise
+(a byte that is not UTF-8 is named with its line). Every record becomes `{"messages": [system?, user,
+assistant, ...]}` (plus `tools`), and keeps its `metadata` object; with `--metadata-column [KEY=]COLUMN`
+a column (or key) of the source is carried into `metadata` too — `tags` split on commas into the list that
+`tunelab eval` slices results by.
 
 Nothing is lost quietly. A record that cannot be converted is dropped and reported with its line and the
 reason (for a JSON list, the line its record starts on); a part of a kept record that has no place in chat
@@ -25,6 +28,7 @@ conversation converted.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,9 +42,9 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
 # Record fields each format carries; any other field is reported as not carried.
-CARRIED = {"openai": {"messages", "tools", "parallel_tool_calls"},
-           "alpaca": {"instruction", "input", "output", "system", "history"},
-           "sharegpt": {"conversations", "system", "tools"}}
+CARRIED = {"openai": {"messages", "tools", "parallel_tool_calls", "metadata"},
+           "alpaca": {"instruction", "input", "output", "system", "history", "metadata"},
+           "sharegpt": {"conversations", "system", "tools", "metadata"}}
 IMAGE_FIELDS = ("images", "image", "videos", "audios")
 
 
@@ -78,22 +82,24 @@ class Converted:
     not_carried: list[str] = field(default_factory=list)
 
 
-def read_records(path: Path):
+def read_records(path: Path, encoding: str = "utf-8"):
     """(line number, record) for each record of a CSV, JSONL, JSON-list or one-record JSON file.
 
-    A JSONL line that does not parse gives (line, None). A JSON document that does not parse raises
-    ConversionError naming the line.
+    A JSONL line that does not parse gives (line, None). A JSON document that does not parse, or a CSV or
+    JSON file that is not text in `encoding`, raises ConversionError naming the line.
     """
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, restkey="\ue000extra")
-            for row in reader:
-                yield reader.line_num, row
-        return
     raw = path.read_bytes()
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(_decoded(path, raw, codec), newline=""), restkey="\ue000extra")
+        for row in reader:
+            yield reader.line_num, row
+        return
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
+        text = raw.decode(codec)
+    except UnicodeDecodeError as error:
+        if _is_one_document(path, raw[:error.start].decode(codec, errors="replace")):
+            _decoded(path, raw, codec)  # raises, naming the line
         text = None  # JSONL with a bad line, reported by line below
     if text is not None and _is_one_document(path, text):
         yield from _document_records(path, text)
@@ -101,9 +107,25 @@ def read_records(path: Path):
     for line, raw_line in enumerate(raw.split(b"\n"), start=1):
         if raw_line.strip():
             try:
-                yield line, json.loads(raw_line, parse_constant=reject_constant)
-            except (ValueError, RecursionError):  # not JSON, not UTF-8, NaN, or nested too deep
+                yield line, json.loads(raw_line.decode(codec), parse_constant=reject_constant)
+            except (ValueError, RecursionError):  # not JSON, not in the encoding, NaN, or nested too deep
                 yield line, None
+
+
+def _decoded(path: Path, raw: bytes, codec: str) -> str:
+    """The file's text, or a ConversionError naming the line and the byte (as it is in the file) that is not
+    text in `codec`."""
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        name = "UTF-8" if codec == "utf-8-sig" else codec
+        raise ConversionError(f"{path}:{line}: byte 0x{raw[error.start]:02x} (byte {error.start:,} of the file, "
+                              f"column {column}) is not {name} text; pass the file's encoding, e.g. "
+                              "--encoding latin-1 or --encoding cp1252") from None
+    except LookupError:
+        raise ConversionError(f"--encoding {codec!r}: not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
 
 
 def _is_one_document(path: Path, text: str) -> bool:
@@ -174,9 +196,21 @@ def detect_format(record, input_column: str, output_column: str) -> str | None:
     return None
 
 
+def metadata_columns(specs: list[str]) -> dict[str, str]:
+    """`--metadata-column [KEY=]COLUMN` options as {metadata key: source column}."""
+    columns = {}
+    for spec in specs:
+        key, _, column = spec.rpartition("=")
+        if not column or (spec.count("=") and not key):
+            raise ConversionError(f"--metadata-column {spec!r}: expected COLUMN or KEY=COLUMN, e.g. tags=category")
+        columns[key or column] = column
+    return columns
+
+
 def convert_record(record, fmt: str, system: str | None, input_column: str = "input",
-                   output_column: str = "ideal_output") -> Converted:
-    """One record as a chat conversation, or why not, and what of it could not be carried."""
+                   output_column: str = "ideal_output", metadata: dict[str, str] | None = None) -> Converted:
+    """One record as a chat conversation, or why not, and what of it could not be carried. `metadata` maps
+    metadata keys to the record's columns carried into the conversation's `metadata`."""
     if not isinstance(record, dict):
         return Converted(reason="not a JSON object (or not valid JSON)")
     images = [name for name in IMAGE_FIELDS if record.get(name)]
@@ -194,7 +228,19 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
         return Converted(reason=f"unknown format {fmt!r}")
     if converted.conversation is None:
         return converted
-    carried = {input_column, output_column} if fmt == "input-output" else CARRIED[fmt]
+    metadata = metadata or {}
+    if isinstance(record.get("metadata"), dict):
+        converted.conversation["metadata"] = dict(record["metadata"])
+    elif record.get("metadata") not in (None, ""):
+        converted.not_carried.append("`metadata` that is not an object")
+    for key, column in metadata.items():
+        value = record.get(column)
+        if value in (None, ""):
+            continue
+        if key == "tags" and isinstance(value, str):
+            value = [tag.strip() for tag in value.split(",") if tag.strip()]
+        converted.conversation.setdefault("metadata", {})[key] = value
+    carried = ({input_column, output_column, "metadata"} if fmt == "input-output" else CARRIED[fmt]) | set(metadata.values())
     for name in record:
         if name == "\ue000extra":
             converted.not_carried.append("values past the last CSV column")
@@ -328,7 +374,7 @@ def _openai(record: dict) -> Converted:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return Converted(reason=f"{first.path or 'line'}: {first.message} [{first.code}]{more}")
-    return Converted({name: record[name] for name in CARRIED["openai"] if name in record})
+    return Converted({name: record[name] for name in CARRIED["openai"] - {"metadata"} if name in record})
 
 
 def _text(value) -> bool:
@@ -337,8 +383,10 @@ def _text(value) -> bool:
 
 def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system: str | None = None,
                  input_column: str = "input", output_column: str = "ideal_output",
-                 overwrite: bool = False) -> ConversionReport:
+                 overwrite: bool = False, encoding: str = "utf-8", metadata: dict[str, str] | None = None
+                 ) -> ConversionReport:
     """Convert `source` into chat JSONL at `out`, written to a temporary file and renamed into place.
+    `encoding`: the source's text encoding; `metadata`: {metadata key: column} carried into each line.
 
     `out` is left untouched (not created, not replaced) when nothing converts or anything fails.
     """
@@ -354,16 +402,25 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
     report = ConversionReport(str(source), str(out), fmt)
     try:
         with atomic_path(out) as temporary, temporary.open("w", encoding="utf-8") as handle:
-            for line, record in read_records(source):
+            for line, record in read_records(source, encoding):
                 if report.format == "auto":
                     detected = detect_format(record, input_column, output_column)
                     if detected is None:
+                        found = f"; its columns are {', '.join(map(repr, record))}" if isinstance(record, dict) else ""
                         raise ConversionError(
                             f"{source}:{line}: cannot tell the format (expected `messages`, `conversations`, "
-                            f"`instruction`/`output`, or `{input_column}`/`{output_column}`); pass --format "
+                            f"`instruction`/`output`, or `{input_column}`/`{output_column}`){found}; pass --format "
                             "or --input-column/--output-column")
                     report.format = detected
-                converted = convert_record(record, report.format, system, input_column, output_column)
+                if not report.written and not report.dropped and isinstance(record, dict):
+                    # The first record names the columns: one asked for that is not there is said once, with
+                    # the columns that are (rather than every record dropped for it).
+                    wanted = [*([input_column, output_column] if report.format == "input-output" else []),
+                              *(metadata or {}).values()]
+                    if missing := [name for name in wanted if name not in record]:
+                        raise ConversionError(f"{source}:{line}: no column {', '.join(map(repr, missing))}; its "
+                                              f"columns are {', '.join(map(repr, record))}")
+                converted = convert_record(record, report.format, system, input_column, output_column, metadata)
                 if converted.conversation is None:
                     report.dropped.append((line, converted.reason))
                     continue

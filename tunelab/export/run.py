@@ -1,7 +1,7 @@
 """`tunelab export RUN --format merged|gguf|ollama|adapter`: the run's model in a form other tools load, proven
 to answer as the run does before it is put in place.
 
-    tunelab export runs/support --format gguf --dtype f16 --prompts test.jsonl
+    tunelab export runs/support --format gguf --dtype fp16 --prompts test.jsonl
 
 1. Build the export in a scratch directory beside its destination.
 2. Verify it (export/verify.py): reload what was written — transformers for a merged model, transformers'
@@ -111,11 +111,17 @@ def _number_format(config: ExportConfig, run: RunDir) -> str:
             stored = base_dtype(run)
             return next(name for name, dtype in MERGED_TYPES.items() if dtype == stored)
         if config.dtype not in MERGED_TYPES:
-            raise ExportFailed(f"--dtype {config.dtype!r} for a merged model: one of {', '.join(MERGED_TYPES)}")
+            raise ExportFailed(f"--dtype {_flag_name(config.dtype)!r} for a merged model: one of "
+                               f"{', '.join(map(_flag_name, MERGED_TYPES))}")
         return config.dtype
     if (config.dtype or "f16") not in GGUF_TYPES:
-        raise ExportFailed(f"--dtype {config.dtype!r} for a GGUF: one of {', '.join(GGUF_TYPES)}")
+        raise ExportFailed(f"--dtype {_flag_name(config.dtype)!r} for a GGUF: one of {', '.join(map(_flag_name, GGUF_TYPES))}")
     return config.dtype or "f16"
+
+
+def _flag_name(number_format: str) -> str:
+    """The command line's spelling of a GGUF type name (fp16 for f16, as in train, eval and chat)."""
+    return {"f32": "fp32", "f16": "fp16"}.get(number_format, number_format)
 
 
 def _default_name(run: RunDir, format: str, number_format: str) -> str:

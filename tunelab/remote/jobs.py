@@ -191,3 +191,51 @@ def fetch_run(client, job, out: str | Path) -> RunDir:
             if name.endswith(".csv"):
                 plainly(client.files.content, file_id).write_to_file(temporary / "metrics.csv")
     return RunDir(out)
+
+
+def job_error_text(job) -> str:
+    """OpenAI's error of a failed job in one line: code, message and the parameter it concerns."""
+    error = job.error
+    return f"{error.code}: {error.message}" + (f"; param: {error.param}" if error.param else "")
+
+
+def server_name(client) -> str:
+    """How a listing names where a job runs: `openai`, or the server's host[:port]."""
+    url = client.base_url
+    return "openai" if url.host == "api.openai.com" else url.host + (f":{url.port}" if url.port else "")
+
+
+def all_jobs(runs: Path, client=None) -> list[dict]:
+    """Jobs, newest first: the local runs under `runs` and, with a client, the server's (OpenAI's job
+    objects with `where`: here or the server, and `run`: the local run directory that holds it). A remote
+    job fetched into a local run is one entry."""
+    local = [dict(RunDir(path.parent).job(), run=str(path.parent)) for path in Path(runs).glob("*/job.json")]
+    server = []
+    if client is not None:
+        where = server_name(client)
+        server = [dict(job.model_dump(), where=where) for job in plainly(client.fine_tuning.jobs.list, limit=100).data]
+    runs_of = {job["id"]: job["run"] for job in local}
+    jobs = [dict(job, run=runs_of[job["id"]]) if job["id"] in runs_of else job for job in server]
+    on_server = {job["id"] for job in server}
+    jobs += [dict(job, where="here") for job in local if job["id"] not in on_server]
+    return sorted(jobs, key=lambda job: job.get("created_at") or 0, reverse=True)
+
+
+def get_job(client, job_id: str):
+    """One job on the server."""
+    return plainly(client.fine_tuning.jobs.retrieve, job_id)
+
+
+def job_events(client, job_id: str) -> list:
+    """A job's events on the server, oldest first."""
+    return list(reversed(plainly(client.fine_tuning.jobs.list_events, job_id, limit=1000).data))
+
+
+JOB_ACTIONS = ("cancel", "pause", "resume")
+
+
+def act_on_job(client, job_id: str, action: str):
+    """Cancel, pause or resume a job on the server; returns the job as the server then reports it."""
+    if action not in JOB_ACTIONS:
+        raise ValueError(f"{action!r}: not one of {', '.join(JOB_ACTIONS)}")
+    return plainly(getattr(client.fine_tuning.jobs, action), job_id)
