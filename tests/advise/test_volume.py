@@ -63,9 +63,9 @@ def test_the_command_prints_the_break_even_with_its_date(tmp_path):
     shown = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                            env={**os.environ, "COLUMNS": "120"})
     assert shown.returncode == 0, shown.stderr
-    assert "5,000 calls a day" in shown.stderr and f"(prices as of {price_table()['as_of']})" in shown.stderr
-    assert "gpt-4.1-nano fine-tuned at OpenAI" in shown.stderr and "CPU-hours" in shown.stderr
+    assert "5,000 calls a day" in shown.stdout and f"(prices as of {price_table()['as_of']})" in shown.stdout
+    assert "gpt-4.1-nano fine-tuned at OpenAI" in shown.stdout and "CPU-hours" in shown.stdout
     without_data = subprocess.run([sys.executable, "-m", "tunelab.cli", "advise", "--volume", "10"],
                                   capture_output=True, text=True, timeout=60)
-    assert without_data.returncode == 1 and "--volume needs --data" in without_data.stderr
+    assert without_data.returncode == 2 and "--volume needs --data" in without_data.stderr  # a usage error
     assert "Traceback" not in without_data.stderr

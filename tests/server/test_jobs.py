@@ -1,5 +1,6 @@
 """`/v1/fine_tuning/jobs` through the official openai client: a job trains in the server's worker process."""
 
+import re
 import time
 
 import openai
@@ -34,7 +35,10 @@ def test_a_job_trains_and_reports_as_openai_does(tiny_client, recorder, tmp_path
     assert job.status == "validating_files" and job.model == "gpt-4o-mini-2024-07-18" and job.seed == 7
     done = wait_until_finished(client, job.id)
     assert done.status == "succeeded", done.error
-    assert done.fine_tuned_model.startswith("ft:") and "support" in done.fine_tuned_model
+    # OpenAI's five fields, starting with the model as the client named it; the real base stays visible
+    assert re.fullmatch(rf"ft:gpt-4o-mini-2024-07-18:tunelab:support:{job.id.removeprefix('ftjob-')[:8]}",
+                        done.fine_tuned_model), done.fine_tuned_model
+    assert done.model == "gpt-4o-mini-2024-07-18" and done.to_dict()["base_model"].startswith("tiny-model")
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
     assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 1  # auto, resolved
     results = client.files.content(done.result_files[0]).read().decode()
@@ -116,6 +120,7 @@ def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(tiny_client, re
     job = wait_until_finished(client, client.fine_tuning.jobs.create(
         training_file=training.id, model="gpt-4o-mini-2024-07-18", hyperparameters={"n_epochs": 1}).id)
     name = job.fine_tuned_model
+    assert name.startswith("ft:gpt-4o-mini-2024-07-18:tunelab::") and len(name.split(":")) == 5
     assert name in [m.id for m in client.models.list().data] and client.models.retrieve(name).owned_by == "user"
     question = [{"role": "system", "content": "You are Brightlane's support agent."},
                 {"role": "user", "content": [{"type": "text", "text": "Where is my order?"}]}]

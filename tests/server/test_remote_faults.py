@@ -110,4 +110,4 @@ def test_watch_reconnects_after_the_connection_drops_and_shows_a_failed_jobs_err
     watched = tunelab("jobs", "watch", "ftjob-abc", "--remote", flaky.url, "--api-key", "k")
     assert watched.returncode == 0, watched.stderr
     assert "lost the connection" in watched.stderr and "reconnected" in watched.stderr
-    assert "ftjob-abc: failed (invalid_training_file: Line 3 is not JSON; param: training_file)" in watched.stderr
+    assert "ftjob-abc: failed (invalid_training_file: Line 3 is not JSON; param: training_file)" in watched.stdout

@@ -39,8 +39,8 @@ def evaluate(
     slice_by: Optional[str] = typer.Option(None, "--slice-by", metavar="FIELD", help="Metadata field to slice results by (default: metadata.tags)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output directory (default RUN/eval); replies cached there are reused."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", metavar="N", help="Token limit per reply (default 1.5 × the longest reference)."),
-    temperature: float = typer.Option(0.0, "--temperature", metavar="X", help="0: greedy replies; above 0, sampled with --seed."),
-    top_p: float = typer.Option(1.0, "--top-p", metavar="X", help="Nucleus sampling: keep the most likely tokens up to this probability (with --temperature)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, metavar="X", help="0: greedy replies; above 0, sampled with --seed."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, metavar="X", help="Nucleus sampling: keep the most likely tokens up to this probability (with --temperature)."),
     seed: int = typer.Option(42, "--seed", metavar="N", help="Seed for sampled replies: the same seed gives the same replies."),
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option("auto", "--dtype", help="Number format of local models: auto (bf16 on a CPU or GPU with bf16 units, else fp32)."),
     limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Evaluate only the first N examples."),
@@ -59,6 +59,8 @@ def evaluate(
     model = model or model_option
     if not model:
         fail("give the run (or model) to evaluate: tunelab eval RUN --data FILE", 2)
+    if top_p == 0:
+        fail("--top-p: 0.0 keeps no token; give a probability above 0 (1 keeps them all)", 2)
     from tunelab.models.resolve import ModelNotFound, check_model
 
     try:

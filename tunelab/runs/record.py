@@ -28,9 +28,14 @@ def new_job_id() -> str:
     return "ftjob-" + secrets.token_hex(12)
 
 
-def fine_tuned_model_name(base_name: str, suffix: str | None, job_id: str) -> str:
-    """OpenAI's naming: ft:<base>:<suffix>:<id> (the org field is our suffix; tunelab has no orgs)."""
-    return f"ft:{base_name}:{suffix or 'tunelab'}:{job_id.removeprefix('ftjob-')[:8]}"
+ORGANIZATION = "tunelab"  # the org field of a fine-tune's name, until servers have organisations of their own
+
+
+def fine_tuned_model_name(model: str, suffix: str | None, job_id: str, organization: str = ORGANIZATION) -> str:
+    """OpenAI's naming, five fields: `ft:{model}:{org}:{suffix}:{id}`, the model as the client named it (an alias
+    such as gpt-4o-mini-2024-07-18 when one was used), so clients that parse the name route it as OpenAI's.
+    Names made before this form (`ft:{base}:{suffix}:{id}`) stay valid where they were stored."""
+    return f"ft:{model}:{organization}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
 def metrics_row(step: int, train_loss: float, train_accuracy: float, valid_loss: float | None = None,

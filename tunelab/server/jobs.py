@@ -45,6 +45,8 @@ def job_object(store, row) -> dict:
             estimated_finish = _estimated_finish(run, row["started_at"])
     return {
         "object": "fine_tuning.job", "id": row["id"], "created_at": row["created_at"], "model": row["model"],
+        # tunelab's addition: the model the job really trains (`model` is the name the client used, an alias)
+        "base_model": run.job().get("base_model", row["base_model"]) if run.has_run() else row["base_model"],
         "organization_id": "org-tunelab", "status": row["status"],
         "training_file": row["training_file"], "validation_file": row["validation_file"],
         "hyperparameters": hyperparameters,
@@ -216,7 +218,7 @@ def model_name(store, row) -> str | None:
     run = RunDir(store.run_dir(row["id"]))
     if row["fine_tuned_model"]:
         return row["fine_tuned_model"]
-    return fine_tuned_model_name(run.job()["model"], row["suffix"], row["id"]) if run.has_run() else None
+    return fine_tuned_model_name(row["model"], row["suffix"], row["id"]) if run.has_run() else None
 
 
 def checkpoint_objects(store, row) -> list[dict]:

@@ -16,8 +16,10 @@ from tunelab.server.errors import APIError
 router = APIRouter()
 
 
-def model_object(name: str, created: int, owned_by: str) -> dict:
-    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+def model_object(name: str, created: int, owned_by: str, base_model: str | None = None) -> dict:
+    """OpenAI's model object; `base_model` (tunelab's addition) is the local model a name stands for."""
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by,
+            **({"base_model": base_model} if base_model else {})}
 
 
 def base_models(request: Request) -> dict[str, str]:
@@ -39,16 +41,16 @@ def resolve_base(request: Request, name: str, param: str = "model") -> str:
 def fine_tuned_models(request: Request, name: str | None = None) -> list[dict]:
     """This server's fine-tuned models (of succeeded jobs, not deleted), as model objects."""
     rows = request.app.state.store.execute(
-        "SELECT fine_tuned_model, finished_at FROM jobs WHERE status = 'succeeded' AND model_deleted = 0"
+        "SELECT fine_tuned_model, finished_at, base_model FROM jobs WHERE status = 'succeeded' AND model_deleted = 0"
         + (" AND fine_tuned_model = ?" if name else "") + " ORDER BY finished_at", (name,) if name else ())
-    return [model_object(row["fine_tuned_model"], row["finished_at"], "user") for row in rows]
+    return [model_object(row["fine_tuned_model"], row["finished_at"], "user", row["base_model"]) for row in rows]
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict:
     started = request.app.state.started
-    return {"object": "list", "data": [model_object(name, started, "tunelab") for name in base_models(request)]
-            + fine_tuned_models(request)}
+    return {"object": "list", "data": [model_object(name, started, "tunelab", spec if spec != name else None)
+                                       for name, spec in base_models(request).items()] + fine_tuned_models(request)}
 
 
 @router.get("/models/{model:path}")

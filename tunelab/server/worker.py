@@ -135,7 +135,7 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
         return bool(flags["cancel_requested"] or flags["pause_requested"])
 
     try:
-        train(config, resume=resume, should_stop=cancelled, job_id=job_id)
+        train(config, resume=resume, should_stop=cancelled, job_id=job_id, model_name=job["model"])
     except StorageError as error:  # a full or read-only disk: the job waits for space rather than failing
         if main:
             store.execute("UPDATE jobs SET status = 'paused', pause_requested = 1 WHERE id = ?", (job_id,))

@@ -127,13 +127,16 @@ def join_cluster(fsdp: bool = False) -> Cluster:
 
 
 def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
-          should_stop: Callable[[int], bool] | None = None, job_id: str | None = None) -> Path:
+          should_stop: Callable[[int], bool] | None = None, job_id: str | None = None,
+          model_name: str | None = None) -> Path:
     """Fine-tune as `config` says; returns the run directory (self-contained).
 
     `events` receives the progress and messages (of the first process only). `resume=True` continues the
     run in `config.out` from its last complete checkpoint. `should_stop(step)` is asked after every step;
     returning True cancels the run cleanly (its checkpoints stay resumable). `job_id`: the id of the job this
-    run is (a server's); a new `ftjob-…` by default.
+    run is (a server's); a new `ftjob-…` by default. `model_name`: what the job's creator called the base model
+    (a server's alias, e.g. gpt-4o-mini-2024-07-18), which the fine-tune's name starts with; the base's own
+    name by default.
     """
     started = time.time()
     check_method_available(config, training_device())
@@ -183,7 +186,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
     eval_every = config.eval_every or max(1, total_steps // 4)
-    job = run.job() if resume else _new_job(job_id, started, resolved.name, config, hyper, total_steps)
+    job = run.job() if resume else _new_job(job_id, started, model_name or resolved.name, resolved.name, config, hyper,
+                                            total_steps)
     if cluster.is_main and not resume:
         # Settings and tokenizer before the job record: a run that has a job.json can always be resumed,
         # wherever a crash stopped it.
@@ -245,7 +249,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
             return run.path
         _save_trained(model, config, run, whole, replace=resume)
         recorder.plot_loss_curve()
-        recorder.set_status("succeeded", fine_tuned_model=fine_tuned_model_name(resolved.name, config.suffix, job_id),
+        recorder.set_status("succeeded", fine_tuned_model=fine_tuned_model_name(job["model"], config.suffix, job_id),
                             trained_tokens=fit.tokens_seen)
         recorder.close()
         events.message(f"Done in {time.time() - started:.0f} s → {run.path}")
@@ -258,13 +262,15 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
 
 
-def _new_job(job_id, started, model_name, config: TrainConfig, hyper, total_steps) -> dict:
-    """A fine_tuning.job object, as OpenAI's API returns it."""
+def _new_job(job_id, started, model_name, base_model, config: TrainConfig, hyper, total_steps) -> dict:
+    """A fine_tuning.job object, as OpenAI's API returns it; `model` is the base as the job's creator named it,
+    `base_model` (tunelab's addition) the model it really is."""
     return {
         "object": "fine_tuning.job",
         "id": job_id,
         "created_at": int(started),
         "model": model_name,
+        "base_model": base_model,
         "status": "running",
         "training_file": _absolute(config.data),
         "validation_file": _absolute(config.validation),
