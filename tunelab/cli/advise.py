@@ -21,7 +21,8 @@ from tunelab.cli.common import examples, fail, out
 
 EXAMPLES = examples("tunelab advise",
                     "tunelab advise --data train.jsonl --answers answers.yaml",
-                    "tunelab advise --data train.jsonl --volume 5000 --eval runs/ftjob-abc123/eval/results.json --json")
+                    "tunelab advise --data train.jsonl --volume 5000 --json",
+                    "tunelab advise --data train.jsonl --eval runs/ftjob-abc123/eval/results.json")
 
 
 def advise(

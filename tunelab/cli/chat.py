@@ -49,8 +49,6 @@ def chat(
 ) -> None:
     """Chat with a fine-tuned run, any model, or an exported GGUF, using the chat template it was trained with;
     replies stream as they are made. Without a message: an interactive session (/help lists its commands)."""
-    from tunelab.models.precision import requested_dtype
-
     if model and model_option:
         message, model = model, model_option  # `chat --model RUN "message"`
     model = model or model_option
@@ -63,6 +61,8 @@ def chat(
         check_model(model)  # a mistyped run or model is said at once
     except ModelNotFound as error:
         fail(str(error))
+    from tunelab.models.precision import requested_dtype
+
     try:
         number_format = requested_dtype(dtype)
     except ValueError as error:

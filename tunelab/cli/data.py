@@ -175,9 +175,9 @@ def data_stats(
 
 
 @data_app.command("convert", short_help="CSV, Alpaca, ShareGPT → OpenAI chat JSONL.", epilog=examples(
-    "tunelab data convert raw.csv --out all.jsonl --system \"You are a support agent.\"",
-    "tunelab data convert pairs.csv --out all.jsonl --input-column question --output-column answer \\",
-    "    --metadata-column tags=category --encoding latin-1",
+    "tunelab data convert raw.csv --out all.jsonl --system \"You are an agent.\"",
+    "tunelab data convert pairs.csv --out all.jsonl --input-column question \\",
+    "  --output-column answer --metadata-column tags=category --encoding latin-1",
     "tunelab data convert alpaca.json --out all.jsonl --format alpaca"))
 def data_convert(
     source: Path = typer.Argument(..., metavar="SOURCE", help="CSV, JSONL or JSON list to convert."),

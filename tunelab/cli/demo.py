@@ -28,13 +28,7 @@ import typer
 from tunelab.cli.common import examples, fail
 from tunelab.cli.console import ConsoleEvents, console
 from tunelab.core.events import Events
-from tunelab.core.process import keep_freed_memory
-from tunelab.core.settings import TrainConfig
-from tunelab.data.validate import validate_file
-from tunelab.eval.run import EvalConfig, evaluate
-from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
 from tunelab.runs.rundir import RunDir
-from tunelab.train.local import train
 
 # Package data, so the demo runs from an installed package as well as from a checkout.
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "support"
@@ -59,6 +53,12 @@ def demo(
 
 def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     """Run the whole demo; returns the report's path."""
+    from tunelab.core.process import keep_freed_memory
+    from tunelab.core.settings import TrainConfig
+    from tunelab.eval.run import EvalConfig, evaluate
+    from tunelab.models.resolve import DEFAULT_MODEL, cache_dir, resolve_model
+    from tunelab.train.local import train
+
     started = time.monotonic()
     events = Events(ConsoleEvents())
     train_file, test_file, rubric = EXAMPLE_DIR / "train.jsonl", EXAMPLE_DIR / "test.jsonl", EXAMPLE_DIR / "rubric.yaml"
@@ -129,6 +129,8 @@ def _validate_example_data(train_file: Path, test_file: Path) -> int:
 
     The example data is ours, so any finding (even a warning) is a bug in it. Returns the training count.
     """
+    from tunelab.data.validate import validate_file
+
     counts = {}
     for path, validation in ((train_file, test_file), (test_file, None)):
         report = validate_file(path, validation)

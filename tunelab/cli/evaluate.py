@@ -17,7 +17,7 @@ from tunelab.cli.console import ConsoleEvents
 from tunelab.core.events import Events
 
 EXAMPLES = examples("tunelab eval runs/ftjob-abc123 --data data/test.jsonl",
-                    "tunelab eval runs/ftjob-abc123 --data data/test.jsonl --rubric rubric.yaml --json",
+                    "tunelab eval runs/ftjob-abc123 --data data/test.jsonl --rubric rubric.yaml",
                     "tunelab eval default --data data/test.jsonl --fewshot-from data/train.jsonl")
 
 SCORERS = "exact_match, rubric, rouge_l, chrf, semantic_similarity, json_valid, json_schema, tool_call, ended_turn, length"
@@ -49,11 +49,6 @@ def evaluate(
 ) -> None:
     """Compare base, few-shot base, fine-tuned and --compare models on held-out data with intervals and paired
     tests, check for forgetting, and write report.html + results.json."""
-    from tunelab.conversation.problems import DataError
-    from tunelab.eval.run import EvalConfig
-    from tunelab.eval.run import evaluate as run_evaluation
-    from tunelab.eval.systems import EndpointError
-
     if model and model_option and model != model_option:
         fail(f"{model} and --model {model_option}: give the run or model once", 2)
     model = model or model_option
@@ -67,6 +62,11 @@ def evaluate(
         check_model(model)  # a mistyped run or model is said at once, before the data is read
     except ModelNotFound as error:
         fail(str(error))
+    from tunelab.conversation.problems import DataError
+    from tunelab.eval.run import EvalConfig
+    from tunelab.eval.run import evaluate as run_evaluation
+    from tunelab.eval.systems import EndpointError
+
     config = EvalConfig(model=model, data=str(data), base=base, fewshot=fewshot,
                         fewshot_from=fewshot_from and str(fewshot_from),
                         scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,

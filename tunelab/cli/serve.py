@@ -21,7 +21,7 @@ from tunelab.core.events import Events
 
 EXAMPLES = examples("tunelab serve",
                     "tunelab serve --alias gpt-4o-mini-2024-07-18=default",
-                    "tunelab serve --host 0.0.0.0 --api-key \"$TUNELAB_API_KEY\" --data-dir /srv/tunelab")
+                    "tunelab serve --host 0.0.0.0 --api-key \"$KEY\" --data-dir /srv/tunelab")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
