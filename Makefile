@@ -1,29 +1,18 @@
 # make demo — set up .venv if needed, then run the main job on the embedded default model.
-# make test — set up .venv if needed, then run the whole test suite.
+# make test — set up .venv and the test-only tools if needed, then run the whole test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# One pytest worker per core: the suite's real processes (servers, workers, killed runs) wait on each other
+# as much as they compute.
+WORKERS ?= auto
 
-.PHONY: setup browser go demo test clean
+.PHONY: setup test-setup browser go demo test test-fast docs docs-serve clean
 
-setup: $(STAMP) browser go
-
-# Headless Chromium for the test that opens the evaluation report in a real browser (Debian's package;
-# installing it needs root, as on CI machines).
-browser:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
-	    { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
-	  echo "chromium is not installed and cannot be installed here (needs root and apt); the report's browser test will fail"
-
-# Go's text/template, for the test that renders an Ollama Modelfile's TEMPLATE as Ollama does (Debian's
-# golang-go; root, as on CI machines).
-go:
-	@command -v go >/dev/null || \
-	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
-	    { apt-get install -y -q golang-go >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q golang-go >/dev/null; }; }; } || \
-	  echo "go is not installed and cannot be installed here (needs root and apt); the Modelfile template test will fail"
+# What using tunelab needs, and nothing more.
+setup: $(STAMP)
 
 # Installing torch==2.13.0 first, by itself, makes pip take the CPU build these machines carry instead of
 # resolving a multi-GB CUDA build as a dependency of something else.
@@ -31,14 +20,43 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 	touch $(STAMP)
+
+# What only the tests (and the docs build) need: the dev extra, headless Chromium for the browser tests
+# and Go's text/template for the Modelfile test (Debian's packages; installing them needs root, as on CI).
+test-setup: $(DEV_STAMP) browser go
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(DEV_STAMP)
+
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "chromium is not installed and cannot be installed here (needs root and apt); the browser tests will fail"
+
+go:
+	@command -v go >/dev/null || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q golang-go >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q golang-go >/dev/null; }; }; } || \
+	  echo "go is not installed and cannot be installed here (needs root and apt); the Modelfile template test will fail"
 
 demo: setup
 	$(BIN)/tunelab demo
 
-test: setup
-	$(BIN)/python -m pytest -q -rs
+test: test-setup
+	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --durations=15
+
+test-fast: test-setup
+	$(BIN)/python -m pytest -q -rs -n $(WORKERS) -m "not slow and not reliability"
+
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+
+docs-serve: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

@@ -39,3 +39,30 @@ def test_an_import_against_the_layers_breaks_the_build(tmp_path, module, added_i
     result = lint_imports(copy)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and broken in result.stdout, result.stdout[-3000:]
+
+
+def layer_lists() -> dict[str, list[list[str]]]:
+    """The layers as the contract states them, and as the package docstring and the development docs list
+    them (each line's leading `name/` words, top to bottom)."""
+    import re
+    import tomllib
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    stated = [sorted(part.strip().removeprefix("tunelab.") for part in layer.split("|")) for layer in contract]
+
+    def listed(text: str) -> list[list[str]]:
+        rows = re.findall(r"^ *((?:[a-z]+/ *)+) {2,}", text, flags=re.M)
+        return [sorted(name.strip("/") for name in row.split()) for row in rows]
+
+    import tunelab
+
+    return {"pyproject.toml": stated, "tunelab/__init__.py": listed(tunelab.__doc__),
+            "docs/development.md": listed((ROOT / "docs" / "development.md").read_text())}
+
+
+def test_the_layer_lists_match_the_contract():
+    lists = layer_lists()
+    assert lists["tunelab/__init__.py"] == lists["pyproject.toml"], lists
+    assert lists["docs/development.md"] == lists["pyproject.toml"], lists
+    assert sorted(p.name for p in (ROOT / "tunelab").iterdir() if (p / "__init__.py").is_file()) == \
+        sorted(name for layer in lists["pyproject.toml"] for name in layer)

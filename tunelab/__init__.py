@@ -4,14 +4,14 @@ as the interface, open models trained locally.
 The package is layered; each layer imports only the layers below it (pyproject.toml states it as an
 import-linter contract, and the test run checks it):
 
-    cli/            the `tunelab` command: parse → call one library function → draw its events (rich)
-    server/         `tunelab serve`: OpenAI's API (FastAPI), its SQLite store, auth and limits
-    eval/ train/    evaluation (generate, score, report) | the training recipe (setup → fit → save)
-    data/           the data toolkit: validate a whole file, convert formats, count tokens, cost, split
-    models/         resolve a model spec, load it on a device in a dtype, generate replies
-    runs/           the run directory (the only code that knows its layout) and the job record it holds
-    conversation/   OpenAI's chat schema, the JSONL reader, chat templates, the renderer, Problem
-    core/           settings, events, atomic files, process-wide settings
+    cli/                          the `tunelab` command: one module per command group; parse → call one library function → draw its events
+    server/ remote/               `tunelab serve` (OpenAI's API, its SQLite store, the job worker and its supervisor) | jobs on a remote server, migration
+    eval/ train/ export/ advise/  evaluation | the training recipe | verified exports | the decision framework
+    data/                         the data toolkit: validate a whole file, convert formats, count tokens, cost, split
+    models/                       resolve a model spec (offline first), load it on a device in a dtype, generate replies, the environment report
+    runs/                         the run directory (the only code that knows its layout) and the job record
+    conversation/                 OpenAI's chat schema, the JSONL reader, chat templates, the renderer, Problem
+    core/                         settings (one typed model for flags, YAML and the API), events, atomic files, process settings
 
 Nothing outside cli/ prints or imports rich: library code reports through the events it is given
 (core/events.py), so the command line draws them, a run records them, and the server will store them.

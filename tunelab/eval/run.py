@@ -10,7 +10,7 @@
 3. score every system, then the statistics (stats.py): means with bootstrap intervals, every pair of systems
    compared on the same examples, per slice too;
 4. the forgetting check (forgetting.py) when base and fine-tuned are both local;
-5. write `results.json` (schema in docs/eval-results.md) and `report.html` (report.py).
+5. write `results.json` (schema in docs/reference/eval-results.md) and `report.html` (report.py).
 """
 
 from __future__ import annotations
