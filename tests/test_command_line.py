@@ -117,7 +117,7 @@ def test_usage_errors_exit_2_bad_input_1_and_a_bug_3(tmp_path):
     assert runner.invoke(app, ["train", "--no-such-flag"]).exit_code == 2
     assert runner.invoke(app, ["export", "run", "--format", "zip"]).exit_code == 2
     bad_setting = runner.invoke(app, ["train", "--data", "x.jsonl", "--lora-r", "0"])
-    assert bad_setting.exit_code == 1 and "--lora-r: must be a whole number" in bad_setting.stderr
+    assert bad_setting.exit_code == 1 and "--lora-r: must be a whole number ≥ 1 (got 0)" in bad_setting.stderr
     missing_config = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
     assert missing_config.exit_code == 1 and f"{tmp_path / 'nope.yaml'}" in missing_config.stderr
     missing_data = runner.invoke(app, ["advise", "--data", str(tmp_path / "nope.jsonl")], input="")

@@ -62,7 +62,7 @@ def test_migration_suggests_the_largest_permissive_preset_that_fits_the_device()
 
 
 @pytest.mark.parametrize("text, message", [
-    ("lora_r: sixteen\n", "lora_r: must be a whole number (got 'sixteen')"),
+    ("lora_r: sixteen\n", "lora_r: must be a whole number ≥ 1 (got 'sixteen')"),
     ("method: qdora\n", "method: must be one of lora, dora, qlora, full"),
     ("batch_size: 0\n", "batch_size: must be a whole number ≥ 1 or 'auto'"),
     ("validation_split: 1.5\n", "validation_split: must be a fraction"),
@@ -89,15 +89,18 @@ def test_every_setting_has_a_flag_and_every_flag_a_setting():
     import subprocess
     import sys
 
-    shown = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--help"], capture_output=True, text=True,
-                           env=dict(os.environ, COLUMNS="400"), timeout=120)
-    flags = set(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", shown.stdout))
+    from typer.testing import CliRunner
+
+    from tunelab.cli.app import app
+
+    shown = CliRunner().invoke(app, ["train", "--help"], terminal_width=400)
+    flags = set(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", shown.stdout)) - {"install-completion", "show-completion"}
     own = {"config", "preset", "resume", "quiet", "json", "help", "remote", "api-key"}
     negations = {f"no-{name}" for name in ("gradient-checkpointing", "fsdp")}
     assert flags - own - negations == {name.replace("_", "-") for name in TrainConfig.model_fields}
     for name in ("lora_dropout", "target_modules", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm"):
         assert name in TrainConfig.model_fields  # what users of other trainers expect to set
-    assert "[default: (linear)]" in shown.stdout and "[default: (16)]" in shown.stdout  # defaults from the model
+    assert "[default: linear]" in shown.stdout and "[default: 16]" in shown.stdout  # defaults from the model
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -118,7 +121,7 @@ def test_flags_given_as_text_are_typed_and_a_preset_error_names_the_preset(tmp_p
     assert (config.n_epochs, config.learning_rate_multiplier, config.batch_size) == (3, 0.5, "auto")
     path = tmp_path / "run.yaml"
     path.write_text("lora_r: '16'\n")  # a file's values must have their types: text is not a number
-    with pytest.raises(ValueError, match=r"lora_r: must be a whole number \(got '16'\)"):
+    with pytest.raises(ValueError, match=r"lora_r: must be a whole number ≥ 1 \(got '16'\)"):
         TrainConfig.from_yaml(path)
 
 

@@ -46,7 +46,7 @@ def _choice(values: tuple[str, ...]):
 
 Text = Annotated[str, Must("text")]
 OptionalText = Annotated[str | None, Must("text")]
-WholeNumber = Annotated[int, Field(ge=1), Must("a whole number")]
+WholeNumber = Annotated[int, Field(ge=1), Must("a whole number ≥ 1")]
 Count = Annotated[int, Field(ge=0), Must("a whole number ≥ 0")]
 AutoCount = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], Must("a whole number ≥ 1 or 'auto'")]
 AutoRate = Annotated[Annotated[float, Field(gt=0)] | Literal["auto"], Must("a number > 0 or 'auto'")]
