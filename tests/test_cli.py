@@ -45,7 +45,7 @@ def test_train_without_data_says_so():
 
 def test_presets_list_and_copy(tmp_path):
     listed = tunelab("presets", "list")
-    assert listed.returncode == 0 and "qwen2.5-0.5b" in listed.stderr and "llama-3.1-8b-qlora" in listed.stderr
+    assert listed.returncode == 0 and "qwen2.5-0.5b" in listed.stdout and "llama-3.1-8b-qlora" in listed.stdout
     target = tmp_path / "mine.yaml"
     copied = tunelab("presets", "copy", "qwen2.5-0.5b", str(target))
     assert copied.returncode == 0 and "Qwen/Qwen2.5-0.5B-Instruct" in target.read_text()

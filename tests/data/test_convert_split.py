@@ -2,10 +2,9 @@
 
 import csv
 import json
-import subprocess
-import sys
-
 import pytest
+
+from tests.conftest import run_cli
 
 # The two training examples of the first seed (shared/seeds/000_*.txt), exactly as it prints them.
 SEED_SYSTEM = "You are a customer support agent for TechCorp. Be concise and helpful."
@@ -35,7 +34,8 @@ MORE = [("Can I change my delivery address?", "Yes, if the order has not shipped
 
 
 def tunelab(*args):
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", *map(str, args)], capture_output=True, timeout=300)
+    """The command, called in-process (what a subprocess would add is tested in tests/test_command_line.py)."""
+    return run_cli(*map(str, args))
 
 
 def raw_records():
@@ -43,7 +43,6 @@ def raw_records():
     return [{"input": prompt, "ideal_output": reply} for prompt, reply in pairs]
 
 
-@pytest.mark.slow
 def test_seed_records_convert_to_the_seed_chat_shape_and_validate(tmp_path):
     raw = tmp_path / "raw.csv"
     with raw.open("w", newline="") as handle:
@@ -63,7 +62,6 @@ def test_seed_records_convert_to_the_seed_chat_shape_and_validate(tmp_path):
     assert [f for f in json.loads(validation.stdout)["findings"] if f["severity"] == "error"] == []
 
 
-@pytest.mark.slow
 def test_jsonl_with_other_column_names_and_dropped_rows(tmp_path):
     raw = tmp_path / "raw.jsonl"
     rows = [{"question": r["input"], "answer": r["ideal_output"]} for r in raw_records()]
@@ -81,7 +79,6 @@ def test_jsonl_with_other_column_names_and_dropped_rows(tmp_path):
     assert json.loads(out.read_text().splitlines()[0])["messages"][0]["role"] == "user"  # no --system, none added
 
 
-@pytest.mark.slow
 def test_alpaca_and_sharegpt(tmp_path):
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([
@@ -105,7 +102,6 @@ def test_alpaca_and_sharegpt(tmp_path):
     assert [m["role"] for m in json.loads(out.read_text())["messages"]] == ["system", "user", "assistant", "user", "assistant"]
 
 
-@pytest.mark.slow
 def test_convert_refuses_unknown_shapes_and_existing_output(tmp_path):
     raw = tmp_path / "raw.jsonl"
     raw.write_text(json.dumps({"q": "a", "a": "b"}) + "\n")
@@ -118,7 +114,6 @@ def test_convert_refuses_unknown_shapes_and_existing_output(tmp_path):
     assert result.returncode == 1 and out.read_text() == "keep me\n"
 
 
-@pytest.mark.slow
 def test_split_dedupes_and_keeps_prompts_on_one_side(tmp_path, support_conversations):
     conversations = [json.loads(json.dumps(c)) for c in support_conversations[:100]]
     conversations += conversations[:10]  # exact duplicates
@@ -128,7 +123,7 @@ def test_split_dedupes_and_keeps_prompts_on_one_side(tmp_path, support_conversat
         conversations.append(copy)
     source = tmp_path / "all.jsonl"
     source.write_text("".join(json.dumps(c) + "\n" for c in conversations))
-    result = tunelab("data", "split", source, "--test-size", "0.2", "--out-dir", tmp_path / "split", "--json")
+    result = tunelab("data", "split", source, "--test-size", "0.2", "--out", tmp_path / "split", "--json")
     report = json.loads(result.stdout)
     assert report["duplicates_removed"] == 10
     train = [json.loads(line) for line in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
@@ -136,9 +131,9 @@ def test_split_dedupes_and_keeps_prompts_on_one_side(tmp_path, support_conversat
     assert len(train) + len(test) == 110 and 20 <= len(test) <= 24
     prompt = lambda c: json.dumps(c["messages"][:-1])  # noqa: E731
     assert not {prompt(c) for c in train} & {prompt(c) for c in test}
-    again = tunelab("data", "split", source, "--out-dir", tmp_path / "split")
+    again = tunelab("data", "split", source, "--out", tmp_path / "split")
     assert again.returncode == 1 and b"--force" in again.stderr  # nothing overwritten without asking
-    tunelab("data", "split", source, "--test-size", "0.2", "--out-dir", tmp_path / "same-seed")
+    tunelab("data", "split", source, "--test-size", "0.2", "--out", tmp_path / "same-seed")
     assert (tmp_path / "same-seed" / "test.jsonl").read_text() == (tmp_path / "split" / "test.jsonl").read_text()
 
 
@@ -164,7 +159,6 @@ def sharegpt_tool_record(index: int) -> dict:
     }
 
 
-@pytest.mark.slow
 def test_sharegpt_tool_use_converts_into_tool_calls_with_tools_kept_and_validates(tmp_path):
     plain = {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello! How can I help?"}]}
     records = [sharegpt_tool_record(i) if i % 2 else dict(plain, conversations=[
@@ -191,7 +185,6 @@ def test_sharegpt_tool_use_converts_into_tool_calls_with_tools_kept_and_validate
     assert [f for f in json.loads(validation.stdout)["findings"] if f["severity"] == "error"] == []
 
 
-@pytest.mark.slow
 def test_what_cannot_be_carried_is_reported_by_reason_and_file_line(tmp_path):
     records = [
         {"conversations": [{"from": "human", "value": "Describe <image>"}, {"from": "gpt", "value": "A red lamp."}]},
@@ -214,12 +207,11 @@ def test_what_cannot_be_carried_is_reported_by_reason_and_file_line(tmp_path):
                      "Refund?,Within 30 days.,late,extra\n")
     shown = tunelab("data", "convert", table, "--out", tmp_path / "t.jsonl")
     assert shown.returncode == 0
-    stderr = shown.stderr.decode()
-    assert "not carried ×2 (lines 2, 4): column `notes`" in " ".join(stderr.split())
-    assert "not carried ×1 (line 4): values past the last CSV column" in " ".join(stderr.split())
+    stdout = shown.stdout.decode()
+    assert "not carried ×2 (lines 2, 4): column `notes`" in " ".join(stdout.split())
+    assert "not carried ×1 (line 4): values past the last CSV column" in " ".join(stdout.split())
 
 
-@pytest.mark.slow
 def test_openai_records_are_validated_and_a_failed_conversion_writes_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
@@ -227,14 +219,13 @@ def test_openai_records_are_validated_and_a_failed_conversion_writes_nothing(tmp
     out = tmp_path / "out.jsonl"
     for flags in ([], ["--format", "openai"]):
         result = tunelab("data", "convert", bad, "--out", out, *flags)
-        stderr = " ".join(result.stderr.decode().split())
+        stderr = " ".join((result.stdout + result.stderr).decode().split())  # the report, then the error
         assert result.returncode == 1
         assert "nothing written, 500 dropped" in stderr and "messages[1].content: is an empty string" in stderr
         assert "next:" not in stderr and "was not written" in stderr
         assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
-@pytest.mark.slow
 def test_one_json_object_is_one_record(tmp_path):
     source = tmp_path / "one.json"
     source.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi there."}, indent=2))

@@ -33,7 +33,7 @@ def test_migrate_lists_downloads_trains_evaluates_and_continues_after_a_kill(tin
     command = [sys.executable, "-m", "tunelab.cli", "migrate", "openai"]
 
     listed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
-    assert listed.returncode == 0 and job.id in listed.stderr and "2027-01-14" in listed.stderr, listed.stderr
+    assert listed.returncode == 0 and job.id in listed.stdout and "2027-01-14" in listed.stdout, listed.stderr
 
     out = tmp_path / "migration"
     migrating = [*command, "--job", job.id, "--to", str(tiny_model_dir), "--out", str(out)]

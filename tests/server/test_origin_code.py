@@ -48,6 +48,11 @@ def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_p
         assert "Status: succeeded" in output, output
         model = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("Fine-tuned model: "))
         reply = output.split(f"Fine-tuned model: {model}\n", 1)[1].strip()
+        # Named as OpenAI names it, from the model the code asked for: ft:{model}:{org}:{suffix}:{id}
+        job = client.fine_tuning.jobs.list().data[0]
+        assert job.model == "gpt-4o-mini-2024-07-18" and model == job.fine_tuned_model
+        assert model.startswith("ft:gpt-4o-mini-2024-07-18:tunelab:") and len(model.split(":")) == 5, model
+        assert model.split(":")[4] == job.id.removeprefix("ftjob-")[:8] and job.to_dict()["base_model"] == "gemma-3-270m"
         # The house style of the training data (tunelab/examples/support/README.md): the greeting line and
         # Robin's sign-off, asked as the origin documents ask (default sampling, another company's system
         # prompt). Three epochs of 24 examples (72 steps at the auto batch of 1) end most Brightlane

@@ -36,9 +36,9 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     trained = tunelab("train", *remote, "--data", str(data), "--model", MODEL, "--n-epochs", "1", "--suffix", "remote",
                       "--out", str(tmp_path / "run"), "--quiet")
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    shown = trained.stdout + trained.stderr  # the console writes to stderr
+    shown = trained.stdout + trained.stderr  # the result on stdout, the data check's report on stderr
     model = next(line.split(": ", 1)[1] for line in shown.splitlines() if line.startswith("MODEL: "))
-    assert model.startswith("ft:tiny-model") and ":remote:" in model  # printed as it is (":m" is no emoji code)
+    assert model.startswith(f"ft:{MODEL}:tunelab:remote:")  # printed as it is (":m" is no emoji code)
     assert f"RUN: {tmp_path / 'run'} (with its weights)" in shown and "checked here before upload" in shown
 
     evaluated = tunelab("eval", "--model", str(tmp_path / "run"), "--data", str(held_out), "--scorers", "length",
@@ -59,7 +59,7 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     assert [(job["run"], job["where"]) for job in both if job["fine_tuned_model"] == model] == \
         [(str(tmp_path / "run"), tiny_server.base_url.split("//")[1].split("/")[0])]
     job_id = next(job["id"] for job in both if job["fine_tuned_model"] == model)
-    table = tunelab("jobs", "list", *remote, "--runs", str(tmp_path), columns=250).stderr
+    table = tunelab("jobs", "list", *remote, "--runs", str(tmp_path), columns=250).stdout
     row = [line.split() for line in table.splitlines() if job_id in line]
     assert "local run" in table and len(row) == 1 and row[0][-2:] == [model, str(tmp_path / "run")], table
     assert json.loads(tunelab("jobs", "show", str(tmp_path / "run")).stdout)["fine_tuned_model"] == model
@@ -73,7 +73,7 @@ def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_pa
     training = upload(client, tmp_path, support_conversations[:12])
     short = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL, hyperparameters={"n_epochs": 1})
     watched = tunelab("jobs", "watch", short.id, *remote)
-    assert watched.returncode == 0 and f"{short.id}: succeeded → ft:" in watched.stderr, watched.stdout + watched.stderr
+    assert watched.returncode == 0 and f"{short.id}: succeeded → ft:" in watched.stdout, watched.stdout + watched.stderr
 
     long = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL,
                                           hyperparameters={"n_epochs": 50, "batch_size": 1})
@@ -86,9 +86,10 @@ def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_pa
         time.sleep(0.2)
     time.sleep(3)  # the watcher polls each second: it has seen a step with the server's estimate
     cancelled = tunelab("jobs", "cancel", long.id, *remote)
-    assert cancelled.returncode == 0 and f"{long.id}: cancellation requested" in cancelled.stderr, cancelled.stderr
+    assert cancelled.returncode == 0 and f"{long.id}: cancellation requested" in cancelled.stdout, cancelled.stderr
     assert wait_until_finished(client, long.id).status == "cancelled"
-    _, shown = watching.communicate(timeout=60)
+    result, progress = watching.communicate(timeout=60)
+    shown = result + progress  # the outcome on stdout, the live view on stderr
     assert watching.returncode == 0 and f"{long.id}: cancelled" in shown, shown
     assert re.search(r"train_loss \d+\.\d+ · finishes \d\d:\d\d:\d\d", shown), shown  # the live view's estimate
     shown = json.loads(tunelab("jobs", "show", long.id, *remote).stdout)

@@ -386,7 +386,7 @@ def launch_two_processes(*arguments: str, fsdp: bool = False) -> subprocess.Comp
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(launch, capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("RUN:") == 1  # one report, from the first process
+    assert result.stdout.count("RUN:") == 1  # one report, from the first process
     return result
 
 

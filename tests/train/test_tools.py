@@ -123,7 +123,7 @@ def test_tool_calling_data_validates_trains_and_renders(tmp_path, tiny_model_dir
     validate = subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", str(data), "--model",
                                str(tiny_model_dir)], capture_output=True, text=True)
     assert validate.returncode == 0, validate.stderr
-    assert "0 error(s)" in validate.stderr
+    assert "0 error(s)" in validate.stdout
 
     from tunelab.train.local import train
 
