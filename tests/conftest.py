@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist each worker (and each process it starts) computes on one thread: workers side by side
+# with PyTorch's default of a thread per core oversubscribe the cores, and OpenMP's spinning threads then
+# wait on each other far longer than the work takes. Set before anything imports torch, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 SYSTEM = "You are the customer support assistant for Brightlane Home, an online home goods store."
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
