@@ -14,6 +14,11 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
+def pytest_collection_modifyitems(items):
+    """The longest tests first: with workers side by side, one started last would run on alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 SYSTEM = "You are the customer support assistant for Brightlane Home, an online home goods store."
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "tunelab" / "examples" / "support"
