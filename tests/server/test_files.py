@@ -9,7 +9,7 @@ import pytest
 
 from tests.server.conftest import API_KEY
 
-pytestmark = pytest.mark.slow  # a server process
+# A server process (started once for the module): the fast tier's HTTP route tests.
 
 
 @pytest.fixture()

@@ -13,7 +13,8 @@ from tunelab.runs.archive import unpack_run
 
 from tests.server.conftest import API_KEY, Server, upload
 
-pytestmark = pytest.mark.slow  # a server process and a worker that trains
+# A server process and a worker that trains the tiny model: the first four tests are the fast tier's HTTP route
+# tests (seconds each); the others kill, pause or run jobs side by side.
 
 
 def wait_until_finished(client, job_id, timeout=300):
@@ -96,6 +97,7 @@ def test_bad_jobs_are_refused_or_fail_as_openai_says(tiny_client, recorder, tmp_
     recorder.check_all()
 
 
+@pytest.mark.slow
 def test_a_running_job_is_cancelled_within_seconds(tiny_client, recorder, tmp_path, support_conversations):
     client = tiny_client
     training = upload(client, tmp_path, support_conversations[:40])
@@ -149,6 +151,7 @@ def test_the_fine_tuned_model_answers_streams_and_can_be_deleted(tiny_client, re
     recorder.check_all()
 
 
+@pytest.mark.slow
 def test_a_paused_job_stops_and_resumes_to_the_end(tiny_client, recorder, tmp_path, support_conversations):
     client = tiny_client
     training = upload(client, tmp_path, support_conversations[:24])
@@ -200,6 +203,7 @@ def test_checkpoints_are_listed_and_answer_as_models(tiny_client, recorder, tmp_
     recorder.check_all()
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_job_resumes_it_to_the_same_weights(tmp_path, tiny_model_dir, support_conversations):
     import signal
 
@@ -243,6 +247,7 @@ def test_a_server_killed_mid_job_resumes_it_to_the_same_weights(tmp_path, tiny_m
     assert "Resumed from checkpoint at step 20" in events or "Resumed from checkpoint at step 40" in events
 
 
+@pytest.mark.slow
 def test_jobs_run_side_by_side_each_under_the_launcher(tmp_path, tiny_model_dir, support_conversations):
     """`--max-jobs 2` trains two jobs at once; `--launcher` starts each under accelerate, in two processes."""
     import sys
