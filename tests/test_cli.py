@@ -6,13 +6,16 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # every test here starts subprocesses
+from tests.conftest import run_cli
 
 COMMANDS = ["train", "eval", "chat", "serve", "demo", "data", "presets"]
 
 
 def tunelab(*args):
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", *args], capture_output=True, text=True, timeout=120)
+    """The command in-process, its output as text (the one test that needs a real process starts its own)."""
+    result = run_cli(*args)
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
 
 
 def test_top_level_help_lists_every_command():
@@ -71,6 +74,7 @@ def test_data_render_marks_exactly_the_assistant_replies(tmp_path, tiny_model_di
     assert missing.returncode == 1 and f"{data}:7: no conversation on that line" in missing.stderr
 
 
+@pytest.mark.slow
 def test_serve_refuses_to_listen_beyond_loopback_without_a_key(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tunelab.cli", "serve", "--host", "0.0.0.0", "--data-dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=120,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from tests.conftest import run_cli
 
 GOOD = {"messages": [{"role": "user", "content": "Where is my order?"},
                      {"role": "assistant", "content": "It ships within 2 business days."}]}
@@ -245,8 +245,8 @@ def test_hostile_input_gets_one_clear_error_and_changes_nothing(case, tmp_path, 
     values = {name: str(fills[name]()) for name in case.needs}
     arguments = [argument.format(**values) if "{" in argument else argument for argument in case.arguments]
     before = snapshot(work)
-    result = subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], cwd=work, capture_output=True,
-                            text=True, timeout=300, env=dict(os.environ, COLUMNS="400"))
+    result = run_cli(*arguments, cwd=work)  # in-process: a subprocess adds nothing these cases test
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output[-3000:]
     assert result.returncode == case.exit_code, output[-3000:]

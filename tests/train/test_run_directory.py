@@ -4,20 +4,21 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
+from tests.conftest import run_cli
 from tunelab.core.settings import TrainConfig
 from tunelab.train.local import train
 
 
 def tunelab(*arguments, cwd):
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", *map(str, arguments)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    """The command in-process, from `cwd`, its output as text."""
+    result = run_cli(*map(str, arguments), cwd=cwd)
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
 
 
 @pytest.mark.slow
