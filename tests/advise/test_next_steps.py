@@ -38,22 +38,22 @@ def test_nothing_known_is_not_a_fine_tune():
     assert all(r["finding"].startswith("not known yet") for r in advice["reasons"])
 
 
-def test_a_volume_below_the_break_even_is_a_reason_against():
+def test_a_volume_below_the_break_even_is_a_reason_against(tmp_path):
     advice = advise("--data", str(EXAMPLES / "train.jsonl"), "--volume", "300")
     assert advice["recommendation"] == "prompt_first"
     against = next(r for r in advice["reasons"] if r["step"] == "high-volume narrow use")
     assert against["finding"].startswith("against: at 300 calls a day")
     # with the framework answered and saving money the goal, the volume still decides
     answers = {**READY.__dict__, "goal": "efficiency_at_scale"}
-    assert advise_with(answers, "--data", str(EXAMPLES / "train.jsonl"), "--volume", "300")["recommendation"] == "prompt_first"
+    assert advise_with(tmp_path, answers, "--data", str(EXAMPLES / "train.jsonl"), "--volume", "300")["recommendation"] \
+        == "prompt_first"
 
 
-def advise_with(answers: dict, *arguments: str) -> dict:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
-        yaml.safe_dump(answers, file)
-    return advise(*arguments, "--answers", file.name)
+def advise_with(folder, answers: dict, *arguments: str) -> dict:
+    """The advice with these answers, written to a YAML file in `folder`."""
+    path = folder / f"answers-{len(list(folder.glob('answers-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(answers))
+    return advise(*arguments, "--answers", str(path))
 
 
 @pytest.mark.slow
@@ -68,11 +68,12 @@ def test_every_next_step_the_advisor_prints_runs(tmp_path, monkeypatch, tiny_mod
     broken.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n" + open(data).read())
     (tmp_path / "conflicting").mkdir()
     scenarios = {
-        "fine_tune": advise_with(READY.__dict__, "--data", data, *model),
+        "fine_tune": advise_with(tmp_path, READY.__dict__, "--data", data, *model),
         "prompt_first (unknown)": advise("--data", data, *model),
-        "prompt_first (not optimised)": advise_with({**READY.__dict__, "optimized_prompt": "no"}, "--data", data, *model),
-        "prompt_first (volume)": advise_with({**READY.__dict__, "goal": "efficiency_at_scale"}, "--data", data,
-                                             "--volume", "10", *model),
+        "prompt_first (not optimised)": advise_with(tmp_path, {**READY.__dict__, "optimized_prompt": "no"}, "--data",
+                                                    data, *model),
+        "prompt_first (volume)": advise_with(tmp_path, {**READY.__dict__, "goal": "efficiency_at_scale"}, "--data",
+                                             data, "--volume", "10", *model),
         "improve_data (errors)": advise("--data", str(broken), *model),
         "improve_data (conflicts)": advise("--data", write(tmp_path / "conflicting", conflicting), *model),
         "nothing known": advise(),
