@@ -4,7 +4,8 @@
    (`examples/support/advise.yaml`) and its volume;
 1. validate tunelab/examples/support/train.jsonl and test.jsonl with `tunelab data validate` (format, quality, and
    no held-out prompt in the training set);
-2. fine-tune the default model (Gemma 3 270M) with LoRA on the training set;
+2. fine-tune the default model (Gemma 3 270M) with LoRA on the training set (a tenth of it held out for the
+   validation loss; the test set is for step 3 alone);
 3. evaluate on the held-out set: the base model, the base model prompted with 3 training examples, and the
    fine-tune, scored with the house-style rubric and reference similarity, with intervals and paired tests,
    and the forgetting check on general text and probes;
@@ -86,7 +87,9 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     settings = dict(DEMO_SETTINGS, **({"n_epochs": n_epochs} if n_epochs else {}))
     train_started = time.monotonic()
     keep_freed_memory()  # training re-allocates its activations every step; reusing them beats fresh pages
-    run_dir = train(TrainConfig(data=str(train_file), validation=str(test_file), out=str(out), suffix="support",
+    # Validation loss from a tenth of the training set, as the docs advise: the held-out test set is for the
+    # evaluation alone, never seen while training.
+    run_dir = train(TrainConfig(data=str(train_file), validation_split=0.1, out=str(out), suffix="support",
                                 **settings), events)
     train_seconds = time.monotonic() - train_started
     load_seconds = next(e["data"]["model_load_seconds"] for e in RunDir(run_dir).events()
@@ -101,7 +104,8 @@ def run_demo(out: Path, n_epochs: int | None = None) -> Path:
     results = json.loads((eval_dir / "results.json").read_text())
     console.rule("summary")
     print(
-        f"Fine-tuned Gemma 3 270M with LoRA on {train_examples} support conversations in {train_seconds:.0f} s "
+        f"Fine-tuned Gemma 3 270M with LoRA on {train_examples} support conversations (a tenth held out for the "
+        f"validation loss) in {train_seconds:.0f} s "
         f"(model load {load_seconds:.1f} s, "
         + ("from the cached conversion). " if was_cached else f"after a first conversion of {conversion_seconds:.0f} s). ")
         + results["verdict"]
