@@ -249,8 +249,7 @@ class NextSteps:
         self.answer = (f"{self.advise} --answers answers.yaml  # tried_best_model, optimized_prompt, rag_would_solve, "
                        "high_volume_narrow: yes or no; goal: one of " + ", ".join(GOOD_GOALS))
         split = f"tunelab data split {self.data} --out data/"
-        model_argument = model
-        self.measure_prompting = [split, f"tunelab eval {model_argument} --data data/test.jsonl "
+        self.measure_prompting = [split, f"tunelab eval {model} --data data/test.jsonl "
                                          f"--fewshot-from data/train.jsonl  # the base model, alone and 3-shot"]
         self.fine_tune = [split, f"tunelab train --data data/train.jsonl --validation-split 0.1{self.model} "
                                  "--out runs/first-fine-tune",

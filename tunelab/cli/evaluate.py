@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 import typer
 
-from tunelab.cli.common import examples, fail, say
+from tunelab.cli.common import examples, fail, first_line, say
 from tunelab.cli.console import ConsoleEvents
 from tunelab.core.events import Events
 
@@ -78,8 +78,6 @@ def evaluate(
     except (DataError, FileNotFoundError, ValueError, EndpointError) as error:
         fail(str(error))
     except OSError as error:
-        from tunelab.cli.common import first_line
-
         fail(f"{error.filename or model}: {error.strerror or first_line(error)}")
     results_text = (out_dir / "results.json").read_text()
     if as_json:

@@ -24,17 +24,7 @@ EXAMPLES = examples("tunelab export runs/ftjob-abc123",
 # The command line's one spelling of number formats (as train, eval and chat); GGUF's own names are the
 # export library's, and appear in the files it writes (model-f16.gguf).
 DTYPE_NAMES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "q8_0": "q8_0", "q4_k_m": "q4_k_m"}
-LEGACY_NAMES = {"f32": "f32", "f16": "f16"}  # accepted as before, not shown
-
-
-def _library_dtype(value: Optional[str]) -> Optional[str]:
-    if value is None:
-        return None
-    if value.lower() in DTYPE_NAMES:
-        return DTYPE_NAMES[value.lower()]
-    if value.lower() in LEGACY_NAMES:
-        return LEGACY_NAMES[value.lower()]
-    raise typer.BadParameter(f"{value!r} is not one of {', '.join(DTYPE_NAMES)}")
+ACCEPTED_NAMES = {**DTYPE_NAMES, "f32": "f32", "f16": "f16"}  # GGUF's own names, accepted as before, not shown
 
 
 def export(
@@ -54,10 +44,9 @@ def export(
     from tunelab.export.run import ExportConfig, ExportFailed
     from tunelab.export.run import export as run_export
 
-    try:
-        number_format = _library_dtype(dtype)
-    except typer.BadParameter as error:
-        fail(f"--dtype: {error}", 2)
+    number_format = ACCEPTED_NAMES.get(dtype.lower()) if dtype else None
+    if dtype and number_format is None:
+        fail(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_NAMES)}", 2)
     config = ExportConfig(str(run), format, number_format, out_path and str(out_path), prompts and str(prompts),
                           verify_prompts, force)
     try:

@@ -27,6 +27,7 @@ conversation converted.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -88,8 +89,12 @@ def read_records(path: Path, encoding: str = "utf-8"):
     A JSONL line that does not parse gives (line, None). A JSON document that does not parse, or a CSV or
     JSON file that is not text in `encoding`, raises ConversionError naming the line.
     """
+    try:
+        codec = codecs.lookup(encoding).name  # an unknown name is said before the file is read
+    except LookupError:
+        raise ConversionError(f"--encoding {encoding!r}: not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
+    codec = "utf-8-sig" if codec == "utf-8" else codec  # a UTF-8 file may open with a byte-order mark
     raw = path.read_bytes()
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(_decoded(path, raw, codec), newline=""), restkey="\ue000extra")
         for row in reader:
@@ -124,8 +129,6 @@ def _decoded(path: Path, raw: bytes, codec: str) -> str:
         raise ConversionError(f"{path}:{line}: byte 0x{raw[error.start]:02x} (byte {error.start:,} of the file, "
                               f"column {column}) is not {name} text; pass the file's encoding, e.g. "
                               "--encoding latin-1 or --encoding cp1252") from None
-    except LookupError:
-        raise ConversionError(f"--encoding {codec!r}: not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
 
 
 def _is_one_document(path: Path, text: str) -> bool:

@@ -49,11 +49,12 @@ def environment() -> dict:
                          "capability": f"{properties.major}.{properties.minor}",
                          "bf16": properties.major >= 8})  # Ampere and later compute bf16 natively
     models = cached_models()
+    name, flags = _cpu_name_and_flags()
     return {
         "tunelab": __version__, "python": platform.python_version(), "platform": platform.platform(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "cpu": {"name": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                "bf16": cpu_has_bf16(), "isa": [flag for flag in ISA_FLAGS if flag in _cpu_flags()],
+        "cpu": {"name": name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "bf16": cpu_has_bf16(), "isa": [flag for flag in ISA_FLAGS if flag in flags],
                 "torch_capability": torch.backends.cpu.get_cpu_capability()},
         "device": best_device(), "gpus": gpus, "cuda": torch.version.cuda,
         "cache": {"path": str(cache_dir()), "models": [asdict(m) for m in models],
@@ -95,18 +96,14 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_flags() -> set[str]:
+def _cpu_name_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags, from /proc/cpuinfo (Linux); the platform's name elsewhere."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return set()
-    line = next((l for l in text.splitlines() if l.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
+        lines = []
 
+    def field(*keys: str) -> str | None:
+        return next((l.partition(":")[2].strip() for l in lines if l.startswith(keys)), None)
 
-def _cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return next(l.partition(":")[2].strip() for l in text.splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return field("model name") or platform.processor() or platform.machine(), set((field("flags", "Features") or "").split())
