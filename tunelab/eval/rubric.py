@@ -116,8 +116,8 @@ def _check_patterns(check: RubricCheck, where: str) -> None:
         raise ValueError(f"{where}: strip: must be a list of patterns")
     patterns.update({f"strip[{i}]": pattern for i, pattern in enumerate(check.strip)})
     for field_name, pattern in patterns.items():
-        if pattern is None:
-            continue
+        if pattern is None and field_name in ("when_prompt_matches", "unless_prompt_matches"):
+            continue  # optional; the check's own pattern (`regex: null`) is not
         if not isinstance(pattern, str):
             raise ValueError(f"{where}: {field_name}: must be a regular expression (text), got {pattern!r}")
         try:
