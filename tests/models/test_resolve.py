@@ -95,3 +95,26 @@ def test_a_missing_path_or_unfinished_run_fails_at_once_naming_it(monkeypatch, t
         resolve_model("runs/killed")
     with pytest.raises(ModelNotFound, match="no such run"):
         resolve_model("./typo")
+
+
+def test_a_tokenizer_is_loaded_once_until_its_files_or_template_change(tmp_path, tiny_model_dir):
+    import os
+    import shutil
+
+    from tunelab.models.resolve import load_tokenizer
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    first = load_tokenizer(str(folder))
+    assert load_tokenizer(str(folder)) is first
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    own = load_tokenizer(str(folder), str(template))
+    assert own is not first and own.chat_template == template.read_text()
+    assert first.chat_template != own.chat_template  # the shared one was not changed by the other load
+    template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    os.utime(template, ns=(time.time_ns() + 10**9,) * 2)
+    assert load_tokenizer(str(folder), str(template)).chat_template == template.read_text()
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text())
+    os.utime(config, ns=(time.time_ns() + 10**9,) * 2)
+    assert load_tokenizer(str(folder)) is not first  # an edited tokenizer folder is read again

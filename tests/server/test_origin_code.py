@@ -8,6 +8,7 @@ and asks its checkpoints, through the same official client.
 """
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -56,8 +57,9 @@ def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_p
         # The house style of the training data (tunelab/examples/support/README.md): the greeting line and
         # Robin's sign-off, asked as the origin documents ask (default sampling, another company's system
         # prompt). Three epochs of 24 examples (72 steps at the auto batch of 1) end most Brightlane
-        # replies at the sign-off; under another company's system prompt the reply may still run on.
-        assert reply.startswith("Hi ") and "— Robin" in reply, reply
+        # replies at the sign-off; under another company's system prompt the reply may still run on. The reply
+        # is sampled, so the sign-off's dash may come out as ASCII ("-- Robin"): the style is the sign-off.
+        assert reply.startswith("Hi ") and re.search(r"(—|–|--?) ?Robin", reply), reply
         base = client.chat.completions.create(model="gpt-4o-mini-2024-07-18", temperature=0, max_tokens=24,
                                               messages=[{"role": "user", "content": "My invoice shows the wrong address."}])
         assert not base.choices[0].message.content.startswith("Hi ") and "— Robin" not in base.choices[0].message.content

@@ -21,7 +21,9 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -258,13 +260,53 @@ def _write_template_note(directory: Path, template: str) -> None:
     write_text_atomically(directory / TEMPLATE_NOTE, json.dumps({"chat_template": template}) + "\n")
 
 
+# Building a tokenizer from a 262k-entry tokenizer.json takes about 3 s on two cores (transformers parses the
+# file in Python), and one process often needs the same one again: the server checking uploads and serving
+# several fine-tunes of one base, an evaluation's systems, the advisor and the data checks. A loaded tokenizer
+# is kept per folder, chat template and file dates, and shared: nothing changes a tokenizer after loading it.
+_TOKENIZERS: OrderedDict[tuple, object] = OrderedDict()
+_TOKENIZERS_KEPT = 2
+_TOKENIZERS_LOCK = threading.Lock()
+
+
 def load_tokenizer(path: str, chat_template: str | None = None):
-    """Load a tokenizer that can render chat and pad batches.
+    """Load a tokenizer that can render chat and pad batches (shared with earlier loads of the same files).
 
     `chat_template`: a Jinja file to use instead of the model's own. Without one, the model must have a
     template (a GGUF we converted gets Gemma's when its vocabulary is Gemma's); otherwise
     MissingChatTemplate says to pass one.
     """
+    key = _tokenizer_key(path, chat_template)
+    with _TOKENIZERS_LOCK:
+        if key is not None and key in _TOKENIZERS:
+            _TOKENIZERS.move_to_end(key)
+            return _TOKENIZERS[key]
+    tokenizer = _build_tokenizer(path, chat_template)
+    if key is not None:
+        with _TOKENIZERS_LOCK:
+            _TOKENIZERS[key] = tokenizer
+            while len(_TOKENIZERS) > _TOKENIZERS_KEPT:
+                _TOKENIZERS.popitem(last=False)
+    return tokenizer
+
+
+def _tokenizer_key(path: str, chat_template: str | None) -> tuple | None:
+    """What a loaded tokenizer depends on: its folder's files (names, sizes, dates) and the template file's.
+    None for what is not a local folder (nothing to compare a later load against)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                         if f.is_file() and f.suffix != ".safetensors"))
+    template = None
+    if chat_template:
+        template_file = Path(chat_template)
+        template = (str(template_file.resolve()), template_file.stat().st_mtime_ns) if template_file.is_file() \
+            else chat_template
+    return str(folder.resolve()), files, template
+
+
+def _build_tokenizer(path: str, chat_template: str | None):
     import json
 
     from transformers import AutoTokenizer
