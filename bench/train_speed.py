@@ -1,24 +1,27 @@
 """tunelab's trainer against TRL's SFTTrainer: the same LoRA, data and model, on this machine.
 
     .venv/bin/python bench/train_speed.py [--runs 1] [--data tunelab/examples/support/train.jsonl]
+                                          [--model default] [--device auto|cpu|cuda]
 
 Needs TRL (`pip install -e '.[bench]'`). Each arm runs in its own process (so peak memory is its own), all
 with LoRA r=16, alpha 32, every linear layer, batch size 8, one epoch, lr 2e-4 with 10% warmup, loss on
-assistant tokens only, in the same compute format (bf16 where the CPU has bf16 units, else fp32):
+assistant tokens only, on the same device (a GPU when there is one) and in the same compute format (bf16
+where the device has bf16 units; else fp32 on a CPU, fp16 on a GPU):
 1. `trl`: TRL's `SFTTrainer` as its users configure it, TRL's defaults (gradient checkpointing on);
 2. `trl-tuned`: TRL as an expert would tune it for this small model: gradient checkpointing off and
    length-grouped batches (`train_sampling_strategy="group_by_length"`), so little padding. Packing and padding-free batches are not
    used: on a CPU the attention is PyTorch's SDPA, which would let packed examples attend to each other
    (TRL's padding-free path is correct with FlashAttention only, a CUDA kernel);
 3. `tunelab`: `tunelab train` with the same settings (`--dtype auto`);
-4. `tunelab-fp32`, on CPUs with bf16 units only: the same in fp32, so the bf16 gain is a measured ratio.
+4. `tunelab-fp32`, on devices with bf16 units only: the same in fp32, so the bf16 gain is a measured ratio.
 
 Speed is tokens (prompt and reply, no padding) per second of the training loop, model loading excluded.
 Loss is compared two ways: the mean training loss over the epoch as each trainer logged it, and the
 loss of each final model over the whole training set measured by one evaluator (the fair comparison:
-the trainers visit batches in different orders). Each arm's line says its dtype. The closing lines are
-`speedup_vs_trl`, `speedup_vs_trl_tuned` and, on bf16 CPUs, `bf16_vs_fp32` (medians of the runs so far,
-printed after every run).
+the trainers visit batches in different orders). Each arm's line says its dtype and its peak memory: the
+process's resident memory on a CPU, the GPU memory allocated and reserved at the peak on a GPU. The closing
+lines are `speedup_vs_trl`, `speedup_vs_trl_tuned` and, where bf16 is native, `bf16_vs_fp32` (medians of the
+runs so far, printed after every run).
 """
 
 from __future__ import annotations
@@ -41,13 +44,20 @@ LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 BATCH_SIZE, LEARNING_RATE, SEED = 8, 2e-4, 42
 
 
-def cpu_has_bf16() -> bool:
+def chosen_device(name: str = "auto") -> str:
     import torch
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def final_training_loss(model, tokenizer, conversations) -> float:
+def compute_dtype(device: str):
+    """What `--dtype auto` takes on `device`: every arm computes in it."""
+    from tunelab.models.precision import resolve_dtype
+
+    return resolve_dtype("auto", device)
+
+
+def final_training_loss(model, tokenizer, conversations, device: str) -> float:
     """Mean loss per assistant token of a trained model over the training set (one evaluator for all)."""
     import torch
 
@@ -57,17 +67,18 @@ def final_training_loss(model, tokenizer, conversations) -> float:
 
     examples = [render_conversation(tokenizer, c["messages"], max_length=1024) for c in conversations]
     examples.sort(key=lambda e: len(e.input_ids))
-    loss = TrainedTokenLoss(model.eval())
+    loss = TrainedTokenLoss(model.to(device).eval())
+    dtype = compute_dtype(device)
     total, count = 0.0, 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_bf16()):
+    with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
         for start in range(0, len(examples), BATCH_SIZE):
-            input_ids, attention, labels = collate(examples[start:start + BATCH_SIZE], tokenizer.pad_token_id, "cpu")
+            input_ids, attention, labels = collate(examples[start:start + BATCH_SIZE], tokenizer.pad_token_id, device)
             loss_sum, _correct, trained = loss(input_ids, attention, labels)
             total, count = total + loss_sum.item(), count + trained
     return total / count
 
 
-def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
+def run_trl(data: Path, model_dir: str, device: str, tuned: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -76,10 +87,12 @@ def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.conversation.reader import read_conversations
+    from tunelab.models.precision import dtype_name
 
     conversations = read_conversations(str(data))
     rows = [{"messages": [{"role": m["role"], "content": m["content"]} for m in c["messages"]]} for c in conversations]
-    bf16 = cpu_has_bf16()
+    dtype = compute_dtype(device)
+    bf16, fp16 = dtype == torch.bfloat16, dtype == torch.float16
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # The official Gemma 3 template with TRL's `{% generation %}` markers, as a TRL user would point to it.
     training_template = Path(trl.__file__).parent / "chat_templates" / "gemma3_training.jinja"
@@ -89,8 +102,9 @@ def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
         tuning = dict(gradient_checkpointing=False, train_sampling_strategy="group_by_length") if tuned else {}
         args = SFTConfig(output_dir=out, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=1,
                          learning_rate=LEARNING_RATE, lr_scheduler_type="linear", warmup_steps=max(1, steps // 10),
-                         assistant_only_loss=True, chat_template_path=str(training_template), bf16=bf16, max_length=1024, logging_steps=1,
-                         save_strategy="no", report_to=[], seed=SEED, use_cpu=True, dataloader_num_workers=0,
+                         assistant_only_loss=True, chat_template_path=str(training_template), bf16=bf16, fp16=fp16,
+                         max_length=1024, logging_steps=1, save_strategy="no", report_to=[], seed=SEED,
+                         use_cpu=device == "cpu", dataloader_num_workers=0,
                          **tuning)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
@@ -101,12 +115,12 @@ def run_trl(data: Path, model_dir: str, tuned: bool = False) -> dict:
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         trained_model = trainer.model
         trained_model.config.use_cache = False
-    return {"tokens": tokens, "seconds": seconds, "logged_losses": losses, "dtype": "bf16" if bf16 else "fp32",
+    return {"tokens": tokens, "seconds": seconds, "logged_losses": losses, "dtype": dtype_name(dtype),
             "gradient_checkpointing": args.gradient_checkpointing,
-            "final_loss": final_training_loss(trained_model, tokenizer, conversations)}
+            "final_loss": final_training_loss(trained_model, tokenizer, conversations, device)}
 
 
-def run_tunelab(data: Path, model_dir: str, dtype: str = "auto") -> dict:
+def run_tunelab(data: Path, model_dir: str, device: str, dtype: str = "auto") -> dict:
     import csv
 
     from tunelab.conversation.reader import read_conversations
@@ -127,24 +141,39 @@ def run_tunelab(data: Path, model_dir: str, dtype: str = "auto") -> dict:
         timing = next(e["data"] for e in RunDir(run_dir).events() if "train_seconds" in e["data"])
         losses = [float(row["train_loss"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
         trained = load_for_generation(str(run_dir))
-        final = final_training_loss(trained.model, trained.tokenizer, conversations)
+        final = final_training_loss(trained.model, trained.tokenizer, conversations, device)
     return {"tokens": timing["tokens"], "seconds": timing["train_seconds"], "logged_losses": losses,
             "dtype": used, "final_loss": final}
 
 
-def run_arm(arm: str, data: Path) -> dict:
+def run_arm(arm: str, data: Path, model: str, device: str) -> dict:
     """Run one arm in a fresh process; its own peak memory comes back with its figures."""
-    command = [sys.executable, __file__, "--arm", arm, "--data", str(data)]
-    finished = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    command = [sys.executable, __file__, "--arm", arm, "--data", str(data), "--model", model, "--device", device]
+    environment = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if device == "cpu":
+        environment["CUDA_VISIBLE_DEVICES"] = ""  # tunelab trains on a GPU whenever it sees one
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment)
     if finished.returncode != 0:
         sys.exit(f"{arm} arm failed:\n{finished.stderr[-4000:]}")
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
-ARMS = {"trl": lambda data, model: run_trl(data, model),
-        "trl-tuned": lambda data, model: run_trl(data, model, tuned=True),
-        "tunelab": lambda data, model: run_tunelab(data, model),
-        "tunelab-fp32": lambda data, model: run_tunelab(data, model, dtype="fp32")}
+ARMS = {"trl": lambda data, model, device: run_trl(data, model, device),
+        "trl-tuned": lambda data, model, device: run_trl(data, model, device, tuned=True),
+        "tunelab": lambda data, model, device: run_tunelab(data, model, device),
+        "tunelab-fp32": lambda data, model, device: run_tunelab(data, model, device, dtype="fp32")}
+
+
+def peak_memory(device: str) -> dict:
+    """This process's peak: resident host memory, and on a GPU its allocated and reserved memory."""
+    import torch
+
+    figures = {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        figures.update(peak_mib=torch.cuda.max_memory_allocated() / 2**20,
+                       reserved_mib=torch.cuda.max_memory_reserved() / 2**20,
+                       host_peak_mib=figures["peak_mib"])
+    return figures
 
 
 def main() -> None:
@@ -152,29 +181,35 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "tunelab" / "examples" / "support" / "train.jsonl")
     parser.add_argument("--runs", type=int, default=1, help="runs of each arm; medians are reported")
     parser.add_argument("--arms", default=None, help="comma-separated subset of " + ", ".join(ARMS))
+    parser.add_argument("--model", default="default", help="what tunelab's --model takes (default: the embedded one)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)
     options = parser.parse_args()
+    device = chosen_device(options.device)
 
     if options.arm:
         from tunelab.models.resolve import resolve_model
 
-        model_dir = resolve_model("default").path
-        figures = ARMS[options.arm](options.data, model_dir)
-        figures["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        figures = ARMS[options.arm](options.data, resolve_model(options.model).path, device)
+        figures.update(peak_memory(device))
         print(json.dumps(figures))
         return
 
-    arms = options.arms.split(",") if options.arms else [a for a in ARMS if a != "tunelab-fp32" or cpu_has_bf16()]
+    import torch
+
+    native_bf16 = compute_dtype(device) == torch.bfloat16
+    arms = options.arms.split(",") if options.arms else [a for a in ARMS if a != "tunelab-fp32" or native_bf16]
     results = {arm: [] for arm in arms}
-    print(f"CPU bf16 units: {cpu_has_bf16()}", flush=True)
+    print(f"device: {device} · bf16 units: {native_bf16}", flush=True)
     for run in range(options.runs):
         for arm in results:  # alternated, so machine noise falls on every arm alike
-            figures = run_arm(arm, options.data)
+            figures = run_arm(arm, options.data, options.model, device)
             figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
             results[arm].append(figures)
             print(f"run {run + 1} {arm:13s} {figures['dtype']:5s} {figures['tokens_per_s']:7.1f} tokens/s  "
                   f"({figures['tokens']} tokens in {figures['seconds']:.0f} s), final loss {figures['final_loss']:.4f}, "
-                  f"peak {figures['peak_mib']:.0f} MiB", flush=True)
+                  f"peak {figures['peak_mib']:.0f} MiB"
+                  + (f" (reserved {figures['reserved_mib']:.0f} MiB)" if "reserved_mib" in figures else ""), flush=True)
         summarise(results, options.data)  # after every run, so an interrupted bench still reports
 
 

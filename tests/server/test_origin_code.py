@@ -24,7 +24,7 @@ from tests.server.conftest import API_KEY, Server, httpx
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # trains the default model for three epochs
 
 PROGRAM = Path(__file__).resolve().parent / "origin" / "fine_tune.py"
-EXAMPLES_TRAINED = 24  # OpenAI's minimum is 10; enough for the house style's greeting and sign-off
+EXAMPLES_TRAINED = 16  # OpenAI's minimum is 10; enough for the house style's greeting and sign-off
 
 
 def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_path):
@@ -35,7 +35,7 @@ def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_p
         work = tmp_path / "work"
         work.mkdir()
         # The shortest conversations: the style is in every reply's first and last lines, and a two-core CPU
-        # trains these in about two minutes.
+        # trains these in under a minute (40 s held to AVX2).
         examples = sorted(read_jsonl(EXAMPLES / "train.jsonl"), key=lambda e: len(json.dumps(e)))[:EXAMPLES_TRAINED]
         (work / "training_data.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
         environment = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": API_KEY,
@@ -56,9 +56,10 @@ def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_p
         assert model.split(":")[4] == job.id.removeprefix("ftjob-")[:8] and job.to_dict()["base_model"] == "gemma-3-270m"
         # The house style of the training data (tunelab/examples/support/README.md): the greeting line and
         # Robin's sign-off, asked as the origin documents ask (default sampling, another company's system
-        # prompt). Three epochs of 24 examples (72 steps at the auto batch of 1) end most Brightlane
-        # replies at the sign-off; under another company's system prompt the reply may still run on. The reply
-        # is sampled, so the sign-off's dash may come out as ASCII ("-- Robin"): the style is the sign-off.
+        # prompt). Three epochs of 16 examples (48 steps at the auto batch of 1) give the style to 20 of
+        # 20 sampled replies, on a bf16 CPU and held to AVX2 alike (12 examples: 19 of 20 held to AVX2).
+        # Under another company's system prompt the reply may still run on. The reply is sampled, so the
+        # sign-off's dash may come out as ASCII ("-- Robin"): the style is the sign-off.
         assert reply.startswith("Hi ") and re.search(r"(—|–|--?) ?Robin", reply), reply
         base = client.chat.completions.create(model="gpt-4o-mini-2024-07-18", temperature=0, max_tokens=24,
                                               messages=[{"role": "user", "content": "My invoice shows the wrong address."}])

@@ -3,7 +3,8 @@
 Random logits (as in test_engine's equality test) give p_target near 1/vocabulary, where any formula is
 accurate. Training makes the model confident on what it has learned (a sign-off, a JSON key): p_target of
 0.999 and more. There, subtracting the one-hot after a 16-bit `softmax @ W` left mostly rounding error
-(170% relative error at p = 0.999, 1,900% at p = 0.9999 with this shape); the gradient must be as good as
+(with a vocabulary of 32,768 and a width of 640: 170% relative error at p = 0.999, 1,900% at
+p = 0.9999); the gradient must be as good as
 plain cross-entropy on the same 16-bit logits.
 """
 
@@ -12,7 +13,8 @@ import torch
 
 from tunelab.train.loss import linear_cross_entropy
 
-VOCABULARY, WIDTH, TOKENS = 32_768, 640, 64
+# Small enough for a CPU that only emulates bf16 and fp16 (a second or two per case there).
+VOCABULARY, WIDTH, TOKENS = 8_192, 256, 32
 COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -22,7 +24,7 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("dtype", COMPUTE)
 @pytest.mark.parametrize("head", ["frozen", "trained"])  # the CPU's vocabulary-block pass; the token chunks
-@pytest.mark.parametrize("confidence", [25.0, 35.0, 40.0])  # mean p_target ≈ 0.87, 0.999, 0.9999
+@pytest.mark.parametrize("confidence", [40.0, 50.0, 60.0])  # mean p_target ≈ 0.97, 0.998, 0.9999
 def test_confident_predictions_keep_their_gradient(dtype, head, confidence):
     compute = COMPUTE[dtype]
     generator = torch.Generator().manual_seed(0)
@@ -47,6 +49,6 @@ def test_confident_predictions_keep_their_gradient(dtype, head, confidence):
     torch.nn.functional.cross_entropy(plain_logits, targets, reduction="sum").backward()
 
     fused, plain = relative_error(fused_hidden.grad, exact_hidden.grad), relative_error(plain_hidden.grad, exact_hidden.grad)
-    assert p_target > 0.85
+    assert p_target > 0.95
     assert fused <= 1.25 * plain + 0.005, f"p_target {p_target:.5f}: fused {fused:.4f}, plain {plain:.4f}"
     assert abs(loss.item() - exact_loss.item()) <= 0.01 * TOKENS

@@ -35,8 +35,15 @@ def cpu_has_bf16() -> bool:
 
 
 def native_bf16(device: str) -> bool:
+    """True when `device` multiplies bf16 in hardware. On CUDA that is compute capability 8.0 (Ampere) and
+    later: `torch.cuda.is_bf16_supported()` also says yes on a T4 or V100, which only emulate bf16 (several
+    times slower than their fp16), so `auto` would pick the slow format there."""
     if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:
+            return True  # every AMD GPU that ROCm PyTorch runs on has bf16
+        return torch.cuda.get_device_capability(torch.device(device).index)[0] >= 8
     return cpu_has_bf16()
 
 

@@ -6,7 +6,8 @@ Each checkpoint is a directory `step-000120/` holding everything needed to conti
 - `optimizer.safetensors`: AdamW's moment tensors; `state.json`: the optimizer's scalars and parameter
   groups, the learning-rate schedule's position, the epoch and batch reached, the random-number states,
   the metric rows so far and the early-stopping record;
-- `rng.safetensors`: torch's random state (dropout masks depend on it).
+- `rng.safetensors`: torch's random states, the CPU's and, when training on a GPU, the GPU's (dropout masks
+  on a GPU come from the GPU's own generator).
 
 No pickle anywhere, so loading a checkpoint cannot run code. A checkpoint is written into a hidden
 temporary directory and renamed into place when complete; a rename is atomic, so a directory named
@@ -58,7 +59,7 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], o
                   temporary / "trainable.safetensors")
         optimizer_tensors, optimizer_scalars = _split_optimizer_state(optimizer_state)
         save_file(optimizer_tensors, temporary / "optimizer.safetensors")
-        save_file({"torch": torch.get_rng_state()}, temporary / "rng.safetensors")
+        save_file(random_states(), temporary / "rng.safetensors")
         record = dict(state, step=step, optimizer=optimizer_scalars, scheduler=scheduler.state_dict())
         (temporary / "state.json").write_text(json.dumps(record), encoding="utf-8")
         if best is not None:
@@ -96,7 +97,24 @@ def restore_training_state(checkpoint: Checkpoint, optimizer, scheduler) -> None
     whole = _join_optimizer_state(tensors, checkpoint.state["optimizer"])
     optimizer.load_state_dict(sliced_optimizer_state(whole, optimizer))
     scheduler.load_state_dict(checkpoint.state["scheduler"])
-    torch.set_rng_state(load_file(checkpoint.path / "rng.safetensors")["torch"])
+    restore_random_states(load_file(checkpoint.path / "rng.safetensors"))
+
+
+def random_states() -> dict[str, torch.Tensor]:
+    """The CPU's random state and, once this process has used its GPU, the current GPU's. With several
+    processes, every one continues from the first one's states, as they all started from one seed."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_random_states(states: dict[str, torch.Tensor]) -> None:
+    """Put back what random_states() saved; a GPU state is restored only where there is a GPU (a run moved
+    to a CPU continues, but its dropout masks cannot be the GPU's)."""
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -23,9 +23,9 @@ inference goes through the model's own forward.
 
 from __future__ import annotations
 
-import types
-
 import torch
+
+from tunelab.train.patching import replace_forward
 
 # Norm classes whose weight enters as (1 + w) rather than w (Gemma's convention).
 _OFFSET_WEIGHT_CLASSES = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gemma3nRMSNorm")
@@ -111,6 +111,6 @@ def fuse_rms_norms(model) -> int:
             verdicts[cls] = _agrees_with_own_forward(module, eps, offset)
         if verdicts[cls]:
             module._fused_eps, module._fused_offset = eps, offset
-            module.forward = types.MethodType(_fused_forward, module)
+            replace_forward(module, _fused_forward)
             switched += 1
     return switched

@@ -23,9 +23,9 @@ inference, generation, `disable_adapter()` — goes through PEFT's own forward.
 
 from __future__ import annotations
 
-import types
-
 import torch
+
+from tunelab.train.patching import replace_forward
 
 
 class _MergedLoRALinear(torch.autograd.Function):
@@ -110,6 +110,6 @@ def train_through_merged_weights(model) -> int:
     switched = 0
     for layer in model.modules():
         if isinstance(layer, LoraLinear) and _can_merge(layer):
-            layer.forward = types.MethodType(_merged_forward, layer)
+            replace_forward(layer, _merged_forward)
             switched += 1
     return switched

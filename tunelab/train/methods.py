@@ -40,6 +40,12 @@ def compute_dtype(config: TrainConfig, device: str) -> torch.dtype:
     return resolve_dtype(config.dtype, device)
 
 
+# Why `unsloth` is not one of tunelab's extras (checked with pip's resolver, 2026-12-06).
+UNSLOTH_PINS = ("the newest Unsloth (2026.10.9) requires transformers ≤ 5.17 and trl ≤ 1.15, and tunelab needs "
+                "transformers 5.23, so pip cannot install both; a later Unsloth that accepts transformers 5.23 "
+                "will work here.")
+
+
 def chosen_kernels(config: TrainConfig, device: str) -> str:
     """'liger', 'unsloth' or 'none', after checking that what was asked for can run here."""
     on_cuda = device.startswith("cuda")
@@ -49,10 +55,11 @@ def chosen_kernels(config: TrainConfig, device: str) -> str:
         if not on_cuda:
             raise MethodUnavailable(f"kernels: {config.kernels} runs on CUDA GPUs only and this machine has none; "
                                     "use kernels: auto (tunelab's own fused loss runs everywhere)")
-        package = "liger_kernel" if config.kernels == "liger" else "unsloth"
-        if not _installed(package):
-            raise MethodUnavailable(f"kernels: {config.kernels} needs the `{package.replace('_', '-')}` package: "
-                                    f"pip install 'tunelab[{config.kernels}]'")
+        if config.kernels == "liger" and not _installed("liger_kernel"):
+            raise MethodUnavailable("kernels: liger needs the `liger-kernel` package: pip install 'tunelab[liger]'")
+        if config.kernels == "unsloth" and not _installed("unsloth"):
+            raise MethodUnavailable(f"kernels: unsloth needs the `unsloth` package, which is not installed; {UNSLOTH_PINS} "
+                                    "Use kernels: auto (Liger's kernels when installed, and tunelab's fused loss)")
     return config.kernels
 
 
