@@ -24,11 +24,13 @@ from tunelab.runs.rundir import RunDir
 EXAMPLES = examples("tunelab train --data data/train.jsonl --validation-split 0.1",
                     "tunelab train run.yaml --n-epochs 2",
                     "tunelab train --preset qwen2.5-0.5b --data data/train.jsonl",
-                    "tunelab train --resume runs/ftjob-abc123")
+                    "tunelab train --resume runs/ftjob-abc123",
+                    "tunelab train --plan --model ./llama-3-8b --memory 24GB --plan-device cuda")
 
 
 def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[str], resume: Optional[Path],
-          quiet: bool, as_json: bool, remote: Optional[str] = None, api_key: Optional[str] = None, **flags) -> None:
+          quiet: bool, as_json: bool, remote: Optional[str] = None, api_key: Optional[str] = None,
+          plan: bool = False, memory: Optional[str] = None, plan_device: Optional[str] = None, **flags) -> None:
     """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory.
 
     Settings come from a preset, then CONFIG (a YAML file of these same settings), then flags, each
@@ -37,6 +39,8 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
     if config_file and config and config_file != config:
         fail(f"{config_file} and --config {config}: give one settings file")
     config = config_file or config
+    if plan:
+        return _show_plan(config, preset, memory, plan_device, as_json, flags)
     if remote:
         return _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags)
     from tunelab.conversation.problems import DataError
@@ -91,6 +95,40 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
         print(RunDir(run_dir).job_file.read_text(encoding="utf-8"))
     else:
         say(f"RUN: {run_dir}")
+
+
+def _show_plan(config, preset, memory, device, as_json, flags) -> None:
+    """`train --plan`: the memory plan from the model's config alone (no weights loaded), for this machine or,
+    with --memory (and --plan-device), for another."""
+    from tunelab.core.settings import TrainConfig
+    from tunelab.models.precision import best_device
+    from tunelab.models.resolve import ModelNotFound, resolve_model
+    from tunelab.train.local import training_data_lengths
+    from tunelab.train.memory import PlanError, device_budget, model_shape, plan_for
+
+    here = best_device()
+    device = device or here
+    if device != here and not memory:
+        fail(f"--plan-device {device}: this machine's device is {here}; give --memory (e.g. 24GB) to plan for another")
+    try:
+        settings = TrainConfig.from_sources(config, preset=preset, **flags)
+        resolved = resolve_model(settings.model)
+        shape = model_shape(resolved.path, resolved.name)
+        longest, count = training_data_lengths(settings, resolved.path) if settings.data else (None, None)
+        made = plan_for(settings, shape, device, device_budget(device, memory), longest, count)
+    except (ValueError, TypeError, PlanError, ModelNotFound) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"{error.filename or settings.model}: {error.strerror or first_line(error)}")
+    if as_json:
+        print(json.dumps(made.as_data(), indent=2))
+    else:
+        out.print("\n".join(made.lines()), markup=False)
+        if not longest:
+            out.print(f"  · examples taken as max_length ({settings.max_length} tokens) long; give --data for the "
+                      "longest real one", markup=False)
+    if not made.fits:
+        raise typer.Exit(1)
 
 
 def _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags) -> None:
@@ -170,6 +208,12 @@ train.__signature__ = inspect.Signature([
         False, "--quiet", "-q", help="No progress bar.")),
     inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--json", help="Print the finished job as JSON on stdout.")),
+    inspect.Parameter("plan", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--plan", help="Print the memory plan (weights, trained state, activations, loss; the micro-batch and checkpointing that fit) from the model's config alone, and stop.")),
+    inspect.Parameter("memory", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--memory", metavar="SIZE", help="Memory to plan for (e.g. 24GB, 80GiB) instead of what this machine has free.")),
+    inspect.Parameter("plan_device", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Literal["cpu", "cuda"]],
+                      default=typer.Option(None, "--plan-device", help="Device to plan for with --memory (default: this machine's).")),
     inspect.Parameter("remote", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
         None, "--remote", metavar="URL", help="Train on a server with OpenAI's API (a `tunelab serve`, e.g. http://gpu-box:8000/v1): upload, watch, fetch the run.")),
     inspect.Parameter("api_key", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(

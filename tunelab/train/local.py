@@ -21,6 +21,7 @@ uninterrupted run would have, and ends with the same weights and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -41,7 +42,8 @@ from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.runs.record import RunRecorder, fine_tuned_model_name, metrics_row, new_job_id
 from tunelab.runs.rundir import RunDir
-from tunelab.train.checkpoints import latest_checkpoint, restore_training_state, save_checkpoint
+from tunelab.train.checkpoints import (latest_checkpoint, random_states, restore_random_states,
+                                       restore_training_state, save_checkpoint)
 from tunelab.train.loss import TrainedTokenLoss
 from tunelab.train.methods import (MethodUnavailable, check_method_available, chosen_kernels, compute_dtype,
                                    load_trainable_state, trainable_model, trainable_state, training_device)
@@ -300,6 +302,16 @@ def _hold_out(examples: list[RenderedExample], fraction: float,
             [e for i, e in enumerate(examples) if i in held])
 
 
+def training_data_lengths(config: TrainConfig, model_path: str) -> tuple[int, int]:
+    """(the longest training example in tokens after truncation, the number of training examples), as
+    training will render them: what a memory plan needs from the data."""
+    tokenizer = load_tokenizer(model_path, config.chat_template)
+    examples = render_numbered(tokenizer, read_numbered_conversations(config.data), config.data)
+    count = len(examples) - (max(1, round(len(examples) * config.validation_split)) if config.validation_split
+                             and not config.validation else 0)
+    return min(config.max_length, max((len(e.input_ids) for e in examples), default=1)), count
+
+
 def _truncated(examples: list[RenderedExample], max_length, path, events: Events) -> list[RenderedExample]:
     """Examples cut to `max_length` tokens (saying how many were), refusing a set with nothing to train."""
     truncated = sum(len(e.input_ids) > max_length for e in examples)
@@ -421,7 +433,7 @@ class Fit:
                 batches = epoch_batches(self.lengths, self.hyper.batch_size, self.config.seed, self.epoch)
                 for batch in batches[self.batch_in_epoch:]:
                     step_started = time.monotonic()
-                    train_loss, train_accuracy = self.train_step(batch)
+                    train_loss, train_accuracy = self.train_step_that_fits(batch)
                     self.train_seconds += time.monotonic() - step_started
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -445,6 +457,29 @@ class Fit:
                 f"({self.tokens_seen / max(self.train_seconds, 1e-9):.0f} tokens/s)",
                 data={"tokens": self.tokens_seen, "train_seconds": round(self.train_seconds, 3)})
         return "finished"
+
+    def train_step_that_fits(self, batch: list[int]) -> tuple[float, float]:
+        """train_step; when the device runs out of memory in the passes, the micro-batch is halved and the step
+        done again from its start. The batch's gradient is a sum over its passes, so the step, and the run,
+        are the ones a run started at the smaller micro-batch makes."""
+        while True:
+            states = random_states()
+            try:
+                return self.train_step(batch)
+            except torch.OutOfMemoryError:
+                smaller = self.hyper.micro_batch_size // 2
+                if smaller < 1 or self.cluster.world > 1:  # other processes would wait for this one for ever
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                restore_random_states(states)  # dropout draws the masks it would have drawn
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                message = (f"Out of memory at micro-batch {self.hyper.micro_batch_size}: step {self.step + 1} done "
+                           f"again at {smaller} (the same batch, the same step)")
+                self.hyper = dataclasses.replace(self.hyper, micro_batch_size=smaller)
+                if self.recorder:
+                    self.recorder.event(message, data={"step": self.step + 1, "micro_batch_size": smaller})
+                self.events.warning(message, micro_batch_size=smaller)
 
     def train_step(self, batch: list[int]) -> tuple[float, float]:
         """One optimizer step over `batch` (this process's share, in micro-batches); global loss and accuracy."""
