@@ -30,7 +30,7 @@ EXAMPLES = examples("tunelab train --data data/train.jsonl --validation-split 0.
 
 def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[str], resume: Optional[Path],
           quiet: bool, as_json: bool, remote: Optional[str] = None, api_key: Optional[str] = None,
-          plan: bool = False, memory: Optional[str] = None, plan_device: Optional[str] = None, **flags) -> None:
+          plan: bool = False, memory: Optional[str] = None, plan_device: Optional[Literal["cpu", "cuda"]] = None, **flags) -> None:
     """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory.
 
     Settings come from a preset, then CONFIG (a YAML file of these same settings), then flags, each
