@@ -95,7 +95,7 @@ def test_every_setting_has_a_flag_and_every_flag_a_setting():
 
     shown = CliRunner().invoke(app, ["train", "--help"], terminal_width=400)
     flags = set(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", shown.stdout)) - {"install-completion", "show-completion"}
-    own = {"config", "preset", "resume", "quiet", "json", "help", "remote", "api-key"}
+    own = {"config", "preset", "resume", "quiet", "json", "help", "remote", "api-key", "plan", "memory", "plan-device"}
     negations = {f"no-{name}" for name in ("gradient-checkpointing", "fsdp")}
     assert flags - own - negations == {name.replace("_", "-") for name in TrainConfig.model_fields}
     for name in ("lora_dropout", "target_modules", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm"):

@@ -132,3 +132,28 @@ def test_a_step_out_of_memory_is_done_again_at_half_the_micro_batch(tmp_path, ti
                             lambda *args: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory.")))
         train(config("no-room"))
     assert json.loads((tmp_path / "no-room" / "job.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_run_takes_the_plan_s_choices_within_its_memory_and_one_that_cannot_fit_is_refused(
+        tmp_path, support_conversations, monkeypatch):
+    import yaml
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:16]))
+    # 2.5 GiB: below the 2.9 GiB the plan gives micro-batches of 8 on a bf16 CPU (4.8 in fp32)
+    monkeypatch.setenv("TUNELAB_MEMORY", "2.5GiB")
+    finished = run_cli("train", "--data", str(data), "--n-epochs", "1", "--batch-size", "8", "--out",
+                       str(tmp_path / "run"), "--quiet")
+    assert finished.returncode == 0, finished.stderr
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["micro_batch_size"] < 8 or config["gradient_checkpointing"]
+    assert b"Memory plan:" in finished.stderr
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    plan = next(e["data"]["memory_plan"] for e in events if "memory_plan" in (e.get("data") or {}))
+    assert plan["fits"] and plan["peak_bytes"] <= 2.5 * 2**30
+
+    monkeypatch.setenv("TUNELAB_MEMORY", "600MB")
+    refused = run_cli("train", "--data", str(data), "--out", str(tmp_path / "refused"), "--quiet")
+    assert refused.returncode == 1 and b"does not fit" in refused.stderr and b"Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "job.json").exists()  # refused before anything was written

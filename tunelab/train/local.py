@@ -37,7 +37,7 @@ from tunelab.conversation.reader import read_numbered_conversations
 from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import atomic_path, check_output_directory, remove_stale_temporaries, write_text_atomically
-from tunelab.core.settings import TrainConfig, resolve_hyperparameters
+from tunelab.core.settings import AUTO, TrainConfig, resolve_hyperparameters
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.runs.record import RunRecorder, fine_tuned_model_name, metrics_row, new_job_id
@@ -45,6 +45,7 @@ from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoints import (latest_checkpoint, random_states, restore_random_states,
                                        restore_training_state, save_checkpoint)
 from tunelab.train.loss import TrainedTokenLoss
+from tunelab.train.memory import DoesNotFit, device_budget, model_shape, plan_for
 from tunelab.train.methods import (MethodUnavailable, check_method_available, chosen_kernels, compute_dtype,
                                    load_trainable_state, trainable_model, trainable_state, training_device)
 from tunelab.train.schedule import schedule
@@ -180,6 +181,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     valid_examples = _truncated(valid_examples, config.max_length,
                                 config.validation or f"{config.data} (held-out slice)", events)
     hyper = resolve_hyperparameters(config, len(train_examples))
+    config, hyper, memory_plan = _fitted_to_memory(config, hyper, resolved, train_examples, cluster, events)
 
     torch.manual_seed(config.seed)
     model = trainable_model(resolved, config, cluster.device, sharded=cluster.sharded)
@@ -201,6 +203,10 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         recorder.set_status("running")
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
+        if memory_plan:
+            lines = memory_plan.lines()
+            recorder.event(lines[0] + f"; peak {memory_plan.peak / 2**30:.2f} GiB of {memory_plan.budget / 2**30:.1f} GiB",
+                           data={"memory_plan": memory_plan.as_data()})
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
         events.message(
@@ -257,6 +263,39 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         events.message(f"Done in {time.time() - started:.0f} s → {run.path}")
     cluster.barrier()
     return run.path
+
+
+def _fitted_to_memory(config: TrainConfig, hyper, resolved, examples: list[RenderedExample], cluster: Cluster,
+                      events: Events):
+    """The memory plan for this run on this device (train/memory.py), with the settings left `auto` taking its
+    choices: micro-batch, gradient checkpointing, QLoRA. Settings the user gave are kept even where the plan
+    thinks they will not fit (a GPU step that runs out of memory halves the micro-batch); a run that fits in
+    no way is refused before the model loads. Several processes plan nothing: each holds a share."""
+    if cluster.world > 1:
+        return config, hyper, None
+    shape = model_shape(resolved.path, resolved.name)
+    budget = device_budget(cluster.device)
+    longest = max((len(e.input_ids) for e in examples), default=1)
+    made = plan_for(config, shape, cluster.device, budget, longest, len(examples))
+    if not made.fits:
+        relaxed = config.model_copy(update={"micro_batch_size": AUTO})
+        relaxed.model_fields_set.discard("gradient_checkpointing")
+        if not plan_for(relaxed, shape, cluster.device, budget, longest, len(examples)).fits:
+            raise DoesNotFit(f"{resolved.name} on {cluster.device}: {made.choices[-1]}\n" + "\n".join(made.lines()))
+        events.warning(f"{made.lines()[0]}: the plan's peak ({made.peak / 2**30:.1f} GiB) is above the "
+                       f"{budget / 2**30:.1f} GiB free; leaving micro_batch_size and gradient_checkpointing to "
+                       "auto lets the plan choose what fits", peak_bytes=made.peak)
+        return config, hyper, made
+    if config.micro_batch_size in (None, AUTO):
+        hyper = dataclasses.replace(hyper, micro_batch_size=made.micro_batch_size)
+    updates = {}
+    if made.gradient_checkpointing and not config.gradient_checkpointing:
+        updates["gradient_checkpointing"] = True
+    if made.method != config.method:
+        updates["method"] = made.method
+    for choice in made.choices:
+        events.message(f"Memory plan: {choice}")
+    return (config.model_copy(update=updates) if updates else config), hyper, made
 
 
 def _absolute(path: str | None) -> str | None:

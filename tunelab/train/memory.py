@@ -46,6 +46,10 @@ class PlanError(ValueError):
     """A plan that cannot be made: a memory budget that does not read, or a config without the needed sizes."""
 
 
+class DoesNotFit(RuntimeError):
+    """Training cannot fit the device in any way the plan knows; the message is the plan, with what would."""
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes of a decoder-only transformer that memory depends on, from its config."""
@@ -147,9 +151,14 @@ def model_shape(path_or_config, name: str | None = None) -> ModelShape:
     )
 
 
+# A cap on what one training run may use (e.g. TUNELAB_MEMORY=40GB on a GPU that a team shares).
+MEMORY_VARIABLE = "TUNELAB_MEMORY"
+
+
 def device_budget(device: str, memory: str | None = None) -> int:
-    """Bytes this run may use: `memory` when given (e.g. "24GB", "80GiB", "16000MB"), else what the device
-    has free now (a GPU's free memory; a CPU's MemAvailable)."""
+    """Bytes this run may use: `memory` when given (e.g. "24GB", "80GiB", "16000MB"), else $TUNELAB_MEMORY,
+    else what the device has free now (a GPU's free memory; a CPU's MemAvailable)."""
+    memory = memory or os.environ.get(MEMORY_VARIABLE)
     if memory:
         return parse_memory(memory)
     if device.startswith("cuda"):
