@@ -65,7 +65,9 @@ def test_help_shows_real_defaults_and_the_settings_choices():
 
 def test_completion_is_offered():
     result = runner.invoke(app, ["--show-completion", "bash"], prog_name="tunelab", env={"SHELL": "/bin/bash"})
-    assert result.exit_code == 0 and "tunelab" in result.stdout and "complete" in result.stdout
+    # Failed once in ~10 runs under xdist with exit 1 and passed when rerun: the output says why next time.
+    assert result.exit_code == 0 and "tunelab" in result.stdout and "complete" in result.stdout, \
+        (result.exit_code, result.output, result.exception)
 
 
 REPORTING = [  # commands that report something: their stdout is the result, their --json parses
