@@ -2,6 +2,11 @@
 
     python bench/gpu_check.py [--tiny] [--deadline 540] [--out gpu_check.jsonl]
 
+On a lent GPU machine (bare: PyTorch, transformers, accelerate, no network), with the wheels of
+tools/gpu_wheels.sh carried in .wheels/:
+
+    pip install -q --no-index --no-deps .wheels/*.whl && python bench/gpu_check.py --out $OUT/gpu_check.jsonl
+
 Each stage runs in its own timed subprocess (a hung or crashed stage costs only its own time) and prints one
 JSON line of figures; the lines go to --out as they come, and a summary table is printed at the end whatever
 happened. No download: the models are built here with random weights and a tokenizer trained on the bundled
@@ -245,8 +250,7 @@ def stage_serve(work: Path, tiny: bool) -> dict:
         figures = {"job": job.status, "job_seconds": round(time.monotonic() - started, 1),
                    "fine_tuned_model": job.fine_tuned_model}
         if job.status != "succeeded":
-            figures["error"] = job.error.message if job.error else None
-            return figures
+            raise RuntimeError(f"job {job.id} {job.status}: {job.error.message if job.error else 'no error given'}")
         question = [{"role": "user", "content": "Where is my order?"}]
         plain = client.chat.completions.create(model=job.fine_tuned_model, messages=question, max_tokens=32)
         streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
@@ -294,6 +298,9 @@ def main() -> int:
         run_stage(options.stage, options.work, options.tiny)
         return 0
 
+    # tunelab from this checkout, installed or not (on the lent machine it is not: no network to build it), in
+    # every process the stages start (a server, its workers).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     deadline = time.monotonic() + options.deadline
     results = []
     with tempfile.TemporaryDirectory() as scratch, options.out.open("w") as out:

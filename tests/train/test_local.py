@@ -89,3 +89,22 @@ def test_schedule_weight_decay_and_clipping_reach_the_optimizer(tmp_path, tiny_m
     assert state["scheduler"]["_last_lr"][0] == pytest.approx(group["initial_lr"])
     recorded = run.settings()
     assert (recorded["lr_scheduler"], recorded["warmup_ratio"], recorded["max_grad_norm"]) == ("constant", 0.5, 0.0)
+
+
+def test_a_run_without_matplotlib_succeeds_and_says_it_drew_no_loss_curve(tmp_path, tiny_model_dir,
+                                                                         support_conversations, monkeypatch):
+    import json
+    import sys
+
+    from tunelab.core.settings import TrainConfig
+    from tunelab.train.local import train
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where it is not installed: importing it fails
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:8]))
+    run = train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), n_epochs=1,
+                            dtype="fp32"))
+    assert json.loads((run / "job.json").read_text())["status"] == "succeeded"
+    warnings = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
+                if "No loss curve picture" in e["message"]]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"

@@ -54,6 +54,7 @@ class RunRecorder:
     def __init__(self, run: RunDir, job: dict, resume: bool = False):
         self.run = run
         self.job = job
+        self._said_no_picture = False
         run.path.mkdir(parents=True, exist_ok=True)
         self._events = run.events_file.open("a", encoding="utf-8")
         self.rows: list[dict] = []
@@ -117,8 +118,16 @@ class RunRecorder:
                 "valid_loss": row["valid_loss"], "valid_mean_token_accuracy": row["valid_mean_token_accuracy"]}
         self.event(message, data={k: v for k, v in data.items() if v is not None}, kind="metrics")
 
-    def plot_loss_curve(self) -> Path:
-        return plot_loss_curve(self.rows, self.run.loss_curve_file)
+    def plot_loss_curve(self) -> Path | None:
+        """The loss curve as a PNG. Without a working matplotlib the run goes on without the picture (said
+        once, as a warning event): a drawing must not fail a job whose training succeeded."""
+        try:
+            return plot_loss_curve(self.rows, self.run.loss_curve_file)
+        except ImportError as error:
+            if not self._said_no_picture:
+                self._said_no_picture = True
+                self.event(f"No loss curve picture ({error}); metrics.csv has every figure", level="warning")
+            return None
 
     def close(self) -> None:
         self._events.close()
