@@ -134,11 +134,13 @@ def stage_numerics(work: Path, tiny: bool) -> dict:
     where = device()
     figures: dict = {}
     generator = torch.Generator().manual_seed(0)
-    weight = (torch.randn(32768, 640, generator=generator) * 0.02).to(torch.bfloat16).to(where)
-    targets = torch.randint(0, 32768, (64,), generator=generator).to(where)
-    for name, confidence in (("random", 0.0), ("confident", 40.0)):
+    # A CPU without bf16 units emulates it: the tiny run takes a smaller head (tests/train/test_loss_numerics.py's).
+    vocabulary, width, tokens, confident = (8192, 256, 32, 60.0) if tiny else (32768, 640, 64, 40.0)
+    weight = (torch.randn(vocabulary, width, generator=generator) * 0.02).to(torch.bfloat16).to(where)
+    targets = torch.randint(0, vocabulary, (tokens,), generator=generator).to(where)
+    for name, confidence in (("random", 0.0), ("confident", confident)):
         direction = weight[targets].float() / weight[targets].float().norm(dim=-1, keepdim=True)
-        hidden = (direction * confidence + torch.randn(64, 640, generator=generator).to(where) * 0.5).to(torch.bfloat16)
+        hidden = (direction * confidence + torch.randn(tokens, width, generator=generator).to(where) * 0.5).to(torch.bfloat16)
         fused = hidden.clone().requires_grad_()
         linear_cross_entropy(fused, weight, targets, None, torch.bfloat16)[0].backward()
         exact = hidden.double().requires_grad_()
