@@ -113,7 +113,8 @@ def _show_plan(config, preset, memory, device, as_json, flags) -> None:
         fail(f"--plan-device {device}: this machine's device is {here}; give --memory (e.g. 24GB) to plan for another")
     try:
         settings = TrainConfig.from_sources(config, preset=preset, **flags)
-        resolved = resolve_model(settings.model)
+        # the default model is converted once, the first time (about 40 s): say so rather than sit silent
+        resolved = resolve_model(settings.model, Events(ConsoleEvents(progress=not as_json)))
         shape = model_shape(resolved.path, resolved.name)
         longest, count = training_data_lengths(settings, resolved.path) if settings.data else (None, None)
         made = plan_for(settings, shape, device, device_budget(device, memory), longest, count)
