@@ -296,8 +296,8 @@ def _tokenizer_key(path: str, chat_template: str | None) -> tuple | None:
     folder = Path(path)
     if not folder.is_dir():
         return None
-    files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
-                         if f.is_file() and f.suffix != ".safetensors"))
+    files = tuple(sorted((f.name, stat.st_size, stat.st_mtime_ns) for f in folder.iterdir()
+                         if f.is_file() and f.suffix != ".safetensors" for stat in (f.stat(),)))
     template = None
     if chat_template:
         template_file = Path(chat_template)

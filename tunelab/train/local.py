@@ -204,8 +204,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
         if memory_plan:
-            lines = memory_plan.lines()
-            recorder.event(lines[0] + f"; peak {memory_plan.peak / 2**30:.2f} GiB of {memory_plan.budget / 2**30:.1f} GiB",
+            recorder.event(memory_plan.lines()[0] + f"; peak {memory_plan.peak / 2**30:.2f} GiB of {memory_plan.budget / 2**30:.1f} GiB",
                            data={"memory_plan": memory_plan.as_data()})
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
@@ -281,7 +280,7 @@ def _fitted_to_memory(config: TrainConfig, hyper, resolved, examples: list[Rende
         relaxed = config.model_copy(update={"micro_batch_size": AUTO})
         relaxed.model_fields_set.discard("gradient_checkpointing")
         if not plan_for(relaxed, shape, cluster.device, budget, longest, len(examples)).fits:
-            raise DoesNotFit(f"{resolved.name} on {cluster.device}: {made.choices[-1]}\n" + "\n".join(made.lines()))
+            raise DoesNotFit(f"{resolved.name} on {cluster.device}: {made.choices[-1]}\n" + "\n".join(made.lines()[:-1]))
         events.warning(f"{made.lines()[0]}: the plan's peak ({made.peak / 2**30:.1f} GiB) is above the "
                        f"{budget / 2**30:.1f} GiB free; leaving micro_batch_size and gradient_checkpointing to "
                        "auto lets the plan choose what fits", peak_bytes=made.peak)
@@ -336,9 +335,13 @@ def _hold_out(examples: list[RenderedExample], fraction: float,
     """A seeded random slice of the training data kept back for validation (at least one example)."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    held = set(order[:max(1, round(len(order) * fraction))])
+    held = set(order[:_held_out_count(len(order), fraction)])
     return ([e for i, e in enumerate(examples) if i not in held],
             [e for i, e in enumerate(examples) if i in held])
+
+
+def _held_out_count(examples: int, fraction: float) -> int:
+    return max(1, round(examples * fraction))
 
 
 def training_data_lengths(config: TrainConfig, model_path: str) -> tuple[int, int]:
@@ -346,8 +349,8 @@ def training_data_lengths(config: TrainConfig, model_path: str) -> tuple[int, in
     training will render them: what a memory plan needs from the data."""
     tokenizer = load_tokenizer(model_path, config.chat_template)
     examples = render_numbered(tokenizer, read_numbered_conversations(config.data), config.data)
-    count = len(examples) - (max(1, round(len(examples) * config.validation_split)) if config.validation_split
-                             and not config.validation else 0)
+    count = len(examples) - (_held_out_count(len(examples), config.validation_split)
+                             if config.validation_split and not config.validation else 0)
     return min(config.max_length, max((len(e.input_ids) for e in examples), default=1)), count
 
 

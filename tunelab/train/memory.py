@@ -95,12 +95,15 @@ class MemoryPlan:
     gradient_checkpointing: bool
     parts: dict[str, int]
     details: dict[str, str]
-    fits: bool
     choices: list[str] = field(default_factory=list)  # what the plan decided, and why
 
     @property
     def peak(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.budget
 
     def as_data(self) -> dict:
         return {"model": self.model, "device": self.device, "budget_bytes": self.budget, "method": self.method,
@@ -252,15 +255,15 @@ def plan(shape: ModelShape, settings: Settings, device: str, budget: int) -> Mem
     if settings.method == "lora" and settings.qlora_possible:
         methods.append("qlora")
 
-    def made(method, micro, checkpointing, fits) -> MemoryPlan:
+    def made(method, micro, checkpointing) -> MemoryPlan:
         parts, details = estimate(shape, settings, device, method, micro, checkpointing)
-        return MemoryPlan(shape.name, device, budget, method, micro, checkpointing, parts, details, fits, choices)
+        return MemoryPlan(shape.name, device, budget, method, micro, checkpointing, parts, details, choices)
 
     for method in methods:
         for checkpointing in checkpoint_options:
             for micro in micro_options:
-                parts, _ = estimate(shape, settings, device, method, micro, checkpointing)
-                if sum(parts.values()) <= budget:
+                candidate = made(method, micro, checkpointing)
+                if candidate.fits:
                     if settings.micro_batch_size is None and micro < settings.batch_size:
                         choices.append(f"micro-batch {micro}: batches of {settings.batch_size} are summed over "
                                        f"{-(-settings.batch_size // micro)} passes (the same step)")
@@ -268,8 +271,8 @@ def plan(shape: ModelShape, settings: Settings, device: str, budget: int) -> Mem
                         choices.append("gradient checkpointing on: without it no micro-batch fits")
                     if method != settings.method:
                         choices.append("qlora instead of lora: the base in 16 bits does not fit")
-                    return made(method, micro, checkpointing, True)
-    smallest = made(methods[-1], micro_options[-1], checkpoint_options[-1], False)
+                    return candidate
+    smallest = made(methods[-1], micro_options[-1], checkpoint_options[-1])
     choices.append(_what_would_fit(shape, settings, device, smallest))
     return smallest
 
