@@ -9,8 +9,10 @@ out-of-memory killer would — at a moment of that phase:
 - `upload`: a training file half sent (the client stalls mid-body);
 - `validation`: the job just created, its files being validated;
 - `training`: a random step of the training;
-- `checkpoint`: one of its three checkpoints, chosen at random, being written (its temporary directory
-  exists);
+- `checkpoint`: one of its three checkpoints, chosen at random, being written: the kernel reports the
+  checkpoint's temporary directory as created (inotify), the job's processes are frozen (SIGSTOP), and if
+  the directory is still there they are killed mid-write; a write too quick to catch is let go and the next
+  one tried (a fresh job on the same server, three at most);
 - `completion`: training finished (the run says succeeded) but the job's result not yet recorded;
 - `worker`: only the worker and the job's process, at a random step, the server left running.
 
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tunelab.core.files import TEMPORARY_MARK  # noqa: E402 - after the path it is found on
+FINISHED = ("succeeded", "failed", "cancelled")
 PHASES = ("upload", "validation", "training", "checkpoint", "completion", "worker")
 MODEL = "gpt-4o-mini-2024-07-18"
 SETTINGS = dict(seed=11, hyperparameters={"n_epochs": 3, "batch_size": 2})
@@ -187,6 +190,52 @@ def _stalled_upload(server, body: bytes, sent: threading.Event) -> None:
         pass  # the server died under it, as intended
 
 
+def _signal(pids: list[int], signal_number: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal_number)
+        except ProcessLookupError:
+            pass
+
+
+def freeze_mid_checkpoint(server, client, run: Path, job_id: str, nth: int) -> str | None:
+    """Freeze the server's processes while the job writes its `nth` or a later checkpoint; that checkpoint's
+    name, or None once the job has finished with every such write too quick to catch.
+
+    Polling the directory missed all three writes of a job on a busy two-core machine (a tiny model's
+    checkpoint is written in milliseconds): the kernel's notice of the temporary directory wakes this process
+    at once instead, and SIGSTOP holds the writer while the directory is looked at.
+    """
+    from inotify_simple import INotify, flags
+
+    checkpoints = run / "checkpoints"
+    while not run.is_dir():
+        time.sleep(0.005)
+    created = 0
+    with INotify() as notices:
+        notices.add_watch(run, flags.CREATE | flags.ONLYDIR)
+        watching = False
+        while True:
+            if not watching and checkpoints.is_dir():
+                notices.add_watch(checkpoints, flags.CREATE | flags.ONLYDIR)
+                watching = True  # a checkpoint begun before the watch is counted, not caught
+                created = len([p for p in checkpoints.iterdir() if p.name.split(TEMPORARY_MARK)[0].lstrip(".")])
+            victims = descendants(server.process.pid)  # read now, so a notice is answered in microseconds
+            arrived = notices.read(timeout=200)
+            for notice in arrived:
+                if TEMPORARY_MARK not in notice.name:
+                    continue
+                created += 1
+                if created < nth:
+                    continue
+                _signal(victims, signal.SIGSTOP)
+                if (checkpoints / notice.name).is_dir():
+                    return notice.name.split(TEMPORARY_MARK)[0].lstrip(".")
+                _signal(victims, signal.SIGCONT)
+            if not arrived and client.fine_tuning.jobs.retrieve(job_id).status in FINISHED:
+                return None
+
+
 def survive(phase: str, scratch: Path, model_dir: Path, training: Path, reference: dict, rng: random.Random) -> Outcome:
     from tests.serving import Server
 
@@ -208,8 +257,19 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
             job_id = client.fine_tuning.jobs.create(training_file=file_id, model=MODEL, **SETTINGS).id
             run = data_dir / "runs" / job_id
             target_step, deadline = rng.randint(2, 55), time.monotonic() + 300
-            target_checkpoint, checkpoints_seen = rng.randint(1, 3), set()  # the job writes three (steps 20, 40, 60)
-            while time.monotonic() < deadline:
+            target_checkpoint = rng.randint(1, 3)  # the job writes three (steps 20, 40, 60)
+            if phase == "checkpoint":
+                for attempt in range(3):
+                    if attempt:  # every write of the last job was too quick: a fresh job, its first checkpoint
+                        job_id = client.fine_tuning.jobs.create(training_file=file_id, model=MODEL, **SETTINGS).id
+                        target_checkpoint = 1
+                    caught = freeze_mid_checkpoint(server, client, data_dir / "runs" / job_id, job_id, target_checkpoint)
+                    if caught:
+                        killed_at = f"writing {caught}" + (f", job {attempt + 1}" if attempt else "")
+                        break
+                else:
+                    return Outcome(phase, "never caught", False, "no checkpoint write of three jobs was caught")
+            while phase != "checkpoint" and time.monotonic() < deadline:
                 if phase == "validation":
                     events = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=20).data]
                     if any(m.startswith("Validating training file") for m in events):
@@ -220,13 +280,6 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                     if steps >= target_step:
                         killed_at = f"at step {steps}"
                         break
-                elif phase == "checkpoint":
-                    writing = [p.name for p in (run / "checkpoints").glob(f".*{TEMPORARY_MARK}*")] \
-                        if (run / "checkpoints").is_dir() else []
-                    checkpoints_seen |= {name.split(TEMPORARY_MARK)[0].lstrip(".") for name in writing}
-                    if writing and len(checkpoints_seen) >= target_checkpoint:
-                        killed_at = f"writing {writing[0].split(TEMPORARY_MARK)[0].lstrip('.')}"
-                        break
                 elif phase == "completion":
                     try:
                         finished = json.loads((run / "job.json").read_text())["status"] == "succeeded"
@@ -236,9 +289,12 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                         killed_at = "run finished, result not yet recorded" if \
                             client.fine_tuning.jobs.retrieve(job_id).status == "running" else "result already recorded"
                         break
-                time.sleep(0.001 if phase in ("checkpoint", "completion") else 0.02)
+                if phase != "completion" and client.fine_tuning.jobs.retrieve(job_id).status in FINISHED:
+                    return Outcome(phase, "never reached", False, "the job finished before the phase came")
+                time.sleep(0.001 if phase == "completion" else 0.02)
             else:
-                return Outcome(phase, "never reached", False, "the phase did not come within 300 s")
+                if phase != "checkpoint":
+                    return Outcome(phase, "never reached", False, "the phase did not come within 300 s")
         if phase == "worker":
             killed = kill_worker(server)
             killed_at += f"; the worker and {killed - 1} job process killed, the server left running"
