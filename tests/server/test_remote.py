@@ -34,12 +34,13 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]
 
     trained = tunelab("train", *remote, "--data", str(data), "--model", MODEL, "--n-epochs", "1", "--suffix", "remote",
-                      "--out", str(tmp_path / "run"), "--quiet")
+                      "--lora-r", "4", "--out", str(tmp_path / "run"), "--quiet")  # rank: in the `tunelab` extension
     assert trained.returncode == 0, trained.stdout + trained.stderr
     shown = trained.stdout + trained.stderr  # the result on stdout, the data check's report on stderr
     model = next(line.split(": ", 1)[1] for line in shown.splitlines() if line.startswith("MODEL: "))
     assert model.startswith(f"ft:{MODEL}:tunelab:remote:")  # printed as it is (":m" is no emoji code)
     assert f"RUN: {tmp_path / 'run'} (with its weights)" in shown and "checked here before upload" in shown
+    assert "lora_r: 4\n" in (tmp_path / "run" / "config.yaml").read_text()
 
     evaluated = tunelab("eval", "--model", str(tmp_path / "run"), "--data", str(held_out), "--scorers", "length",
                         "--forgetting", "off", "--max-new-tokens", "4", "--dtype", "fp32", "--json")
@@ -103,13 +104,19 @@ def test_remote_faults_are_plain_errors_and_send_nothing(tiny_server, tmp_path, 
     files_before = len(client.files.list().data)
 
     cases = [
-        (["--api-key", API_KEY, "--lora-r", "8"], "cannot be sent to a remote job", "--lora-r"),
+        (["--api-key", API_KEY, "--chat-template", str(data)], "cannot be sent to a remote job", "--chat-template"),
         (["--api-key", "wrong-key"], "the API key was refused (401)", "OPENAI_API_KEY"),
     ]
     for flags, phrase, named in cases:
         result = tunelab("train", "--remote", tiny_server.base_url, "--data", str(data), "--model", MODEL, *flags)
         assert result.returncode == 1 and phrase in result.stderr and named in result.stderr, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
+    # OpenAI itself takes no `tunelab` extension: refused there, before anything is sent
+    from tunelab.core.settings import TrainConfig
+    from tunelab.remote.jobs import submit
+
+    with pytest.raises(ValueError, match="a `tunelab serve` takes the others.*--lora-r"):
+        submit(openai.OpenAI(api_key="sk-never-used"), TrainConfig(data=str(data), lora_r=8), given={"data", "lora_r"})
     broken = tmp_path / "broken.jsonl"
     broken.write_text(data.read_text() + '{"messages": [{"role": "wizard", "content": "hi"}]}\n')
     result = tunelab("train", "--remote", tiny_server.base_url, "--api-key", API_KEY, "--data", str(broken), "--model", MODEL)

@@ -34,6 +34,7 @@ def serve(
     alias: list[str] = typer.Option([], "--alias", metavar="NAME=MODEL", help="Answer to model NAME (e.g. gpt-4o-mini-2024-07-18) with a local base model ('default', a directory, a .gguf); fine-tunes of it are named after NAME, as OpenAI names them. Repeatable."),
     max_jobs: int = typer.Option(1, "--max-jobs", min=1, metavar="N", help="Jobs trained at the same time."),
     launcher: Optional[str] = typer.Option(None, "--launcher", metavar="COMMAND", help="Start each job under this command, e.g. \"accelerate launch --multi_gpu --num_processes 8\" to train on every GPU."),
+    job_preset: list[str] = typer.Option([], "--job-preset", metavar="BASE=PRESET", help="Jobs on base model BASE (a name the server answers to) train with PRESET's settings (a bundled preset or a YAML file) unless the request's `tunelab` extension says otherwise. Repeatable."),
     dtype: Literal["auto", "fp32", "bf16"] = typer.Option("auto", "--dtype", help="Number format of the models answering chat: auto (bf16 on a CPU or GPU with bf16 units, else fp32), fp32 (a batched greedy reply is then the same as one alone) or bf16."),
 ) -> None:
     """Serve OpenAI's fine-tuning API on this machine: files, jobs, models and chat completions. Code
@@ -60,10 +61,17 @@ def serve(
         if not name or not spec:
             fail(f"--alias {entry!r}: expected NAME=MODEL, e.g. gpt-4o-mini-2024-07-18=default", 2)
         aliases[name] = spec
+    from tunelab.server.job_settings import load_job_presets
+
+    try:
+        job_presets = load_job_presets(job_preset, aliases)
+    except ValueError as error:
+        fail(str(error), 2)
     home = data_dir or Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".local" / "share" / "tunelab")
     try:
         check_output_directory(Path(home))  # read-only, not ours, or a file: said before the database is opened
-        application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases, dtype))
+        application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases, dtype,
+                                                     job_presets))
     except (NewerDatabase, OutputError) as error:
         fail(str(error))
     except (OSError, sqlite3.Error) as error:  # a data directory on a full disk

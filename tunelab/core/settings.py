@@ -147,9 +147,9 @@ class TrainConfig(BaseModel):
         if preset:
             from tunelab.core.presets import preset_path
 
-            sources.append((f"preset {preset}", _read_settings(preset_path(preset))))
+            sources.append((f"preset {preset}", read_settings_file(preset_path(preset))))
         if path:
-            sources.append((str(path), _read_settings(Path(path))))
+            sources.append((str(path), read_settings_file(Path(path))))
         given = {name: value for name, value in flags.items() if value is not None}
         if given:
             sources.append(("flags", parsed_values(given, _flag)))
@@ -158,6 +158,16 @@ class TrainConfig(BaseModel):
             _checked(settings, source)
             merged.update(settings)
         return _checked(merged, str(path or (f"preset {preset}" if preset else "flags")))
+
+
+# A job created through OpenAI's API carries these settings in OpenAI's own fields (the files by id, the
+# base model, suffix, seed and three hyperparameters). `tunelab serve` takes every other setting in its
+# `tunelab` extension of the request, except those naming a path on the server's disk (`out`,
+# `chat_template`): a client names uploaded files by id, never a path (server/job_settings.py).
+OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+OPENAI_JOB_SETTINGS = frozenset({"data", "validation", "model", "suffix", "seed", *OPENAI_HYPERPARAMETERS})
+EXTENSION_SETTINGS = tuple(name for name in TrainConfig.model_fields
+                           if name not in OPENAI_JOB_SETTINGS | {"out", "chat_template"})
 
 
 def field_help(name: str) -> tuple[str, str | None]:
@@ -221,7 +231,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _read_settings(path: Path) -> dict:
+def read_settings_file(path: Path) -> dict:
     """A YAML mapping of TrainConfig fields; unknown keys are an error naming the key and the file."""
     loaded = read_yaml_file(path) or {}
     if not isinstance(loaded, dict):

@@ -7,9 +7,10 @@ submit one, watch it, fetch what it made into a local run directory.
     run = fetch_run(client, job, "runs/support")        # job record, events, metrics — and, from a
                                                         # `tunelab serve`, the trained weights
 
-Only what OpenAI's job API carries can be sent: the training and validation files, the base model,
-`n_epochs`, `batch_size`, `learning_rate_multiplier`, `suffix` and `seed`. A setting beyond those (LoRA rank,
-method, …) is refused by name rather than dropped. The `openai` client does the HTTP, retrying 429 and 5xx
+OpenAI's job API carries the training and validation files, the base model, `n_epochs`, `batch_size`,
+`learning_rate_multiplier`, `suffix` and `seed`. A `tunelab serve` also takes the other settings (method,
+LoRA rank, micro-batch, …) in its `tunelab` extension of the request (server/job_settings.py); to OpenAI
+such a setting is refused by name rather than dropped. The `openai` client does the HTTP, retrying 429 and 5xx
 with backoff (`max_retries`); its errors become `RemoteError`s that say what happened in a sentence.
 """
 
@@ -24,14 +25,13 @@ from pathlib import Path
 from tunelab.conversation.problems import ERROR
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import atomic_path, write_text_atomically
-from tunelab.core.settings import AUTO, TrainConfig
+from tunelab.core.settings import AUTO, EXTENSION_SETTINGS, OPENAI_JOB_SETTINGS, TrainConfig
 from tunelab.data.validate import validate_file
 from tunelab.runs.archive import unpack_run
 from tunelab.runs.rundir import RunDir
 
 FINISHED = ("succeeded", "failed", "cancelled")
-SENDABLE = {"data", "validation", "model", "suffix", "seed", "n_epochs", "batch_size", "learning_rate_multiplier",
-            "out"}
+SENDABLE = OPENAI_JOB_SETTINGS | {"out"}  # `out`: where the fetched run is put, here
 RETRIES = 4  # the client's own, for 429 and 5xx, with exponential backoff
 RECONNECT_SECONDS = (1, 2, 4, 8, 15, 30)  # while watching, after a dropped connection (then every 30 s)
 
@@ -94,11 +94,15 @@ def _error_message(error) -> str:
 def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[str] | None = None):
     """Validate the data here (the data toolkit), upload it, and create the job; returns OpenAI's job object.
 
-    `given`: the settings the user set (flags, config file); any the job API cannot carry is an error."""
-    unsendable = sorted((given or set()) - SENDABLE)
+    `given`: the settings the user set (flags, config file, preset); those beyond OpenAI's fields go in
+    the `tunelab` extension to a `tunelab serve`, and are an error to OpenAI itself."""
+    to_openai = client.base_url.host == "api.openai.com"
+    extension = sorted((given or set()) & set(EXTENSION_SETTINGS)) if not to_openai else []
+    unsendable = sorted((given or set()) - SENDABLE - set(extension))
     if unsendable:
         raise ValueError("cannot be sent to a remote job (OpenAI's job API carries only the files, model, "
-                         "n_epochs, batch_size, learning_rate_multiplier, suffix and seed): "
+                         "n_epochs, batch_size, learning_rate_multiplier, suffix and seed"
+                         + ("; a `tunelab serve` takes the others" if to_openai else "") + "): "
                          + ", ".join("--" + name.replace("_", "-") for name in unsendable))
     files = [config.data] + ([config.validation] if config.validation else [])
     report = validate_file(config.data, config.validation, events=events)
@@ -117,7 +121,8 @@ def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[s
                        if getattr(config, name) != AUTO}
     job = plainly(client.fine_tuning.jobs.create, model=config.model, training_file=uploaded[0].id,
                   validation_file=uploaded[1].id if len(uploaded) > 1 else None,
-                  hyperparameters=hyperparameters or None, suffix=config.suffix, seed=config.seed)
+                  hyperparameters=hyperparameters or None, suffix=config.suffix, seed=config.seed,
+                  extra_body={"tunelab": {name: getattr(config, name) for name in extension}} if extension else None)
     events.message(f"created {job.id} on {client.base_url} ({job.status})", job_id=job.id)
     return job
 

@@ -40,6 +40,8 @@ class ServerSettings:
     max_upload_mb: float = 512
     aliases: dict[str, str] = field(default_factory=dict)
     dtype: str = "auto"  # number format of the models answering chat: auto (models/precision.py), fp32, bf16
+    # base model spec → {"preset": name, setting: value, …}: what its jobs train with unless they say (job_settings.py)
+    job_presets: dict[str, dict] = field(default_factory=dict)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:

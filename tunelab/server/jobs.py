@@ -18,16 +18,17 @@ import time
 
 from fastapi import APIRouter, Request
 
+from tunelab.core.settings import OPENAI_HYPERPARAMETERS as HYPERPARAMETERS
 from tunelab.core.settings import parsed_values
 from tunelab.runs.record import fine_tuned_model_name
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError, json_object, row_or_404
+from tunelab.server.job_settings import JobSettingsError, job_extension
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
 from tunelab.train.checkpoints import complete_checkpoints
 
 JOB_ID = re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$")
-HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 FINISHED = ("succeeded", "failed", "cancelled")
 
 router = APIRouter()
@@ -56,6 +57,9 @@ def job_object(store, row) -> dict:
         "finished_at": row["finished_at"], "estimated_finish": estimated_finish,
         "result_files": json.loads(row["result_files"]), "error": json.loads(row["error"]) if row["error"] else None,
         "integrations": None,
+        # tunelab's addition: the settings beyond OpenAI's fields, as the request's `tunelab` extension takes
+        # them, with the preset they came from (None: TrainConfig's defaults and the memory plan's choices)
+        "tunelab": json.loads(row["settings"]),
     }
 
 
@@ -126,6 +130,11 @@ async def create_job(request: Request) -> dict:
     training_file = _file_id(request, body, "training_file", required=True)
     validation_file = _file_id(request, body, "validation_file", required=False)
     hyperparameters = _requested_hyperparameters(body)
+    try:
+        settings = job_extension(body, base_model, request.app.state.settings.job_presets, hyperparameters,
+                                 validation_file is not None)
+    except JobSettingsError as error:
+        raise APIError(400, str(error), param=error.param, code="invalid_value") from None
     suffix, seed, metadata = body.get("suffix"), body.get("seed"), body.get("metadata")
     if suffix is not None and (not isinstance(suffix, str) or not 1 <= len(suffix) <= 64):
         raise APIError(400, "suffix: must be 1 to 64 characters", param="suffix", code="invalid_value")
@@ -138,11 +147,14 @@ async def create_job(request: Request) -> dict:
     store = request.app.state.store
     job_id = new_id("ftjob-")
     store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
-                  "metadata, hyperparameters, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
+                  "metadata, hyperparameters, settings, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
                   (job_id, int(time.time()), model, base_model, training_file, validation_file, suffix,
                    seed if seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31,
-                   json.dumps(metadata) if metadata else None, json.dumps(hyperparameters)))
+                   json.dumps(metadata) if metadata else None, json.dumps(hyperparameters), json.dumps(settings)))
     store.job_event(job_id, f"Created fine-tuning job: {job_id}")
+    if len(settings) > 1 or settings["preset"]:
+        store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()
+                                                         if value is not None))
     return job_object(store, _row(request, job_id))
 
 

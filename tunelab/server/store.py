@@ -63,6 +63,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0004_pause", """
         ALTER TABLE jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0;
     """),
+    # tunelab's settings beyond OpenAI's hyperparameters: {"preset": name or null, setting: value, …}
+    ("0005_job_settings", """
+        ALTER TABLE jobs ADD COLUMN settings TEXT NOT NULL DEFAULT '{"preset": null}';
+    """),
 ]
 
 

@@ -122,11 +122,13 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
 
     job = store.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
     run = RunDir(store.run_dir(job_id))
-    hyperparameters = json.loads(job["hyperparameters"])
+    # tunelab's settings (job_settings.py: a preset's, the request's) under OpenAI's hyperparameters; a
+    # preset's epochs, batch or rate are there only where the request left OpenAI's field `auto`.
+    settings = {name: value for name, value in json.loads(job["settings"]).items() if name != "preset"}
     config = TrainConfig.from_sources(
         data=str(store.file_path(job["training_file"])), model=job["base_model"], out=str(run.path),
         validation=str(store.file_path(job["validation_file"])) if job["validation_file"] else None,
-        suffix=job["suffix"], seed=job["seed"], **hyperparameters)
+        suffix=job["suffix"], seed=job["seed"], **{**json.loads(job["hyperparameters"]), **settings})
 
     def cancelled(_step: int) -> bool:  # asked of the first process only; the others follow its answer
         if not worker_alive():
