@@ -18,14 +18,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir, *arguments: str, prefix: tuple[str, ...] = ()):
-        """`prefix`: a command the server runs under (e.g. nsenter into a namespace with a small disk)."""
+    def __init__(self, data_dir, *arguments: str, prefix: tuple[str, ...] = (), env: dict | None = None):
+        """`prefix`: a command the server runs under (e.g. nsenter into a namespace with a small disk);
+        `env`: variables set for it (and so for its worker and jobs)."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "tunelab.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
              "--api-key", API_KEY, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(os.environ, TUNELAB_API_KEY=""))
+            env=dict(os.environ, TUNELAB_API_KEY="", **(env or {})))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

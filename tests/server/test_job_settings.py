@@ -34,7 +34,7 @@ def _client(server, recorder):
     import httpx2 as httpx
 
     return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0,
-                         http_client=httpx.Client(event_hooks={"response": [recorder]}))
+                         http_client=httpx.Client(event_hooks={"response": [recorder] if recorder else []}))
 
 
 def _run_config(server_data, job_id) -> dict:
@@ -111,3 +111,15 @@ def test_a_server_preset_for_an_unknown_base_or_a_bad_file_is_refused_at_start(t
         result = run_cli("serve", "--data-dir", str(tmp_path / "data"), "--job-preset", preset)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr.decode(), result.stderr
+
+
+def test_a_job_that_cannot_fit_fails_saying_what_it_needs(tmp_path, tiny_model_dir, support_conversations):
+    server = Server(tmp_path / "data", "--alias", f"{BASE}={tiny_model_dir}", env={"TUNELAB_MEMORY": "1MB"})
+    try:
+        client = _client(server, None)
+        training = upload(client, tmp_path, support_conversations[:12])
+        job = wait_until_finished(client, client.fine_tuning.jobs.create(training_file=training.id, model=BASE).id)
+    finally:
+        server.stop()
+    assert job.status == "failed" and job.error.code == "insufficient_memory", job.error
+    assert "does not fit in 0.0 GiB even at micro-batch 1 with gradient checkpointing: it needs" in job.error.message

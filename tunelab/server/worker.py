@@ -119,6 +119,7 @@ def run_job(store: Store, job_id: str, resume: bool) -> None:
 
 def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> None:
     from tunelab.train.local import train
+    from tunelab.train.memory import DoesNotFit
 
     job = store.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
     run = RunDir(store.run_dir(job_id))
@@ -144,6 +145,10 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
             store.job_event(job_id, f"Job paused: the server's disk {error.condition} ({error.strerror.lower()}). "
                             "Free space, then resume the job; it continues from its last complete checkpoint",
                             level="error")
+        return
+    except DoesNotFit as error:  # the plan's verdict: what it needs, and what would fit instead
+        if main:
+            fail(store, job_id, "insufficient_memory", str(error).splitlines()[0])
         return
     except Exception as error:  # noqa: BLE001 - whatever ends a job is reported on the job
         if main:
