@@ -176,7 +176,8 @@ def stage_numerics(work: Path, tiny: bool) -> dict:
 
 def stage_plan_8b(work: Path, tiny: bool) -> dict:
     from tunelab.core.settings import TrainConfig
-    from tunelab.train.memory import device_budget, model_shape, plan_for
+    from tunelab.models.device_memory import device_budget
+    from tunelab.train.memory import model_shape, plan_for
 
     folder = build_model(work / "llama-3-8b-config", "llama-3-8b", weights=False)
     shape = model_shape(folder, "llama-3-8b")

@@ -105,7 +105,8 @@ def _show_plan(config, preset, memory, device, as_json, flags) -> None:
     from tunelab.models.precision import best_device
     from tunelab.models.resolve import ModelNotFound, resolve_model
     from tunelab.train.local import training_data_lengths
-    from tunelab.train.memory import PlanError, device_budget, model_shape, plan_for
+    from tunelab.models.device_memory import device_budget
+    from tunelab.train.memory import PlanError, model_shape, plan_for
 
     here = best_device()
     device = device or here

@@ -95,10 +95,11 @@ def adapter_state(loaded: LoadedModel, use_adapter: bool):
 
 
 def load_for_generation(model_or_run: str, chat_template: str | None = None, device: str | None = None,
-                        dtype: torch.dtype | None = None) -> LoadedModel:
+                        dtype: torch.dtype | None = None, four_bit: bool = False) -> LoadedModel:
     """Load a run directory (base + adapter, or a full fine-tune) or a plain model spec ('default', a path,
-    a hub id; `chat_template` for a model without one of its own), on `device` (default: the best one), in
-    `dtype` (default: `inference_dtype`'s choice for the device)."""
+    a hub id; `chat_template` for a model without one of its own; `four_bit`: its linear layers in NF4, as
+    QLoRA trains on them, CUDA only), on `device` (default: the best one), in `dtype` (default:
+    `inference_dtype`'s choice for the device)."""
     device = device or best_device()
     run = RunDir(model_or_run)
     if run.is_finished():
@@ -118,7 +119,8 @@ def load_for_generation(model_or_run: str, chat_template: str | None = None, dev
         return LoadedModel(_placed(model, device).eval(), tokenizer, resolved.name, name, fully_fine_tuned=full)
     resolved = resolve_model(model_or_run)
     tokenizer = load_tokenizer(resolved.path, chat_template)
-    model = load_model(resolved.path, dtype=dtype or inference_dtype(None, device))
+    dtype = dtype or inference_dtype(None, device)
+    model = load_four_bit_model(resolved.path, dtype) if four_bit else load_model(resolved.path, dtype=dtype)
     return LoadedModel(_placed(model, device).eval(), tokenizer, resolved.name, None)
 
 

@@ -14,6 +14,14 @@ own step, so only the requests that ask for it pay for it. Requests in a batch s
 generator, so a sampled reply cannot be reproduced from a seed (OpenAI promises only "best effort" there);
 greedy replies are the same however they are batched.
 
+One copy of a base model serves all its LoRA fine-tunes: each request names its adapter, and a step that
+computes tokens of several requests applies each one's adapter to its own tokens (models/adapters.py), so
+requests to different fine-tunes and to the base share one batch.
+
+The KV cache and the tokens computed per step are sized from the memory the device has free when a
+manager starts (`serving_size`; `TUNELAB_MEMORY` caps it): a quarter of it for the cache, within bounds
+that keep a CPU's cache to what its compute can use and leave a GPU room for the step and for training.
+
 `ReplyText` turns the growing token list into the text to send: it stops at a `stop` string, holds back
 what could still turn out to be one (or half a UTF-8 character), and ends as `generate_replies` ends, so a
 streamed reply equals the same reply sent whole.
@@ -24,14 +32,48 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunelab.conversation.templates import stop_token_ids
+from tunelab.models.adapters import SharedBase, set_adapters_per_token
+from tunelab.models.device_memory import device_budget
 from tunelab.models.generate import Generation, LoadedModel, finished_reply
 
-KV_CACHE_TOKENS = 8192  # prompt and reply tokens held at once across a model's running requests
 PAGE_TOKENS = 64  # cache page: a request holds whole pages, so small pages waste less on short replies
-MAX_BATCH_TOKENS = 256  # tokens computed per step (prefill chunks included): each needs a vocabulary-wide row
+KV_SHARE = 0.25  # of the memory free when a manager starts, for its cache (the rest: the step, other models, training)
+# Bounds on the cache, in tokens: a CPU computes a few dozen replies at once usefully, and its cache is
+# allocated (zeroed) whole; a GPU holds hundreds.
+KV_TOKENS = {"cpu": (2048, 16384), "cuda": (4096, 262144)}
+# Tokens computed per step (prefill chunks included): on a CPU a step's time grows with them, so they stay
+# few; on a GPU up to this many, as the memory left for the step's activations allows.
+BATCH_TOKENS = {"cpu": 256, "cuda": 2048}
+STEP_SHARE = 0.05  # of the free memory, for one step's activations and logits
+
+
+@dataclass(frozen=True)
+class ServingSize:
+    kv_cache_tokens: int
+    batch_tokens: int
+    kv_bytes_per_token: int
+
+
+def serving_size(config, dtype, device: str, free_bytes: int) -> ServingSize:
+    """The KV cache and tokens per step for one batching manager of a model with `config`, in `dtype`,
+    given the bytes the device has free."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_bytes = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize  # a key and a value per layer
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    low, high = KV_TOKENS[kind]
+    cache = max(low, min(high, int(free_bytes * KV_SHARE) // kv_bytes)) // PAGE_TOKENS * PAGE_TOKENS
+    # A step token holds the layer's widest activations, and a new token's fp32 logits row.
+    step_bytes = (4 * text.hidden_size + 2 * getattr(text, "intermediate_size", 4 * text.hidden_size)) \
+        * dtype.itemsize + 4 * text.vocab_size
+    batch = max(PAGE_TOKENS, min(BATCH_TOKENS[kind], int(free_bytes * STEP_SHARE) // step_bytes))
+    return ServingSize(cache, batch, kv_bytes)
 
 
 class GenerationFailed(RuntimeError):
@@ -58,15 +100,72 @@ class Sampling:
 
 
 class ContinuousGenerator:
-    """A loaded model serving concurrent requests through continuous batching; `close()` stops its threads."""
+    """A loaded model serving concurrent requests through continuous batching, with any number of LoRA
+    adapters attached to it (a model loaded with its own adapter serves that one only); `close()` stops its
+    threads."""
 
-    def __init__(self, loaded: LoadedModel, kv_cache_tokens: int = KV_CACHE_TOKENS):
+    def __init__(self, loaded: LoadedModel, device: str | None = None):
         self.loaded = loaded
-        self.kv_cache_tokens = kv_cache_tokens
+        self.device = device or str(next(loaded.model.parameters()).device)
         self.stop_ids = stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
+        self.sizes: dict[str, ServingSize] = {}  # per sampling mode, as each manager started
+        self.steps = self.mixed_steps = 0  # forward passes, and those computing several adapters' tokens
         self._managers: dict[str, object] = {}
+        self._adapter_of_request: dict[str, int] = {}
         self._lock = threading.Lock()
         self._merge_adapter()
+        self.shared = None if loaded.has_adapter else SharedBase(self._inner_model())
+        if self.shared is not None:
+            # A weak reference: the model must not keep its generator (and so itself) alive once evicted.
+            this = weakref.ref(self)
+            self._inner_model().register_forward_pre_hook(
+                lambda module, args, kwargs: this() and this()._choose_adapters(kwargs), with_kwargs=True)
+
+    def attach(self, adapter_dir: str | Path) -> int:
+        """Serve the LoRA adapter in `adapter_dir` on this model; the slot requests name it by. Raises
+        models.adapters.AdapterNotShared if it cannot be applied per token."""
+        return self.shared.attach(adapter_dir)
+
+    def detach(self, slot: int) -> None:
+        self.shared.detach(slot)
+
+    def _choose_adapters(self, kwargs: dict) -> None:
+        """Before each forward pass of a manager: which of its tokens belong to which adapter's requests."""
+        import torch
+
+        bounds = kwargs.get("cu_seq_lens_q")
+        if bounds is None:  # not a continuous-batching step
+            set_adapters_per_token(None)
+            return
+        self.steps += 1
+        if not self._adapter_of_request:
+            set_adapters_per_token(None)
+            return
+        request_ids = self._requests_in_step()
+        bounds = bounds.tolist()
+        if not request_ids:
+            set_adapters_per_token(None)
+            return
+        if len(request_ids) != len(bounds) - 1:
+            raise GenerationFailed(f"the step computes {len(bounds) - 1} requests' tokens but its batch lists "
+                                   f"{len(request_ids)}: this transformers' continuous batching is not one tunelab knows")
+        rows: dict[int, list[int]] = {}
+        for k, request_id in enumerate(request_ids):
+            slot = self._adapter_of_request.get(request_id, -1)
+            rows.setdefault(slot, []).extend(range(bounds[k], bounds[k + 1]))
+        self.mixed_steps += len(rows) > 1
+        device = kwargs["input_ids"].device
+        set_adapters_per_token({slot: torch.tensor(indices, device=device) for slot, indices in rows.items()
+                                if slot >= 0})
+
+    def _requests_in_step(self) -> list[str]:
+        """The ids of the requests whose tokens the step this thread runs computes, in their tokens' order.
+        transformers keeps them on the manager's batch processor (5.17 to 5.23 alike)."""
+        current = threading.current_thread()
+        manager = next((m for m in list(self._managers.values()) if m._generation_thread is current), None)
+        if manager is None:  # a manager's warm-up, before it serves any request
+            return []
+        return [future.state.request_id for future in manager.batch_processor.inputs_and_outputs.requests_in_batch]
 
     def _merge_adapter(self):
         # A served fine-tune always answers with its adapter: merged into fp32 weights it costs nothing per
@@ -94,11 +193,14 @@ class ContinuousGenerator:
         sampling = dict(do_sample=True, top_k=0, temperature=0.7) | (dict(top_p=0.9) if mode == "nucleus" else {})
         generation = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=tokenizer.pad_token_id,
                                       **(sampling if mode != "greedy" else dict(do_sample=False)))
-        batching = ContinuousBatchingConfig(page_size=PAGE_TOKENS, num_blocks=-(-self.kv_cache_tokens // PAGE_TOKENS),
-                                            max_batch_tokens=MAX_BATCH_TOKENS, per_request_processors=mode != "greedy",
-                                            use_cuda_graph=False)
-        manager = self._inner_model().init_continuous_batching(generation_config=generation,
-                                                               continuous_batching_config=batching)
+        model = self._inner_model()
+        size = serving_size(model.config, next(model.parameters()).dtype, self.device, device_budget(self.device))
+        self.sizes[mode] = size
+        # Synchronous batching: the step being computed is the one whose requests `_requests_in_step` lists.
+        batching = ContinuousBatchingConfig(page_size=PAGE_TOKENS, num_blocks=size.kv_cache_tokens // PAGE_TOKENS,
+                                            max_batch_tokens=size.batch_tokens, per_request_processors=mode != "greedy",
+                                            use_cuda_graph=False, use_async_batching=False)
+        manager = model.init_continuous_batching(generation_config=generation, continuous_batching_config=batching)
         manager.start()
         return manager
 
@@ -107,15 +209,20 @@ class ContinuousGenerator:
         model = self.loaded.model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    async def tokens(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling):
-        """Yield the reply's tokens so far each time one more is made, the last list when it has ended. Leaving
-        the loop early (a client that went away, a stop string) cancels the request."""
+    async def tokens(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, adapter: int | None = None,
+                     stop_ids: list[int] | None = None):
+        """Yield the reply's tokens so far each time one more is made, the last list when it has ended, with
+        the attached `adapter` (a slot from `attach`; None: the model as loaded). `stop_ids`: the tokens
+        that end it (default: the loaded tokenizer's). Leaving the loop early (a client that went away, a
+        stop string) cancels the request."""
         manager = self._manager(sampling.mode)
         request_id = uuid.uuid4().hex
         outputs: asyncio.Queue = asyncio.Queue()
         manager.register_result_handler(request_id, outputs.put_nowait)
+        if adapter is not None:
+            self._adapter_of_request[request_id] = adapter
         manager.add_request(list(prompt_ids), request_id=request_id, max_new_tokens=max_new_tokens, streaming=True,
-                            eos_token_id=self.stop_ids, **sampling.request_settings())
+                            eos_token_id=stop_ids or self.stop_ids, **sampling.request_settings())
         finished = False
         try:
             while not finished:
@@ -125,6 +232,7 @@ class ContinuousGenerator:
                 finished = output.is_finished()
                 yield list(output.generated_tokens)
         finally:
+            self._adapter_of_request.pop(request_id, None)
             if not finished:
                 manager.cancel_request(request_id)
                 # A cancelled request gets no final output, so its handler would stay registered.

@@ -7,6 +7,11 @@ the chat template it was trained with, so the prompt is rendered exactly as in t
 (`ft:…:ckpt-step-N`, as `/checkpoints` lists them) is the model rebuilt as training built it, with the
 checkpoint's weights. Models are loaded on demand and the last few kept (MODEL_CACHE).
 
+All LoRA fine-tunes of one base model are served from one copy of it: each fine-tune's adapter is attached
+to the base's generator (models/adapters.py), requests name their adapter, and requests to the base and to
+any of its fine-tunes are generated in the same batches. A full fine-tune, a checkpoint, or an adapter the
+per-token layers cannot apply (bias, modules_to_save, …) is a model of its own.
+
 Concurrent requests are generated together, each joining the running batch at the next step
 (models/serving.py: continuous batching), and `stream=True` sends each piece of text as it is made, in
 OpenAI's server-sent chunks. A reply that may call tools is sent when it is complete, as one chunk with
@@ -19,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import aclosing
 import re
 import threading
 import time
 from collections import OrderedDict
+from contextlib import aclosing
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -32,9 +38,12 @@ from starlette.concurrency import run_in_threadpool
 
 from tunelab.conversation.render import render_prompt_ids
 from tunelab.conversation.schema import prompt_errors
+from tunelab.conversation.templates import stop_token_ids
 from tunelab.core.settings import TrainConfig
+from tunelab.models.adapters import why_not_shared
 from tunelab.models.generate import LoadedModel, load_for_generation
 from tunelab.models.precision import best_device, requested_dtype
+from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError, json_object
@@ -42,13 +51,28 @@ from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
 
-MODEL_CACHE = 2  # models kept loaded
+MODEL_CACHE = 2  # models kept loaded (a base counts once, however many fine-tunes it serves)
+ADAPTER_CACHE = 64  # fine-tunes kept attached to their bases (a few MB each)
 MAX_COMPLETION_TOKENS = 4096
 CHECKPOINT_MODEL = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
 
 router = APIRouter()
 _generators: OrderedDict[str, ContinuousGenerator] = OrderedDict()
 _loading = threading.Lock()  # one model loaded at a time: two first requests for it load it once
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answers a request: a generator, the adapter slot on it (None: the model as loaded), and the
+    tokenizer and stop tokens of the model named (a fine-tune's own, with the template it was trained with)."""
+
+    generator: ContinuousGenerator
+    tokenizer: object
+    stop_ids: list[int]
+    adapter: int | None = None
+
+
+_adapters: OrderedDict[str, tuple[str, Served]] = OrderedDict()  # run directory → (its base's key, served)
 
 
 def fine_tuned_run(store, name: str):
@@ -88,20 +112,73 @@ def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
                        fully_fine_tuned=config.method == "full")
 
 
-def _generator_for(request: Request, name: str) -> ContinuousGenerator:
+def _served(request: Request, name: str) -> Served:
     store = request.app.state.store
+    forced = requested_dtype(request.app.state.settings.dtype)
     checkpoint = checkpoint_path(store, name)
     run = None if checkpoint else fine_tuned_run(store, name)
-    spec = f"{checkpoint[1]}" if checkpoint else str(run) if run else resolve_base(request, name)
     with _loading:
-        if spec not in _generators:
-            forced = requested_dtype(request.app.state.settings.dtype)
-            loaded = _load_checkpoint(store, *checkpoint, name) if checkpoint else load_for_generation(spec, dtype=forced)
-            _generators[spec] = ContinuousGenerator(loaded)
-            while len(_generators) > MODEL_CACHE:
-                _generators.popitem(last=False)[1].close()  # its running requests finish first
-        _generators.move_to_end(spec)
-        return _generators[spec]
+        if checkpoint:
+            generator = _model(str(checkpoint[1]), lambda: _load_checkpoint(store, *checkpoint, name))
+        elif run and not RunDir(run).is_full_fine_tune and why_not_shared(RunDir(run).adapter_dir) is None:
+            return _adapter_served(RunDir(run), forced)
+        elif run:
+            generator = _model(str(run), lambda: load_for_generation(str(run), dtype=forced))
+        else:
+            spec = resolve_base(request, name)
+            generator = _model(str(resolve_model(spec).path), lambda: load_for_generation(spec, dtype=forced))
+        return Served(generator, generator.loaded.tokenizer, generator.stop_ids)
+
+
+def _model(key: str, load) -> ContinuousGenerator:
+    """The generator of the model `key`, loaded by `load()` if it is not; the least recently used beyond
+    MODEL_CACHE is closed, with the fine-tunes attached to it."""
+    if key not in _generators:
+        _generators[key] = ContinuousGenerator(load())
+        while len(_generators) > MODEL_CACHE:
+            evicted, generator = _generators.popitem(last=False)
+            generator.close()  # its running requests finish first
+            for run, (base_key, _served_run) in list(_adapters.items()):
+                if base_key == evicted:
+                    del _adapters[run]
+    _generators.move_to_end(key)
+    return _generators[key]
+
+
+def _adapter_served(run: RunDir, forced) -> Served:
+    """A LoRA fine-tune: its adapter attached to its base model's generator, loading the base if needed."""
+    settings = run.settings()
+    four_bit = settings.get("method") == "qlora" and best_device() == "cuda"  # served on the base it trained on
+    base = str(resolve_model(settings["model"]).path)
+    key = base + (" in 4 bits" if four_bit else "")
+    generator = _model(key, lambda: load_for_generation(base, dtype=forced, four_bit=four_bit))
+    if str(run.path) not in _adapters:
+        tokenizer = load_tokenizer(str(run.tokenizer_dir))
+        stop_ids = stop_token_ids(tokenizer, getattr(generator.loaded.model, "generation_config", None))
+        _adapters[str(run.path)] = (key, Served(generator, tokenizer, stop_ids, generator.attach(run.adapter_dir)))
+        while len(_adapters) > ADAPTER_CACHE:
+            _key, oldest = _adapters.popitem(last=False)[1]
+            oldest.generator.detach(oldest.adapter)
+    _adapters.move_to_end(str(run.path))
+    return _adapters[str(run.path)][1]
+
+
+@router.get("/tunelab/serving")
+async def serving_state(request: Request) -> dict:
+    """tunelab's own: the models loaded now, with the fine-tunes attached to each, their caches and steps."""
+    with _loading:
+        attached: dict[str, list[str]] = {}
+        for run, (base_key, _served_run) in _adapters.items():
+            attached.setdefault(base_key, []).append(RunDir(run).job().get("fine_tuned_model") or run)
+        models = [{
+            "model": key, "device": generator.device,
+            "dtype": str(next(generator.loaded.model.parameters()).dtype).removeprefix("torch."),
+            "fine_tunes_attached": attached.get(key, []),
+            "caches": {mode: {"kv_cache_tokens": size.kv_cache_tokens, "batch_tokens": size.batch_tokens}
+                       for mode, size in generator.sizes.items()},
+            "steps": generator.steps, "steps_with_several_adapters": generator.mixed_steps,
+        } for key, generator in _generators.items()]
+    return {"object": "tunelab.serving", "models": models}
 
 
 def _messages(body: dict) -> list[dict]:
@@ -143,22 +220,22 @@ async def create_chat_completion(request: Request):
     if not isinstance(stream_options, dict):
         raise APIError(400, "stream_options: must be an object", param="stream_options", code="invalid_value")
     tools = body.get("tools")
-    generator = await run_in_threadpool(_generator_for, request, body["model"])
-    tokenizer = generator.loaded.tokenizer
+    served = await run_in_threadpool(_served, request, body["model"])
+    tokenizer = served.tokenizer
     try:
         prompt_ids = await run_in_threadpool(render_prompt_ids, tokenizer, messages, tools)
     except (ValueError, TypeError, TemplateError) as error:  # the template's own checks (role order, …)
         raise APIError(400, f"messages: the model's chat template cannot render them: {error}", param="messages",
                        code="invalid_value") from None
-    replies = [ReplyText(tokenizer, generator.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
+    replies = [ReplyText(tokenizer, served.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
     sampling = Sampling(temperature, top_p)
     completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"]}
     if body.get("stream"):
         include_usage = bool(stream_options.get("include_usage"))
-        pieces = _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
+        pieces = _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
         return StreamingResponse(_chunks(completion, pieces, replies, include_usage), media_type="text/event-stream")
     try:
-        async for _ in _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text=False):
+        async for _ in _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=False):
             pass
     except GenerationFailed as error:
         raise APIError(500, f"generation failed: {error}", type="server_error", code="server_error") from None
@@ -166,14 +243,15 @@ async def create_chat_completion(request: Request):
     return {**completion, "object": "chat.completion", "choices": shaped, "usage": _usage(replies)}
 
 
-async def _pieces(generator, prompt_ids, max_tokens, sampling, replies, send_text: bool):
+async def _pieces(served: Served, prompt_ids, max_tokens, sampling, replies, send_text: bool):
     """Generate every reply at once; yield (choice index, new text) as text becomes safe to send, then
     (index, None) when that reply has ended. Leaving early cancels what is still being generated."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def generate(index: int, reply: ReplyText):
         try:
-            async with aclosing(generator.tokens(prompt_ids, max_tokens, sampling)) as tokens_so_far:
+            async with aclosing(served.generator.tokens(prompt_ids, max_tokens, sampling, served.adapter,
+                                                        served.stop_ids)) as tokens_so_far:
                 async for tokens in tokens_so_far:
                     text = reply.update(tokens)
                     if text and send_text:

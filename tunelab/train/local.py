@@ -38,6 +38,7 @@ from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, check_tem
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import atomic_path, check_output_directory, remove_stale_temporaries, write_text_atomically
 from tunelab.core.settings import AUTO, TrainConfig, resolve_hyperparameters
+from tunelab.models.device_memory import device_budget
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.runs.record import RunRecorder, fine_tuned_model_name, metrics_row, new_job_id
@@ -45,7 +46,7 @@ from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoints import (latest_checkpoint, random_states, restore_random_states,
                                        restore_training_state, save_checkpoint)
 from tunelab.train.loss import TrainedTokenLoss
-from tunelab.train.memory import DoesNotFit, device_budget, model_shape, plan_for
+from tunelab.train.memory import DoesNotFit, model_shape, plan_for
 from tunelab.train.methods import (MethodUnavailable, check_method_available, chosen_kernels, compute_dtype,
                                    load_trainable_state, trainable_model, trainable_state, training_device)
 from tunelab.train.schedule import schedule

@@ -1,0 +1,45 @@
+"""Four fine-tunes of one base through `tunelab serve`: one copy of the base answers all of them, requests to
+different fine-tunes and to the base share generation steps, and each reply is the one it gets alone."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.server.conftest import API_KEY, httpx, upload
+from tests.server.test_jobs import wait_until_finished
+
+pytestmark = pytest.mark.slow  # a server process and four training jobs
+
+BASE = "gpt-4o-mini-2024-07-18"
+
+
+def test_four_fine_tunes_share_one_base_and_answer_in_one_batch_as_alone(tiny_client, tiny_server, tmp_path,
+                                                                       support_conversations):
+    client = tiny_client
+    training = upload(client, tmp_path, support_conversations[:12])
+    jobs = [client.fine_tuning.jobs.create(training_file=training.id, model=BASE, seed=seed, suffix=f"team-{seed}",
+                                           hyperparameters={"n_epochs": 1, "batch_size": 4,
+                                                            "learning_rate_multiplier": 10})
+            for seed in range(4)]
+    models = [wait_until_finished(client, job.id).fine_tuned_model for job in jobs]
+    assert all(models), models
+    names = [*models, BASE]
+    questions = [[{"role": "user", "content": text}] for text in ("Where is my order?", "Can I return a lamp?")]
+    requests = [(name, messages) for messages in questions for name in names]
+
+    def ask(request):
+        name, messages = request
+        return client.chat.completions.create(model=name, messages=messages, temperature=0,
+                                              max_tokens=8).choices[0].message.content
+
+    alone = [ask(request) for request in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(ask, requests))
+    assert together == alone
+
+    serving = httpx.get(f"{tiny_server.base_url}/tunelab/serving", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    loaded = serving["models"]
+    assert len(loaded) == 1, loaded  # one copy of the base, not one per fine-tune
+    assert sorted(loaded[0]["fine_tunes_attached"]) == sorted(models)
+    assert loaded[0]["steps_with_several_adapters"] > 0, loaded[0]
+    assert loaded[0]["caches"]["greedy"]["kv_cache_tokens"] >= 2048
