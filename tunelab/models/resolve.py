@@ -261,11 +261,15 @@ def _write_template_note(directory: Path, template: str) -> None:
 
 
 # Building a tokenizer from a 262k-entry tokenizer.json takes about 3 s on two cores (transformers parses the
-# file in Python), and one process often needs the same one again: the server checking uploads and serving
-# several fine-tunes of one base, an evaluation's systems, the advisor and the data checks. A loaded tokenizer
-# is kept per folder, chat template and file dates, and shared: nothing changes a tokenizer after loading it.
+# file in Python) and holds about 260 MB, and one process often needs the same one again: the server checking
+# uploads and serving several fine-tunes of one base (each run keeps a copy of its base's tokenizer files),
+# an evaluation's systems, the advisor and the data checks. A loaded tokenizer is kept per content of its
+# files and chat template, and shared: nothing changes a tokenizer after loading it.
 _TOKENIZERS: OrderedDict[tuple, object] = OrderedDict()
-_TOKENIZERS_KEPT = 2
+_TOKENIZERS_KEPT = 4
+# Files compared by content (a tokenizer's are at most tens of MB); larger ones, and weights, by size and date.
+_HASHED_BYTES = 128 * 2**20
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 _TOKENIZERS_LOCK = threading.Lock()
 
 
@@ -291,19 +295,24 @@ def load_tokenizer(path: str, chat_template: str | None = None):
 
 
 def _tokenizer_key(path: str, chat_template: str | None) -> tuple | None:
-    """What a loaded tokenizer depends on: its folder's files (names, sizes, dates) and the template file's.
-    None for what is not a local folder (nothing to compare a later load against)."""
+    """What a loaded tokenizer depends on: the content of its folder's files and of the template file, so
+    two folders holding the same tokenizer (a base model's and its fine-tunes' runs) share one. None for
+    what is not a local folder (nothing to compare a later load against)."""
     folder = Path(path)
     if not folder.is_dir():
         return None
-    files = tuple(sorted((f.name, stat.st_size, stat.st_mtime_ns) for f in folder.iterdir()
-                         if f.is_file() and f.suffix != ".safetensors" for stat in (f.stat(),)))
+    files = []
+    for file in sorted(folder.iterdir()):
+        if not file.is_file() or file.suffix in _WEIGHT_SUFFIXES:
+            continue
+        stat = file.stat()
+        files.append((file.name, hashlib.sha256(file.read_bytes()).hexdigest() if stat.st_size <= _HASHED_BYTES
+                      else (str(file.resolve()), stat.st_size, stat.st_mtime_ns)))
     template = None
     if chat_template:
         template_file = Path(chat_template)
-        template = (str(template_file.resolve()), template_file.stat().st_mtime_ns) if template_file.is_file() \
-            else chat_template
-    return str(folder.resolve()), files, template
+        template = hashlib.sha256(template_file.read_bytes()).hexdigest() if template_file.is_file() else chat_template
+    return tuple(files), template
 
 
 def _build_tokenizer(path: str, chat_template: str | None):
