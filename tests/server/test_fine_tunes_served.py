@@ -43,3 +43,35 @@ def test_four_fine_tunes_share_one_base_and_answer_in_one_batch_as_alone(tiny_cl
     assert sorted(loaded[0]["fine_tunes_attached"]) == sorted(models)
     assert loaded[0]["steps_with_several_adapters"] > 0, loaded[0]
     assert loaded[0]["caches"]["greedy"]["kv_cache_tokens"] >= 2048
+
+
+def test_a_model_is_never_closed_under_a_request_when_more_are_asked_for_than_are_kept(tmp_path, tiny_model_dir):
+    import shutil
+
+    import openai
+
+    from tests.server.conftest import Server
+
+    shutil.copytree(tiny_model_dir, tmp_path / "tiny-copy")
+    server = Server(tmp_path / "data", "--alias", f"first={tiny_model_dir}", "--alias", f"second={tmp_path / 'tiny-copy'}",
+                    "--max-models", "1", "--dtype", "fp32")
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0)
+        question = [{"role": "user", "content": "Where is my order?"}]
+
+        def ask(k: int) -> str:  # the two models in turn, plain and streamed: each load must close the other
+            model = ("first", "second")[k % 2]
+            if k % 3 == 0:
+                return "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+                    model=model, messages=question, max_tokens=12, temperature=0, stream=True) if chunk.choices)
+            return client.chat.completions.create(model=model, messages=question, max_tokens=12,
+                                                  temperature=0).choices[0].message.content
+
+        alone = [ask(k) for k in range(2)]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, range(16)))
+        assert together == [alone[k % 2] for k in range(16)]
+        serving = httpx.get(f"{server.base_url}/tunelab/serving", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+        assert len(serving["models"]) == 1  # the burst over, one model kept
+    finally:
+        server.stop()

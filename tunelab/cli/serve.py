@@ -35,6 +35,7 @@ def serve(
     max_jobs: int = typer.Option(1, "--max-jobs", min=1, metavar="N", help="Jobs trained at the same time."),
     launcher: Optional[str] = typer.Option(None, "--launcher", metavar="COMMAND", help="Start each job under this command, e.g. \"accelerate launch --multi_gpu --num_processes 8\" to train on every GPU."),
     job_preset: list[str] = typer.Option([], "--job-preset", metavar="BASE=PRESET", help="Jobs on base model BASE (a name the server answers to) train with PRESET's settings (a bundled preset or a YAML file) unless the request's `tunelab` extension says otherwise. Repeatable."),
+    max_models: int = typer.Option(2, "--max-models", min=1, metavar="N", help="Models kept loaded for chat; a base model counts once, however many of its LoRA fine-tunes it serves."),
     dtype: Literal["auto", "fp32", "bf16"] = typer.Option("auto", "--dtype", help="Number format of the models answering chat: auto (bf16 on a CPU or GPU with bf16 units, else fp32), fp32 (a batched greedy reply is then the same as one alone) or bf16."),
 ) -> None:
     """Serve OpenAI's fine-tuning API on this machine: files, jobs, models and chat completions. Code
@@ -71,7 +72,7 @@ def serve(
     try:
         check_output_directory(Path(home))  # read-only, not ours, or a file: said before the database is opened
         application = create_app(ServerSettings(Path(home), api_key or None, max_upload_mb, aliases, dtype,
-                                                     job_presets))
+                                                     job_presets, max_models))
     except (NewerDatabase, OutputError) as error:
         fail(str(error))
     except (OSError, sqlite3.Error) as error:  # a data directory on a full disk

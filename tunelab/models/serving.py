@@ -110,6 +110,7 @@ class ContinuousGenerator:
         self.stop_ids = stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
         self.sizes: dict[str, ServingSize] = {}  # per sampling mode, as each manager started
         self.steps = self.mixed_steps = 0  # forward passes, and those computing several adapters' tokens
+        self.in_flight = 0  # requests holding this generator (its owner counts them: it must not close it under them)
         self._managers: dict[str, object] = {}
         self._adapter_of_request: dict[str, int] = {}
         self._lock = threading.Lock()

@@ -42,6 +42,7 @@ class ServerSettings:
     dtype: str = "auto"  # number format of the models answering chat: auto (models/precision.py), fp32, bf16
     # base model spec → {"preset": name, setting: value, …}: what its jobs train with unless they say (job_settings.py)
     job_presets: dict[str, dict] = field(default_factory=dict)
+    max_models: int = 2  # models kept loaded for chat (a base counts once, however many fine-tunes it serves)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:

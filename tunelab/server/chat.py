@@ -5,7 +5,9 @@
 A fine-tuned model is found by the name its job reported (`ft:…`); its run directory holds the adapter and
 the chat template it was trained with, so the prompt is rendered exactly as in training. A checkpoint
 (`ft:…:ckpt-step-N`, as `/checkpoints` lists them) is the model rebuilt as training built it, with the
-checkpoint's weights. Models are loaded on demand and the last few kept (MODEL_CACHE).
+checkpoint's weights. Models are loaded on demand and the last few kept (`tunelab serve --max-models`, 2
+by default): the least recently used model no request is using is closed when another must be loaded, so a
+request never loses its model mid-reply (beyond the limit for as long as all are busy).
 
 All LoRA fine-tunes of one base model are served from one copy of it: each fine-tune's adapter is attached
 to the base's generator (models/adapters.py), requests name their adapter, and requests to the base and to
@@ -51,7 +53,6 @@ from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
 
-MODEL_CACHE = 2  # models kept loaded (a base counts once, however many fine-tunes it serves)
 ADAPTER_CACHE = 64  # fine-tunes kept attached to their bases (a few MB each)
 MAX_COMPLETION_TOKENS = 4096
 CHECKPOINT_MODEL = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
@@ -113,45 +114,68 @@ def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
 
 
 def _served(request: Request, name: str) -> Served:
+    """The model answering `name`, loaded if needed, held for one request: `_release` it when done."""
     store = request.app.state.store
     forced = requested_dtype(request.app.state.settings.dtype)
+    keep = request.app.state.settings.max_models
     checkpoint = checkpoint_path(store, name)
     run = None if checkpoint else fine_tuned_run(store, name)
     with _loading:
         if checkpoint:
-            generator = _model(str(checkpoint[1]), lambda: _load_checkpoint(store, *checkpoint, name))
+            served = _whole(_model(str(checkpoint[1]), lambda: _load_checkpoint(store, *checkpoint, name), keep))
         elif run and not RunDir(run).is_full_fine_tune and why_not_shared(RunDir(run).adapter_dir) is None:
-            return _adapter_served(RunDir(run), forced)
+            served = _adapter_served(RunDir(run), forced, keep)
         elif run:
-            generator = _model(str(run), lambda: load_for_generation(str(run), dtype=forced))
+            served = _whole(_model(str(run), lambda: load_for_generation(str(run), dtype=forced), keep))
         else:
             spec = resolve_base(request, name)
-            generator = _model(str(resolve_model(spec).path), lambda: load_for_generation(spec, dtype=forced))
-        return Served(generator, generator.loaded.tokenizer, generator.stop_ids)
+            served = _whole(_model(str(resolve_model(spec).path), lambda: load_for_generation(spec, dtype=forced), keep))
+        served.generator.in_flight += 1
+        return served
 
 
-def _model(key: str, load) -> ContinuousGenerator:
-    """The generator of the model `key`, loaded by `load()` if it is not; the least recently used beyond
-    MODEL_CACHE is closed, with the fine-tunes attached to it."""
+def _whole(generator: ContinuousGenerator) -> Served:
+    """A model answering as it was loaded (a base, a full fine-tune, a checkpoint)."""
+    return Served(generator, generator.loaded.tokenizer, generator.stop_ids)
+
+
+def _release(served: Served, keep: int) -> None:
+    """The request `served` was held for has ended; models beyond `keep` that nobody uses are closed now."""
+    with _loading:
+        served.generator.in_flight -= 1
+        _close_idle(keep)
+
+
+def _model(key: str, load, keep: int) -> ContinuousGenerator:
+    """The generator of the model `key`, loaded by `load()` if it is not; the least recently used models
+    beyond `keep` that no request is using are closed, with the fine-tunes attached to them."""
     if key not in _generators:
         _generators[key] = ContinuousGenerator(load())
-        while len(_generators) > MODEL_CACHE:
-            evicted, generator = _generators.popitem(last=False)
-            generator.close()  # its running requests finish first
-            for run, (base_key, _served_run) in list(_adapters.items()):
-                if base_key == evicted:
-                    del _adapters[run]
     _generators.move_to_end(key)
+    _close_idle(keep, spare=key)
     return _generators[key]
 
 
-def _adapter_served(run: RunDir, forced) -> Served:
+def _close_idle(keep: int, spare: str | None = None) -> None:
+    for key in list(_generators):
+        if len(_generators) <= keep:
+            return
+        generator = _generators[key]
+        if key != spare and generator.in_flight == 0:
+            del _generators[key]
+            generator.close()
+            for run, (base_key, _served_run) in list(_adapters.items()):
+                if base_key == key:
+                    del _adapters[run]
+
+
+def _adapter_served(run: RunDir, forced, keep: int) -> Served:
     """A LoRA fine-tune: its adapter attached to its base model's generator, loading the base if needed."""
     settings = run.settings()
     four_bit = settings.get("method") == "qlora" and best_device() == "cuda"  # served on the base it trained on
     base = str(resolve_model(settings["model"]).path)
     key = base + (" in 4 bits" if four_bit else "")
-    generator = _model(key, lambda: load_for_generation(base, dtype=forced, four_bit=four_bit))
+    generator = _model(key, lambda: load_for_generation(base, dtype=forced, four_bit=four_bit), keep)
     if str(run.path) not in _adapters:
         tokenizer = load_tokenizer(str(run.tokenizer_dir))
         stop_ids = stop_token_ids(tokenizer, getattr(generator.loaded.model, "generation_config", None))
@@ -220,27 +244,45 @@ async def create_chat_completion(request: Request):
     if not isinstance(stream_options, dict):
         raise APIError(400, "stream_options: must be an object", param="stream_options", code="invalid_value")
     tools = body.get("tools")
+    keep = request.app.state.settings.max_models
     served = await run_in_threadpool(_served, request, body["model"])
-    tokenizer = served.tokenizer
+    streamed = False
     try:
-        prompt_ids = await run_in_threadpool(render_prompt_ids, tokenizer, messages, tools)
-    except (ValueError, TypeError, TemplateError) as error:  # the template's own checks (role order, …)
-        raise APIError(400, f"messages: the model's chat template cannot render them: {error}", param="messages",
-                       code="invalid_value") from None
-    replies = [ReplyText(tokenizer, served.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
-    sampling = Sampling(temperature, top_p)
-    completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"]}
-    if body.get("stream"):
-        include_usage = bool(stream_options.get("include_usage"))
-        pieces = _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
-        return StreamingResponse(_chunks(completion, pieces, replies, include_usage), media_type="text/event-stream")
+        tokenizer = served.tokenizer
+        try:
+            prompt_ids = await run_in_threadpool(render_prompt_ids, tokenizer, messages, tools)
+        except (ValueError, TypeError, TemplateError) as error:  # the template's own checks (role order, …)
+            raise APIError(400, f"messages: the model's chat template cannot render them: {error}",
+                           param="messages", code="invalid_value") from None
+        replies = [ReplyText(tokenizer, served.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
+        sampling = Sampling(temperature, top_p)
+        completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"]}
+        if body.get("stream"):
+            include_usage = bool(stream_options.get("include_usage"))
+            pieces = _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
+            chunks = _released_after(_chunks(completion, pieces, replies, include_usage), served, keep)
+            streamed = True
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        try:
+            async for _ in _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=False):
+                pass
+        except GenerationFailed as error:
+            raise APIError(500, f"generation failed: {error}", type="server_error", code="server_error") from None
+        shaped = [_choice(index, reply.finish()[1]) for index, reply in enumerate(replies)]
+        return {**completion, "object": "chat.completion", "choices": shaped, "usage": _usage(replies)}
+    finally:
+        if not streamed:
+            _release(served, keep)
+
+
+async def _released_after(chunks, served: Served, keep: int):
+    """The stream's chunks; its model is released when the stream ends (or the client leaves)."""
     try:
-        async for _ in _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=False):
-            pass
-    except GenerationFailed as error:
-        raise APIError(500, f"generation failed: {error}", type="server_error", code="server_error") from None
-    shaped = [_choice(index, reply.finish()[1]) for index, reply in enumerate(replies)]
-    return {**completion, "object": "chat.completion", "choices": shaped, "usage": _usage(replies)}
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        _release(served, keep)
 
 
 async def _pieces(served: Served, prompt_ids, max_tokens, sampling, replies, send_text: bool):
