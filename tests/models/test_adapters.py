@@ -148,3 +148,30 @@ def test_the_cache_and_step_are_sized_from_the_memory_free():
     assert roomy.batch_tokens == 2048 and tight.batch_tokens < 2048
     on_cpu = serving_size(llama_8b, torch.bfloat16, "cpu", parse_memory("64GB"))
     assert (on_cpu.kv_cache_tokens, on_cpu.batch_tokens) == (16384, 256)  # what a CPU's compute can use
+
+
+def test_a_closed_generator_frees_its_model_without_the_cycle_collector(model_dir, adapter_dirs):
+    import gc
+    import time
+    import weakref
+
+    loaded = load_for_generation(str(model_dir), device="cpu", dtype=torch.float32)
+    generator = ContinuousGenerator(loaded)
+    slot = generator.attach(adapter_dirs[0])
+
+    async def reply():
+        async for _tokens in generator.tokens([5, 6, 7], 3, Sampling(temperature=0), adapter=slot):
+            pass
+
+    asyncio.run(reply())
+    model = weakref.ref(loaded.model)
+    gc.disable()  # only reference counts may free it: the forward hook must not tie model and generator in a cycle
+    try:
+        generator.close()
+        del generator, loaded
+        deadline = time.monotonic() + 10  # the manager's thread lets go of it as it stops
+        while model() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert model() is None
+    finally:
+        gc.enable()
