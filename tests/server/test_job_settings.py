@@ -64,6 +64,9 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
     assert (applied["method"], applied["lora_r"], applied["micro_batch_size"], applied["gradient_checkpointing"]) \
         == ("dora", 2, 2, True)
     assert (applied["n_epochs"], applied["batch_size"], applied["max_length"]) == (1, 4, 256)  # request, then preset
+    plan = [e.message for e in client.fine_tuning.jobs.list_events(chosen.id, limit=100).data
+            if e.message.startswith("Memory plan: ")]  # among the job's first events
+    assert plan and "dora, micro-batch 2, gradient checkpointing on" in plan[0], plan
     adapter = (data_dir / "runs" / chosen.id / "adapter" / "adapter_config.json").read_text()
     assert '"r": 2' in adapter and '"use_dora": true' in adapter
 

@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -129,7 +130,10 @@ def _served(request: Request, name: str) -> Served:
             served = _whole(_model(str(run), lambda: load_for_generation(str(run), dtype=forced), keep))
         else:
             spec = resolve_base(request, name)
-            served = _whole(_model(str(resolve_model(spec).path), lambda: load_for_generation(spec, dtype=forced), keep))
+            # Keyed as a fine-tune's base is, so the base and its fine-tunes share one copy; a run directory
+            # aliased as a base (a fine-tune answering as a base model) is its own.
+            key = str(Path(spec).resolve()) if RunDir(spec).is_finished() else str(resolve_model(spec).path)
+            served = _whole(_model(key, lambda: load_for_generation(spec, dtype=forced), keep))
         served.generator.in_flight += 1
         return served
 
