@@ -391,14 +391,21 @@ def stage_serve(work: Path, tiny: bool) -> dict:
         server.wait(timeout=30)
 
 
-def run_stage(name: str, work: Path, tiny: bool) -> None:
-    """In the stage's own process: its figures as the last line of stdout."""
+def run_stages(names: list[str], work: Path, tiny: bool) -> None:
+    """In the stages' own process: each stage's figures as a line of stdout, or what stopped it."""
+    import traceback
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if tiny:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    started = time.monotonic()
-    figures = globals()["stage_" + name.replace("-", "_")](work, tiny)
-    print(json.dumps({"stage": name, "status": "ok", "seconds": round(time.monotonic() - started, 1), **figures}))
+    for name in names:
+        started = time.monotonic()
+        try:
+            figures = globals()["stage_" + name.replace("-", "_")](work, tiny)
+        except Exception:  # noqa: BLE001 - a stage's failure is its result; the next stage still runs
+            figures = {"status": "failed", "stderr": traceback.format_exc()[-3000:]}
+        print(json.dumps({"stage": name, "status": "ok", "seconds": round(time.monotonic() - started, 1), **figures}),
+              flush=True)
 
 
 def main() -> int:
@@ -406,11 +413,11 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="every stage on the CPU with a 2-layer model")
     parser.add_argument("--deadline", type=float, default=540, help="seconds for all stages together (default 540)")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.jsonl"))
-    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # stages to run in this process, comma-separated
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.stage:
-        run_stage(options.stage, options.work, options.tiny)
+        run_stages(options.stage.split(","), options.work, options.tiny)
         return 0
 
     # tunelab from this checkout, installed or not (on the lent machine it is not: no network to build it), in
@@ -423,22 +430,13 @@ def main() -> int:
         if "CUDA_VISIBLE_DEVICES" not in os.environ and options.tiny:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         build_model(work / "model", "tiny" if options.tiny else "llama-3.2-1b")
-        for name in STAGES:
-            left = deadline - time.monotonic()
-            if left < 5:
-                result = {"stage": name, "status": "not run: the deadline passed"}
-            else:
-                command = [sys.executable, __file__, "--stage", name, "--work", str(work)] + (["--tiny"] if options.tiny else [])
-                try:
-                    finished = subprocess.run(command, capture_output=True, text=True, timeout=left, cwd=ROOT)
-                    lines = finished.stdout.strip().splitlines()
-                    result = json.loads(lines[-1]) if finished.returncode == 0 and lines else {
-                        "stage": name, "status": f"failed (exit {finished.returncode})", "stderr": finished.stderr[-3000:]}
-                except subprocess.TimeoutExpired:
-                    result = {"stage": name, "status": f"timed out after {left:.0f} s"}
-            results.append(result)
-            out.write(json.dumps(result) + "\n")
-            out.flush()
+        # On a GPU each stage has a process of its own (a crash or a hang costs only that stage); on a CPU
+        # (--tiny, which the suite runs) one process runs them all, paying for PyTorch's import once.
+        for group in ([STAGES] if options.tiny else [[name] for name in STAGES]):
+            for result in _run_group(group, work, options.tiny, deadline - time.monotonic()):
+                results.append(result)
+                out.write(json.dumps(result) + "\n")
+                out.flush()
     print(f"\nGPU check summary ({'tiny, CPU' if options.tiny else 'full'}):")
     for result in results:
         figures = {k: v for k, v in result.items() if k not in ("stage", "status", "stderr")}
@@ -446,6 +444,25 @@ def main() -> int:
         if "stderr" in result:
             print("    " + result["stderr"].strip().splitlines()[-1][:300] if result["stderr"].strip() else "")
     return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in results) else 1
+
+
+def _run_group(names: list[str], work: Path, tiny: bool, left: float) -> list[dict]:
+    """Run stages `names` in one subprocess within `left` seconds; a result per stage, whatever happens."""
+    if left < 5:
+        return [{"stage": name, "status": "not run: the deadline passed"} for name in names]
+    command = [sys.executable, __file__, "--stage", ",".join(names), "--work", str(work)] + (["--tiny"] if tiny else [])
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=left, cwd=ROOT)
+        stdout, stderr, ending = finished.stdout, finished.stderr, f"failed (exit {finished.returncode})"
+    except subprocess.TimeoutExpired as expired:
+        stdout, stderr, ending = expired.stdout or "", expired.stderr or "", f"timed out after {left:.0f} s"
+        stdout, stderr = (text.decode() if isinstance(text, bytes) else text for text in (stdout, stderr))
+    done = {}
+    for line in stdout.splitlines():
+        if line.startswith('{"stage": '):
+            result = json.loads(line)
+            done[result["stage"]] = result
+    return [done.get(name) or {"stage": name, "status": ending, "stderr": stderr[-3000:]} for name in names]
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def freeze_mid_checkpoint(server, client, run: Path, job_id: str, nth: int) -> s
                 watching = True  # a checkpoint begun before the watch is counted, not caught
                 created = len([p for p in checkpoints.iterdir() if p.name.split(TEMPORARY_MARK)[0].lstrip(".")])
             victims = descendants(server.process.pid)  # read now, so a notice is answered in microseconds
-            arrived = notices.read(timeout=200)
+            arrived = notices.read(timeout=1000)
             for notice in arrived:
                 if TEMPORARY_MARK not in notice.name:
                     continue
@@ -269,6 +269,7 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                         break
                 else:
                     return Outcome(phase, "never caught", False, "no checkpoint write of three jobs was caught")
+            polls = 0
             while phase != "checkpoint" and time.monotonic() < deadline:
                 if phase == "validation":
                     events = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=20).data]
@@ -289,7 +290,9 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                         killed_at = "run finished, result not yet recorded" if \
                             client.fine_tuning.jobs.retrieve(job_id).status == "running" else "result already recorded"
                         break
-                if phase != "completion" and client.fine_tuning.jobs.retrieve(job_id).status in FINISHED:
+                polls += 1
+                if phase != "completion" and polls % 50 == 0 \
+                        and client.fine_tuning.jobs.retrieve(job_id).status in FINISHED:  # once a second: it costs the job
                     return Outcome(phase, "never reached", False, "the job finished before the phase came")
                 time.sleep(0.001 if phase == "completion" else 0.02)
             else:

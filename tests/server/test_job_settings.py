@@ -57,7 +57,9 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
     assert chosen.to_dict()["tunelab"] == {"preset": str(data_dir.parent / "small-jobs.yaml"), "method": "dora",
                                            "lora_r": 2, "lora_alpha": 8, "max_length": 256, "micro_batch_size": 2,
                                            "gradient_checkpointing": True}
-    for job in (chosen, plain, other_base):
+    # A base with no server preset: TrainConfig's defaults (seen in the job object; it need not train).
+    assert client.fine_tuning.jobs.cancel(other_base.id).to_dict()["tunelab"] == {"preset": None}
+    for job in (chosen, plain):
         assert wait_until_finished(client, job.id).status == "succeeded"
 
     applied = _run_config(data_dir, chosen.id)
@@ -78,9 +80,6 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
     events = [e.message for e in client.fine_tuning.jobs.list_events(plain.id, limit=100).data]
     assert any(m.startswith("Settings: preset ") and "lora_r 4" in m for m in events), events
 
-    untouched = _run_config(data_dir, other_base.id)  # a base with no server preset: the settings' defaults
-    assert (untouched["lora_r"], untouched["max_length"]) == (16, 1024)
-    assert client.fine_tuning.jobs.retrieve(other_base.id).to_dict()["tunelab"] == {"preset": None}
     recorder.check_all()
 
 
