@@ -13,9 +13,22 @@ pytestmark = pytest.mark.slow  # a server process and four training jobs
 BASE = "gpt-4o-mini-2024-07-18"
 
 
-def test_four_fine_tunes_share_one_base_and_answer_in_one_batch_as_alone(tiny_client, tiny_server, tmp_path,
+def test_four_fine_tunes_share_one_base_and_answer_in_one_batch_as_alone(tmp_path, tiny_model_dir,
                                                                        support_conversations):
-    client = tiny_client
+    import openai
+
+    from tests.server.conftest import Server
+
+    # The four jobs train side by side (their processes' start-up is most of their time).
+    tiny_server = Server(tmp_path / "data", "--alias", f"{BASE}={tiny_model_dir}", "--dtype", "fp32", "--max-jobs", "4")
+    try:
+        _four_fine_tunes(openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0), tiny_server,
+                         tmp_path, support_conversations)
+    finally:
+        tiny_server.stop()
+
+
+def _four_fine_tunes(client, tiny_server, tmp_path, support_conversations):
     training = upload(client, tmp_path, support_conversations[:12])
     jobs = [client.fine_tuning.jobs.create(training_file=training.id, model=BASE, seed=seed, suffix=f"team-{seed}",
                                            hyperparameters={"n_epochs": 1, "batch_size": 4,

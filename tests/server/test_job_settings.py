@@ -23,7 +23,7 @@ def preset_server(tmp_path_factory, tiny_model_dir):
     (folder / "small-jobs.yaml").write_text("method: lora\nlora_r: 4\nlora_alpha: 8\nmax_length: 256\n"
                                             "micro_batch_size: 1\nn_epochs: 2\n")
     running = Server(folder / "data", "--alias", f"{BASE}={tiny_model_dir}", "--alias", f"other={folder / 'tiny-copy'}",
-                     "--dtype", "fp32",
+                     "--dtype", "fp32", "--max-jobs", "2",
                      "--job-preset", f"{BASE}={folder / 'small-jobs.yaml'}")
     running.data_dir = folder / "data"
     yield running
