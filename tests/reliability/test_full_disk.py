@@ -12,7 +12,7 @@ import pytest
 from tests.reliability.small_disk import SmallDisk
 from tests.serving import API_KEY, Server
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy]
 TUNELAB = [sys.executable, "-m", "tunelab.cli"]
 
 

@@ -269,6 +269,7 @@ def test_fp16_trains_with_loss_scaling_and_resumes_the_scale(tmp_path, data_file
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_process_resumes_to_the_same_adapter(tmp_path, data_files, tiny_model_dir):
     """A real crash: SIGKILL the CLI after its first checkpoints, then `tunelab train --resume`."""
     arguments = ["--data", str(data_files[0]), "--model", str(tiny_model_dir), "--n-epochs", "30",

@@ -77,6 +77,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_plan_for_the_default_model_is_within_a_quarter_of_a_real_run_s_peak(tmp_path, support_conversations):
     data = tmp_path / "train.jsonl"  # one step of 8: the peak is the step's
     data.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:8]))
