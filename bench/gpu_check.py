@@ -332,7 +332,8 @@ def stage_serve(work: Path, tiny: bool) -> dict:
         port = probe.getsockname()[1]
     key = "sk-gpu-check"
     server = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--data-dir",
-                               str(work / "serve"), "--api-key", key, "--alias", f"gpt-4o-mini-2024-07-18={work / 'model'}"],
+                               str(work / "serve"), "--api-key", key, "--alias", f"gpt-4o-mini-2024-07-18={work / 'model'}",
+                               "--max-jobs", "2"],  # the two jobs side by side
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=5)
