@@ -47,7 +47,7 @@ demo: setup
 	$(BIN)/tunelab demo
 
 test: test-setup
-	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist worksteal --durations=15
+	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist load --durations=15
 
 test-fast: test-setup
 	$(BIN)/python -m pytest -q -rs -n $(WORKERS) -m "not slow and not reliability"

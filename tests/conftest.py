@@ -15,8 +15,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 def pytest_collection_modifyitems(items):
-    """The longest tests first: with workers side by side, one started last would run on alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+    """The longest tests first, longest of all first (`heavy(seconds=…)`, measured held to AVX2): with workers
+    side by side, a long test started last would run on alone at the end."""
+    def expected_seconds(item) -> float:
+        heavy = item.get_closest_marker("heavy")
+        return heavy.kwargs.get("seconds", 30) if heavy else 0
+
+    items.sort(key=expected_seconds, reverse=True)
 
 
 SYSTEM = "You are the customer support assistant for Brightlane Home, an online home goods store."

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
+@pytest.mark.heavy(seconds=40)
 def test_every_stage_of_the_gpu_check_runs_on_the_cpu(tmp_path):
     out = tmp_path / "gpu_check.jsonl"
     finished = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--out", str(out)],

@@ -41,7 +41,7 @@ def orders(phrasings: list[str], count: int, seed: int) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
+@pytest.mark.heavy(seconds=85)
 def test_fine_tuning_a_json_format_raises_validity_with_an_interval_above_zero(tmp_path, write_jsonl):
     train_file = write_jsonl("train.jsonl", orders(TRAINING_PHRASINGS, 40, seed=1))
     test_file = write_jsonl("test.jsonl", orders(HELD_OUT_PHRASINGS, 16, seed=2))

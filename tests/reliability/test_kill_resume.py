@@ -6,7 +6,7 @@ import pytest
 
 from bench.kill_resume import KINDS, kill_and_resume
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy(seconds=70)]
 
 
 def test_each_kind_of_kill_resumes_to_the_uninterrupted_result(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from bench.server_kills import PHASES, server_kills
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy(seconds=90)]
 
 
 def test_every_phase_of_a_job_survives_a_kill(tmp_path):

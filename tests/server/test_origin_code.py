@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import EXAMPLES, read_jsonl
 from tests.server.conftest import API_KEY, Server, httpx
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # trains the default model for three epochs
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=125)]  # trains the default model for three epochs
 
 PROGRAM = Path(__file__).resolve().parent / "origin" / "fine_tune.py"
 EXAMPLES_TRAINED = 16  # OpenAI's minimum is 10; enough for the house style's greeting and sign-off
