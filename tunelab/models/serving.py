@@ -132,21 +132,20 @@ class ContinuousGenerator:
 
     def _choose_adapters(self, kwargs: dict) -> None:
         """Before each forward pass of a manager: which of its tokens belong to which adapter's requests."""
+        set_adapters_per_token(self._adapter_rows(kwargs))
+
+    def _adapter_rows(self, kwargs: dict):
+        """{slot: token indices} of a continuous-batching step's adapted requests; None when there are none."""
         import torch
 
         bounds = kwargs.get("cu_seq_lens_q")
         if bounds is None:  # not a continuous-batching step
-            set_adapters_per_token(None)
-            return
+            return None
         self.steps += 1
-        if not self._adapter_of_request:
-            set_adapters_per_token(None)
-            return
-        request_ids = self._requests_in_step()
-        bounds = bounds.tolist()
+        request_ids = self._requests_in_step() if self._adapter_of_request else []
         if not request_ids:
-            set_adapters_per_token(None)
-            return
+            return None
+        bounds = bounds.tolist()
         if len(request_ids) != len(bounds) - 1:
             raise GenerationFailed(f"the step computes {len(bounds) - 1} requests' tokens but its batch lists "
                                    f"{len(request_ids)}: this transformers' continuous batching is not one tunelab knows")
@@ -156,8 +155,7 @@ class ContinuousGenerator:
             rows.setdefault(slot, []).extend(range(bounds[k], bounds[k + 1]))
         self.mixed_steps += len(rows) > 1
         device = kwargs["input_ids"].device
-        set_adapters_per_token({slot: torch.tensor(indices, device=device) for slot, indices in rows.items()
-                                if slot >= 0})
+        return {slot: torch.tensor(indices, device=device) for slot, indices in rows.items() if slot >= 0}
 
     def _requests_in_step(self) -> list[str]:
         """The ids of the requests whose tokens the step this thread runs computes, in their tokens' order.

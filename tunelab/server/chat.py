@@ -124,18 +124,30 @@ def _served(request: Request, name: str) -> Served:
     with _loading:
         if checkpoint:
             served = _whole(_model(str(checkpoint[1]), lambda: _load_checkpoint(store, *checkpoint, name), keep))
-        elif run and not RunDir(run).is_full_fine_tune and why_not_shared(RunDir(run).adapter_dir) is None:
+        elif run and (str(run) in _adapters or _shares_its_base(RunDir(run))):
             served = _adapter_served(RunDir(run), forced, keep)
         elif run:
             served = _whole(_model(str(run), lambda: load_for_generation(str(run), dtype=forced), keep))
         else:
             spec = resolve_base(request, name)
-            # Keyed as a fine-tune's base is, so the base and its fine-tunes share one copy; a run directory
-            # aliased as a base (a fine-tune answering as a base model) is its own.
-            key = str(Path(spec).resolve()) if RunDir(spec).is_finished() else str(resolve_model(spec).path)
-            served = _whole(_model(key, lambda: load_for_generation(spec, dtype=forced), keep))
+            served = _whole(_model(_base_key(spec), lambda: load_for_generation(spec, dtype=forced), keep))
         served.generator.in_flight += 1
         return served
+
+
+def _shares_its_base(run: RunDir) -> bool:
+    return not run.is_full_fine_tune and why_not_shared(run.adapter_dir) is None
+
+
+_base_keys: dict[str, str] = {}  # model spec → the key its generator is kept under
+
+
+def _base_key(spec: str) -> str:
+    """Keyed as a fine-tune's base is (the resolved model folder), so the base and its fine-tunes share one
+    copy; a run directory aliased as a base (a fine-tune answering as a base model) is its own."""
+    if spec not in _base_keys:
+        _base_keys[spec] = str(Path(spec).resolve()) if RunDir(spec).is_finished() else str(resolve_model(spec).path)
+    return _base_keys[spec]
 
 
 def _whole(generator: ContinuousGenerator) -> Served:
@@ -175,20 +187,24 @@ def _close_idle(keep: int, spare: str | None = None) -> None:
 
 def _adapter_served(run: RunDir, forced, keep: int) -> Served:
     """A LoRA fine-tune: its adapter attached to its base model's generator, loading the base if needed."""
+    if str(run.path) in _adapters:  # attached already: its base is loaded (closing a base forgets its adapters)
+        key, served = _adapters[str(run.path)]
+        _generators.move_to_end(key)
+        _adapters.move_to_end(str(run.path))
+        return served
     settings = run.settings()
     four_bit = settings.get("method") == "qlora" and best_device() == "cuda"  # served on the base it trained on
     base = str(resolve_model(settings["model"]).path)
     key = base + (" in 4 bits" if four_bit else "")
     generator = _model(key, lambda: load_for_generation(base, dtype=forced, four_bit=four_bit), keep)
-    if str(run.path) not in _adapters:
-        tokenizer = load_tokenizer(str(run.tokenizer_dir))
-        stop_ids = stop_token_ids(tokenizer, getattr(generator.loaded.model, "generation_config", None))
-        _adapters[str(run.path)] = (key, Served(generator, tokenizer, stop_ids, generator.attach(run.adapter_dir)))
-        while len(_adapters) > ADAPTER_CACHE:
-            _key, oldest = _adapters.popitem(last=False)[1]
-            oldest.generator.detach(oldest.adapter)
-    _adapters.move_to_end(str(run.path))
-    return _adapters[str(run.path)][1]
+    tokenizer = load_tokenizer(str(run.tokenizer_dir))
+    stop_ids = stop_token_ids(tokenizer, getattr(generator.loaded.model, "generation_config", None))
+    served = Served(generator, tokenizer, stop_ids, generator.attach(run.adapter_dir))
+    _adapters[str(run.path)] = (key, served)
+    while len(_adapters) > ADAPTER_CACHE:
+        _key, oldest = _adapters.popitem(last=False)[1]
+        oldest.generator.detach(oldest.adapter)
+    return served
 
 
 @router.get("/tunelab/serving")
@@ -276,7 +292,7 @@ async def create_chat_completion(request: Request):
         return {**completion, "object": "chat.completion", "choices": shaped, "usage": _usage(replies)}
     finally:
         if not streamed:
-            _release(served, keep)
+            await run_in_threadpool(_release, served, keep)  # it waits for any model being loaded
 
 
 async def _released_after(chunks, served: Served, keep: int):
@@ -286,7 +302,7 @@ async def _released_after(chunks, served: Served, keep: int):
             async for chunk in chunks:
                 yield chunk
     finally:
-        _release(served, keep)
+        await run_in_threadpool(_release, served, keep)
 
 
 async def _pieces(served: Served, prompt_ids, max_tokens, sampling, replies, send_text: bool):
