@@ -161,6 +161,8 @@ def test_a_paused_job_stops_and_resumes_to_the_end(tiny_client, recorder, tmp_pa
     while not [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"] \
             and time.monotonic() < deadline:  # a few steps in
         time.sleep(0.2)
+    with pytest.raises(openai.BadRequestError, match="is running; only a paused job can be resumed"):
+        client.fine_tuning.jobs.resume(job.id)
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
     time.sleep(3)  # the worker stops after its current step, then leaves the job alone
     steps_when_paused = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
@@ -178,6 +180,9 @@ def test_a_paused_job_stops_and_resumes_to_the_end(tiny_client, recorder, tmp_pa
     assert [int(line.split(",")[0]) for line in results[1:]] == list(range(1, 49))  # every step once, in order
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
     assert "Job paused" in messages and "Job resumed" in messages
+    assert messages.count("The job has successfully completed") == 1  # the server's event, not the run's too
+    with pytest.raises(openai.BadRequestError, match="has already succeeded; a finished job cannot be paused"):
+        client.fine_tuning.jobs.pause(job.id)
     recorder.check_all()
 
 

@@ -65,7 +65,7 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     assert "local run" in table and len(row) == 1 and row[0][-2:] == [model, str(tmp_path / "run")], table
     assert json.loads(tunelab("jobs", "show", str(tmp_path / "run")).stdout)["fine_tuned_model"] == model
     events = json.loads(tunelab("jobs", "events", str(tmp_path / "run"), "--json").stdout)["data"]
-    assert events[-1]["message"] == "Job succeeded"
+    assert events[-1]["message"] == "The job has successfully completed"
 
 
 def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_path, support_conversations):
@@ -87,7 +87,7 @@ def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_pa
         time.sleep(0.2)
     time.sleep(3)  # the watcher polls each second: it has seen a step with the server's estimate
     cancelled = tunelab("jobs", "cancel", long.id, *remote)
-    assert cancelled.returncode == 0 and f"{long.id}: cancellation requested" in cancelled.stdout, cancelled.stderr
+    assert cancelled.returncode == 0 and f"{long.id}: cancelled" in cancelled.stdout, cancelled.stderr
     assert wait_until_finished(client, long.id).status == "cancelled"
     result, progress = watching.communicate(timeout=60)
     shown = result + progress  # the outcome on stdout, the live view on stderr

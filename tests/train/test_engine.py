@@ -242,9 +242,9 @@ def test_resume_after_cancel_equals_uninterrupted(tmp_path, data_files, tiny_mod
     uninterrupted = run(settings(data_files, tiny_model_dir, tmp_path / "uninterrupted",
                                  validation=str(data_files[1]), dtype=dtype))
     config = settings(data_files, tiny_model_dir, tmp_path / "resumed", validation=str(data_files[1]), dtype=dtype)
-    cancelled = run(config, should_stop=lambda step: step == 6)  # 4 steps per epoch: mid-epoch 2
-    assert json.loads((cancelled / "job.json").read_text())["status"] == "cancelled"
-    assert latest_checkpoint(RunDir(cancelled).checkpoints_dir).step == 4  # the end of epoch 1
+    stopped = run(config, should_stop=lambda step: step == 6)  # 4 steps per epoch: mid-epoch 2
+    assert json.loads((stopped / "job.json").read_text())["status"] == "paused"  # resumable, not cancelled
+    assert latest_checkpoint(RunDir(stopped).checkpoints_dir).step == 4  # the end of epoch 1
     resumed = run(config, resume=True)
     job = json.loads((resumed / "job.json").read_text())
     assert job["status"] == "succeeded"

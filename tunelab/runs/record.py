@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 
 from tunelab.core.files import atomic_path, write_json_atomically
+from tunelab.runs import lifecycle
 from tunelab.runs.rundir import RunDir
 
+STATUS_EVENTS = {"running": "Fine-tuning job started", "succeeded": "The job has successfully completed",
+                 "paused": "Job paused", "cancelled": "Job cancelled", "failed": "Job failed"}
 METRIC_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 
 
@@ -36,6 +39,29 @@ def fine_tuned_model_name(model: str, suffix: str | None, job_id: str, organizat
     such as gpt-4o-mini-2024-07-18 when one was used), so clients that parse the name route it as OpenAI's.
     Names made before this form (`ft:{base}:{suffix}:{id}`) stay valid where they were stored."""
     return f"ft:{model}:{organization}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def fine_tuning_job(*, id: str, created_at: int, model: str, base_model: str, status: str,
+                    training_file: str | None, validation_file: str | None, hyperparameters: dict, seed: int,
+                    method: str = "supervised", suffix: str | None = None, metadata: dict | None = None,
+                    fine_tuned_model: str | None = None, trained_tokens: int | None = None,
+                    finished_at: int | None = None, estimated_finish: int | None = None,
+                    result_files: list[str] | None = None, error: dict | None = None,
+                    integrations: list[dict] | None = None, **additions) -> dict:
+    """A `fine_tuning.job` object in OpenAI's shape: the one builder, for a local run's job.json and for the
+    server's answers. `hyperparameters` are stated twice, as OpenAI does (top level, deprecated, and under
+    the method). `additions` are tunelab's own fields (`base_model` is always one: the model the job really
+    trains, where `model` is the name its creator used, perhaps an alias)."""
+    return {
+        "object": "fine_tuning.job", "id": id, "created_at": created_at, "model": model, "base_model": base_model,
+        "organization_id": "org-" + ORGANIZATION, "status": status,
+        "training_file": training_file, "validation_file": validation_file,
+        "hyperparameters": hyperparameters, "method": {"type": method, method: {"hyperparameters": hyperparameters}},
+        "seed": seed, "suffix": suffix, "metadata": metadata,
+        "fine_tuned_model": fine_tuned_model, "trained_tokens": trained_tokens, "finished_at": finished_at,
+        "estimated_finish": estimated_finish, "result_files": result_files or [], "error": error,
+        "integrations": integrations, **additions,
+    }
 
 
 def metrics_row(step: int, train_loss: float, train_accuracy: float, valid_loss: float | None = None,
@@ -86,11 +112,15 @@ class RunRecorder:
         write_json_atomically(self.run.job_file, self.job)
 
     def set_status(self, status: str, **changes) -> None:
+        """Move the run's job as the lifecycle table allows (runs/lifecycle.py; a local run may also restart
+        after failing), with its event. The event carries the status, so a server that keeps its jobs'
+        statuses itself can leave these out of the job's events."""
+        lifecycle.check(self.job["id"], self.job["status"], status, local=True)
         self.job.update(status=status, **changes)
-        if status in ("succeeded", "failed", "cancelled"):
+        if status in lifecycle.FINISHED:
             self.job["finished_at"] = int(time.time())
         self.save_job()
-        self.event(f"Job {status}" if status != "running" else "Fine-tuning job started")
+        self.event(STATUS_EVENTS.get(status, f"Job {status}"), data={"status": status})
 
     def event(self, message: str, level: str = "info", data: dict | None = None, kind: str = "message") -> None:
         record = {

@@ -20,16 +20,16 @@ from fastapi import APIRouter, Request
 
 from tunelab.core.settings import OPENAI_HYPERPARAMETERS as HYPERPARAMETERS
 from tunelab.core.settings import parsed_values
-from tunelab.runs.record import fine_tuned_model_name
+from tunelab.runs.record import fine_tuned_model_name, fine_tuning_job
 from tunelab.runs.rundir import RunDir
 from tunelab.server.errors import APIError, json_object, row_or_404
 from tunelab.server.job_settings import JobSettingsError, job_extension
+from tunelab.server.lifecycle import IllegalTransition, move
 from tunelab.server.models import resolve_base
 from tunelab.server.store import new_id
 from tunelab.train.checkpoints import complete_checkpoints
 
 JOB_ID = re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$")
-FINISHED = ("succeeded", "failed", "cancelled")
 
 router = APIRouter()
 
@@ -44,23 +44,18 @@ def job_object(store, row) -> dict:
         hyperparameters = {name: settings[name] for name in HYPERPARAMETERS}
         if row["status"] == "running" and run.has_run():
             estimated_finish = _estimated_finish(run, row["started_at"])
-    return {
-        "object": "fine_tuning.job", "id": row["id"], "created_at": row["created_at"], "model": row["model"],
-        # tunelab's addition: the model the job really trains (`model` is the name the client used, an alias)
-        "base_model": run.job().get("base_model", row["base_model"]) if run.has_run() else row["base_model"],
-        "organization_id": "org-tunelab", "status": row["status"],
-        "training_file": row["training_file"], "validation_file": row["validation_file"],
-        "hyperparameters": hyperparameters,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        "seed": row["seed"], "suffix": row["suffix"], "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
-        "fine_tuned_model": row["fine_tuned_model"], "trained_tokens": row["trained_tokens"],
-        "finished_at": row["finished_at"], "estimated_finish": estimated_finish,
-        "result_files": json.loads(row["result_files"]), "error": json.loads(row["error"]) if row["error"] else None,
-        "integrations": None,
+    return fine_tuning_job(
+        id=row["id"], created_at=row["created_at"], model=row["model"], status=row["status"],
+        base_model=run.job().get("base_model", row["base_model"]) if run.has_run() else row["base_model"],
+        training_file=row["training_file"], validation_file=row["validation_file"],
+        hyperparameters=hyperparameters, seed=row["seed"], suffix=row["suffix"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] else None,
+        fine_tuned_model=row["fine_tuned_model"], trained_tokens=row["trained_tokens"],
+        finished_at=row["finished_at"], estimated_finish=estimated_finish,
+        result_files=json.loads(row["result_files"]), error=json.loads(row["error"]) if row["error"] else None,
         # tunelab's addition: the settings beyond OpenAI's fields, as the request's `tunelab` extension takes
         # them, with the preset they came from (None: TrainConfig's defaults and the memory plan's choices)
-        "tunelab": json.loads(row["settings"]),
-    }
+        tunelab=json.loads(row["settings"]))
 
 
 def _estimated_finish(run: RunDir, started_at: int | None) -> int | None:
@@ -185,43 +180,30 @@ async def retrieve_job(request: Request, job_id: str) -> dict:
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 async def cancel_job(request: Request, job_id: str) -> dict:
-    row = _row(request, job_id)
-    store = request.app.state.store
-    if row["status"] in FINISHED:
-        raise APIError(400, f"Job {job_id} has already {row['status']}; only a job that has not finished can be "
-                       "cancelled", param="fine_tuning_job_id", code="invalid_state")
-    if row["status"] in ("validating_files", "queued", "paused"):  # not training: cancelled at once
-        store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = ?",
-                      (int(time.time()), job_id, row["status"]))
-    store.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))  # the worker stops a running one
-    store.job_event(job_id, "Cancellation requested")
-    return job_object(store, _row(request, job_id))
+    """Cancelled at once; a job in training stops after its current step (its process asks after every one)."""
+    return _moved(request, job_id, "cancelled", "Job cancelled")
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause")
 async def pause_job(request: Request, job_id: str) -> dict:
     """Stop training after the current step; `resume` continues from the last complete checkpoint (the steps
     since it are trained again, to the same weights)."""
-    row = _row(request, job_id)
-    store = request.app.state.store
-    if row["status"] not in ("queued", "running"):
-        raise APIError(400, f"Job {job_id} is {row['status']}; only a queued or running job can be paused",
-                       param="fine_tuning_job_id", code="invalid_state")
-    store.execute("UPDATE jobs SET status = 'paused', pause_requested = 1 WHERE id = ?", (job_id,))
-    store.job_event(job_id, "Job paused")
-    return job_object(store, _row(request, job_id))
+    return _moved(request, job_id, "paused", "Job paused", leaving=("queued", "running"))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/resume")
 async def resume_job(request: Request, job_id: str) -> dict:
-    row = _row(request, job_id)
+    """Queued again: the worker resumes it when a slot is free (from its checkpoint if it had started training)."""
+    return _moved(request, job_id, "queued", "Job resumed", leaving=("paused",), action="resumed")
+
+
+def _moved(request: Request, job_id: str, to: str, event: str, leaving: tuple[str, ...] | None = None,
+           action: str | None = None) -> dict:
     store = request.app.state.store
-    if row["status"] != "paused":
-        raise APIError(400, f"Job {job_id} is {row['status']}, not paused", param="fine_tuning_job_id",
-                       code="invalid_state")
-    # Queued again: the worker resumes it (from its checkpoint if it had started training).
-    store.execute("UPDATE jobs SET status = 'queued', pause_requested = 0 WHERE id = ?", (job_id,))
-    store.job_event(job_id, "Job resumed")
+    try:
+        move(store, _row(request, job_id)["id"], to, event, leaving=leaving, action=action)
+    except IllegalTransition as error:
+        raise APIError(400, str(error), param="fine_tuning_job_id", code="invalid_state") from None
     return job_object(store, _row(request, job_id))
 
 
@@ -271,8 +253,8 @@ async def list_events(request: Request, job_id: str, after: str | None = None, l
                "message": e["message"], "data": {}, "type": "message"}
               for e in store.execute("SELECT * FROM job_events WHERE job_id = ?", (row["id"],))]
     run = RunDir(store.run_dir(row["id"]))
-    if run.events_file.is_file():
-        events += run.events()
+    if run.events_file.is_file():  # the run's own status events left out: the job's statuses are the server's
+        events += [event for event in run.events() if "status" not in event.get("data", {})]
     # Newest first, as OpenAI lists them; events of one second keep their order of writing.
     events = [e for _, e in sorted(enumerate(events), key=lambda pair: (pair[1]["created_at"], pair[0]), reverse=True)]
     if after:

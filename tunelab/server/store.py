@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -120,11 +121,18 @@ class Store:
 
     def execute_together(self, statements: list[tuple[str, tuple]]) -> None:
         """Several writes in one transaction: a crash leaves all of them or none."""
+        with self.transaction() as db:
+            for sql, parameters in statements:
+                db.execute(sql, parameters)
+
+    @contextmanager
+    def transaction(self):
+        """The connection, inside one write transaction taken at once (BEGIN IMMEDIATE: another process's
+        writer waits for it, so what is read inside is still true when it commits); an exception rolls it back."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, parameters in statements:
-                    self._db.execute(sql, parameters)
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -136,7 +144,12 @@ class Store:
     def run_dir(self, job_id: str) -> Path:
         return self.data_dir / "runs" / job_id
 
-    def job_event(self, job_id: str, message: str, level: str = "info") -> None:
-        """A job event of the server's own (creation, validation, queueing); training writes the rest."""
-        self.execute("INSERT INTO job_events (id, job_id, created_at, level, message) VALUES (?, ?, ?, ?, ?)",
+    def job_event(self, job_id: str, message: str, level: str = "info", db=None) -> None:
+        """A job event of the server's own (creation, a status change); training writes the rest. `db`: the
+        connection of a transaction in progress, to write the event with what it records."""
+        statement = ("INSERT INTO job_events (id, job_id, created_at, level, message) VALUES (?, ?, ?, ?, ?)",
                      (new_id("ftevent-"), job_id, int(time.time()), level, message))
+        if db is not None:
+            db.execute(*statement)
+        else:
+            self.execute(*statement)

@@ -32,7 +32,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 from tunelab.conversation.problems import DataError
@@ -42,6 +42,7 @@ from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.core.settings import TrainConfig
 from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
+from tunelab.server.lifecycle import IllegalTransition, fail, move
 from tunelab.server.store import Store
 
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
@@ -56,12 +57,6 @@ def next_job(store: Store, started: set[str] = frozenset()):
             if row["id"] not in started:
                 return row
     return None
-
-
-def fail(store: Store, job_id: str, code: str, message: str, param: str | None = None) -> None:
-    store.execute("UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                  (int(time.time()), json.dumps({"code": code, "message": message, "param": param}), job_id))
-    store.job_event(job_id, f"Job failed: {message}", level="error")
 
 
 def validate_files(store: Store, job) -> bool:
@@ -81,8 +76,10 @@ def validate_files(store: Store, job) -> bool:
             fail(store, job["id"], "invalid_n_examples", f"Training file has {examples} example(s), but must have "
                  f"at least {MIN_EXAMPLES} examples", param="training_file")
             return False
-    store.execute("UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'validating_files'", (job["id"],))
-    store.job_event(job["id"], "Files validated, moving job to queued state")
+    try:
+        move(store, job["id"], "queued", "Files validated, moving job to queued state", leaving=("validating_files",))
+    except IllegalTransition:  # cancelled while its files were read
+        return False
     return True
 
 
@@ -104,8 +101,10 @@ def start_job(store: Store, job) -> bool:
     if not run.has_run() and run.path.exists():
         shutil.rmtree(run.path)
     if job["status"] == "queued":
-        store.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) "
-                      "WHERE id = ? AND status = 'queued'", (int(time.time()), job["id"]))
+        try:
+            move(store, job["id"], "running", "Fine-tuning job started", leaving=("queued",))
+        except IllegalTransition:  # cancelled or paused meanwhile
+            return False
     return store.execute("SELECT status FROM jobs WHERE id = ?", (job["id"],))[0]["status"] == "running"
 
 
@@ -134,34 +133,39 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
     def cancelled(_step: int) -> bool:  # asked of the first process only; the others follow its answer
         if not worker_alive():
             return True  # the server is gone (killed): stop here, still `running`, to resume when it restarts
-        flags = store.execute("SELECT cancel_requested, pause_requested FROM jobs WHERE id = ?", (job_id,))[0]
-        return bool(flags["cancel_requested"] or flags["pause_requested"])
+        # Cancelled or paused through the API (server/lifecycle.py moved it): stop after this step.
+        return store.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))[0]["status"] != "running"
 
+    if resume and run.job()["status"] == "succeeded":  # it finished as it was paused: nothing left to train
+        if main:
+            record_completion(store, job_id, run)
+        return
     try:
         train(config, resume=resume, should_stop=cancelled, job_id=job_id, model_name=job["model"])
     except StorageError as error:  # a full or read-only disk: the job waits for space rather than failing
         if main:
-            store.execute("UPDATE jobs SET status = 'paused', pause_requested = 1 WHERE id = ?", (job_id,))
-            store.job_event(job_id, f"Job paused: the server's disk {error.condition} ({error.strerror.lower()}). "
-                            "Free space, then resume the job; it continues from its last complete checkpoint",
-                            level="error")
+            with suppress(IllegalTransition):  # unless its client cancelled or paused it meanwhile
+                move(store, job_id, "paused", f"Job paused: the server's disk {error.condition} "
+                     f"({error.strerror.lower()}). Free space, then resume the job; it continues from its last "
+                     "complete checkpoint", level="error", leaving=("running",))
         return
     except DoesNotFit as error:  # the plan's verdict: what it needs, and what would fit instead
         if main:
-            fail(store, job_id, "insufficient_memory", str(error).splitlines()[0])
+            fail(store, job_id, "insufficient_memory", str(error).splitlines()[0], leaving=("running",))
         return
     except Exception as error:  # noqa: BLE001 - whatever ends a job is reported on the job
         if main:
-            fail(store, job_id, type(error).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__)
+            fail(store, job_id, type(error).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__,
+                 leaving=("running",))
         return
-    if not main:
-        return
+    if main and run.job()["status"] == "succeeded":  # else stopped on request: the API has moved the job already
+        record_completion(store, job_id, run)
+
+
+def record_completion(store: Store, job_id: str, run: RunDir) -> None:
+    """The job succeeded: its result files stored and its outcome recorded, unless its client cancelled or
+    paused it in the meantime (then that move stands, and a resumed job records its completion then)."""
     record = run.job()
-    if record["status"] == "cancelled":  # stopped on request: cancelled, or paused (the API set its status)
-        if store.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))[0][0]:
-            store.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
-                          (int(time.time()), job_id))
-        return
     # The metrics CSV first, as OpenAI's clients expect; then the run itself, for `tunelab train --remote`.
     # Their ids follow from the job's, so a completion interrupted by a crash and done again writes the same
     # two files (each renamed into place) and records them with the job's outcome in one transaction:
@@ -171,14 +175,14 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
         shutil.copyfile(run.metrics_file, temporary)
     pack_run(run.path, store.file_path(run_file))
     now = int(time.time())
-    store.execute_together([
-        *(("INSERT OR REPLACE INTO files (id, bytes, created_at, filename, purpose, status) VALUES (?, ?, ?, ?, ?, ?)",
-           (file_id, store.file_path(file_id).stat().st_size, now, filename, "fine-tune-results", "processed"))
-          for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar"))),
-        ("UPDATE jobs SET status = 'succeeded', finished_at = ?, fine_tuned_model = ?, trained_tokens = ?, "
-         "result_files = ? WHERE id = ?", (now, record["fine_tuned_model"], record["trained_tokens"],
-                                          json.dumps([results, run_file]), job_id)),
-    ])
+    with suppress(IllegalTransition):
+        move(store, job_id, "succeeded", "The job has successfully completed", leaving=("running",),
+             columns={"fine_tuned_model": record["fine_tuned_model"], "trained_tokens": record["trained_tokens"],
+                      "result_files": json.dumps([results, run_file])},
+             also=tuple(("INSERT OR REPLACE INTO files (id, bytes, created_at, filename, purpose, status) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (file_id, store.file_path(file_id).stat().st_size, now,
+                                                       filename, "fine-tune-results", "processed"))
+                        for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar"))))
 
 
 def result_file_id(job_id: str, kind: str) -> str:
@@ -237,10 +241,10 @@ def _one_round(store: Store, data_dir: Path, running: dict, max_jobs: int, launc
         if process.poll() is None:
             continue
         del running[job_id]
-        if process.returncode != 0 and store.execute("SELECT status FROM jobs WHERE id = ?",
-                                                     (job_id,))[0]["status"] == "running":
+        if process.returncode != 0:  # unless the job had moved on already (cancelled, paused)
             fail(store, job_id, "training_process_failed",
-                 f"The training process exited with status {process.returncode} (see the server's output)")
+                 f"The training process exited with status {process.returncode} (see the server's output)",
+                 leaving=("running",))
     job = next_job(store, set(running))
     if job is not None and job["status"] == "validating_files":
         validate_files(store, job)

@@ -41,7 +41,8 @@ from tunelab.core.settings import AUTO, TrainConfig, resolve_hyperparameters
 from tunelab.models.device_memory import device_budget
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
-from tunelab.runs.record import RunRecorder, fine_tuned_model_name, metrics_row, new_job_id
+from tunelab.runs import lifecycle
+from tunelab.runs.record import RunRecorder, fine_tuned_model_name, fine_tuning_job, metrics_row, new_job_id
 from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoints import (latest_checkpoint, random_states, restore_random_states,
                                        restore_training_state, save_checkpoint)
@@ -159,7 +160,9 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     if resume and not run.has_run():  # stopped before its first step was recorded: nothing to continue
         resume = False
     if resume:
-        job_id = run.job()["id"]
+        job_id, status = run.job()["id"], run.job()["status"]
+        if not lifecycle.allowed(status, "running", local=True):
+            raise RunExists(f"{run.path}: the run has {status}; there is nothing to resume")
         if cluster.is_main:  # what the crash interrupted (a loss curve, the adapter) is written again below
             remove_stale_temporaries(run.path)
     elif run.has_run():
@@ -238,7 +241,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         outcome = fit.run()
     except BaseException as error:
         if recorder:
-            status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+            # Interrupted (Ctrl-C) is paused, not cancelled: its checkpoints stay, and `--resume` continues it.
+            status = "paused" if isinstance(error, KeyboardInterrupt) else "failed"
             try:
                 recorder.set_status(status, error={"code": type(error).__name__, "message": str(error), "param": None})
                 recorder.close()
@@ -250,10 +254,10 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     # Sharded weights are gathered by every process together; the first one writes them.
     whole = gathered_to_cpu(trainable_state(model), keep=cluster.is_main) if cluster.sharded else None
     if recorder:
-        if outcome == "cancelled":
-            recorder.set_status("cancelled")
+        if outcome == "stopped":  # on request (a server's pause or cancel: the server keeps the job's status)
+            recorder.set_status("paused")
             recorder.close()
-            events.message(f"Cancelled at step {fit.step}; resume with `tunelab train --resume {run.path}`")
+            events.message(f"Stopped at step {fit.step}; resume with `tunelab train --resume {run.path}`")
             return run.path
         _save_trained(model, config, run, whole, replace=resume)
         recorder.plot_loss_curve()
@@ -304,31 +308,14 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _new_job(job_id, started, model_name, base_model, config: TrainConfig, hyper, total_steps) -> dict:
-    """A fine_tuning.job object, as OpenAI's API returns it; `model` is the base as the job's creator named it,
-    `base_model` (tunelab's addition) the model it really is."""
-    return {
-        "object": "fine_tuning.job",
-        "id": job_id,
-        "created_at": int(started),
-        "model": model_name,
-        "base_model": base_model,
-        "status": "running",
-        "training_file": _absolute(config.data),
-        "validation_file": _absolute(config.validation),
-        "hyperparameters": {
-            "n_epochs": hyper.n_epochs,
-            "batch_size": hyper.batch_size,
-            "learning_rate_multiplier": hyper.learning_rate_multiplier,
-        },
-        "method": {"type": "supervised"},
-        "seed": config.seed,
-        "fine_tuned_model": None,
-        "trained_tokens": None,
-        "result_files": ["metrics.csv"],
-        "error": None,
-        "finished_at": None,
-        "estimated_total_steps": total_steps,
-    }
+    """The run's fine_tuning.job record; `model` is the base as the job's creator named it, `base_model` the model
+    it really is."""
+    return fine_tuning_job(
+        id=job_id, created_at=int(started), model=model_name, base_model=base_model, status="queued",
+        training_file=_absolute(config.data), validation_file=_absolute(config.validation),
+        hyperparameters={"n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
+                         "learning_rate_multiplier": hyper.learning_rate_multiplier},
+        seed=config.seed, suffix=config.suffix, result_files=["metrics.csv"], estimated_total_steps=total_steps)
 
 
 def _hold_out(examples: list[RenderedExample], fraction: float,
@@ -493,7 +480,7 @@ class Fit:
                         self.finish_early()
                         return "stopped early"
                     if self.should_stop and self.cluster.broadcast(self.cluster.is_main and self.should_stop(self.step)):
-                        return "cancelled"  # the first process decides, so all stop at the same step
+                        return "stopped"  # the first process decides, so all stop at the same step
         if self.recorder:
             self.recorder.event(
                 f"Trained {self.tokens_seen} tokens in {self.train_seconds:.0f} s "
