@@ -10,6 +10,7 @@ and every error response is checked to be in OpenAI's error shape.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,7 @@ class FuzzFigures:
     exit_code: int
     requests: int = 0
     statuses: dict[str, int] = field(default_factory=dict)  # "2xx", "4xx", "5xx" → count
+    per_operation: dict[str, int] = field(default_factory=dict)  # "POST /v1/fine_tuning/jobs" → requests sent
     server_errors: int = 0
     check_failures: int = 0  # schemathesis's failed checks (schema, content type, 5xx)
     error_bodies_not_openai_shaped: list[str] = field(default_factory=list)
@@ -70,7 +72,11 @@ def fuzz(schema: Path, base_url: str, api_key: str, examples: int, seed: int, ou
     entries = json.loads(har.read_text())["log"]["entries"] if har.is_file() else []
     times = sorted(entry["time"] for entry in entries)
     figures.requests = len(entries)
+    operations = _operations(schema)
     for entry in entries:
+        operation = _operation(operations, entry["request"]["method"], entry["request"]["url"])
+        if operation:
+            figures.per_operation[operation] = figures.per_operation.get(operation, 0) + 1
         status = entry["response"]["status"]
         kind = f"{status // 100}xx"
         figures.statuses[kind] = figures.statuses.get(kind, 0) + 1
@@ -89,6 +95,20 @@ def fuzz(schema: Path, base_url: str, api_key: str, examples: int, seed: int, ou
         figures.check_failures = sum(len(case.findall("failure")) + len(case.findall("error"))
                                      for case in suites.iter("testcase"))
     return figures
+
+
+def _operations(schema: Path) -> list[tuple[str, str, re.Pattern]]:
+    """(method, path template, pattern of its URLs' paths) for each operation the schema documents."""
+    spec = json.loads(schema.read_text())
+    prefix = "/v1" if "/files" in spec["paths"] else ""  # OpenAI's spec leaves /v1 to its servers' URL
+    return [(method.upper(), prefix + template, re.compile(prefix + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"))
+            for template, operations in spec["paths"].items() for method in operations]
+
+
+def _operation(operations, method: str, url: str) -> str | None:
+    path = "/" + url.split("?")[0].split("/", 3)[3]
+    return next((f"{method} {template}" for verb, template, pattern in operations
+                 if verb == method and pattern.match(path)), None)
 
 
 def _openai_error(text: str | None) -> bool:

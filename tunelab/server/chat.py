@@ -49,13 +49,13 @@ from tunelab.models.precision import best_device, requested_dtype
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
-from tunelab.server.errors import APIError, json_object
+from tunelab.server.errors import APIError
 from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
+from tunelab.server.requests import ChatRequest
 from tunelab.server.store import new_id
 
 ADAPTER_CACHE = 64  # fine-tunes kept attached to their bases (a few MB each)
-MAX_COMPLETION_TOKENS = 4096
 CHECKPOINT_MODEL = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
 
 router = APIRouter()
@@ -225,47 +225,25 @@ async def serving_state(request: Request) -> dict:
     return {"object": "tunelab.serving", "models": models}
 
 
-def _messages(body: dict) -> list[dict]:
+def _messages(body: ChatRequest) -> list[dict]:
     """The request's messages, checked as the training format checks them (roles, text content, tool calls
     and their ids, tool definitions); the first problem is the 400."""
-    messages = body.get("messages")
-    problems = prompt_errors(messages, body.get("tools"))
+    problems = prompt_errors(body.messages, body.tools)
     if problems:
         _code, where, message = problems[0]
         raise APIError(400, f"{where}: {message}", param=where, code="invalid_value")
-    return messages
-
-
-def _number(body: dict, name: str, default, low, high):
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise APIError(400, f"{name}: must be a number from {low} to {high}", param=name, code="invalid_value")
-    return value
+    return body.messages
 
 
 @router.post("/chat/completions")
-async def create_chat_completion(request: Request):
-    body = await json_object(request)
-    if not isinstance(body.get("model"), str):
-        raise APIError(400, "model: required", param="model", code="missing_required_parameter")
+async def create_chat_completion(request: Request, body: ChatRequest):
     messages = _messages(body)
-    max_tokens = int(_number(body, "max_completion_tokens", None, 1, MAX_COMPLETION_TOKENS)
-                     or _number(body, "max_tokens", 256, 1, MAX_COMPLETION_TOKENS))
-    temperature = _number(body, "temperature", 1.0, 0, 2)
-    top_p = _number(body, "top_p", 1.0, 0, 1)
-    choices = int(_number(body, "n", 1, 1, 8))
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else [] if stop is None else None
-    if stops is None or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise APIError(400, "stop: up to 4 non-empty strings", param="stop", code="invalid_value")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise APIError(400, "stream_options: must be an object", param="stream_options", code="invalid_value")
-    tools = body.get("tools")
+    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = 1.0 if body.top_p is None else body.top_p
+    choices, stops, tools = body.n or 1, body.stops, body.tools
     keep = request.app.state.settings.max_models
-    served = await run_in_threadpool(_served, request, body["model"])
+    served = await run_in_threadpool(_served, request, body.model)
     streamed = False
     try:
         tokenizer = served.tokenizer
@@ -276,9 +254,9 @@ async def create_chat_completion(request: Request):
                            param="messages", code="invalid_value") from None
         replies = [ReplyText(tokenizer, served.stop_ids, stops, len(prompt_ids)) for _ in range(choices)]
         sampling = Sampling(temperature, top_p)
-        completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"]}
-        if body.get("stream"):
-            include_usage = bool(stream_options.get("include_usage"))
+        completion = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body.model}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
             pieces = _pieces(served, prompt_ids, max_tokens, sampling, replies, send_text=not tools)
             chunks = _released_after(_chunks(completion, pieces, replies, include_usage), served, keep)
             streamed = True

@@ -6,6 +6,8 @@ Every failure a client can cause is one of these, so the official SDKs raise the
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +28,18 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+UNION_BRANCH = re.compile(r"^(int|float|str|bool|list|dict|none|function-\w+|.*[\[(].*)$")
+
+
+class RequestError(ValueError):
+    """Raised while a request body is checked (requests.py) where the message is ours, in the words `tunelab
+    train` uses for the same setting; `param` names the field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 def not_found(kind: str, identifier: str, param: str | None = None) -> APIError:
     return APIError(404, f"No such {kind} object: {identifier}", param=param, code=None)
 
@@ -39,19 +53,33 @@ def row_or_404(store, table: str, identifier: str, pattern, kind: str, param: st
     return rows[0]
 
 
-async def json_object(request: Request) -> dict:
-    """The request's JSON body, which must be an object; anything else is OpenAI's 400, never a 500."""
-    import json
+def invalid_request(problem: dict) -> APIError:
+    """OpenAI's 400 for the first problem pydantic found in a request, `param` naming the field."""
+    where = _field_path(problem["loc"])
+    cause = (problem.get("ctx") or {}).get("error")
+    if isinstance(cause, RequestError):
+        return APIError(400, str(cause), param=cause.param, code="invalid_value")
+    if problem["type"] == "json_invalid" or (problem["type"] == "missing" and not where):
+        return APIError(400, "We could not parse the JSON body of your request. The API expects a JSON object; "
+                        "what was sent was " + ("empty" if problem["type"] == "missing" else "not valid JSON") + ".")
+    if not where:
+        return APIError(400, f"The request body must be a JSON object ({problem['msg'].lower()}).")
+    if problem["type"] == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {where}", param=where,
+                        code="unknown_parameter")
+    if problem["type"] == "missing":
+        return APIError(400, f"{where}: required", param=where, code="missing_required_parameter")
+    return APIError(400, f"{where}: {problem['msg'].removeprefix('Value error, ')}", param=where, code="invalid_value")
 
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
-        raise APIError(400, "We could not parse the JSON body of your request. The API expects a JSON object; "
-                       "what was sent was " + ("empty" if not raw.strip() else "not valid JSON") + ".") from None
-    if not isinstance(body, dict):
-        raise APIError(400, f"The JSON body must be an object, not {type(body).__name__}.")
-    return body
+
+def _field_path(loc) -> str:
+    """A field's path as OpenAI's `param` writes it (`method.supervised.hyperparameters`): pydantic's location
+    without where it was found (body, query) or the names it gives a union's branches (the tag of a
+    discriminated union repeats the field after it; a plain union's branch is named by its type)."""
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header", "form")]
+    kept = [part for index, part in enumerate(parts)
+            if not (index + 1 < len(parts) and parts[index + 1] == part) and not UNION_BRANCH.match(part)]
+    return ".".join(kept)
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -67,10 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, error: RequestValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
-        return error_response(APIError(400, f"{where}: {first['msg']}" if where else first["msg"],
-                                       param=where or None, code="invalid_value"))
+        return error_response(invalid_request(error.errors()[0]))
 
     @app.exception_handler(StorageError)
     async def _storage(_request: Request, error: StorageError):  # the server's disk: the client can only retry

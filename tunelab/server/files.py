@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from tunelab.core.files import atomic_path
 from tunelab.data.validate import validate_file
@@ -40,21 +42,26 @@ def _row(request: Request, file_id: str):
 
 
 @router.post("/files")
-async def create_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
-    if purpose not in PURPOSES:
-        raise APIError(400, f"purpose: {purpose!r} is not one of {', '.join(PURPOSES)}", param="purpose",
-                       code="invalid_value")
+async def create_file(request: Request, file: UploadFile = File(...),
+                      purpose: Literal[PURPOSES] = Form(..., description="fine-tune files are checked line by line")) -> dict:
     filename = file.filename or "upload"
     if purpose == "fine-tune" and not filename.endswith(".jsonl"):
         raise APIError(400, f"Invalid file format for Fine-Tuning API. Must be .jsonl (got {filename!r})",
                        param="file", code="invalid_file_format")
-    store = request.app.state.store
+    # Copied and checked in a worker thread: a large file's validation takes seconds, and every other request
+    # is answered meanwhile.
+    return await run_in_threadpool(_store_upload, request.app.state.store, file.file, filename, purpose)
+
+
+def _store_upload(store, source, filename: str, purpose: str) -> dict:
+    """The upload (Starlette's spooled temporary file) copied under a server-made name and, for fine-tuning,
+    checked; recorded only once it is whole and valid."""
     file_id = new_id("file-")
-    target = store.file_path(file_id)
     size = 0
-    with atomic_path(target) as temporary:
+    with atomic_path(store.file_path(file_id)) as temporary:
         with temporary.open("wb") as out:
-            while block := await file.read(COPY_BLOCK):
+            source.seek(0)
+            while block := source.read(COPY_BLOCK):
                 out.write(block)
                 size += len(block)
         examples = _check_training_file(temporary, filename) if purpose == "fine-tune" else None

@@ -72,42 +72,20 @@ def load_job_presets(entries: list[str], aliases: dict[str, str]) -> dict[str, d
     return presets
 
 
-def requested_extension(body: dict) -> tuple[str | None, dict]:
-    """The request's `tunelab` object checked: (a bundled preset's name or None, the settings it names)."""
-    extension = body.get("tunelab")
-    if extension is None:
-        return None, {}
-    if not isinstance(extension, dict):
-        raise JobSettingsError("tunelab: must be an object of training settings, e.g. "
-                               '{"method": "qlora", "lora_r": 8}', "tunelab")
-    preset = extension.get("preset")
-    settings = {name: value for name, value in extension.items() if name != "preset"}
-    if preset is not None:
-        from tunelab.core.presets import preset_path
-
-        try:
-            preset_path(preset if isinstance(preset, str) else repr(preset))
-        except ValueError as error:
-            raise JobSettingsError(f"tunelab.preset: {error}", "tunelab.preset") from None
-    for name in settings:
-        if name in OPENAI_HYPERPARAMETERS:
-            raise JobSettingsError(f"tunelab.{name}: set it in hyperparameters, OpenAI's own field", f"tunelab.{name}")
-        if name not in EXTENSION_SETTINGS:
-            raise JobSettingsError(f"tunelab.{name}: not a setting a job can take; these are: "
-                                   + ", ".join(EXTENSION_SETTINGS + ("preset",)), f"tunelab.{name}")
-    try:
-        return preset, parsed_values(settings, lambda name: f"tunelab.{name}")
-    except ValueError as error:
-        raise JobSettingsError(str(error), f"tunelab.{str(error).split(':')[0].removeprefix('tunelab.')}") from None
-
-
-def job_extension(body: dict, base_model: str, server_presets: dict[str, dict], hyperparameters: dict,
+def job_extension(extension: dict | None, base_model: str, server_presets: dict[str, dict], hyperparameters: dict,
                   has_validation_file: bool) -> dict:
-    """The settings a job will train with beyond OpenAI's fields: {"preset": name or None, **settings},
-    checked together with the hyperparameters as one run's settings."""
+    """The settings a job will train with beyond OpenAI's fields: {"preset": name or None, **settings}, from
+    the request's `tunelab` object (its settings checked one by one already: requests.py), checked together
+    with the hyperparameters as one run's settings."""
     from tunelab.core.presets import preset_path
 
-    preset, requested = requested_extension(body)
+    requested = dict(extension or {})
+    preset = requested.pop("preset", None)
+    if preset is not None:
+        try:
+            preset_path(preset)
+        except ValueError as error:
+            raise JobSettingsError(f"tunelab.preset: {error}", "tunelab.preset") from None
     if preset is not None:
         chosen = {"preset": preset, **{name: value for name, value in read_settings_file(preset_path(preset)).items()
                                        if name != "model"}}

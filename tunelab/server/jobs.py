@@ -19,13 +19,13 @@ import time
 from fastapi import APIRouter, Request
 
 from tunelab.core.settings import OPENAI_HYPERPARAMETERS as HYPERPARAMETERS
-from tunelab.core.settings import parsed_values
 from tunelab.runs.record import fine_tuned_model_name, fine_tuning_job
 from tunelab.runs.rundir import RunDir
-from tunelab.server.errors import APIError, json_object, row_or_404
+from tunelab.server.errors import APIError, row_or_404
 from tunelab.server.job_settings import JobSettingsError, job_extension
 from tunelab.server.lifecycle import IllegalTransition, move
 from tunelab.server.models import resolve_base
+from tunelab.server.requests import CreateJobRequest
 from tunelab.server.store import new_id
 from tunelab.train.checkpoints import complete_checkpoints
 
@@ -73,79 +73,42 @@ def _row(request: Request, job_id: str):
     return row_or_404(request.app.state.store, "jobs", job_id, JOB_ID, "fine-tuning job", "fine_tuning_job_id")
 
 
-def _requested_hyperparameters(body: dict) -> dict:
-    """`method.supervised.hyperparameters`, or the deprecated top-level `hyperparameters`, checked."""
-    method = body.get("method") or {}
-    supervised = method.get("supervised") if isinstance(method, dict) else None
-    if not isinstance(method, dict) or not isinstance(supervised or {}, dict):
-        raise APIError(400, "method: must be {\"type\": \"supervised\", \"supervised\": {\"hyperparameters\": {…}}}",
-                       param="method", code="invalid_value")
-    if method and method.get("type") not in (None, "supervised"):
-        raise APIError(400, f"method.type {method.get('type')!r} is not supported yet: tunelab serve trains "
-                       "supervised jobs only (dpo and reinforcement are planned)", param="method.type",
-                       code="unsupported_value")
-    given = ((supervised or {}).get("hyperparameters") if method else None) \
-        or body.get("hyperparameters") or {}
-    if not isinstance(given, dict):
-        raise APIError(400, "hyperparameters: must be an object", param="hyperparameters", code="invalid_value")
-    unknown = set(given) - set(HYPERPARAMETERS)
-    if unknown:
-        raise APIError(400, f"hyperparameters: unknown {sorted(unknown)}; supported: {', '.join(HYPERPARAMETERS)}",
-                       param="hyperparameters", code="invalid_value")
-    chosen = {name: given.get(name) if given.get(name) is not None else "auto" for name in HYPERPARAMETERS}
-    try:
-        parsed_values(chosen, lambda name: f"hyperparameters.{name}")
-    except ValueError as error:
-        raise APIError(400, str(error), param="hyperparameters", code="invalid_value") from None
-    return chosen
-
-
-def _file_id(request: Request, body: dict, name: str, required: bool) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
+def _file_id(request: Request, value: str | None, name: str) -> str | None:
+    if value is None:
         return None
-    if not isinstance(value, str) or not request.app.state.store.execute(
-            "SELECT id FROM files WHERE id = ? AND purpose = 'fine-tune'", (value,)):
+    if not request.app.state.store.execute("SELECT id FROM files WHERE id = ? AND purpose = 'fine-tune'", (value,)):
         raise APIError(400, f"{name}: {value!r} is not a fine-tune file uploaded to this server", param=name,
-                       code="invalid_file" if value else "missing_required_parameter")
+                       code="invalid_file")
     return value
 
 
 @router.post("/fine_tuning/jobs")
-async def create_job(request: Request) -> dict:
-    body = await json_object(request)
-    if body.get("integrations"):
-        raise APIError(400, "integrations are not supported by tunelab serve (metrics are in the job's events "
+async def create_job(request: Request, body: CreateJobRequest) -> dict:
+    if body.method is not None and body.method.type != "supervised":
+        raise APIError(400, f"method.type {body.method.type!r} is not supported yet: tunelab serve trains "
+                       "supervised jobs only (dpo and reinforcement are planned)", param="method.type",
+                       code="unsupported_value")
+    if body.integrations:
+        raise APIError(400, "integrations are not supported by tunelab serve yet (metrics are in the job's events "
                        "and result file)", param="integrations", code="unsupported_value")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise APIError(400, "model: required, the base model to fine-tune", param="model",
-                       code="missing_required_parameter")
-    base_model = resolve_base(request, model)
-    training_file = _file_id(request, body, "training_file", required=True)
-    validation_file = _file_id(request, body, "validation_file", required=False)
-    hyperparameters = _requested_hyperparameters(body)
+    base_model = resolve_base(request, body.model)
+    training_file = _file_id(request, body.training_file, "training_file")
+    validation_file = _file_id(request, body.validation_file, "validation_file")
+    hyperparameters = body.hyperparameters_chosen()
+    extension = body.tunelab.model_dump(exclude_unset=True) if body.tunelab else None
     try:
-        settings = job_extension(body, base_model, request.app.state.settings.job_presets, hyperparameters,
+        settings = job_extension(extension, base_model, request.app.state.settings.job_presets, hyperparameters,
                                  validation_file is not None)
     except JobSettingsError as error:
         raise APIError(400, str(error), param=error.param, code="invalid_value") from None
-    suffix, seed, metadata = body.get("suffix"), body.get("seed"), body.get("metadata")
-    if suffix is not None and (not isinstance(suffix, str) or not 1 <= len(suffix) <= 64):
-        raise APIError(400, "suffix: must be 1 to 64 characters", param="suffix", code="invalid_value")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise APIError(400, "seed: must be an integer", param="seed", code="invalid_value")
-    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
-        raise APIError(400, "metadata: at most 16 string pairs (keys up to 64 characters, values up to 512)",
-                       param="metadata", code="invalid_value")
     store = request.app.state.store
     job_id = new_id("ftjob-")
+    seed = body.seed if body.seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31
     store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
                   "metadata, hyperparameters, settings, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
-                  (job_id, int(time.time()), model, base_model, training_file, validation_file, suffix,
-                   seed if seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31,
-                   json.dumps(metadata) if metadata else None, json.dumps(hyperparameters), json.dumps(settings)))
+                  (job_id, int(time.time()), body.model, base_model, training_file, validation_file, body.suffix, seed,
+                   json.dumps(body.metadata) if body.metadata else None, json.dumps(hyperparameters),
+                   json.dumps(settings)))
     store.job_event(job_id, f"Created fine-tuning job: {job_id}")
     if len(settings) > 1 or settings["preset"]:
         store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()
