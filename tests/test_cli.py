@@ -75,9 +75,13 @@ def test_data_render_marks_exactly_the_assistant_replies(tmp_path, tiny_model_di
 
 
 @pytest.mark.slow
-def test_serve_refuses_to_listen_beyond_loopback_without_a_key(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tunelab.cli", "serve", "--host", "0.0.0.0", "--data-dir",
-                             str(tmp_path)], capture_output=True, text=True, timeout=120,
-                            env={k: v for k, v in os.environ.items() if k != "TUNELAB_API_KEY"})
-    assert result.returncode == 1 and "--host 0.0.0.0: listening beyond this machine needs --api-key" in result.stderr
+def test_serve_refuses_to_listen_beyond_loopback_without_tls_or_a_key(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "TUNELAB_API_KEY"}
+    serve = [sys.executable, "-m", "tunelab.cli", "serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)]
+    plain = subprocess.run([*serve, "--api-key", "k"], capture_output=True, text=True, timeout=120, env=environment)
+    assert plain.returncode == 1 and "sends keys over the network; give --tls-cert and --tls-key" in plain.stderr
+    keyless = subprocess.run([*serve, "--insecure-http"], capture_output=True, text=True, timeout=120, env=environment)
+    assert keyless.returncode == 1 and "--host 0.0.0.0: listening beyond this machine needs keys" in keyless.stderr
+    half = subprocess.run([*serve, "--tls-cert", __file__], capture_output=True, text=True, timeout=120, env=environment)
+    assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr
     assert not (tmp_path / "tunelab.db").exists()

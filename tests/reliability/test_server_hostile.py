@@ -3,6 +3,7 @@ table is walked, so a new route cannot slip through), ids that try to leave the 
 and oversized multipart bodies, and slow clients — never a 5xx, never a file outside its place, and the
 database intact afterwards."""
 
+import re
 import socket
 import threading
 import time
@@ -14,13 +15,20 @@ from tests.serving import API_KEY, Server, integrity_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN_KEY = "sk-admin-test-9876543210"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def key_for(path: str) -> dict:
+    """The admin routes take the admin key, every other route a project's."""
+    return ADMIN if path.startswith("/v1/organization") else AUTH
 
 
 @pytest.fixture(scope="module")
 def hostile_server(tmp_path_factory, tiny_model_dir):
     data_dir = tmp_path_factory.mktemp("hostile")
     running = Server(data_dir, "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}", "--dtype", "fp32",
-                     "--max-upload-mb", "1")
+                     "--max-upload-mb", "1", "--admin-key", ADMIN_KEY)
     running.data_dir = data_dir
     yield running
     running.stop()
@@ -31,6 +39,8 @@ def routes():
     prefix are walked into, however this FastAPI version keeps them)."""
     import tempfile
     from pathlib import Path
+
+    from fastapi import FastAPI
 
     from tunelab.server.app import ServerSettings, create_app
 
@@ -43,12 +53,16 @@ def routes():
                             if method != "HEAD")
 
     with tempfile.TemporaryDirectory() as scratch:
-        return sorted(set(walk(create_app(ServerSettings(data_dir=Path(scratch), api_key="k")).app.routes)))
+        app = create_app(ServerSettings(data_dir=Path(scratch), api_key="k"))
+        while not isinstance(app, FastAPI):  # inside the ASGI wrappers (limits, audit log)
+            app = app.app
+        return sorted(set(walk(app.routes)))
 
 
 def filled(path: str) -> str:
     return (path.replace("{file_id}", "file-abc").replace("{job_id}", "ftjob-abc")
-            .replace("{model:path}", "gpt-4o-mini-2024-07-18").replace("{model}", "gpt-4o-mini-2024-07-18"))
+            .replace("{model:path}", "gpt-4o-mini-2024-07-18").replace("{model}", "gpt-4o-mini-2024-07-18")
+            .replace("{project_id}", "proj_default").replace("{key_id}", "key_abc"))
 
 
 def test_every_route_but_health_refuses_a_missing_or_wrong_key(hostile_server):
@@ -60,7 +74,9 @@ def test_every_route_but_health_refuses_a_missing_or_wrong_key(hostile_server):
     checked = 0
     with httpx.Client(base_url=f"http://127.0.0.1:{hostile_server.port}", timeout=30) as client:
         for method, path in table:
-            for headers in bad_keys:
+            # A project's key is a wrong key on the admin routes, and the admin key on the others.
+            wrong = {"Authorization": f"Bearer {ADMIN_KEY if key_for(path) is AUTH else API_KEY}"}
+            for headers in [*bad_keys, wrong]:
                 answer = client.request(method, filled(path), headers=headers)
                 if path == "/health":
                     assert answer.status_code == 200
@@ -68,7 +84,7 @@ def test_every_route_but_health_refuses_a_missing_or_wrong_key(hostile_server):
                     assert answer.status_code == 401, (method, path, headers, answer.text)
                     assert answer.json()["error"]["code"] == "invalid_api_key"
                 checked += 1
-    assert checked == len(table) * len(bad_keys)
+    assert checked == len(table) * (len(bad_keys) + 1)
 
 
 TRAVERSALS = ["..%2F..%2Ftunelab.db", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "file-..%2F..%2Ftunelab.db",
@@ -78,13 +94,13 @@ TRAVERSALS = ["..%2F..%2Ftunelab.db", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "file-..
 
 def test_ids_that_try_to_leave_the_data_directory_find_nothing(hostile_server):
     templates = [path for method, path in routes() if "{" in path]
-    with httpx.Client(base_url=f"http://127.0.0.1:{hostile_server.port}", headers=AUTH, timeout=30) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{hostile_server.port}", timeout=30) as client:
         for method, path in routes():
             if "{" not in path:
                 continue
             for hostile in TRAVERSALS:
-                url = path.replace("{file_id}", hostile).replace("{job_id}", hostile).replace("{model:path}", hostile)
-                answer = client.request(method, url)
+                url = re.sub(r"\{[a-z_]+(:path)?\}", lambda _: hostile, path)
+                answer = client.request(method, url, headers=key_for(path))
                 assert answer.status_code in (400, 404), (method, url, answer.status_code, answer.text)
                 assert answer.json()["error"]["message"]
                 assert "root:" not in answer.text and "SQLite format" not in answer.text

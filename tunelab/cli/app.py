@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 
 from tunelab import __version__
-from tunelab.cli import advise, chat, data, demo, env, evaluate, export, jobs, migrate, presets, serve, train
+from tunelab.cli import advise, chat, data, demo, env, evaluate, export, jobs, migrate, presets, projects, serve, train
 from tunelab.cli.common import CONTEXT, EXIT_BUG, examples, first_line
 from tunelab.cli.console import console
 from tunelab.core.process import configure_process
@@ -60,6 +60,9 @@ app.command("eval", short_help="Fine-tune vs base vs prompting on held-out data.
 app.command("chat", short_help="Chat with a run, a model or a GGUF.", epilog=chat.EXAMPLES)(chat.chat)
 app.command("export", short_help="Export a run: merged, GGUF, Ollama or adapter.", epilog=export.EXAMPLES)(export.export)
 app.command("serve", short_help="Serve OpenAI's fine-tuning API on this machine.", epilog=serve.EXAMPLES)(serve.serve)
+app.add_typer(projects.projects_app, name="projects", short_help="A server's projects and their limits.")
+app.add_typer(projects.keys_app, name="keys", short_help="API keys of a server's projects.")
+app.command("audit", short_help="A server's audit log.", epilog=projects.AUDIT_EXAMPLES)(projects.audit)
 app.add_typer(jobs.jobs_app, name="jobs", short_help="Jobs here, on a tunelab serve, or at OpenAI.")
 app.add_typer(migrate.migrate_app, name="migrate", short_help="Move OpenAI fine-tunes to open models.")
 app.add_typer(presets.presets_app, name="presets", short_help="Bundled training presets.")

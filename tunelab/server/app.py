@@ -7,25 +7,37 @@ Served: files (upload with validation, list, retrieve, delete, content), fine-tu
 retrieve, cancel, pause, resume, events, checkpoints usable as models; trained by the worker, worker.py),
 models (base models, aliases, fine-tunes), chat completions (batched and streamed, chat.py) and /health.
 
+Projects (projects.py, auth.py): every file, job and fine-tuned model belongs to a project, and a request
+acts in its key's project — a project key, or the server's own --api-key for the default project; another
+project's objects answer exactly as missing ones do. The admin key opens the admin routes (admin.py):
+projects, keys, the audit log. Each project has its limits (quotas.py), and every request that changes
+something is recorded (audit.py).
+
 Security: a Bearer key on every route but /health (compared in constant time, OpenAI's 401 otherwise) —
-the server's own OpenAPI schema too, at /v1/openapi.json;
-127.0.0.1 unless told otherwise, and a non-loopback host only with a key; request bodies capped as they
-arrive (413), so a large upload is refused without being stored, and at most a few uploads at once (429).
+the server's own OpenAPI schema too, at /v1/openapi.json; project keys stored only as argon2 hashes;
+127.0.0.1 unless told otherwise, and a non-loopback host only with a key and TLS; request bodies capped as
+they arrive (413), so a large upload is refused without being stored, and at most a few uploads at once (429).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 
-from tunelab.server import chat, files, jobs, models
+from tunelab.server import admin, chat, files, jobs, models
+from tunelab.server.audit import AuditLog
+from tunelab.server.auth import require_admin_key, require_project_key
 from tunelab.server.errors import APIError, install_error_handlers
+from tunelab.server.projects import KeyChecker, Limits
+from tunelab.server.quotas import RateWindow
 from tunelab.server.store import Store
+
+# The routes that act in the request's project (auth.py); the admin routes (admin.py) take the admin key.
+PROJECT_ROUTES = (files, jobs, models, chat)
 
 # Room for the multipart envelope around the largest allowed file.
 BODY_OVERHEAD = 64 * 1024
@@ -43,6 +55,8 @@ class ServerSettings:
     # base model spec → {"preset": name, setting: value, …}: what its jobs train with unless they say (job_settings.py)
     job_presets: dict[str, dict] = field(default_factory=dict)
     max_models: int = 2  # models kept loaded for chat (a base counts once, however many fine-tunes it serves)
+    admin_key: str | None = None  # opens /v1/organization/… (projects, keys, audit log); None: no admin routes
+    default_limits: Limits = field(default_factory=Limits)  # for projects that set none of their own (quotas.py)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -50,6 +64,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   redirect_slashes=False)  # OpenAI answers a stray slash with 404, not a redirect
     app.state.settings = settings
     app.state.store = Store(settings.data_dir)
+    app.state.keys = KeyChecker(app.state.store)
+    app.state.rate_window = RateWindow()
     app.state.started = int(time.time())
     install_error_handlers(app)
 
@@ -57,28 +73,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def health() -> dict:
         return {"status": "ok"}
 
-    authorised = [Depends(_require_key)]
-    app.include_router(files.router, prefix="/v1", dependencies=authorised)
-    app.include_router(jobs.router, prefix="/v1", dependencies=authorised)
-    app.include_router(models.router, prefix="/v1", dependencies=authorised)
-    app.include_router(chat.router, prefix="/v1", dependencies=authorised)
+    in_a_project = [Depends(require_project_key)]
+    for module in PROJECT_ROUTES:
+        app.include_router(module.router, prefix="/v1", dependencies=in_a_project)
+    app.include_router(admin.router, prefix="/v1", dependencies=[Depends(require_admin_key)])
 
-    @app.get("/v1/openapi.json", dependencies=authorised, include_in_schema=False)
+    @app.get("/v1/openapi.json", dependencies=in_a_project, include_in_schema=False)
     async def openapi_schema() -> dict:
         return app.openapi()
-    return RequestLimits(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD)
-
-
-async def _require_key(request: Request) -> None:
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    given = request.headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        shown = f"{token[:3]}…{token[-4:]}" if len(token) > 8 else "none" if not token else "…"
-        raise APIError(401, f"Incorrect API key provided: {shown}. Give the key `tunelab serve` was started "
-                       "with as a Bearer token (OPENAI_API_KEY for the openai client).", code="invalid_api_key")
+    return AuditLog(RequestLimits(app, int(settings.max_upload_mb * 2**20) + BODY_OVERHEAD), app.state.store)
 
 
 class RequestLimits:

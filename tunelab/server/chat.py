@@ -49,6 +49,7 @@ from tunelab.models.precision import best_device, requested_dtype
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
+from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError
 from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
@@ -77,19 +78,20 @@ class Served:
 _adapters: OrderedDict[str, tuple[str, Served]] = OrderedDict()  # run directory → (its base's key, served)
 
 
-def fine_tuned_run(store, name: str):
-    """The run directory of this server's fine-tuned model `name`, or None."""
+def fine_tuned_run(store, name: str, project: str):
+    """The run directory of the project's fine-tuned model `name`, or None."""
     rows = store.execute("SELECT id FROM jobs WHERE fine_tuned_model = ? AND status = 'succeeded' "
-                         "AND model_deleted = 0", (name,))
+                         "AND model_deleted = 0 AND project_id = ?", (name, project))
     return store.run_dir(rows[0]["id"]) if rows else None
 
 
-def checkpoint_path(store, name: str):
-    """(job row, checkpoint directory) for a checkpoint model name `ft:…:ckpt-step-N`, or None."""
+def checkpoint_path(store, name: str, project: str):
+    """(job row, checkpoint directory) for the project's checkpoint model name `ft:…:ckpt-step-N`, or None."""
     match = CHECKPOINT_MODEL.match(name)
     if not match:
         return None
-    for row in store.execute("SELECT * FROM jobs WHERE started_at IS NOT NULL AND model_deleted = 0"):
+    for row in store.execute("SELECT * FROM jobs WHERE started_at IS NOT NULL AND model_deleted = 0 "
+                             "AND project_id = ?", (project,)):
         if model_name(store, row) == match.group("model"):
             path = RunDir(store.run_dir(row["id"])).checkpoints_dir / f"step-{int(match.group('step')):06d}"
             return (row, path) if (path / "state.json").is_file() else None
@@ -119,8 +121,9 @@ def _served(request: Request, name: str) -> Served:
     store = request.app.state.store
     forced = requested_dtype(request.app.state.settings.dtype)
     keep = request.app.state.settings.max_models
-    checkpoint = checkpoint_path(store, name)
-    run = None if checkpoint else fine_tuned_run(store, name)
+    project = project_of(request)
+    checkpoint = checkpoint_path(store, name, project)
+    run = None if checkpoint else fine_tuned_run(store, name, project)
     with _loading:
         if checkpoint:
             served = _whole(_model(str(checkpoint[1]), lambda: _load_checkpoint(store, *checkpoint, name), keep))
@@ -209,11 +212,15 @@ def _adapter_served(run: RunDir, forced, keep: int) -> Served:
 
 @router.get("/tunelab/serving")
 async def serving_state(request: Request) -> dict:
-    """tunelab's own: the models loaded now, with the fine-tunes attached to each, their caches and steps."""
+    """tunelab's own: the models loaded now, with the fine-tunes of the request's project attached to each
+    (another project's are not named), their caches and steps."""
+    own = {str(request.app.state.store.run_dir(row["id"])) for row in request.app.state.store.execute(
+        "SELECT id FROM jobs WHERE project_id = ?", (project_of(request),))}
     with _loading:
         attached: dict[str, list[str]] = {}
         for run, (base_key, _served_run) in _adapters.items():
-            attached.setdefault(base_key, []).append(RunDir(run).job().get("fine_tuned_model") or run)
+            if run in own:
+                attached.setdefault(base_key, []).append(RunDir(run).job().get("fine_tuned_model") or run)
         models = [{
             "model": key, "device": generator.device,
             "dtype": str(next(generator.loaded.model.parameters()).dtype).removeprefix("torch."),

@@ -20,9 +20,10 @@ class APIError(Exception):
     """An error response: HTTP `status` and OpenAI's error object."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -44,10 +45,12 @@ def not_found(kind: str, identifier: str, param: str | None = None) -> APIError:
     return APIError(404, f"No such {kind} object: {identifier}", param=param, code=None)
 
 
-def row_or_404(store, table: str, identifier: str, pattern, kind: str, param: str):
-    """The row of `table` with this id; 404 in OpenAI's words when there is none. The id is matched against
-    its `pattern` before any lookup, so no malformed client string reaches the database."""
-    rows = store.execute(f"SELECT rowid, * FROM {table} WHERE id = ?", (identifier,)) if pattern.match(identifier) else []
+def row_or_404(store, table: str, identifier: str, pattern, kind: str, param: str, project: str):
+    """The row of `table` with this id in this project; 404 in OpenAI's words when there is none — the same
+    404 when it is another project's, so an id says nothing about what other projects hold. The id is
+    matched against its `pattern` before any lookup, so no malformed client string reaches the database."""
+    rows = store.execute(f"SELECT rowid, * FROM {table} WHERE id = ? AND project_id = ?",
+                         (identifier, project)) if pattern.match(identifier) else []
     if not rows:
         raise not_found(kind, identifier, param=param)
     return rows[0]
@@ -83,7 +86,7 @@ def _field_path(loc) -> str:
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

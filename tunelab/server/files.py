@@ -22,7 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from tunelab.core.files import atomic_path
 from tunelab.data.validate import validate_file
+from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError, row_or_404
+from tunelab.server.quotas import check_storage_quota
 from tunelab.server.store import new_id
 
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
@@ -38,7 +40,7 @@ def file_object(row) -> dict:
 
 
 def _row(request: Request, file_id: str):
-    return row_or_404(request.app.state.store, "files", file_id, FILE_ID, "File", "file_id")
+    return row_or_404(request.app.state.store, "files", file_id, FILE_ID, "File", "file_id", project_of(request))
 
 
 @router.post("/files")
@@ -50,12 +52,14 @@ async def create_file(request: Request, file: UploadFile = File(...),
                        param="file", code="invalid_file_format")
     # Copied and checked in a worker thread: a large file's validation takes seconds, and every other request
     # is answered meanwhile.
-    return await run_in_threadpool(_store_upload, request.app.state.store, file.file, filename, purpose)
+    return await run_in_threadpool(_store_upload, request, file.file, filename, purpose)
 
 
-def _store_upload(store, source, filename: str, purpose: str) -> dict:
+def _store_upload(request: Request, source, filename: str, purpose: str) -> dict:
     """The upload (Starlette's spooled temporary file) copied under a server-made name and, for fine-tuning,
-    checked; recorded only once it is whole and valid."""
+    checked; recorded only once it is whole and valid, and within its project's storage limit."""
+    store, project = request.app.state.store, project_of(request)
+    check_storage_quota(request, project, source.seek(0, 2))
     file_id = new_id("file-")
     size = 0
     with atomic_path(store.file_path(file_id)) as temporary:
@@ -65,8 +69,9 @@ def _store_upload(store, source, filename: str, purpose: str) -> dict:
                 out.write(block)
                 size += len(block)
         examples = _check_training_file(temporary, filename) if purpose == "fine-tune" else None
-    store.execute("INSERT INTO files (id, bytes, created_at, filename, purpose, status, examples) "
-                  "VALUES (?, ?, ?, ?, ?, 'processed', ?)", (file_id, size, int(time.time()), filename, purpose, examples))
+    store.execute("INSERT INTO files (id, bytes, created_at, filename, purpose, status, examples, project_id) "
+                  "VALUES (?, ?, ?, ?, ?, 'processed', ?, ?)",
+                  (file_id, size, int(time.time()), filename, purpose, examples, project))
     return file_object(store.execute("SELECT * FROM files WHERE id = ?", (file_id,))[0])
 
 
@@ -91,7 +96,7 @@ async def list_files(request: Request, purpose: str | None = None, limit: int = 
                      order: str = Query("desc", pattern="^(asc|desc)$"), after: str | None = None) -> dict:
     store = request.app.state.store
     direction = "ASC" if order == "asc" else "DESC"
-    conditions, parameters = [], []
+    conditions, parameters = ["project_id = ?"], [project_of(request)]
     if purpose:
         conditions.append("purpose = ?")
         parameters.append(purpose)
@@ -100,7 +105,7 @@ async def list_files(request: Request, purpose: str | None = None, limit: int = 
         comparison = ">" if order == "asc" else "<"
         conditions.append(f"(created_at, rowid) {comparison} (?, ?)")
         parameters += [anchor["created_at"], anchor["rowid"]]
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    where = f"WHERE {' AND '.join(conditions)}"
     # Upload order within a second: rowid grows with each insert.
     rows = store.execute(f"SELECT rowid, * FROM files {where} ORDER BY created_at {direction}, rowid {direction} LIMIT ?",
                          (*parameters, limit + 1))

@@ -21,10 +21,12 @@ from fastapi import APIRouter, Request
 from tunelab.core.settings import OPENAI_HYPERPARAMETERS as HYPERPARAMETERS
 from tunelab.runs.record import fine_tuned_model_name, fine_tuning_job
 from tunelab.runs.rundir import RunDir
+from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError, row_or_404
 from tunelab.server.job_settings import JobSettingsError, job_extension
 from tunelab.server.lifecycle import IllegalTransition, move
 from tunelab.server.models import resolve_base
+from tunelab.server.quotas import check_job_quota
 from tunelab.server.requests import CreateJobRequest
 from tunelab.server.store import new_id
 from tunelab.train.checkpoints import complete_checkpoints
@@ -70,13 +72,15 @@ def _estimated_finish(run: RunDir, started_at: int | None) -> int | None:
 
 
 def _row(request: Request, job_id: str):
-    return row_or_404(request.app.state.store, "jobs", job_id, JOB_ID, "fine-tuning job", "fine_tuning_job_id")
+    return row_or_404(request.app.state.store, "jobs", job_id, JOB_ID, "fine-tuning job", "fine_tuning_job_id",
+                      project_of(request))
 
 
 def _file_id(request: Request, value: str | None, name: str) -> str | None:
     if value is None:
         return None
-    if not request.app.state.store.execute("SELECT id FROM files WHERE id = ? AND purpose = 'fine-tune'", (value,)):
+    if not request.app.state.store.execute("SELECT id FROM files WHERE id = ? AND purpose = 'fine-tune' "
+                                           "AND project_id = ?", (value, project_of(request))):
         raise APIError(400, f"{name}: {value!r} is not a fine-tune file uploaded to this server", param=name,
                        code="invalid_file")
     return value
@@ -91,6 +95,7 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
     if body.integrations:
         raise APIError(400, "integrations are not supported by tunelab serve yet (metrics are in the job's events "
                        "and result file)", param="integrations", code="unsupported_value")
+    project = project_of(request)
     base_model = resolve_base(request, body.model)
     training_file = _file_id(request, body.training_file, "training_file")
     validation_file = _file_id(request, body.validation_file, "validation_file")
@@ -101,14 +106,16 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
                                  validation_file is not None)
     except JobSettingsError as error:
         raise APIError(400, str(error), param=error.param, code="invalid_value") from None
+    check_job_quota(request, project)
     store = request.app.state.store
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31
     store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
-                  "metadata, hyperparameters, settings, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
+                  "metadata, hyperparameters, settings, project_id, status) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
                   (job_id, int(time.time()), body.model, base_model, training_file, validation_file, body.suffix, seed,
                    json.dumps(body.metadata) if body.metadata else None, json.dumps(hyperparameters),
-                   json.dumps(settings)))
+                   json.dumps(settings), project))
     store.job_event(job_id, f"Created fine-tuning job: {job_id}")
     if len(settings) > 1 or settings["preset"]:
         store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()
@@ -119,7 +126,7 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
 @router.get("/fine_tuning/jobs")
 async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict:
     store = request.app.state.store
-    conditions, parameters = [], []
+    conditions, parameters = ["project_id = ?"], [project_of(request)]
     if after:
         anchor = _row(request, after)
         conditions.append("(created_at, rowid) < (?, ?)")
@@ -129,7 +136,7 @@ async def list_jobs(request: Request, after: str | None = None, limit: int = 20)
         if match:
             conditions.append("json_extract(metadata, ?) = ?")
             parameters += [f'$."{match.group(1)}"', value]
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    where = f"WHERE {' AND '.join(conditions)}"
     rows = store.execute(f"SELECT rowid, * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
                          (*parameters, max(1, min(limit, 100)) + 1))
     shown = rows[:max(1, min(limit, 100))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError
 
 router = APIRouter()
@@ -39,10 +40,11 @@ def resolve_base(request: Request, name: str, param: str = "model") -> str:
 
 
 def fine_tuned_models(request: Request, name: str | None = None) -> list[dict]:
-    """This server's fine-tuned models (of succeeded jobs, not deleted), as model objects."""
+    """The fine-tuned models of the request's project (of succeeded jobs, not deleted), as model objects."""
     rows = request.app.state.store.execute(
-        "SELECT fine_tuned_model, finished_at, base_model FROM jobs WHERE status = 'succeeded' AND model_deleted = 0"
-        + (" AND fine_tuned_model = ?" if name else "") + " ORDER BY finished_at", (name,) if name else ())
+        "SELECT fine_tuned_model, finished_at, base_model FROM jobs WHERE status = 'succeeded' AND model_deleted = 0 "
+        "AND project_id = ?" + (" AND fine_tuned_model = ?" if name else "") + " ORDER BY finished_at",
+        (project_of(request), name) if name else (project_of(request),))
     return [model_object(row["fine_tuned_model"], row["finished_at"], "user", row["base_model"]) for row in rows]
 
 
@@ -66,7 +68,8 @@ async def retrieve_model(request: Request, model: str) -> dict:
 async def delete_model(request: Request, model: str) -> dict:
     """A fine-tuned model stops being served (its run directory stays, as the job's record)."""
     if fine_tuned_models(request, model):
-        request.app.state.store.execute("UPDATE jobs SET model_deleted = 1 WHERE fine_tuned_model = ?", (model,))
+        request.app.state.store.execute("UPDATE jobs SET model_deleted = 1 WHERE fine_tuned_model = ? AND project_id = ?",
+                                        (model, project_of(request)))
         return {"id": model, "object": "model", "deleted": True}
     resolve_base(request, model)
     raise APIError(400, f"{model} is a base model; only fine-tuned models can be deleted", param="model",

@@ -68,6 +68,47 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0005_job_settings", """
         ALTER TABLE jobs ADD COLUMN settings TEXT NOT NULL DEFAULT '{"preset": null}';
     """),
+    # Projects own files and jobs (and so fine-tuned models); keys belong to a project and are kept only as
+    # argon2 hashes (projects.py). What a server held before projects is the default project's, which the
+    # server's own --api-key opens.
+    ("0006_projects", """
+        CREATE TABLE projects (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at INTEGER NOT NULL,
+            archived_at INTEGER,
+            max_jobs INTEGER,
+            max_stored_bytes INTEGER,
+            requests_per_minute INTEGER
+        );
+        INSERT INTO projects (id, name, created_at) VALUES ('proj_default', 'default', CAST(strftime('%s') AS INTEGER));
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL REFERENCES projects (id),
+            name TEXT,
+            hash TEXT NOT NULL,
+            redacted_value TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            last_used_at INTEGER,
+            revoked_at INTEGER
+        );
+        ALTER TABLE files ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default' REFERENCES projects (id);
+        ALTER TABLE jobs ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default' REFERENCES projects (id);
+        CREATE INDEX files_by_project ON files (project_id, created_at);
+        CREATE INDEX jobs_by_project ON jobs (project_id, created_at);
+        CREATE TABLE audit_log (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            project_id TEXT,
+            key_id TEXT,
+            action TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            object_id TEXT,
+            status INTEGER NOT NULL
+        );
+        CREATE INDEX audit_by_time ON audit_log (created_at);
+    """),
 ]
 
 

@@ -179,9 +179,10 @@ def record_completion(store: Store, job_id: str, run: RunDir) -> None:
         move(store, job_id, "succeeded", "The job has successfully completed", leaving=("running",),
              columns={"fine_tuned_model": record["fine_tuned_model"], "trained_tokens": record["trained_tokens"],
                       "result_files": json.dumps([results, run_file])},
-             also=tuple(("INSERT OR REPLACE INTO files (id, bytes, created_at, filename, purpose, status) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (file_id, store.file_path(file_id).stat().st_size, now,
-                                                       filename, "fine-tune-results", "processed"))
+             also=tuple(("INSERT OR REPLACE INTO files (id, bytes, created_at, filename, purpose, status, project_id) "
+                         "SELECT ?, ?, ?, ?, ?, ?, project_id FROM jobs WHERE id = ?",
+                         (file_id, store.file_path(file_id).stat().st_size, now, filename, "fine-tune-results",
+                          "processed", job_id))
                         for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar"))))
 
 

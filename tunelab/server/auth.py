@@ -1,0 +1,70 @@
+"""Who a request is: the dependency every `/v1` route but the admin ones runs first.
+
+A request's Bearer key is one of:
+- a project key (`sk-proj-…`, projects.py): the request acts in that key's project;
+- the server's own `--api-key` (compared in constant time): the default project;
+- anything, or nothing, on a server that asks for no key (no `--api-key`, and no project has a working
+  key): the default project. Once any project has a key, every request needs one.
+
+The admin key (`--admin-key` / TUNELAB_ADMIN_KEY) opens the admin routes only (admin.py), as OpenAI's admin
+keys open only its administration API; it is not a project key. What a request is, is kept in
+`request.state.identity` for the routes (their queries name its project) and for the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from tunelab.server.errors import APIError
+from tunelab.server.projects import DEFAULT_PROJECT, KEY_PREFIX, Identity, keys_in_use
+from tunelab.server.quotas import check_rate
+
+SERVER_KEY = "server-key"  # the key id the audit log gives the server's own --api-key
+
+
+def bearer(request: Request) -> str:
+    given = request.headers.get("authorization", "")
+    return given[7:].strip() if given.lower().startswith("bearer ") else ""
+
+
+async def require_project_key(request: Request) -> None:
+    """Sets request.state.identity, or answers OpenAI's 401; then the key's rate limit (quotas.py)."""
+    settings, store = request.app.state.settings, request.app.state.store
+    token = bearer(request)
+    identity = None
+    if token.startswith(KEY_PREFIX):
+        identity = await run_in_threadpool(request.app.state.keys.identify, token)
+    elif settings.api_key is not None and hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        identity = Identity(DEFAULT_PROJECT, SERVER_KEY)
+    if identity is None and settings.api_key is None and not await run_in_threadpool(keys_in_use, store):
+        identity = Identity(DEFAULT_PROJECT, None)
+    if identity is None:
+        raise _refused(token, "Give a project key (tunelab keys create) or the key `tunelab serve` was started "
+                       "with as a Bearer token (OPENAI_API_KEY for the openai client).")
+    request.state.identity = identity
+    check_rate(request, identity)
+
+
+async def require_admin_key(request: Request) -> None:
+    expected = request.app.state.settings.admin_key
+    token = bearer(request)
+    if expected is None:
+        raise APIError(401, "This server takes no admin requests: start it with --admin-key (or "
+                       "TUNELAB_ADMIN_KEY) to manage projects and keys over HTTP, or use `tunelab keys` and "
+                       "`tunelab projects` on its data directory.", code="invalid_api_key")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise _refused(token, "Admin routes take the server's admin key (--admin-key), not a project key.")
+    request.state.identity = Identity("admin", "admin-key")
+
+
+def project_of(request: Request) -> str:
+    """The project the request acts in."""
+    return request.state.identity.project
+
+
+def _refused(token: str, hint: str) -> APIError:
+    shown = f"{token[:3]}…{token[-4:]}" if len(token) > 8 else "none" if not token else "…"
+    return APIError(401, f"Incorrect API key provided: {shown}. {hint}", code="invalid_api_key")
