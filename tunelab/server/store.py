@@ -70,7 +70,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
     # Projects own files and jobs (and so fine-tuned models); keys belong to a project and are kept only as
     # argon2 hashes (projects.py). What a server held before projects is the default project's, which the
-    # server's own --api-key opens.
+    # server's own --api-key opens. (SQLite adds a column with a default but no REFERENCES to a table that
+    # has rows; projects are never deleted, only archived, so the reference has nothing to guard.)
     ("0006_projects", """
         CREATE TABLE projects (
             id TEXT PRIMARY KEY,
@@ -92,8 +93,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             last_used_at INTEGER,
             revoked_at INTEGER
         );
-        ALTER TABLE files ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default' REFERENCES projects (id);
-        ALTER TABLE jobs ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default' REFERENCES projects (id);
+        ALTER TABLE files ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+        ALTER TABLE jobs ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
         CREATE INDEX files_by_project ON files (project_id, created_at);
         CREATE INDEX jobs_by_project ON jobs (project_id, created_at);
         CREATE TABLE audit_log (
