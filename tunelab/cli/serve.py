@@ -21,7 +21,7 @@ from tunelab.core.events import Events
 
 EXAMPLES = examples("tunelab serve",
                     "tunelab serve --alias gpt-4o-mini-2024-07-18=default",
-                    "tunelab serve --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem --admin-key \"$ADMIN\" --data-dir /srv/tunelab")
+                    "tunelab serve --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", metavar="DIR", help="Where the database, uploads and runs live (default $TUNELAB_HOME or ~/.local/share/tunelab).")
 
