@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the openai package is built on
 
@@ -23,6 +24,7 @@ class Server:
         `env`: variables set for it (and so for its worker and jobs)."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.data_dir = Path(data_dir)
         self.process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "tunelab.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
              "--api-key", API_KEY, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -31,6 +31,7 @@ METHODS = tuple(BASE_LEARNING_RATES)
 KERNELS = ("auto", "none", "liger", "unsloth")
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # what each means: tunelab/models/precision.py
 SCHEDULERS = ("linear", "cosine", "constant")
+TRACKERS = ("wandb", "mlflow", "tensorboard")  # what each does: tunelab/runs/tracking.py
 
 
 class Must:
@@ -121,6 +122,27 @@ class TrainConfig(BaseModel):
     """Also checkpoint every N steps (checkpoints are always written at the end of each epoch)."""
     seed: Annotated[int, Must("a whole number")] = 42
     """Random seed: data order, adapter initialisation, dropout."""
+    report_to: Annotated[str, Must("tracker names, comma-separated: " + ", ".join(TRACKERS))] = ""
+    """Experiment trackers that get the settings, metrics and outcome, comma-separated: wandb, mlflow, tensorboard."""
+    wandb_project: OptionalText = None
+    """Weights & Biases project (default tunelab)."""
+    wandb_entity: OptionalText = None
+    """Weights & Biases entity, a team or user (default: your own)."""
+    wandb_name: OptionalText = None
+    """Weights & Biases run name (default: the job id)."""
+    wandb_tags: Text = ""
+    """Weights & Biases tags, comma-separated."""
+    mlflow_tracking_uri: OptionalText = None
+    """MLflow server URL, database URI or local folder (default $MLFLOW_TRACKING_URI, else the run directory)."""
+    mlflow_experiment: Text = "tunelab"
+    """MLflow experiment the run is logged in."""
+
+    @model_validator(mode="after")
+    def _trackers_are_known(self):
+        unknown = [name.strip() for name in self.report_to.split(",") if name.strip() not in ("", *TRACKERS)]
+        if unknown:
+            raise ValueError(f"report_to: {', '.join(unknown)} is not a tracker; these are: {', '.join(TRACKERS)}")
+        return self
 
     @model_validator(mode="after")
     def _validation_sources_exclude_each_other(self):

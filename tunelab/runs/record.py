@@ -80,6 +80,8 @@ class RunRecorder:
     def __init__(self, run: RunDir, job: dict, resume: bool = False):
         self.run = run
         self.job = job
+        self.resume = resume
+        self.trackers = None
         self._said_no_picture = False
         run.path.mkdir(parents=True, exist_ok=True)
         self._events = run.events_file.open("a", encoding="utf-8")
@@ -88,6 +90,16 @@ class RunRecorder:
         if resume:
             self.job.update(finished_at=None, error=None)
         self.save_job()
+
+    def report_to(self, names: list[str], settings: dict, first_step: int = 1) -> None:
+        """Send the settings, every metrics row from `first_step` on, and the outcome to these trackers
+        (tracking.py); each says where it logs, or why it does not, as an event."""
+        from tunelab.runs.tracking import Trackers
+
+        if names:
+            self.trackers = Trackers(names, settings, self.job, self.run.path, self.resume,
+                                     warn=lambda text: self.event(text, level="warning"), say=self.event,
+                                     first_step=first_step)
 
     def _open_metrics(self) -> None:
         self._metrics_file = self.run.metrics_file.open("w", newline="", encoding="utf-8")
@@ -121,6 +133,9 @@ class RunRecorder:
             self.job["finished_at"] = int(time.time())
         self.save_job()
         self.event(STATUS_EVENTS.get(status, f"Job {status}"), data={"status": status})
+        if self.trackers and status in (*lifecycle.FINISHED, "paused"):
+            self.trackers.finish(self.job)
+            self.trackers = None
 
     def event(self, message: str, level: str = "info", data: dict | None = None, kind: str = "message") -> None:
         record = {
@@ -138,6 +153,8 @@ class RunRecorder:
     def metrics(self, row: dict) -> None:
         """A row of `metrics_row`: written to metrics.csv, and as a metrics event."""
         self._write_row(row)
+        if self.trackers:
+            self.trackers.log(row)
         total = self.job.get("estimated_total_steps") or "?"
         message = f"Step {row['step']}/{total}: training loss={row['train_loss']:.4f}"
         if row["valid_loss"] is not None:

@@ -97,6 +97,11 @@ def job_extension(extension: dict | None, base_model: str, server_presets: dict[
         if value != AUTO:
             chosen.pop(name, None)
     settings = {name: value for name, value in chosen.items() if name != "preset"}
+    uri = settings.get("mlflow_tracking_uri")
+    if uri and not str(uri).startswith(("http://", "https://")):
+        raise JobSettingsError("tunelab.mlflow_tracking_uri: a server job reports to an MLflow server's URL "
+                               "(http:// or https://); leave it out to log into the job's own run directory",
+                               "tunelab.mlflow_tracking_uri")
     try:  # the rules between settings (validation_split and a validation file exclude each other)
         parsed_values({**hyperparameters, **settings, "data": "training_file",
                        "validation": "validation_file" if has_validation_file else None}, lambda name: f"tunelab.{name}")

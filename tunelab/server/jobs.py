@@ -55,6 +55,7 @@ def job_object(store, row) -> dict:
         fine_tuned_model=row["fine_tuned_model"], trained_tokens=row["trained_tokens"],
         finished_at=row["finished_at"], estimated_finish=estimated_finish,
         result_files=json.loads(row["result_files"]), error=json.loads(row["error"]) if row["error"] else None,
+        integrations=json.loads(row["integrations"]) if row["integrations"] else None,
         # tunelab's addition: the settings beyond OpenAI's fields, as the request's `tunelab` extension takes
         # them, with the preset they came from (None: TrainConfig's defaults and the memory plan's choices)
         tunelab=json.loads(row["settings"]))
@@ -92,9 +93,6 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
         raise APIError(400, f"method.type {body.method.type!r} is not supported yet: tunelab serve trains "
                        "supervised jobs only (dpo and reinforcement are planned)", param="method.type",
                        code="unsupported_value")
-    if body.integrations:
-        raise APIError(400, "integrations are not supported by tunelab serve yet (metrics are in the job's events "
-                       "and result file)", param="integrations", code="unsupported_value")
     project = project_of(request)
     base_model = resolve_base(request, body.model)
     training_file = _file_id(request, body.training_file, "training_file")
@@ -111,11 +109,12 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31
     store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
-                  "metadata, hyperparameters, settings, project_id, status) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
+                  "metadata, hyperparameters, settings, project_id, integrations, status) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
                   (job_id, int(time.time()), body.model, base_model, training_file, validation_file, body.suffix, seed,
                    json.dumps(body.metadata) if body.metadata else None, json.dumps(hyperparameters),
-                   json.dumps(settings), project))
+                   json.dumps(settings), project,
+                   json.dumps([i.model_dump() for i in body.integrations]) if body.integrations else None))
     store.job_event(job_id, f"Created fine-tuning job: {job_id}")
     if len(settings) > 1 or settings["preset"]:
         store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()

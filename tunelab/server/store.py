@@ -110,6 +110,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX audit_by_time ON audit_log (created_at);
     """),
+    # OpenAI's `integrations` of a job as the request gave them (a JSON list; NULL: none).
+    ("0007_integrations", """
+        ALTER TABLE jobs ADD COLUMN integrations TEXT;
+    """),
 ]
 
 

@@ -125,6 +125,7 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
     # tunelab's settings (job_settings.py: a preset's, the request's) under OpenAI's hyperparameters; a
     # preset's epochs, batch or rate are there only where the request left OpenAI's field `auto`.
     settings = {name: value for name, value in json.loads(job["settings"]).items() if name != "preset"}
+    settings.update(integration_settings(json.loads(job["integrations"] or "[]"), settings.get("report_to", "")))
     config = TrainConfig.from_sources(
         data=str(store.file_path(job["training_file"])), model=job["base_model"], out=str(run.path),
         validation=str(store.file_path(job["validation_file"])) if job["validation_file"] else None,
@@ -160,6 +161,21 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
         return
     if main and run.job()["status"] == "succeeded":  # else stopped on request: the API has moved the job already
         record_completion(store, job_id, run)
+
+
+def integration_settings(integrations: list[dict], report_to: str) -> dict:
+    """OpenAI's `integrations` of a job as training settings: a wandb integration adds W&B to the trackers
+    (runs/tracking.py), with its project, entity, run name and tags."""
+    settings: dict = {}
+    for integration in integrations:
+        if integration.get("type") == "wandb":
+            wandb = integration["wandb"]
+            trackers = [name for name in report_to.split(",") if name.strip()]
+            settings["report_to"] = ",".join(dict.fromkeys([*trackers, "wandb"]))
+            settings.update({f"wandb_{key}": value for key, value in (("project", wandb.get("project")),
+                             ("entity", wandb.get("entity")), ("name", wandb.get("name")),
+                             ("tags", ",".join(wandb.get("tags") or []) or None)) if value})
+    return settings
 
 
 def record_completion(store: Store, job_id: str, run: RunDir) -> None:

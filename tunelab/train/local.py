@@ -42,6 +42,7 @@ from tunelab.models.device_memory import device_budget
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
 from tunelab.runs import lifecycle
+from tunelab.runs.tracking import requested_trackers
 from tunelab.runs.record import RunRecorder, fine_tuned_model_name, fine_tuning_job, metrics_row, new_job_id
 from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoints import (latest_checkpoint, random_states, restore_random_states,
@@ -205,6 +206,9 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     recorder = RunRecorder(run, job, resume=resume) if cluster.is_main else None
     if recorder:
         recorder.set_status("running")
+        # A resumed run is trained again from its checkpoint: trackers drop what they had after it.
+        recorder.report_to(requested_trackers(config.report_to), config.to_dict(),
+                           first_step=latest_checkpoint(run.checkpoints_dir).step + 1 if resume else 1)
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
         if memory_plan:
