@@ -3,7 +3,8 @@
     .venv/bin/python bench/server_fuzz.py [--examples 100] [--seed 19]
 
 Starts a real server on the tests' tiny model (built here), fetches its own OpenAPI schema (behind the key)
-and runs schemathesis's every phase against it and against OpenAI's published spec
+and runs schemathesis's every phase against it (the project routes with a project key, the admin routes with
+the admin key) and against OpenAI's published spec
 (tests/server/openai_api/, with the four contradictions named in tests/reliability/fuzzing.py mended).
 Prints, per schema: requests sent, responses by class, server errors (target 0), failed checks (target 0),
 error bodies not in OpenAI's shape (target 0) and latency percentiles; then the database's integrity check.
@@ -36,17 +37,25 @@ def main() -> None:
         scratch = Path(scratch)
         corpus = [m["content"] for c in read_jsonl(EXAMPLES / "train.jsonl") for m in c["messages"]]
         model = build_tiny_model(scratch / "tiny-model", corpus)
+        admin_key = "sk-admin-bench-0123456789"
         server = Server(scratch / "data", "--alias", f"gpt-4o-mini-2024-07-18={model}", "--dtype", "fp32",
-                        "--max-upload-mb", "1")
+                        "--max-upload-mb", "1", "--admin-key", admin_key)
         try:
             own = scratch / "own.json"
             own.write_bytes(httpx.get(f"{server.base_url}/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}).content)
-            for label, schema, base_url in (("own schema", own, server.base_url.removesuffix("/v1")),
-                                            ("OpenAI's spec", openai_spec_as_served(scratch / "openai.json"), server.base_url)):
-                figures = fuzz(schema, base_url, API_KEY, arguments.examples, arguments.seed, scratch / "reports",
-                               label.split()[0].lower())
+            root = server.base_url.removesuffix("/v1")
+            for label, schema, base_url, key, paths in (
+                    ("own schema", own, root, API_KEY, None),
+                    ("own schema, admin routes", own, root, admin_key, "^/v1/organization"),
+                    ("OpenAI's spec", openai_spec_as_served(scratch / "openai.json"), server.base_url, API_KEY, None)):
+                figures = fuzz(schema, base_url, key, arguments.examples, arguments.seed, scratch / "reports",
+                               label.split()[0].lower() + ("-admin" if paths else ""), paths=paths)
                 figures.schema = label
                 print(figures.line(), flush=True)
+                bodies = {operation: count for operation, count in figures.per_operation.items()
+                          if operation.startswith("POST") and ("chat" in operation or operation.endswith("/jobs"))}
+                if bodies:
+                    print("  requests with a body:", bodies, flush=True)
                 for body in figures.error_bodies_not_openai_shaped[:5]:
                     print("  not OpenAI's shape:", body)
                 if figures.exit_code:

@@ -328,3 +328,27 @@ def test_a_data_directory_from_before_projects_becomes_the_default_project(tmp_p
         server.stop()
     with sqlite3.connect(data_dir / "tunelab.db") as database:
         assert "0006_projects" in {row[0] for row in database.execute("SELECT name FROM migrations")}
+
+
+# --- the command line's errors -------------------------------------------------------------------------------
+
+def test_the_commands_say_what_is_wrong_without_a_traceback(tmp_path):
+    from tunelab.server.store import Store
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Store(tmp_path / "data")
+    data = ["--data-dir", str(tmp_path / "data")]
+    cases = [
+        (["keys", "list", "--data-dir", str(empty)], "no tunelab serve database here (tunelab.db)"),
+        (["keys", "create", "--project", "nope", *data], "no project 'nope'; there are: default"),
+        (["projects", "create", "bad/name", *data], "project name 'bad/name': 1 to 64 letters"),
+        (["keys", "revoke", "key_nothere", *data], "no key 'key_nothere'"),
+        (["projects", "archive", "default", *data], "the default project cannot be archived"),
+        (["audit", "--project", "nope", *data], "no project 'nope'"),
+    ]
+    for arguments, message in cases:
+        result = run_cli(*arguments)
+        assert result.returncode == 1 and message in result.stderr.decode(), (arguments, result.stderr)
+        assert b"Traceback" not in result.stderr
+    assert json.loads(run_cli("projects", "list", "--json", *data).stdout)["data"][0]["name"] == "default"

@@ -191,7 +191,7 @@ def record_completion(store: Store, job_id: str, run: RunDir) -> None:
         shutil.copyfile(run.metrics_file, temporary)
     pack_run(run.path, store.file_path(run_file))
     now = int(time.time())
-    with suppress(IllegalTransition):
+    try:
         move(store, job_id, "succeeded", "The job has successfully completed", leaving=("running",),
              columns={"fine_tuned_model": record["fine_tuned_model"], "trained_tokens": record["trained_tokens"],
                       "result_files": json.dumps([results, run_file])},
@@ -200,6 +200,10 @@ def record_completion(store: Store, job_id: str, run: RunDir) -> None:
                          (file_id, store.file_path(file_id).stat().st_size, now, filename, "fine-tune-results",
                           "processed", job_id))
                         for file_id, filename in ((results, f"{job_id}-results.csv"), (run_file, f"{job_id}-run.tar"))))
+    except IllegalTransition as moved:  # cancelled as it finished: its result files have no row, so they go
+        if moved.current != "succeeded":
+            for file_id in (results, run_file):
+                store.file_path(file_id).unlink(missing_ok=True)
 
 
 def result_file_id(job_id: str, kind: str) -> str:

@@ -206,9 +206,10 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     recorder = RunRecorder(run, job, resume=resume) if cluster.is_main else None
     if recorder:
         recorder.set_status("running")
-        # A resumed run is trained again from its checkpoint: trackers drop what they had after it.
+        # A resumed run is trained again from its checkpoint (if it got to one): trackers drop what came after.
+        resumed_from = latest_checkpoint(run.checkpoints_dir) if resume else None
         recorder.report_to(requested_trackers(config.report_to), config.to_dict(),
-                           first_step=latest_checkpoint(run.checkpoints_dir).step + 1 if resume else 1)
+                           first_step=resumed_from.step + 1 if resumed_from else 1)
         recorder.event(f"Loaded {resolved.name} in {load_seconds:.1f} s",
                        data={"model_load_seconds": round(load_seconds, 2)})
         if memory_plan:
