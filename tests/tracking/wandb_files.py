@@ -5,6 +5,7 @@ read here and each record decoded by wandb's own protobuf."""
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -24,6 +25,8 @@ def records(path: Path):
             position += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[position:position + HEADER])
+        if position + HEADER + length > len(data):  # still being written
+            return
         piece = data[position + HEADER:position + HEADER + length]
         position += HEADER + length
         if kind == 0:
@@ -36,11 +39,22 @@ def records(path: Path):
             yield record
 
 
+def finished_records(run_folder: Path, timeout: float = 60) -> list:
+    """The run's records once W&B has written its last one (`exit`): its service process writes the file
+    after `run.finish()` returns, so on a busy machine the end comes a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        [run_file] = run_folder.glob("run-*.wandb")
+        found = list(records(run_file))
+        if any(record.WhichOneof("record_type") == "exit" for record in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def history(run_folder: Path) -> list[dict]:
     """The metrics rows logged to the offline run in `run_folder` (…/wandb/offline-run-…)."""
-    [run_file] = run_folder.glob("run-*.wandb")
     rows = []
-    for record in records(run_file):
+    for record in finished_records(run_folder):
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
@@ -48,8 +62,7 @@ def history(run_folder: Path) -> list[dict]:
 
 
 def run_config(run_folder: Path) -> dict:
-    [run_file] = run_folder.glob("run-*.wandb")
-    for record in records(run_file):
+    for record in finished_records(run_folder):
         if record.WhichOneof("record_type") == "run":
             return {item.key: json.loads(item.value_json) for item in record.run.config.update}
     return {}
