@@ -236,7 +236,8 @@ def freeze_mid_checkpoint(server, client, run: Path, job_id: str, nth: int) -> s
                 return None
 
 
-def survive(phase: str, scratch: Path, model_dir: Path, training: Path, reference: dict, rng: random.Random) -> Outcome:
+def survive(phase: str, scratch: Path, model_dir: Path, training: Path, reference: dict, rng: random.Random,
+            steps: int = 60) -> Outcome:
     from tests.serving import Server
 
     data_dir = scratch / f"data-{phase}-{rng.randrange(10**6)}"
@@ -256,8 +257,8 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
             file_id = client.files.create(file=training.open("rb"), purpose="fine-tune").id
             job_id = client.fine_tuning.jobs.create(training_file=file_id, model=MODEL, **SETTINGS).id
             run = data_dir / "runs" / job_id
-            target_step, deadline = rng.randint(2, 55), time.monotonic() + 300
-            target_checkpoint = rng.randint(1, 3)  # the job writes three (steps 20, 40, 60)
+            target_step, deadline = rng.randint(2, steps - 5), time.monotonic() + 300
+            target_checkpoint = rng.randint(1, 3)  # the job writes three, one an epoch
             if phase == "checkpoint":
                 for attempt in range(3):
                     if attempt:  # every write of the last job was too quick: a fresh job, its first checkpoint
@@ -277,9 +278,9 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
                         killed_at = "validating files"
                         break
                 elif phase in ("training", "worker"):
-                    steps = len((run / "metrics.csv").read_text().splitlines()) - 1 if (run / "metrics.csv").is_file() else 0
-                    if steps >= target_step:
-                        killed_at = f"at step {steps}"
+                    done = len((run / "metrics.csv").read_text().splitlines()) - 1 if (run / "metrics.csv").is_file() else 0
+                    if done >= target_step:
+                        killed_at = f"at step {done}"
                         break
                 elif phase == "completion":
                     try:
@@ -327,14 +328,16 @@ def survive(phase: str, scratch: Path, model_dir: Path, training: Path, referenc
     return Outcome(phase, killed_at, not problem, problem)
 
 
-def server_kills(rounds: int, seed: int, scratch: Path, report=print) -> list[Outcome]:
+def server_kills(rounds: int, seed: int, scratch: Path, report=print, examples: int = 40) -> list[Outcome]:
+    """`examples` of the bundled training file, trained 3 epochs at batch 2 (40: 60 steps)."""
     from tests.conftest import EXAMPLES, build_tiny_model, read_jsonl
     from tests.serving import Server
 
     conversations = read_jsonl(EXAMPLES / "train.jsonl")
     model_dir = build_tiny_model(scratch / "tiny-model", [m["content"] for c in conversations for m in c["messages"]])
     training = scratch / "train.jsonl"
-    training.write_text("".join(json.dumps(c) + "\n" for c in conversations[:40]))
+    training.write_text("".join(json.dumps(c) + "\n" for c in conversations[:examples]))
+    steps = 3 * -(-examples // 2)
     reference_dir = scratch / "data-reference"
     server = Server(reference_dir, "--alias", f"{MODEL}={model_dir}", "--dtype", "fp32")
     try:
@@ -342,14 +345,14 @@ def server_kills(rounds: int, seed: int, scratch: Path, report=print) -> list[Ou
         file_id = client.files.create(file=training.open("rb"), purpose="fine-tune").id
         started = time.monotonic()
         job = wait_until_finished(client, client.fine_tuning.jobs.create(training_file=file_id, model=MODEL, **SETTINGS).id)
-        report(f"uninterrupted job: {job.status} in {time.monotonic() - started:.1f} s (60 steps, 3 checkpoints)")
+        report(f"uninterrupted job: {job.status} in {time.monotonic() - started:.1f} s ({steps} steps, 3 checkpoints)")
     finally:
         server.stop()
     reference = _adapter(reference_dir, job.id)
     rng, outcomes = random.Random(seed), []
     for _ in range(rounds):
         for phase in PHASES:
-            outcome = survive(phase, scratch, model_dir, training, reference, rng)
+            outcome = survive(phase, scratch, model_dir, training, reference, rng, steps)
             outcomes.append(outcome)
             report(f"killed during {phase} ({outcome.killed_at}) → "
                    + ("job succeeded, same adapter, database and files intact" if outcome.survived else outcome.detail))

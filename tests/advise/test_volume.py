@@ -1,11 +1,9 @@
 """`tunelab advise --volume`: the break-even of a small fine-tune against a large prompted model."""
 
 import json
-import os
-import subprocess
-import sys
 
 from tests.advise.test_decide import READY, format_task, write
+from tests.conftest import run_cli
 from tunelab.advise.decide import Answers, decide, measure_data
 from tunelab.advise.volume import FEWSHOT_EXAMPLES, break_even
 from tunelab.data.cost import price_table
@@ -54,18 +52,17 @@ def test_a_low_volume_lowers_the_confidence_and_an_efficiency_goal_is_prompted(t
 
 def test_the_command_prints_the_break_even_with_its_date(tmp_path):
     data = write(tmp_path, format_task(150))
-    command = [sys.executable, "-m", "tunelab.cli", "advise", "--data", data, "--volume", "5000"]
-    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=120)
+    command = ["advise", "--data", data, "--volume", "5000"]  # in-process, through the real entry point's app
+    as_json = run_cli(*command, "--json", input="")
     assert as_json.returncode == 0, as_json.stderr
     measured = json.loads(as_json.stdout)["measurements"]
     assert measured["volume"]["calls_per_day"] == 5000 and measured["volume"]["prices_as_of"] == str(price_table()["as_of"])
     assert measured["training"]["local"]["seconds"] > 0 and measured["training"]["openai"]["usd"] > 0
-    shown = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                           env={**os.environ, "COLUMNS": "120"})
+    shown = run_cli(*command, input="")
     assert shown.returncode == 0, shown.stderr
-    assert "5,000 calls a day" in shown.stdout and f"(prices as of {price_table()['as_of']})" in shown.stdout
-    assert "gpt-4.1-nano fine-tuned at OpenAI" in shown.stdout and "CPU-hours" in shown.stdout
-    without_data = subprocess.run([sys.executable, "-m", "tunelab.cli", "advise", "--volume", "10"],
-                                  capture_output=True, text=True, timeout=60)
-    assert without_data.returncode == 2 and "--volume needs --data" in without_data.stderr  # a usage error
-    assert "Traceback" not in without_data.stderr
+    text = shown.stdout.decode()
+    assert "5,000 calls a day" in text and f"(prices as of {price_table()['as_of']})" in text
+    assert "gpt-4.1-nano fine-tuned at OpenAI" in text and "CPU-hours" in text
+    without_data = run_cli("advise", "--volume", "10")
+    assert without_data.returncode == 2 and b"--volume needs --data" in without_data.stderr  # a usage error
+    assert b"Traceback" not in without_data.stderr

@@ -58,9 +58,10 @@ class FuzzFigures:
 
 
 def fuzz(schema: Path, base_url: str, api_key: str, examples: int, seed: int, out: Path, label: str,
-         paths: str | None = None) -> FuzzFigures:
+         paths: str | None = None, skip: str | None = None) -> FuzzFigures:
     """Run schemathesis's every phase (examples, coverage, fuzzing, stateful) with `examples` cases per
-    operation (those whose path matches the regular expression `paths`, when given); count what it sent."""
+    operation (those whose path matches the regular expression `paths` and not `skip`, when given); count
+    what it sent."""
     out.mkdir(parents=True, exist_ok=True)
     har, junit = out / f"{label}.har", out / f"{label}.xml"
     finished = subprocess.run(
@@ -68,7 +69,7 @@ def fuzz(schema: Path, base_url: str, api_key: str, examples: int, seed: int, ou
          "-H", f"Authorization: Bearer {api_key}", "-n", str(examples), "--seed", str(seed), "--checks", CHECKS,
          "--workers", "1", "--request-timeout", "60", "--no-color", "--report", "har,junit",
          "--report-har-path", str(har), "--report-junit-path", str(junit), "--generation-database", "none",
-         *(["--include-path-regex", paths] if paths else [])],
+         *(["--include-path-regex", paths] if paths else []), *(["--exclude-path-regex", skip] if skip else [])],
         capture_output=True, text=True, timeout=1800, cwd=out)  # its cache folder goes there, not into the checkout
     figures = FuzzFigures(label, finished.returncode, output_tail=(finished.stdout + finished.stderr)[-4000:])
     entries = json.loads(har.read_text())["log"]["entries"] if har.is_file() else []

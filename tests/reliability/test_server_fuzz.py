@@ -25,6 +25,7 @@ def test_fuzzing_finds_no_server_error_and_no_schema_violation(fuzzed_server, tm
     """`own`: the routes a project key opens; `admin`: the admin routes (projects, keys, audit log), with the
     admin key; `openai`: OpenAI's spec of the same project routes."""
     key, paths = (ADMIN_KEY, "^/v1/organization") if which == "admin" else (API_KEY, None)
+    skip = "^/v1/organization" if which == "own" else None  # the admin routes have their own run, with their key
     if which in ("own", "admin"):
         schema = tmp_path / "own.json"
         schema.write_bytes(httpx.get(f"{fuzzed_server.base_url}/openapi.json",
@@ -32,7 +33,7 @@ def test_fuzzing_finds_no_server_error_and_no_schema_violation(fuzzed_server, tm
         base_url = fuzzed_server.base_url.removesuffix("/v1")
     else:
         schema, base_url = openai_spec_as_served(tmp_path / "openai.json"), fuzzed_server.base_url
-    figures = fuzz(schema, base_url, key, EXAMPLES, seed=19, out=tmp_path, label=which, paths=paths)
+    figures = fuzz(schema, base_url, key, EXAMPLES, seed=19, out=tmp_path, label=which, paths=paths, skip=skip)
     print(figures.line())
     assert figures.requests > (200 if which == "admin" else 500), figures.output_tail
     assert figures.server_errors == 0 and figures.check_failures == 0, figures.output_tail

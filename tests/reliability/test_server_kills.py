@@ -11,7 +11,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy(secon
 
 def test_every_phase_of_a_job_survives_a_kill(tmp_path):
     lines = []
-    outcomes = server_kills(rounds=1, seed=19, scratch=tmp_path, report=lines.append)
+    # 20 examples (30 steps) here; the bench trains 40.
+    outcomes = server_kills(rounds=1, seed=19, scratch=tmp_path, report=lines.append, examples=20)
     assert [o.phase for o in outcomes] == list(PHASES)
     assert all(o.survived for o in outcomes), "\n".join(lines)
     assert lines[-1] == f"survived: {len(PHASES)}/{len(PHASES)}"

@@ -209,50 +209,6 @@ def test_checkpoints_are_listed_and_answer_as_models(tiny_client, recorder, tmp_
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_job_resumes_it_to_the_same_weights(tmp_path, tiny_model_dir, support_conversations):
-    import signal
-
-    import torch
-    from safetensors.torch import load_file
-
-    from tests.server.conftest import httpx
-
-    data_dir = tmp_path / "data"
-    alias = f"gpt-4o-mini-2024-07-18={tiny_model_dir}"
-
-    def connect(server):
-        return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, http_client=httpx.Client())
-
-    server = Server(data_dir, "--alias", alias)
-    client = connect(server)
-    training = upload(client, tmp_path, support_conversations[:40])
-    settings = dict(training_file=training.id, model="gpt-4o-mini-2024-07-18", seed=11,
-                    hyperparameters={"n_epochs": 3, "batch_size": 2})  # 60 steps, checkpoints at 20 and 40
-    reference = wait_until_finished(client, client.fine_tuning.jobs.create(**settings).id)
-    job = client.fine_tuning.jobs.create(**settings)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-            e.type == "metrics" and e.data["step"] >= 22 for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data):
-        time.sleep(0.1)
-    server.process.send_signal(signal.SIGKILL)  # no clean shutdown: the worker finds its server gone
-    server.process.wait(10)
-
-    restarted = Server(data_dir, "--alias", alias)
-    try:
-        done = wait_until_finished(connect(restarted), job.id)
-    finally:
-        restarted.stop()
-    assert done.status == "succeeded", done.error
-    adapters = [load_file(data_dir / "runs" / identifier / "adapter" / "adapter_model.safetensors")
-                for identifier in (reference.id, job.id)]
-    assert adapters[0].keys() == adapters[1].keys()
-    for name in adapters[0]:
-        assert torch.equal(adapters[0][name], adapters[1][name]), name
-    events = (data_dir / "runs" / job.id / "events.jsonl").read_text()
-    assert "Resumed from checkpoint at step 20" in events or "Resumed from checkpoint at step 40" in events
-
-
-@pytest.mark.slow
 def test_jobs_run_side_by_side_each_under_the_launcher(tmp_path, tiny_model_dir, support_conversations):
     """`--max-jobs 2` trains two jobs at once; `--launcher` starts each under accelerate, in two processes."""
     import sys

@@ -40,14 +40,6 @@ def start_mlflow(folder: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the MLflow server did not start")
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    process, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
-    yield uri
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(30)
-
-
 @pytest.fixture()
 def training_data(tmp_path, support_conversations):
     train_file, valid_file = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
@@ -71,10 +63,40 @@ def events(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
-def test_a_run_reports_to_an_mlflow_server_and_tensorboard(training_data, tiny_model_dir, tmp_path, mlflow_server):
+def test_a_run_reports_to_an_mlflow_server_and_tensorboard_and_goes_on_when_the_server_dies(
+        training_data, tiny_model_dir, tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    process, mlflow_server = start_mlflow(tmp_path)
+    try:
+        reported_and_read_back(training_data, tiny_model_dir, tmp_path, mlflow_server, MlflowClient, EventAccumulator)
+        # Then the server is killed (SIGKILL) at the second step of another run: a warning, and the run goes on.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+
+        def kill_at_step_two(step: int) -> bool:
+            if step == 2 and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+            return False
+
+        from tunelab.train.local import train as run_training
+
+        run = run_training(TrainConfig(data=str(training_data[0]), model=str(tiny_model_dir), out=str(tmp_path / "cut"),
+                                       n_epochs=1, batch_size=4, seed=3, dtype="fp32", report_to="mlflow",
+                                       mlflow_tracking_uri=mlflow_server), should_stop=kill_at_step_two)
+        assert json.loads((run / "job.json").read_text())["status"] == "succeeded"
+        assert len(metrics_csv(run)) == 4  # every step trained and recorded
+        warnings = [e["message"] for e in events(run) if e["level"] == "warning"]
+        assert len(warnings) == 1 and warnings[0].startswith("MLflow failed and is left out from now on"), warnings
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
+def reported_and_read_back(training_data, tiny_model_dir, tmp_path, mlflow_server, MlflowClient, EventAccumulator):
     run = train(training_data, tiny_model_dir, tmp_path / "run", report_to="mlflow,tensorboard",
                 mlflow_tracking_uri=mlflow_server, mlflow_experiment="support-bot")
     job, rows = json.loads((run / "job.json").read_text()), metrics_csv(run)
@@ -119,26 +141,3 @@ def test_offline_wandb_and_a_tracker_that_fails_never_fail_the_run(training_data
     assert [(row["_step"], round(row["train_loss"], 6)) for row in logged] == \
         [(int(r["step"]), float(r["train_loss"])) for r in metrics_csv(run)]
     assert run_config(folder)["lora_r"] == 16
-
-
-def test_an_mlflow_server_killed_mid_run_is_a_warning_and_the_run_goes_on(training_data, tiny_model_dir, tmp_path,
-                                                                          monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    process, uri = start_mlflow(tmp_path)
-
-    def kill_at_step_two(step: int) -> bool:
-        if step == 2 and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
-        return False
-
-    from tunelab.train.local import train as run_training
-
-    run = run_training(TrainConfig(data=str(training_data[0]), model=str(tiny_model_dir), out=str(tmp_path / "run"),
-                                   n_epochs=1, batch_size=4, seed=3, dtype="fp32", report_to="mlflow",
-                                   mlflow_tracking_uri=uri), should_stop=kill_at_step_two)
-    assert json.loads((run / "job.json").read_text())["status"] == "succeeded"
-    assert len(metrics_csv(run)) == 4  # every step trained and recorded
-    warnings = [e["message"] for e in events(run) if e["level"] == "warning"]
-    assert len(warnings) == 1 and warnings[0].startswith("MLflow failed and is left out from now on"), warnings
