@@ -15,12 +15,15 @@ WORKERS ?= auto
 setup: $(STAMP)
 
 # Installing torch==2.13.0 first, by itself, makes pip take the CPU build these machines carry instead of
-# resolving a multi-GB CUDA build as a dependency of something else.
+# resolving a multi-GB CUDA build as a dependency of something else. --no-compile: pip would byte-compile
+# every module of every package (half the setup's time, 87 s against 37 s on two cores); Python compiles
+# what is imported, once, on first use.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -c requirements.lock -e .
 	touch $(STAMP)
 
 # What only the tests (and the docs build) need: the dev extra, headless Chromium for the browser tests
@@ -28,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock
 test-setup: $(DEV_STAMP) browser go
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PIP_INSTALL) -c requirements.lock -e '.[dev]'
 	touch $(DEV_STAMP)
 
 browser:

@@ -352,3 +352,20 @@ def test_the_commands_say_what_is_wrong_without_a_traceback(tmp_path):
         assert result.returncode == 1 and message in result.stderr.decode(), (arguments, result.stderr)
         assert b"Traceback" not in result.stderr
     assert json.loads(run_cli("projects", "list", "--json", *data).stdout)["data"][0]["name"] == "default"
+
+
+def test_a_server_without_a_key_asks_for_keys_once_a_project_has_one(tmp_path):
+    server = Server(tmp_path / "open", "--api-key", "")  # the last --api-key wins: none, so no key asked
+    try:
+        assert client_for(server, "anything").models.list().data
+        key = project_with_key(server, "solo")
+        with pytest.raises(openai.AuthenticationError):  # now every request needs a key
+            client_for(server, "anything").models.list()
+        assert client_for(server, key).files.list().data == []
+        key_id = json.loads(tunelab(server, "keys", "list", "--project", "solo", "--json"))["data"][0]["id"]
+        tunelab(server, "keys", "revoke", key_id)
+        assert client_for(server, "anything").models.list().data  # no key left: open again (loopback only)
+        with pytest.raises(openai.AuthenticationError):  # but the revoked key itself is refused
+            client_for(server, key).models.list()
+    finally:
+        server.stop()

@@ -3,8 +3,9 @@
 A request's Bearer key is one of:
 - a project key (`sk-proj-…`, projects.py): the request acts in that key's project;
 - the server's own `--api-key` (compared in constant time): the default project;
-- anything, or nothing, on a server that asks for no key (no `--api-key`, and no project has a working
-  key): the default project. Once any project has a key, every request needs one.
+- anything but a project key, or nothing, on a server that asks for no key (no `--api-key`, and no
+  project has a working key): the default project. Once any project has a key, every request needs one;
+  a revoked or unknown project key is refused everywhere.
 
 The admin key (`--admin-key` / TUNELAB_ADMIN_KEY) opens the admin routes only (admin.py), as OpenAI's admin
 keys open only its administration API; it is not a project key. What a request is, is kept in
@@ -35,11 +36,11 @@ async def require_project_key(request: Request) -> None:
     settings, store = request.app.state.settings, request.app.state.store
     token = bearer(request)
     identity = None
-    if token.startswith(KEY_PREFIX):
+    if token.startswith(KEY_PREFIX):  # a project key that is unknown or revoked is refused, even on an open server
         identity = await run_in_threadpool(request.app.state.keys.identify, token)
     elif settings.api_key is not None and hmac.compare_digest(token.encode(), settings.api_key.encode()):
         identity = Identity(DEFAULT_PROJECT, SERVER_KEY)
-    if identity is None and settings.api_key is None and not await run_in_threadpool(keys_in_use, store):
+    elif settings.api_key is None and not await run_in_threadpool(keys_in_use, store):
         identity = Identity(DEFAULT_PROJECT, None)
     if identity is None:
         raise _refused(token, "Give a project key (tunelab keys create) or the key `tunelab serve` was started "
