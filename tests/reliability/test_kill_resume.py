@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.heavy(secon
 
 def test_each_kind_of_kill_resumes_to_the_uninterrupted_result(tmp_path):
     lines = []
-    outcomes = kill_and_resume(runs=len(KINDS), seed=19, model=None, epochs=12, scratch=tmp_path, report=lines.append)
+    outcomes = kill_and_resume(runs=len(KINDS), seed=19, model=None, epochs=6, scratch=tmp_path, report=lines.append)
     assert [o.kind for o in outcomes] == list(KINDS)
     assert all(o.identical for o in outcomes), "\n".join(lines)
     assert lines[-1] == f"identical: {len(KINDS)}/{len(KINDS)}"

@@ -17,12 +17,14 @@ from pathlib import Path
 from tunelab.models.resolve import cache_dir
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "openai", "fastapi",
-            "bitsandbytes", "liger-kernel", "unsloth", "llama-cpp-python", "trl")
-ENVIRONMENT_VARIABLES = ("TUNELAB_HOME", "TUNELAB_CACHE", "TUNELAB_API_KEY", "TUNELAB_DEBUG", "TUNELAB_TRUST_REMOTE_CODE",
+            "bitsandbytes", "liger-kernel", "unsloth", "llama-cpp-python", "trl", "wandb", "mlflow-skinny", "mlflow",
+            "tensorboard")
+ENVIRONMENT_VARIABLES = ("TUNELAB_HOME", "TUNELAB_CACHE", "TUNELAB_API_KEY", "TUNELAB_ADMIN_KEY", "TUNELAB_DEBUG",
+                         "TUNELAB_TRUST_REMOTE_CODE", "WANDB_API_KEY", "WANDB_MODE", "MLFLOW_TRACKING_URI",
                          "TUNELAB_ALLOW_PICKLE", "HF_HOME", "HF_HUB_OFFLINE", "HF_ENDPOINT", "OPENAI_BASE_URL",
                          "OPENAI_API_KEY", "CUDA_VISIBLE_DEVICES", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
                          "OMP_NUM_THREADS")
-SECRET_VARIABLES = ("TUNELAB_API_KEY", "OPENAI_API_KEY")
+SECRET_VARIABLES = ("TUNELAB_API_KEY", "TUNELAB_ADMIN_KEY", "OPENAI_API_KEY", "WANDB_API_KEY")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "sve")
 
 
