@@ -369,3 +369,21 @@ def test_a_server_without_a_key_asks_for_keys_once_a_project_has_one(tmp_path):
             client_for(server, key).models.list()
     finally:
         server.stop()
+
+
+def test_a_migration_that_fails_is_named_and_leaves_the_database_as_it_was(tmp_path):
+    from tunelab.server.store import MIGRATIONS, Store
+
+    with sqlite3.connect(tmp_path / "tunelab.db") as database:
+        database.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at INTEGER)")
+        for name, sql in MIGRATIONS[:5]:
+            database.executescript(sql)
+            database.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
+        database.execute("CREATE TABLE projects (id TEXT)")  # in the way of 0006's own table
+    with pytest.raises(sqlite3.OperationalError, match="migration 0006_projects failed: table projects already exists"):
+        Store(tmp_path)
+    with sqlite3.connect(tmp_path / "tunelab.db") as database:
+        assert "0006_projects" not in {row[0] for row in database.execute("SELECT name FROM migrations")}
+        assert "project_id" not in {row[1] for row in database.execute("PRAGMA table_info(files)")}
+    result = run_cli("serve", "--data-dir", str(tmp_path), "--port", "1")
+    assert result.returncode == 1 and b"migration 0006_projects failed" in result.stderr

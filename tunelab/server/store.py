@@ -156,10 +156,10 @@ class Store:
                 try:
                     self._db.executescript(f"BEGIN;\n{sql}\nINSERT INTO migrations (name, applied_at) "
                                            f"VALUES ('{name}', {int(time.time())});\nCOMMIT;")
-                except sqlite3.Error:
+                except sqlite3.Error as error:  # the same kind of error, naming the migration that failed
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
-                    raise
+                    raise type(error)(f"migration {name} failed: {error}") from error
 
     def execute(self, sql: str, parameters=()) -> list[sqlite3.Row]:
         with self._lock:
