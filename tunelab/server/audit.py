@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 
+from tunelab.server.projects import ADMIN_KEY_ID, SERVER_KEY_ID
 from tunelab.server.store import Store, new_id
 
 CHANGING = ("POST", "PUT", "PATCH", "DELETE")
@@ -110,8 +111,8 @@ def audit_object(row, project_names: dict[str, str]) -> dict:
     return {"object": "organization.audit_log", "id": row["id"], "type": row["action"],
             "effective_at": int(row["created_at"]),
             "project": {"id": row["project_id"], "name": project_names.get(row["project_id"])} if row["project_id"] else None,
-            "actor": {"type": "api_key", "api_key": {"id": key_id, "type": "admin" if key_id == "admin-key" else
-                                                     "server" if key_id == "server-key" else "project"}}
+            "actor": {"type": "api_key", "api_key": {"id": key_id, "type": "admin" if key_id == ADMIN_KEY_ID else
+                                                     "server" if key_id == SERVER_KEY_ID else "project"}}
             if key_id else {"type": "anonymous"},
             "object_id": row["object_id"],
             "request": {"method": row["method"], "path": row["path"], "status": row["status"]}}

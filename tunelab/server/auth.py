@@ -20,10 +20,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from tunelab.server.errors import APIError
-from tunelab.server.projects import DEFAULT_PROJECT, KEY_PREFIX, Identity, keys_in_use
+from tunelab.server.projects import ADMIN_KEY_ID, DEFAULT_PROJECT, KEY_PREFIX, SERVER_KEY_ID, Identity, keys_in_use
 from tunelab.server.quotas import check_rate
-
-SERVER_KEY = "server-key"  # the key id the audit log gives the server's own --api-key
 
 
 def bearer(request: Request) -> str:
@@ -39,7 +37,7 @@ async def require_project_key(request: Request) -> None:
     if token.startswith(KEY_PREFIX):  # a project key that is unknown or revoked is refused, even on an open server
         identity = await run_in_threadpool(request.app.state.keys.identify, token)
     elif settings.api_key is not None and hmac.compare_digest(token.encode(), settings.api_key.encode()):
-        identity = Identity(DEFAULT_PROJECT, SERVER_KEY)
+        identity = Identity(DEFAULT_PROJECT, SERVER_KEY_ID)
     elif settings.api_key is None and not await run_in_threadpool(keys_in_use, store):
         identity = Identity(DEFAULT_PROJECT, None)
     if identity is None:
@@ -58,7 +56,7 @@ async def require_admin_key(request: Request) -> None:
                        "`tunelab projects` on its data directory.", code="invalid_api_key")
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise _refused(token, "Admin routes take the server's admin key (--admin-key), not a project key.")
-    request.state.identity = Identity("admin", "admin-key")
+    request.state.identity = Identity("admin", ADMIN_KEY_ID)
 
 
 def project_of(request: Request) -> str:

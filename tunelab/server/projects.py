@@ -34,6 +34,8 @@ DEFAULT_PROJECT = "proj_default"
 KEY_PREFIX = "sk-proj-"
 KEY_PATTERN = re.compile(r"^sk-proj-(?P<id>[0-9a-f]{24})-(?P<secret>[A-Za-z0-9_-]{43})$")
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+# The key ids the audit log gives the two keys that are not project keys.
+SERVER_KEY_ID, ADMIN_KEY_ID = "server-key", "admin-key"
 LAST_USED_EVERY = 60  # seconds: a key's last-used time is written at most this often
 _hasher = PasswordHasher()
 
@@ -69,7 +71,7 @@ class Project:
 @dataclass(frozen=True)
 class Identity:
     """Who a request is: its project, and the key it came with (None on a server that asks for none;
-    'server-key' for the server's own --api-key)."""
+    SERVER_KEY_ID for the server's own --api-key)."""
 
     project: str
     key_id: str | None

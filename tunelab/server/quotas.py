@@ -18,6 +18,7 @@ from dataclasses import fields
 
 from fastapi import Request
 
+from tunelab.runs import lifecycle
 from tunelab.server.errors import APIError
 from tunelab.server.projects import Identity, Limits, find_project
 
@@ -68,9 +69,10 @@ def check_job_quota(request: Request, project_id: str) -> None:
     limit = limits_of(request, project_id).max_jobs
     if limit is None:
         return
+    finished = sorted(lifecycle.FINISHED)
     active = request.app.state.store.execute(
-        "SELECT COUNT(*) FROM jobs WHERE project_id = ? AND status NOT IN ('succeeded', 'failed', 'cancelled')",
-        (project_id,))[0][0]
+        f"SELECT COUNT(*) FROM jobs WHERE project_id = ? AND status NOT IN ({', '.join('?' * len(finished))})",
+        (project_id, *finished))[0][0]
     if active >= limit:
         raise APIError(429, f"This project has {active} fine-tuning jobs that have not finished, its limit is "
                        f"{limit}; wait for one to finish or cancel one.", type="invalid_request_error",

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from tunelab.server.errors import RequestError
 from tunelab.core.settings import (AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, AutoCount, AutoRate, TrainConfig,
                                    parsed_values)
+from tunelab.server.errors import RequestError
 
 MAX_COMPLETION_TOKENS = 4096
 

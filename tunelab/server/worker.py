@@ -42,6 +42,7 @@ from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.core.settings import TrainConfig
 from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
+from tunelab.runs.tracking import requested_trackers
 from tunelab.server.lifecycle import IllegalTransition, fail, move
 from tunelab.server.store import Store
 
@@ -170,8 +171,7 @@ def integration_settings(integrations: list[dict], report_to: str) -> dict:
     for integration in integrations:
         if integration.get("type") == "wandb":
             wandb = integration["wandb"]
-            trackers = [name for name in report_to.split(",") if name.strip()]
-            settings["report_to"] = ",".join(dict.fromkeys([*trackers, "wandb"]))
+            settings["report_to"] = ",".join(dict.fromkeys([*requested_trackers(report_to), "wandb"]))
             settings.update({f"wandb_{key}": value for key, value in (("project", wandb.get("project")),
                              ("entity", wandb.get("entity")), ("name", wandb.get("name")),
                              ("tags", ",".join(wandb.get("tags") or []) or None)) if value})

@@ -161,9 +161,10 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     if resume and not run.has_run():  # stopped before its first step was recorded: nothing to continue
         resume = False
     if resume:
-        job_id, status = run.job()["id"], run.job()["status"]
-        if not lifecycle.allowed(status, "running", local=True):
-            raise RunExists(f"{run.path}: the run has {status}; there is nothing to resume")
+        recorded = run.job()
+        job_id = recorded["id"]
+        if not lifecycle.allowed(recorded["status"], "running", local=True):
+            raise RunExists(f"{run.path}: the run has {recorded['status']}; there is nothing to resume")
         if cluster.is_main:  # what the crash interrupted (a loss curve, the adapter) is written again below
             remove_stale_temporaries(run.path)
     elif run.has_run():
@@ -195,7 +196,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
     eval_every = config.eval_every or max(1, total_steps // 4)
-    job = run.job() if resume else _new_job(job_id, started, model_name or resolved.name, resolved.name, config, hyper,
+    job = recorded if resume else _new_job(job_id, started, model_name or resolved.name, resolved.name, config, hyper,
                                             total_steps)
     if cluster.is_main and not resume:
         # Settings and tokenizer before the job record: a run that has a job.json can always be resumed,
