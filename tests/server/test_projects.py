@@ -18,6 +18,7 @@ from tests.conftest import run_cli
 from tests.server.conftest import upload
 from tests.server.test_jobs import wait_until_finished
 from tests.serving import API_KEY, Server
+from tunelab.server.projects import KEY_PATTERN
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "sk-admin-team-0123456789"
@@ -61,7 +62,7 @@ def test_a_key_is_stored_only_as_a_hash_and_refused_as_soon_as_it_is_revoked(tea
     assert len(listed) == 1 and listed[0]["last_used_at"] is not None and listed[0]["revoked_at"] is None
     assert listed[0]["redacted_value"] == f"sk-proj-…{key[-4:]}"
     # The database and its write-ahead log hold neither the key nor its secret part: only an argon2id hash.
-    secret = key.rsplit("-", 1)[1]
+    secret = KEY_PATTERN.match(key).group("secret")  # the secret itself may hold dashes
     for path in team_server.data_dir.glob("tunelab.db*"):
         stored = path.read_bytes()
         assert key.encode() not in stored and secret.encode() not in stored, path
@@ -284,7 +285,7 @@ def test_a_scripted_session_leaves_one_audit_row_per_change_and_never_the_key(te
     assert {row["object_id"] for row in rows} >= {training.id, other.id, job.id}
     assert rows[0]["effective_at"] >= rows[-1]["effective_at"] >= int(time.time()) - 600
     # The key is in no row (nor its secret part), through the command line or the admin route.
-    secret = key.rsplit("-", 1)[1]
+    secret = KEY_PATTERN.match(key).group("secret")  # the secret itself may hold dashes
     by_route = httpx.get(f"{team_server.base_url}/organization/audit_logs", params={"limit": 100},
                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
     with sqlite3.connect(team_server.data_dir / "tunelab.db") as database:
