@@ -266,7 +266,7 @@ def data_render(
     from tunelab.cli.console import mask_markup
     from tunelab.conversation.problems import DataError
     from tunelab.conversation.reader import read_numbered_conversations
-    from tunelab.conversation.render import TemplateMismatch, render_conversation, show_mask, trained_runs
+    from tunelab.conversation.render import TemplateMismatch, render_conversation, show_mask, trained_runs, trained_view
 
     try:
         numbered = read_numbered_conversations(file)
@@ -282,14 +282,14 @@ def data_render(
         out.print("[bold green]trained[/] · [dim]context (no loss)[/]")
     for number, conversation in numbered[:limit]:
         try:
+            if as_json:
+                shown.append(trained_view(tokenizer, number, conversation))
+                continue
             example = render_conversation(tokenizer, conversation["messages"], tools=conversation.get("tools"))
         except TemplateMismatch as error:
             fail(f"{file}:{number}: {error}")
         header = f"{file}:{number} · {len(example.input_ids)} tokens, {example.trained_tokens} trained"
-        if as_json:
-            shown.append({"line": number, "tokens": len(example.input_ids), "trained_tokens": example.trained_tokens,
-                          "runs": [{"trained": trained, "text": text} for trained, text in trained_runs(tokenizer, example)]})
-        elif plain:
+        if plain:
             print(f"--- {header}")
             print(show_mask(tokenizer, example))
         else:

@@ -106,10 +106,12 @@ def serve(
     keys = "key required" if api_key or keys_in_use(application.store) else "no key (loopback only)"
     console.print(f"tunelab serve: {'https' if tls_cert else 'http'}://{host}:{port}/v1 · data in {home} · {keys}"
                   + (" · admin routes open to the admin key" if admin_key else "")
-                  + " · files, fine-tuning jobs, models, chat completions", markup=False, soft_wrap=True)
+                  + " · files, fine-tuning jobs, models, chat completions"
+                  + f" · dashboard at {'https' if tls_cert else 'http'}://{host}:{port}/", markup=False, soft_wrap=True)
     worker = WorkerSupervisor(Path(home), max_jobs, launcher, Events(ConsoleEvents()))
     try:
-        uvicorn.run(application, host=host, port=port, log_level="warning",
+        # Open event streams (the dashboard's) end after a few seconds of shutting down, not when their pages close.
+        uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3,
                     ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
     finally:
         worker.stop()

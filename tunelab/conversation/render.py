@@ -197,6 +197,14 @@ def trained_runs(tokenizer, example: RenderedExample) -> list[tuple[bool, str]]:
     return [(trained, tokenizer.decode(ids)) for trained, ids in runs]
 
 
+def trained_view(tokenizer, line: int, conversation: dict) -> dict:
+    """One example of a file as `tunelab data render --json` and the dashboard show it: its token counts
+    and its text in runs of trained and untrained text. TemplateMismatch as render_conversation."""
+    example = render_conversation(tokenizer, conversation["messages"], tools=conversation.get("tools"))
+    return {"line": line, "tokens": len(example.input_ids), "trained_tokens": example.trained_tokens,
+            "runs": [{"trained": trained, "text": text} for trained, text in trained_runs(tokenizer, example)]}
+
+
 def show_mask(tokenizer, example: RenderedExample) -> str:
     """A plain view of which tokens are trained: trained runs wrapped in ⟦ ⟧ (for tools and plain terminals)."""
     return "".join(f"⟦{text}⟧" if trained else text for trained, text in trained_runs(tokenizer, example))

@@ -65,9 +65,11 @@ def fine_tuning_job(*, id: str, created_at: int, model: str, base_model: str, st
 
 
 def metrics_row(step: int, train_loss: float, train_accuracy: float, valid_loss: float | None = None,
-                valid_accuracy: float | None = None) -> dict:
-    """One row of metrics.csv (None where a step has no validation)."""
-    return dict(zip(METRIC_COLUMNS, (step, train_loss, train_accuracy, valid_loss, valid_accuracy)))
+                valid_accuracy: float | None = None, learning_rate: float | None = None) -> dict:
+    """One row of metrics.csv (None where a step has no validation), with the step's learning rate, which
+    the metrics events carry and OpenAI's result-file columns do not."""
+    row = dict(zip(METRIC_COLUMNS, (step, train_loss, train_accuracy, valid_loss, valid_accuracy)))
+    return {**row, "learning_rate": learning_rate} if learning_rate is not None else row
 
 
 class RunRecorder:
@@ -162,7 +164,8 @@ class RunRecorder:
         # OpenAI's names for the event's figures (metrics.csv keeps its own columns, as OpenAI's result file does).
         data = {"step": row["step"], "total_steps": self.job.get("estimated_total_steps"),
                 "train_loss": row["train_loss"], "train_mean_token_accuracy": row["train_accuracy"],
-                "valid_loss": row["valid_loss"], "valid_mean_token_accuracy": row["valid_mean_token_accuracy"]}
+                "valid_loss": row["valid_loss"], "valid_mean_token_accuracy": row["valid_mean_token_accuracy"],
+                "learning_rate": row.get("learning_rate")}  # tunelab's addition, for the dashboard's chart
         self.event(message, data={k: v for k, v in data.items() if v is not None}, kind="metrics")
 
     def plot_loss_curve(self) -> Path | None:

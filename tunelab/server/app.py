@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from tunelab.server import admin, chat, files, jobs, models
+from tunelab.server import admin, chat, dashboard, data, files, jobs, live, models
 from tunelab.server.audit import AuditLog
 from tunelab.server.auth import require_admin_key, require_project_key
 from tunelab.server.errors import APIError, install_error_handlers
@@ -37,7 +37,9 @@ from tunelab.server.quotas import RateWindow
 from tunelab.server.store import Store
 
 # The routes that act in the request's project (auth.py); the admin routes (admin.py) take the admin key.
-PROJECT_ROUTES = (files, jobs, models, chat)
+PROJECT_ROUTES = (files, data, jobs, live, models, chat)
+# Uploads: a file stored, or a file checked without being stored (data.py).
+UPLOAD_PATHS = ("/v1/files", "/v1/tunelab/data/check")
 
 # Room for the multipart envelope around the largest allowed file.
 BODY_OVERHEAD = 64 * 1024
@@ -77,6 +79,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     for module in PROJECT_ROUTES:
         app.include_router(module.router, prefix="/v1", dependencies=in_a_project)
     app.include_router(admin.router, prefix="/v1", dependencies=[Depends(require_admin_key)])
+    app.include_router(dashboard.router)  # the pages: their own sessions (dashboard.py)
 
     @app.get("/v1/openapi.json", dependencies=in_a_project, include_in_schema=False)
     async def openapi_schema() -> dict:
@@ -100,7 +103,7 @@ class RequestLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files"
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS
         if upload and self.uploads >= MAX_CONCURRENT_UPLOADS:
             return await self._refuse(send, APIError(
                 429, f"{MAX_CONCURRENT_UPLOADS} uploads are in progress on this server; retry when one has finished",

@@ -3,9 +3,9 @@
     tunelab audit --data-dir /srv/tunelab [--project NAME] [--json]
     GET /v1/organization/audit_logs        (the admin key)
 
-A row per POST, PUT, PATCH or DELETE under /v1 — uploads, jobs created, cancelled, paused and resumed,
-models deleted, projects and keys made or revoked, and every attempt refused (a bad key, a quota) — except
-chat completions, which change nothing. A row holds when, the project and key id (never the key: a
+A row per POST, PUT, PATCH or DELETE under /v1, and per sign-in and sign-out of the dashboard — uploads,
+jobs created, cancelled, paused and resumed, models deleted, projects and keys made or revoked, and every
+attempt refused (a bad key, a quota) — except chat completions and data checks, which change nothing. A row holds when, the project and key id (never the key: a
 refused key is recorded without any part of it), the action, the method and path, the object's id (the
 one the path names, or the one the request created) and the HTTP status. Rows are written after the
 response, by this ASGI wrapper around the whole application, so a request refused before it reached a
@@ -21,11 +21,14 @@ from tunelab.server.projects import ADMIN_KEY_ID, SERVER_KEY_ID
 from tunelab.server.store import Store, new_id
 
 CHANGING = ("POST", "PUT", "PATCH", "DELETE")
-NOT_AUDITED = ("/v1/chat/completions",)
+NOT_AUDITED = ("/v1/chat/completions", "/v1/tunelab/data/check")  # they change nothing
+SIGN_IN_PATHS = ("/login", "/logout")  # the dashboard's (dashboard.py): sessions opened and ended
 MAX_CAPTURED = 1 << 16  # bytes of a response read for the id of what it created
 
 # (method, route) → action, in the words of OpenAI's audit log types where it has one.
 ACTIONS = {
+    ("POST", "/login"): "login.succeeded",
+    ("POST", "/logout"): "logout.succeeded",
     ("POST", "/v1/files"): "file.created",
     ("DELETE", "/v1/files/{file_id}"): "file.deleted",
     ("POST", "/v1/fine_tuning/jobs"): "fine_tuning.job.created",
@@ -48,8 +51,9 @@ class AuditLog:
         self.app, self.store = app, store
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in CHANGING or not scope["path"].startswith("/v1/") \
-                or scope["path"] in NOT_AUDITED:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] not in CHANGING or path in NOT_AUDITED \
+                or not (path.startswith("/v1/") or path in SIGN_IN_PATHS):
             return await self.app(scope, receive, send)
         status, captured = 500, bytearray()
 
@@ -68,7 +72,7 @@ class AuditLog:
 
     def _record(self, scope, status: int, body: bytes) -> None:
         route = getattr(scope.get("route"), "path", None)
-        route = f"/v1{route}" if route and not route.startswith("/v1") else route
+        route = f"/v1{route}" if route and scope["path"].startswith("/v1/") and not route.startswith("/v1") else route
         identity = (scope.get("state") or {}).get("identity")
         path_params = scope.get("path_params") or {}
         object_id = list(path_params.values())[-1] if path_params else _created_id(body) if status < 300 else None
@@ -76,8 +80,13 @@ class AuditLog:
             "INSERT INTO audit_log (id, created_at, project_id, key_id, action, method, path, object_id, status) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (new_id("audit_"), time.time(), getattr(identity, "project", None), getattr(identity, "key_id", None),
-             ACTIONS.get((scope["method"], route), "request"), scope["method"], scope["path"][:512],
+             _action(scope["method"], route, status), scope["method"], scope["path"][:512],
              str(object_id)[:256] if object_id else None, status))
+
+
+def _action(method: str, route: str | None, status: int) -> str:
+    action = ACTIONS.get((method, route), "request")
+    return "login.failed" if action == "login.succeeded" and status >= 400 else action
 
 
 def _created_id(body: bytes) -> str | None:

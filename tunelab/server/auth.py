@@ -7,6 +7,11 @@ A request's Bearer key is one of:
   project has a working key): the default project. Once any project has a key, every request needs one;
   a revoked or unknown project key is refused everywhere.
 
+A request without a Bearer key but with the dashboard's session cookie (sessions.py) acts as the key the
+session was opened with; one that changes something must also carry the session's CSRF token. Whatever it
+carries, a request that changes something and comes from a page of another origin (its `Origin` header
+names another host or port) is refused: browsers send that header, scripts and SDKs do not.
+
 The admin key (`--admin-key` / TUNELAB_ADMIN_KEY) opens the admin routes only (admin.py), as OpenAI's admin
 keys open only its administration API; it is not a project key. What a request is, is kept in
 `request.state.identity` for the routes (their queries name its project) and for the audit log.
@@ -22,6 +27,9 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.server.errors import APIError
 from tunelab.server.projects import ADMIN_KEY_ID, DEFAULT_PROJECT, KEY_PREFIX, SERVER_KEY_ID, Identity, keys_in_use
 from tunelab.server.quotas import check_rate
+from tunelab.server.sessions import COOKIE, CSRF_HEADER, csrf_matches, find_session
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def bearer(request: Request) -> str:
@@ -32,9 +40,19 @@ def bearer(request: Request) -> str:
 async def require_project_key(request: Request) -> None:
     """Sets request.state.identity, or answers OpenAI's 401; then the key's rate limit (quotas.py)."""
     settings, store = request.app.state.settings, request.app.state.store
+    refuse_other_origins(request)
     token = bearer(request)
     identity = None
-    if token.startswith(KEY_PREFIX):  # a project key that is unknown or revoked is refused, even on an open server
+    if not token and request.cookies.get(COOKIE):
+        session = await run_in_threadpool(find_session, store, request.cookies[COOKIE], settings.api_key)
+        if session is None:
+            raise APIError(401, "The dashboard session has ended (signed out, expired, or its key revoked); "
+                           "sign in again at /login", code="invalid_api_key")
+        if request.method not in SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+            raise APIError(403, f"A request made with the dashboard's session must carry its CSRF token in the "
+                           f"{CSRF_HEADER} header", code="csrf_token_missing")
+        identity = session.identity
+    elif token.startswith(KEY_PREFIX):  # a project key that is unknown or revoked is refused, even on an open server
         identity = await run_in_threadpool(request.app.state.keys.identify, token)
     elif settings.api_key is not None and hmac.compare_digest(token.encode(), settings.api_key.encode()):
         identity = Identity(DEFAULT_PROJECT, SERVER_KEY_ID)
@@ -57,6 +75,17 @@ async def require_admin_key(request: Request) -> None:
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise _refused(token, "Admin routes take the server's admin key (--admin-key), not a project key.")
     request.state.identity = Identity("admin", ADMIN_KEY_ID)
+
+
+def refuse_other_origins(request: Request) -> None:
+    """A 403 for a request that changes something and that a page of another origin made (its Origin header
+    names another host or port than the request's own Host)."""
+    origin = request.headers.get("origin")
+    if request.method in SAFE_METHODS or origin is None:
+        return
+    if origin.split("://", 1)[-1] != request.headers.get("host", ""):
+        raise APIError(403, f"Requests from pages of another origin ({origin}) are refused; behind a proxy, pass "
+                       "the original Host header on", code="cross_origin_request")
 
 
 def project_of(request: Request) -> str:

@@ -39,7 +39,8 @@ def file_object(row) -> dict:
             "filename": row["filename"], "purpose": row["purpose"], "status": row["status"]}
 
 
-def _row(request: Request, file_id: str):
+def file_row(request: Request, file_id: str):
+    """The file's row in the request's project; OpenAI's 404 otherwise."""
     return row_or_404(request.app.state.store, "files", file_id, FILE_ID, "File", "file_id", project_of(request))
 
 
@@ -101,7 +102,7 @@ async def list_files(request: Request, purpose: str | None = None, limit: int = 
         conditions.append("purpose = ?")
         parameters.append(purpose)
     if after:
-        anchor = _row(request, after)
+        anchor = file_row(request, after)
         comparison = ">" if order == "asc" else "<"
         conditions.append(f"(created_at, rowid) {comparison} (?, ?)")
         parameters += [anchor["created_at"], anchor["rowid"]]
@@ -116,12 +117,12 @@ async def list_files(request: Request, purpose: str | None = None, limit: int = 
 
 @router.get("/files/{file_id}")
 async def retrieve_file(request: Request, file_id: str) -> dict:
-    return file_object(_row(request, file_id))
+    return file_object(file_row(request, file_id))
 
 
 @router.delete("/files/{file_id}")
 async def delete_file(request: Request, file_id: str) -> dict:
-    row = _row(request, file_id)
+    row = file_row(request, file_id)
     store = request.app.state.store
     store.execute("DELETE FROM files WHERE id = ?", (row["id"],))
     store.file_path(row["id"]).unlink(missing_ok=True)
@@ -130,6 +131,6 @@ async def delete_file(request: Request, file_id: str) -> dict:
 
 @router.get("/files/{file_id}/content")
 async def file_content(request: Request, file_id: str):
-    row = _row(request, file_id)
+    row = file_row(request, file_id)
     return FileResponse(request.app.state.store.file_path(row["id"]), media_type="application/octet-stream",
                         filename=row["filename"])

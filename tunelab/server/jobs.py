@@ -72,7 +72,8 @@ def _estimated_finish(run: RunDir, started_at: int | None) -> int | None:
     return int(time.time() + elapsed / done * max(0, total - done))
 
 
-def _row(request: Request, job_id: str):
+def job_row(request: Request, job_id: str):
+    """The job's row in the request's project; OpenAI's 404 otherwise."""
     return row_or_404(request.app.state.store, "jobs", job_id, JOB_ID, "fine-tuning job", "fine_tuning_job_id",
                       project_of(request))
 
@@ -119,7 +120,7 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
     if len(settings) > 1 or settings["preset"]:
         store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()
                                                          if value is not None))
-    return job_object(store, _row(request, job_id))
+    return job_object(store, job_row(request, job_id))
 
 
 @router.get("/fine_tuning/jobs")
@@ -127,7 +128,7 @@ async def list_jobs(request: Request, after: str | None = None, limit: int = 20)
     store = request.app.state.store
     conditions, parameters = ["project_id = ?"], [project_of(request)]
     if after:
-        anchor = _row(request, after)
+        anchor = job_row(request, after)
         conditions.append("(created_at, rowid) < (?, ?)")
         parameters += [anchor["created_at"], anchor["rowid"]]
     for key, value in request.query_params.items():  # metadata[k]=v filters
@@ -144,7 +145,7 @@ async def list_jobs(request: Request, after: str | None = None, limit: int = 20)
 
 @router.get("/fine_tuning/jobs/{job_id}")
 async def retrieve_job(request: Request, job_id: str) -> dict:
-    return job_object(request.app.state.store, _row(request, job_id))
+    return job_object(request.app.state.store, job_row(request, job_id))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -170,10 +171,10 @@ def _moved(request: Request, job_id: str, to: str, event: str, leaving: tuple[st
            action: str | None = None) -> dict:
     store = request.app.state.store
     try:
-        move(store, _row(request, job_id)["id"], to, event, leaving=leaving, action=action)
+        move(store, job_row(request, job_id)["id"], to, event, leaving=leaving, action=action)
     except IllegalTransition as error:
         raise APIError(400, str(error), param="fine_tuning_job_id", code="invalid_state") from None
-    return job_object(store, _row(request, job_id))
+    return job_object(store, job_row(request, job_id))
 
 
 def model_name(store, row) -> str | None:
@@ -205,7 +206,7 @@ def checkpoint_objects(store, row) -> list[dict]:
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
 async def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: int = 10) -> dict:
-    checkpoints = checkpoint_objects(request.app.state.store, _row(request, job_id))
+    checkpoints = checkpoint_objects(request.app.state.store, job_row(request, job_id))
     if after:
         positions = [index for index, checkpoint in enumerate(checkpoints) if checkpoint["id"] == after]
         checkpoints = checkpoints[positions[0] + 1:] if positions else []
@@ -216,7 +217,7 @@ async def list_checkpoints(request: Request, job_id: str, after: str | None = No
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
 async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = 20) -> dict:
-    row = _row(request, job_id)
+    row = job_row(request, job_id)
     store = request.app.state.store
     events = [{"object": "fine_tuning.job.event", "id": e["id"], "created_at": e["created_at"], "level": e["level"],
                "message": e["message"], "data": {}, "type": "message"}

@@ -114,6 +114,19 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0007_integrations", """
         ALTER TABLE jobs ADD COLUMN integrations TEXT;
     """),
+    # The dashboard's signed-in browsers (sessions.py): only a hash of each session's cookie is kept, with the
+    # project and key it was opened with; a revoked key or an archived project ends its sessions.
+    ("0008_browser_sessions", """
+        CREATE TABLE browser_sessions (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL REFERENCES projects (id),
+            key_id TEXT,
+            key_check TEXT,
+            csrf_token TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+    """),
 ]
 
 

@@ -416,6 +416,7 @@ class Fit:
         # What a checkpoint carries besides weights and optimizer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.tokens_seen, self.train_seconds = 0, 0.0
+        self.step_learning_rate: float | None = None
         self.rows: list[dict] = []
         self.best = {"valid_loss": None, "step": 0, "evaluations_since": 0}
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -544,6 +545,7 @@ class Fit:
         self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.step_learning_rate = self.optimizer.param_groups[0]["lr"]  # the rate this step applies
         self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
         self.scaler.update()
         self.schedule.step()
@@ -598,7 +600,7 @@ class Fit:
         return loss_total / max(count_total, 1), correct_total / max(count_total, 1)
 
     def record(self, train_loss, train_accuracy, valid_loss, valid_accuracy) -> None:
-        row = metrics_row(self.step, train_loss, train_accuracy, valid_loss, valid_accuracy)
+        row = metrics_row(self.step, train_loss, train_accuracy, valid_loss, valid_accuracy, self.step_learning_rate)
         self.rows.append(row)
         if not self.recorder:
             return
