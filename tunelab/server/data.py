@@ -6,8 +6,9 @@ and its examples as the model is trained on them.
     GET  /v1/files/{id}/preview?model=default&limit=3          examples in runs of trained and untrained text
 
 The check is `tunelab data validate` (data/validate.py): every error and warning with its line and field,
-token statistics with the named base model's tokenizer and chat template, and the time a local run would
-take. The preview is `tunelab data render --json` (conversation/render.py).
+token statistics with the named base model's tokenizer and chat template, the time a local run would
+take, and — when the base model is named as an OpenAI model — what the same training costs at OpenAI
+(counted with the local tokenizer, so an estimate). The preview is `tunelab data render --json` (conversation/render.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.conversation.problems import DataError
 from tunelab.conversation.reader import read_numbered_conversations
 from tunelab.conversation.render import TemplateMismatch, trained_view
+from tunelab.data.cost import openai_cost
 from tunelab.data.tokens import token_counter
 from tunelab.data.validate import validate_file
 from tunelab.server.errors import APIError
@@ -41,9 +43,14 @@ def _counter(spec: str):
         return _counters[spec]
 
 
-def _checked(path: Path, filename: str, spec: str) -> dict:
-    report = validate_file(path, counter=_counter(spec)).to_dict()
+def _checked(path: Path, filename: str, model: str, spec: str) -> dict:
+    checked = validate_file(path, counter=_counter(spec))
+    report = checked.to_dict()
     report["file"] = filename
+    try:  # a base model named as an OpenAI model (an alias): what the same training would cost there
+        report["openai_cost"] = openai_cost(model, list(checked.token_lengths), exact=False).to_dict()
+    except ValueError:
+        report["openai_cost"] = None
     for finding in report["findings"]:
         finding.pop("file", None)  # the server's own path to it; the report names the file once, by its name
     return report
@@ -61,7 +68,7 @@ async def check_upload(request: Request, file: UploadFile = File(...), model: st
             with path.open("wb") as out:
                 file.file.seek(0)
                 shutil.copyfileobj(file.file, out, 1 << 20)
-            return _checked(path, filename, spec)
+            return _checked(path, filename, model, spec)
 
     return await run_in_threadpool(check)
 
@@ -70,7 +77,7 @@ async def check_upload(request: Request, file: UploadFile = File(...), model: st
 async def check_file(request: Request, file_id: str, model: str = "default") -> dict:
     row = file_row(request, file_id)
     spec = resolve_base(request, model)
-    return await run_in_threadpool(_checked, request.app.state.store.file_path(row["id"]), row["filename"], spec)
+    return await run_in_threadpool(_checked, request.app.state.store.file_path(row["id"]), row["filename"], model, spec)
 
 
 @router.get("/files/{file_id}/preview")

@@ -1,0 +1,104 @@
+"""The dashboard in a real browser, as a user goes through it: data checked before it is stored (a bad line
+named), a job created from the page, its loss chart gaining points while it trains, the page's connection
+cut mid-job and the missed points replayed on reconnecting, and a refresh showing the same state."""
+
+import json
+import time
+
+import openai
+import pytest
+from playwright.sync_api import expect
+
+from tests.serving import API_KEY
+
+pytestmark = pytest.mark.slow
+
+
+def points(page) -> int:
+    return int(page.get_attribute("#loss-chart", "data-points"))
+
+
+def wait_until(condition, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_job_from_upload_to_replayed_curves(page, dashboard_server, proxy, support_conversations, tmp_path):
+    client = openai.OpenAI(base_url=dashboard_server.base_url, api_key=API_KEY, max_retries=0)
+    bad = [json.dumps(c) for c in support_conversations[:12]]
+    bad[2] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})  # no content
+    (tmp_path / "bad.jsonl").write_text("\n".join(bad) + "\n")
+    (tmp_path / "good.jsonl").write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:20]))
+
+    # A file with a bad line: the check names the line and the field, and nothing can be uploaded.
+    page.goto(f"{page.base}/jobs/new")
+    page.get_by_label("Or upload a new one").set_input_files(tmp_path / "bad.jsonl")
+    error = page.locator("#data-report .findings li", has_text="Error").first
+    expect(error).to_contain_text("line 3")
+    expect(error).to_contain_text("messages[1]")
+    expect(page.get_by_role("button", name="Upload", exact=True)).to_be_disabled()
+    assert client.files.list().data == []  # checked, not stored
+
+    # A good one: its report (tokens, time), uploaded, chosen, and a job created from the page.
+    page.get_by_label("Or upload a new one").set_input_files(tmp_path / "good.jsonl")
+    expect(page.locator("#data-report")).to_contain_text("no errors, 20 examples")
+    expect(page.locator("#data-report")).to_contain_text("Training here")
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator("#data-report")).to_contain_text("Uploaded as file-")
+    stored = client.files.list().data
+    assert [f.filename for f in stored] == ["good.jsonl"]
+    expect(page.get_by_label("Training file")).to_have_value(stored[0].id)
+    page.get_by_label("n_epochs").fill("10")
+    page.get_by_label("batch_size").fill("1")
+    page.get_by_label("Suffix (optional)").fill("from-the-page")
+    page.get_by_role("button", name="Create job").click()
+    page.wait_for_url(f"{page.base}/jobs/ftjob-*")
+    job_id = page.url.rsplit("/", 1)[1]
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert (job.suffix, job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == ("from-the-page", 10, 1)
+
+    # The loss chart gains points as it trains; then the job is paused from the page.
+    seen = []
+    wait_until(lambda: seen.append(points(page)) or seen[-1] >= 3, what="the first points of the loss chart")
+    wait_until(lambda: seen.append(points(page)) or seen[-1] > seen[-2], what="more points")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator("#job-status")).to_have_text("paused")
+    wait_until(lambda: client.fine_tuning.jobs.retrieve(job_id).status == "paused", what="the pause")
+
+    # The page's connection is cut; meanwhile the job is resumed (by a script) and trains to the end.
+    before_cut = points(page)
+    page.console.paused = True  # the dropped connection is this test's doing
+    proxy.cut()
+    expect(page.locator("#live")).to_contain_text("reconnecting", timeout=10_000)
+    client.fine_tuning.jobs.resume(job_id)
+    wait_until(lambda: client.fine_tuning.jobs.retrieve(job_id).status == "succeeded", timeout=120, what="the job")
+    assert points(page) == before_cut  # nothing arrived while cut off
+    proxy.restore()
+    total = 200  # 20 examples × 10 epochs, one per step
+    wait_until(lambda: points(page) == total, timeout=30, what="the missed points")
+    page.console.paused = False
+    assert int(page.get_attribute("#live", "data-reconnects")) >= 1
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    expect(page.locator("#live")).to_contain_text("finished", timeout=15_000)  # the stream ends, not reconnects
+    steps = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=1000).data if e.type == "metrics"]
+    assert {e.data["step"] for e in steps} == set(range(1, total + 1))
+    final_loss = next(e.data["train_loss"] for e in steps if e.data["step"] == total)
+    expect(page.locator("#loss-caption")).to_contain_text(f"{final_loss:.4f} at step {total}")
+
+    # A refresh shows the same: every point, the status, the checkpoints, the timeline.
+    page.reload()
+    wait_until(lambda: points(page) == total, timeout=20, what="the curves after a refresh")
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    expect(page.locator("#checkpoints tbody tr")).to_have_count(3)  # the newest three are kept
+    expect(page.locator("#timeline")).to_contain_text("Job paused")
+    expect(page.locator("#timeline")).to_contain_text("Job resumed")
+    expect(page.locator("#overview")).to_contain_text(job.model)
+
+    # The list shows it, live, with its suffix and trained tokens.
+    page.goto(f"{page.base}/jobs")
+    row = page.locator(f"tr[data-job='{job_id}']")
+    expect(row).to_contain_text("succeeded")
+    expect(row).to_contain_text("from-the-page")
+    assert page.console.errors == []
