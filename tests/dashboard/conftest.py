@@ -2,14 +2,23 @@
 
 import pytest
 
+from tests.conftest import build_tiny_model
 from tests.dashboard.browser import CHROMIUM_ARGUMENTS, ConsoleWatch, CuttableProxy, chromium_path
 from tests.serving import API_KEY, Server
 
 
+@pytest.fixture(scope="session")
+def talking_tiny_model_dir(tmp_path_factory, support_conversations):
+    """The tests' tiny model with smaller initial weights: its greedy replies are text (the usual tiny model's
+    are newlines, which a chat reply strips to nothing), so a playground has something to show."""
+    corpus = [m["content"] for c in support_conversations for m in c["messages"]]
+    return build_tiny_model(tmp_path_factory.mktemp("talking-tiny-model"), corpus, initializer_range=0.02)
+
+
 @pytest.fixture(scope="module")
-def dashboard_server(tmp_path_factory, tiny_model_dir):
-    running = Server(tmp_path_factory.mktemp("dashboard"), "--alias", f"gpt-4o-mini-2024-07-18={tiny_model_dir}",
-                     "--dtype", "fp32")
+def dashboard_server(tmp_path_factory, talking_tiny_model_dir):
+    running = Server(tmp_path_factory.mktemp("dashboard"), "--alias",
+                     f"gpt-4o-mini-2024-07-18={talking_tiny_model_dir}", "--dtype", "fp32")
     yield running
     running.stop()
 

@@ -102,3 +102,40 @@ def test_a_job_from_upload_to_replayed_curves(page, dashboard_server, proxy, sup
     expect(row).to_contain_text("succeeded")
     expect(row).to_contain_text("from-the-page")
     assert page.console.errors == []
+
+
+def test_a_checkpoint_side_by_side_with_its_base_in_the_playground(page, dashboard_server, support_conversations,
+                                                                   tmp_path):
+    client = openai.OpenAI(base_url=dashboard_server.base_url, api_key=API_KEY, max_retries=0)
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:12]))
+    job = client.fine_tuning.jobs.create(training_file=client.files.create(file=path.open("rb"), purpose="fine-tune").id,
+                                         model="gpt-4o-mini-2024-07-18", hyperparameters={"n_epochs": 2})
+    wait_until(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "succeeded", timeout=120, what="the job")
+
+    page.goto(f"{page.base}/jobs/{job.id}")
+    first = page.locator("#checkpoints tbody tr").last  # the oldest: a checkpoint, not the final model
+    expect(first).to_contain_text("ckpt-step-")
+    step = first.get_attribute("data-step")
+    first.get_by_role("link", name="Chat with").click()
+    page.wait_for_url(f"{page.base}/playground?models=*")
+    checkpoint = page.get_by_label("Model 1").input_value()
+    assert checkpoint.endswith(f":ckpt-step-{step}")
+    expect(page.get_by_label("Model 2 (optional)")).to_have_value("gpt-4o-mini-2024-07-18")
+    page.get_by_label("System prompt (optional)").fill("You are the support assistant.")
+    page.get_by_label("Max tokens").fill("12")
+    page.get_by_label("Message").fill("Where is my order?")
+    page.get_by_role("button", name="Send to every model").click()
+    replies = page.locator("li.reply[data-done='true']")
+    expect(replies).to_have_count(2, timeout=60_000)
+    for model in (checkpoint, "gpt-4o-mini-2024-07-18"):
+        reply = page.locator(f"section[data-model='{model}'] li.reply")
+        assert int(reply.get_attribute("data-chunks")) > 1  # streamed, piece by piece
+        greedy = client.chat.completions.create(model=model, max_tokens=12, temperature=0, messages=[
+            {"role": "system", "content": "You are the support assistant."},
+            {"role": "user", "content": "Where is my order?"}]).choices[0].message.content
+        assert greedy.strip() and reply.locator(".reply-text").text_content().strip() == greedy.strip()  # as a script gets it
+
+    page.reload()  # the conversation stays with the tab
+    expect(page.locator("li.reply")).to_have_count(2)
+    assert page.console.errors == []

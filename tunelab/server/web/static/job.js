@@ -83,7 +83,9 @@ function drawJob() {
   const file = (id) => (id ? h("a", { href: `/files/${id}` }, id) : "—");
   replace(document.getElementById("overview"),
     fact("Base model", job.model),
-    fact("Fine-tuned model", job.fine_tuned_model || "— (named when the job succeeds)"),
+    fact("Fine-tuned model", job.fine_tuned_model
+      ? [h("code", {}, job.fine_tuned_model), " ", h("a", { href: `/playground?models=${encodeURIComponent(`${job.fine_tuned_model},${job.model}`)}` }, "Chat with it")]
+      : "— (named when the job succeeds)"),
     fact("Suffix", job.suffix || "—"),
     fact("Created", when(job.created_at)),
     fact("Finished", when(job.finished_at)),
@@ -121,7 +123,11 @@ async function loadCheckpoints() {
       h("td", { class: "number" }, checkpoint.step_number),
       h("td", { class: "number" }, number(checkpoint.metrics.train_loss)),
       h("td", { class: "number" }, number(checkpoint.metrics.valid_loss)),
-      h("td", {}, h("code", {}, name)));
+      h("td", {}, h("code", {}, name), " ",
+        h("a", { href: `/playground?models=${encodeURIComponent([name, job ? job.model : ""].filter(Boolean).join(","))}`,
+          "aria-label": `Chat with the checkpoint at step ${checkpoint.step_number}, beside the base model` }, "Chat with"), " ",
+        h("a", { href: `/exports?model=${encodeURIComponent(name)}`,
+          "aria-label": `Export the checkpoint at step ${checkpoint.step_number}` }, "Export")));
   }));
 }
 
@@ -167,7 +173,12 @@ for (const action of ["cancel", "pause", "resume"]) {
 }
 
 follow(`/fine_tuning/jobs/${jobId}/events/stream`, {
-  job: (data) => { job = data; drawJob(); checkpointsSoon(); },
+  job: (data) => {
+    const first = job === null;
+    job = data;
+    drawJob();
+    if (first) loadCheckpoints().catch((error) => showError(message, error)); // its links name the base model
+    else checkpointsSoon();
+  },
   job_event: onEvent,
 }, live);
-loadCheckpoints().catch((error) => showError(message, error));
