@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from tunelab.server import admin, chat, dashboard, data, files, jobs, live, models
+from tunelab.server import admin, chat, dashboard, data, files, jobs, live, models, tasks
 from tunelab.server.audit import AuditLog
 from tunelab.server.auth import require_admin_key, require_project_key
 from tunelab.server.errors import APIError, install_error_handlers
@@ -37,7 +37,7 @@ from tunelab.server.quotas import RateWindow
 from tunelab.server.store import Store
 
 # The routes that act in the request's project (auth.py); the admin routes (admin.py) take the admin key.
-PROJECT_ROUTES = (files, data, jobs, live, models, chat)
+PROJECT_ROUTES = (files, data, jobs, live, models, chat, tasks)
 # Uploads: a file stored, or a file checked without being stored (data.py).
 UPLOAD_PATHS = ("/v1/files", "/v1/tunelab/data/check")
 

@@ -127,7 +127,8 @@ async def home() -> Response:
 for url, template, extra in (("/jobs", "jobs.html", {}), ("/jobs/new", "new_job.html", {"settings": _new_job_settings()}),
                              ("/jobs/{job_id}", "job.html", {}), ("/files", "files.html", {}),
                              ("/files/{file_id}", "file.html", {}), ("/models", "models.html", {}),
-                             ("/playground", "playground.html", {})):
+                             ("/playground", "playground.html", {}), ("/evaluations", "evaluations.html", {}),
+                             ("/exports", "exports.html", {})):
     router.add_api_route(url, page(template, **extra), methods=["GET"])
 
 

@@ -127,6 +127,22 @@ MIGRATIONS: list[tuple[str, str]] = [
             expires_at INTEGER NOT NULL
         );
     """),
+    # Evaluations and exports the server runs (tasks.py): what was asked, where it stands, what came of it.
+    ("0009_tasks", """
+        CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL REFERENCES projects (id),
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            started_at INTEGER,
+            finished_at INTEGER,
+            request TEXT NOT NULL,
+            result TEXT,
+            error TEXT
+        );
+        CREATE INDEX tasks_by_project ON tasks (project_id, kind, created_at);
+    """),
 ]
 
 
@@ -202,6 +218,10 @@ class Store:
 
     def run_dir(self, job_id: str) -> Path:
         return self.data_dir / "runs" / job_id
+
+    def task_dir(self, task_id: str) -> Path:
+        """An evaluation's or export's folder (tasks.py): its events, its output, its download."""
+        return self.data_dir / "tasks" / task_id
 
     def job_event(self, job_id: str, message: str, level: str = "info", db=None) -> None:
         """A job event of the server's own (creation, a status change); training writes the rest. `db`: the

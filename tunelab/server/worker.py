@@ -43,6 +43,7 @@ from tunelab.core.settings import TrainConfig
 from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
 from tunelab.runs.tracking import requested_trackers
+from tunelab.server import task_worker
 from tunelab.server.lifecycle import IllegalTransition, fail, move
 from tunelab.server.store import Store
 
@@ -237,6 +238,31 @@ def job_command(data_dir: Path, job_id: str, resume: bool, launcher: str | None)
     return [*shlex.split(launcher), *arguments] if launcher else [sys.executable, *arguments]
 
 
+def task_command(data_dir: Path, task_id: str) -> list[str]:
+    """The command that runs one evaluation or export (task_worker.py)."""
+    return [sys.executable, "-m", task_worker.__name__, str(data_dir), "--task", task_id]
+
+
+def _tend_tasks(store: Store, data_dir: Path, running: dict, environment: dict) -> None:
+    """Collect a finished task process (one that died fails its task), and start the oldest queued task when
+    none is running: one at a time, beside the training jobs."""
+    for task_id, process in list(running.items()):
+        if process.poll() is None:
+            continue
+        del running[task_id]
+        if process.returncode != 0:
+            store.execute("UPDATE tasks SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND "
+                          "status = 'running'", (int(time.time()), json.dumps({
+                              "code": "task_process_failed",
+                              "message": f"The task's process exited with status {process.returncode}"}), task_id))
+    if running:
+        return
+    rows = store.execute("SELECT id FROM tasks WHERE status IN ('running', 'queued') ORDER BY "
+                         "status = 'queued', created_at, rowid LIMIT 1")  # an interrupted one first
+    if rows:
+        running[rows[0]["id"]] = subprocess.Popen(task_command(data_dir, rows[0]["id"]), env=environment)
+
+
 def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None:
     """Validate and start jobs as they come, until the server exits.
 
@@ -248,8 +274,10 @@ def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None
     store = Store(data_dir)
     environment = dict(os.environ, TUNELAB_WORKER_PID=str(os.getpid()))
     running: dict[str, subprocess.Popen] = {}
+    tasks: dict[str, subprocess.Popen] = {}
     while server_alive():
         try:
+            _tend_tasks(store, data_dir, tasks, environment)
             _one_round(store, data_dir, running, max_jobs, launcher, environment)
         except sqlite3.OperationalError:  # the database's disk is full (or locked too long): wait, then retry
             time.sleep(POLL_SECONDS)

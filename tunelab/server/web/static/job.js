@@ -84,7 +84,10 @@ function drawJob() {
   replace(document.getElementById("overview"),
     fact("Base model", job.model),
     fact("Fine-tuned model", job.fine_tuned_model
-      ? [h("code", {}, job.fine_tuned_model), " ", h("a", { href: `/playground?models=${encodeURIComponent(`${job.fine_tuned_model},${job.model}`)}` }, "Chat with it")]
+      ? [h("code", {}, job.fine_tuned_model), " ",
+        h("a", { href: `/playground?models=${encodeURIComponent(`${job.fine_tuned_model},${job.model}`)}` }, "Chat with it"), " · ",
+        h("a", { href: `/evaluations?model=${encodeURIComponent(job.fine_tuned_model)}` }, "Evaluate"), " · ",
+        h("a", { href: `/exports?model=${encodeURIComponent(job.fine_tuned_model)}` }, "Export")]
       : "— (named when the job succeeds)"),
     fact("Suffix", job.suffix || "—"),
     fact("Created", when(job.created_at)),
@@ -125,9 +128,7 @@ async function loadCheckpoints() {
       h("td", { class: "number" }, number(checkpoint.metrics.valid_loss)),
       h("td", {}, h("code", {}, name), " ",
         h("a", { href: `/playground?models=${encodeURIComponent([name, job ? job.model : ""].filter(Boolean).join(","))}`,
-          "aria-label": `Chat with the checkpoint at step ${checkpoint.step_number}, beside the base model` }, "Chat with"), " ",
-        h("a", { href: `/exports?model=${encodeURIComponent(name)}`,
-          "aria-label": `Export the checkpoint at step ${checkpoint.step_number}` }, "Export")));
+          "aria-label": `Chat with the checkpoint at step ${checkpoint.step_number}, beside the base model` }, "Chat with")));
   }));
 }
 
