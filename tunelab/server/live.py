@@ -36,7 +36,7 @@ HEARTBEAT_SECONDS = 15  # a comment line, so proxies and browsers keep an idle s
 RETRY_MILLISECONDS = 1000  # how soon a browser reconnects
 SETTLE_SECONDS = 5  # a job's process may still write its last events just after the job finished
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)  # server-sent events, which OpenAPI does not describe: docs/reference/api.md
 
 
 def message(kind: str, data: dict, event_id: str | None = None) -> str:
