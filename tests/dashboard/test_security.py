@@ -53,7 +53,7 @@ def test_no_page_or_asset_without_a_session(dashboard_server):
         for asset in ASSETS:
             answer = anonymous.get(f"/static/{asset}")
             assert answer.status_code == 401 and "Sign in" in answer.text, asset
-        assert anonymous.get("/v1/fine_tuning/events/stream").status_code == 401
+        assert anonymous.get("/v1/fine_tuning/jobs/events/stream").status_code == 401
         login = anonymous.get("/login")
         assert login.status_code == 200 and 'type="password"' in login.text
         assert "frame-ancestors 'none'" in login.headers["content-security-policy"]

@@ -53,7 +53,7 @@ def test_a_reconnecting_client_gets_exactly_what_it_missed(dashboard_server, sup
     assert [kind for kind, _, _ in read_stream(url, whole[-1][1])] == ["job", "end"]  # nothing missed: nothing sent
     assert read_stream(url, "not-an-id")[1:] == whole[1:]  # an id it never gave: from the start
 
-    project = read_stream_until(f"{dashboard_server.base_url}/fine_tuning/events/stream", job.id)
+    project = read_stream_until(f"{dashboard_server.base_url}/fine_tuning/jobs/events/stream", job.id)
     assert {"Created fine-tuning job", "The job has successfully completed"} <= {m.split(":")[0] for m in project}
 
 

@@ -59,14 +59,21 @@ def routes():
         return sorted(set(walk(app.routes)))
 
 
+def api_routes():
+    """The routes a key opens (under /v1) and /health; the dashboard's pages take a session instead."""
+    return [(method, path) for method, path in routes() if path.startswith("/v1/") or path == "/health"]
+
+
 def filled(path: str) -> str:
     return (path.replace("{file_id}", "file-abc").replace("{job_id}", "ftjob-abc")
             .replace("{model:path}", "gpt-4o-mini-2024-07-18").replace("{model}", "gpt-4o-mini-2024-07-18")
-            .replace("{project_id}", "proj_default").replace("{key_id}", "key_abc"))
+            .replace("{project_id}", "proj_default").replace("{key_id}", "key_abc")
+            .replace("{evaluation_id}", "eval_abc").replace("{export_id}", "export_abc")
+            .replace("{name:path}", "app.js"))
 
 
 def test_every_route_but_health_refuses_a_missing_or_wrong_key(hostile_server):
-    table = routes()
+    table = api_routes()
     assert len(table) >= 18 and ("GET", "/health") in table
     bad_keys = [{}, {"Authorization": "Bearer"}, {"Authorization": "Bearer sk-wrong"},
                 {"Authorization": f"Bearer {API_KEY[:-1]}"}, {"Authorization": f"Basic {API_KEY}"},
@@ -85,6 +92,23 @@ def test_every_route_but_health_refuses_a_missing_or_wrong_key(hostile_server):
                     assert answer.json()["error"]["code"] == "invalid_api_key"
                 checked += 1
     assert checked == len(table) * (len(bad_keys) + 1)
+    # The dashboard's pages and assets take a session, never a key: with any header they send a browser to
+    # sign in (pages) or refuse (assets); signing in with a wrong key opens nothing.
+    pages = [(method, path) for method, path in routes() if (method, path) not in table]
+    assert len(pages) >= 10
+    with httpx.Client(base_url=f"http://127.0.0.1:{hostile_server.port}", timeout=30) as client:
+        for method, path in pages:
+            for headers in [*bad_keys, AUTH]:
+                answer = client.request(method, filled(path), headers=headers)
+                if path == "/login":
+                    assert answer.status_code == 200 if method == "GET" else 401, (method, path, answer.status_code)
+                    assert "set-cookie" not in answer.headers
+                elif path.startswith("/static/"):
+                    assert answer.status_code == 401, (method, path, answer.status_code)
+                elif path == "/":
+                    assert answer.status_code == 303 and answer.headers["location"] == "/jobs"
+                else:
+                    assert answer.status_code == 303 and answer.headers["location"].startswith("/login"), (method, path)
 
 
 TRAVERSALS = ["..%2F..%2Ftunelab.db", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "file-..%2F..%2Ftunelab.db",
@@ -93,9 +117,9 @@ TRAVERSALS = ["..%2F..%2Ftunelab.db", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "file-..
 
 
 def test_ids_that_try_to_leave_the_data_directory_find_nothing(hostile_server):
-    templates = [path for method, path in routes() if "{" in path]
+    templates = [path for method, path in api_routes() if "{" in path]
     with httpx.Client(base_url=f"http://127.0.0.1:{hostile_server.port}", timeout=30) as client:
-        for method, path in routes():
+        for method, path in api_routes():
             if "{" not in path:
                 continue
             for hostile in TRAVERSALS:
@@ -105,6 +129,16 @@ def test_ids_that_try_to_leave_the_data_directory_find_nothing(hostile_server):
                 assert answer.json()["error"]["message"]
                 assert "root:" not in answer.text and "SQLite format" not in answer.text
     assert templates
+    # The dashboard's assets, to a signed-in browser: a name that leaves the folder finds nothing.
+    with httpx.Client(base_url=f"http://127.0.0.1:{hostile_server.port}", timeout=30) as browser:
+        signed_in = browser.post("/login", data={"key": API_KEY}, headers={"Origin": str(browser.base_url).rstrip("/")})
+        assert signed_in.status_code == 303
+        assert browser.get("/static/app.js").status_code == 200
+        for hostile in [*TRAVERSALS, "..%2Fdashboard.py", "%2e%2e/%2e%2e/store.py", "vendor/..%2F..%2Fsessions.py"]:
+            answer = browser.get(f"/static/{hostile}")
+            assert "import" not in answer.text and "SQLite format" not in answer.text, hostile
+            if answer.request.url.path.startswith("/static/"):  # not folded away by the client (`..`)
+                assert answer.status_code == 404, (hostile, answer.status_code)
     _database_intact(hostile_server)
     assert httpx.get(f"{hostile_server.base_url}/models", headers=AUTH).status_code == 200
 

@@ -114,10 +114,10 @@ def test_the_admin_routes_manage_projects_and_keys_with_the_admin_key_only(team_
 # --- isolation ---------------------------------------------------------------------------------------------
 
 def route_table():
-    """(method, path) of every route the application serves, from its own table."""
-    from tests.reliability.test_server_hostile import routes
+    """(method, path) of every route a key opens, from the application's own table."""
+    from tests.reliability.test_server_hostile import api_routes
 
-    return routes()
+    return api_routes()
 
 
 def test_another_projects_objects_answer_exactly_as_missing_ones(team_server, tmp_path, support_conversations):
@@ -132,9 +132,16 @@ def test_another_projects_objects_answer_exactly_as_missing_ones(team_server, tm
     assert alpha.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
                                          messages=[{"role": "user", "content": "hi"}]).choices
 
-    theirs = {"file_id": training.id, "job_id": job.id, "model": job.fine_tuned_model}
+    ask_alpha = lambda path, body: httpx.post(f"{team_server.base_url}{path}", json=body, timeout=60,  # noqa: E731
+                                              headers={"Authorization": f"Bearer {alpha.api_key}"}).json()["id"]
+    evaluation = ask_alpha("/tunelab/evaluations", {"model": job.fine_tuned_model, "file": training.id, "limit": 2,
+                                                   "max_new_tokens": 4, "forgetting": "off"})
+    export = ask_alpha("/tunelab/exports", {"model": job.fine_tuned_model, "format": "merged"})
+    theirs = {"file_id": training.id, "job_id": job.id, "model": job.fine_tuned_model, "evaluation_id": evaluation,
+              "export_id": export}
     missing = {"file_id": "file-" + secrets.token_hex(12), "job_id": "ftjob-" + secrets.token_hex(12),
-               "model": f"ft:{MODEL}:tunelab:alpha:{secrets.token_hex(4)}"}
+               "model": f"ft:{MODEL}:tunelab:alpha:{secrets.token_hex(4)}", "evaluation_id": "eval_" + secrets.token_hex(12),
+               "export_id": "export_" + secrets.token_hex(12)}
     table = [(method, path) for method, path in route_table() if "{" in path and not path.startswith("/v1/organization")]
     names = {name.split(":")[0] for _, path in table for name in re.findall(r"\{([^}]+)\}", path)}
     assert names == set(theirs), f"a route takes an id this test does not know: {names - set(theirs)}"
@@ -155,6 +162,8 @@ def test_another_projects_objects_answer_exactly_as_missing_ones(team_server, tm
     assert compared >= 10
     # Lists show only the project's own; a model of alpha, or its checkpoint, is not beta's to chat with.
     assert beta.files.list().data == [] and beta.fine_tuning.jobs.list().data == []
+    for listing in ("/tunelab/evaluations", "/tunelab/exports"):
+        assert httpx.get(f"{team_server.base_url}{listing}", headers={"Authorization": f"Bearer {beta_key}"}).json()["data"] == []
     assert job.fine_tuned_model not in {m.id for m in beta.models.list().data}
     for name in (job.fine_tuned_model, checkpoint):
         with pytest.raises(openai.NotFoundError) as theirs_refused:
@@ -175,7 +184,7 @@ def test_another_projects_objects_answer_exactly_as_missing_ones(team_server, tm
     # The hostile requests again, as beta, with alpha's ids bent every way: nothing of alpha's comes back.
     bent = [lambda i: i.upper(), lambda i: i + "/", lambda i: i + "%00", lambda i: i.replace("-", "%2D"),
             lambda i: " " + i, lambda i: i[:-1], lambda i: i + "' OR '1'='1", lambda i: "..%2F" + i]
-    secrets_of_alpha = {training.id, job.id, job.fine_tuned_model, checkpoint, "alpha-secret-train.jsonl",
+    secrets_of_alpha = {training.id, job.id, job.fine_tuned_model, checkpoint, "alpha-secret-train.jsonl", evaluation, export,
                         *(f.id for f in alpha.files.list().data)}
     leaks, asked_count = [], 0
     for method, path in table:

@@ -136,10 +136,14 @@ for url, template, extra in (("/jobs", "jobs.html", {}), ("/jobs/new", "new_job.
 async def static(request: Request, name: str) -> Response:
     """The pages' scripts, styles and libraries: to a signed-in browser only."""
     session, _ = await _session(request)
-    path = (STATIC / name).resolve()
     if session is None:
         return Response("Sign in first: /login", status_code=401, media_type="text/plain", headers=security_headers())
-    if not path.is_relative_to(STATIC.resolve()) or not path.is_file():
+    try:
+        path = (STATIC / name).resolve()
+        found = path.is_relative_to(STATIC.resolve()) and path.is_file()
+    except (ValueError, OSError):  # a NUL byte, a name too long
+        found = False
+    if not found:
         return Response("Not found", status_code=404, media_type="text/plain", headers=security_headers())
     headers = {**security_headers(), "Cache-Control": "private, max-age=300"}
     media = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain"}.get(path.suffix)

@@ -2,7 +2,7 @@
 to OpenAI's API, which the dashboard watches and any script can too.
 
     GET /v1/fine_tuning/jobs/{id}/events/stream   every event of the job, oldest first, then each new one
-    GET /v1/fine_tuning/events/stream             each job event of the project (created, status changes…)
+    GET /v1/fine_tuning/jobs/events/stream             each job event of the project (created, status changes…)
 
     curl -N -H "Authorization: Bearer $KEY" http://127.0.0.1:8000/v1/fine_tuning/jobs/ftjob-…/events/stream
 
@@ -116,15 +116,18 @@ async def stream_job_events(request: Request, job_id: str):
     store = request.app.state.store
     cursor = JobEvents(store, row["id"], request.headers.get("last-event-id"))
 
+    def poll():  # one trip to a worker thread per poll: the job's row and its new events
+        return store.execute("SELECT rowid, * FROM jobs WHERE id = ?", (row["id"],))[0], cursor.new()
+
     async def stream():
         yield f"retry: {RETRY_MILLISECONDS}\n\n"
         status, finished_seen, quiet_since = None, None, time.monotonic()
         while True:
-            current = (await run_in_threadpool(store.execute, "SELECT rowid, * FROM jobs WHERE id = ?", (row["id"],)))[0]
+            current, new = await run_in_threadpool(poll)
             if current["status"] != status:
                 status = current["status"]
                 yield message("job", await run_in_threadpool(job_object, store, current))
-            for event, position in await run_in_threadpool(cursor.new):
+            for event, position in new:
                 yield message("job_event", event, position)
                 quiet_since = time.monotonic()
             if status in FINISHED:
@@ -141,7 +144,7 @@ async def stream_job_events(request: Request, job_id: str):
     return _event_stream(stream())
 
 
-@router.get("/fine_tuning/events/stream")
+@router.get("/fine_tuning/jobs/events/stream")
 async def stream_project_events(request: Request):
     """The server's own events of every job of the project (created, validated, started, paused, finished…):
     what a list of jobs needs to stay current."""

@@ -142,6 +142,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             error TEXT
         );
         CREATE INDEX tasks_by_project ON tasks (project_id, kind, created_at);
+        -- what a job's event stream asks twice a second (live.py)
+        CREATE INDEX job_events_by_job ON job_events (job_id);
     """),
 ]
 

@@ -147,7 +147,7 @@ function onEvent(event) {
     steps.set(event.data.step, event.data);
     drawCharts();
   }
-  if (/checkpoint|epoch|completed/i.test(event.message) || event.type === "metrics") checkpointsSoon();
+  if (/^Checkpoint saved|completed/.test(event.message)) checkpointsSoon(); // not per step: 20 open pages add up
   drawEventsSoon();
 }
 

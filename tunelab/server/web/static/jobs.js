@@ -60,7 +60,7 @@ async function refresh(jobId) {
 }
 
 load().then(() => {
-  follow("/fine_tuning/events/stream", { job_event: (event) => refresh(event.job_id) }, document.getElementById("live"));
+  follow("/fine_tuning/jobs/events/stream", { job_event: (event) => refresh(event.job_id) }, document.getElementById("live"));
   // Durations of unfinished jobs grow without events.
   setInterval(() => body.querySelectorAll("tr").forEach((tr) => {
     tr.children[5].textContent = duration(jobDuration(jobs.get(tr.dataset.job)));
