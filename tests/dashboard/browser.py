@@ -112,3 +112,13 @@ class CuttableProxy:
             await asyncio.sleep(0.3)
         asyncio.run_coroutine_threadsafe(shut_down(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def set_tab_hidden(page, hidden: bool) -> None:
+    """What the page sees when its tab goes to the background (or comes back): document.hidden and a
+    visibilitychange event. Headless Chromium keeps every tab visible, so the test says it."""
+    page.evaluate("""(hidden) => {
+        Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+        Object.defineProperty(document, "visibilityState", { configurable: true, get: () => hidden ? "hidden" : "visible" });
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""", hidden)

@@ -9,6 +9,7 @@ import openai
 import pytest
 from playwright.sync_api import expect
 
+from tests.dashboard.browser import ConsoleWatch, set_tab_hidden
 from tests.serving import API_KEY
 
 pytestmark = pytest.mark.slow
@@ -59,9 +60,16 @@ def test_a_job_from_upload_to_replayed_curves(page, dashboard_server, proxy, sup
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert (job.suffix, job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == ("from-the-page", 10, 1)
 
-    # The loss chart gains points as it trains; then the job is paused from the page.
+    # The loss chart gains points as it trains; then the job is paused from the page. A second tab of the job
+    # goes to the background meanwhile (it lets its stream go) and is shown again at the end.
     seen = []
     wait_until(lambda: seen.append(points(page)) or seen[-1] >= 3, what="the first points of the loss chart")
+    background = page.context.new_page()
+    background.console = ConsoleWatch(background)
+    background.goto(page.url)
+    wait_until(lambda: points(background) >= 3, what="the second tab's points")
+    set_tab_hidden(background, True)
+    expect(background.locator("#live")).to_contain_text("Paused while this tab is in the background")
     wait_until(lambda: seen.append(points(page)) or seen[-1] > seen[-2], what="more points")
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("#job-status")).to_have_text("paused")
@@ -95,6 +103,13 @@ def test_a_job_from_upload_to_replayed_curves(page, dashboard_server, proxy, sup
     expect(page.locator("#timeline")).to_contain_text("Job paused")
     expect(page.locator("#timeline")).to_contain_text("Job resumed")
     expect(page.locator("#overview")).to_contain_text(job.model)
+
+    # The tab in the background, shown again, catches up from where it stopped: every point, each event once.
+    set_tab_hidden(background, False)
+    wait_until(lambda: points(background) == total, timeout=20, what="the background tab's catching up")
+    expect(background.locator("#job-status")).to_have_text("succeeded")
+    expect(background.locator("#timeline li")).to_have_count(page.locator("#timeline li").count())
+    assert background.console.errors == []
 
     # The list shows it, live, with its suffix and trained tokens.
     page.goto(f"{page.base}/jobs")

@@ -2,7 +2,7 @@
 to OpenAI's API, which the dashboard watches and any script can too.
 
     GET /v1/fine_tuning/jobs/{id}/events/stream   every event of the job, oldest first, then each new one
-    GET /v1/fine_tuning/jobs/events/stream             each job event of the project (created, status changes…)
+    GET /v1/fine_tuning/jobs/events/stream             each new job event of the project (created, status changes…)
 
     curl -N -H "Authorization: Bearer $KEY" http://127.0.0.1:8000/v1/fine_tuning/jobs/ftjob-…/events/stream
 
@@ -11,7 +11,10 @@ step's figures and its learning rate; the server's own events — created, valid
 say `"data": {"by": "server"}`), and an `id`: the position after it. A client that reconnects sends the last id it saw as
 `Last-Event-ID` (browsers' EventSource does so by itself) and gets exactly what it missed — positions are
 made of what is stored (the database's event rows, the lines of the run's events.jsonl), so this holds
-across a server restart too. A job's stream also sends `event: job` (the `fine_tuning.job` object) when it
+across a server restart too. A client that cannot set headers (a page reopening a stream it closed) passes
+the id as `?last_event_id=`; the header wins when both are sent. A job's stream without an id starts at the
+job's first event; the project's stream starts at the present (`Last-Event-ID: 0` replays the project's
+whole history) with an `event: ready` whose id is that position, so a reconnect misses nothing. A job's stream also sends `event: job` (the `fine_tuning.job` object) when it
 starts and whenever the job's status changes, and `event: end` once the job has finished and its last
 events are sent; then it closes.
 """
@@ -42,6 +45,10 @@ router = APIRouter(include_in_schema=False)  # server-sent events, which OpenAPI
 def message(kind: str, data: dict, event_id: str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def sent_event_id(request: Request) -> str | None:
+    return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
 
 
 def _positions(last_event_id: str | None, parts: int) -> list[int]:
@@ -114,7 +121,7 @@ class JobEvents:
 async def stream_job_events(request: Request, job_id: str):
     row = job_row(request, job_id)
     store = request.app.state.store
-    cursor = JobEvents(store, row["id"], request.headers.get("last-event-id"))
+    cursor = JobEvents(store, row["id"], sent_event_id(request))
 
     def poll():  # one trip to a worker thread per poll: the job's row and its new events
         return store.execute("SELECT rowid, * FROM jobs WHERE id = ?", (row["id"],))[0], cursor.new()
@@ -149,11 +156,17 @@ async def stream_project_events(request: Request):
     """The server's own events of every job of the project (created, validated, started, paused, finished…):
     what a list of jobs needs to stay current."""
     store, project = request.app.state.store, project_of(request)
-    (after,) = _positions(request.headers.get("last-event-id"), 1)
+    resumed = sent_event_id(request)
+    (after,) = _positions(resumed, 1)
 
     async def stream():
         nonlocal after
         yield f"retry: {RETRY_MILLISECONDS}\n\n"
+        if resumed is None:  # a new client: what happens from now on (it has just read the list)
+            after = (await run_in_threadpool(
+                store.execute, "SELECT COALESCE(MAX(e.rowid), 0) AS last FROM job_events e JOIN jobs j ON j.id = e.job_id "
+                "WHERE j.project_id = ?", (project,)))[0]["last"]  # the project's own: ids say nothing of others
+            yield message("ready", {}, str(after))  # its id is where a reconnecting client resumes
         quiet_since = time.monotonic()
         while True:
             rows = await run_in_threadpool(

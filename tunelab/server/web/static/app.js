@@ -84,37 +84,60 @@ export function jobDuration(job) {
 
 // Follow a server-sent event stream: `handlers` by event name get (data, id). The browser's EventSource
 // reconnects by itself after a dropped connection, sending the last id it saw (Last-Event-ID), and the
-// server replays what was missed. `statusNode` says which state the stream is in; its data-reconnects
-// counts the reconnections.
+// server replays what was missed. A tab in the background lets its stream go and reopens it from the last
+// id when shown again: a browser keeps only six connections to one server, and open tabs' streams would
+// otherwise take them all, so a seventh tab would not even load. `statusNode` says which state the
+// stream is in; its data-reconnects counts the reconnections after a lost connection.
 export function follow(path, handlers, statusNode) {
-  const source = new EventSource(`/v1${path}`, { withCredentials: true });
+  let source = null;
+  let lastId = null;
   let reconnects = 0;
   let lost = false;
+  let ended = false;
   const say = (text) => { if (statusNode) statusNode.textContent = text; };
-  for (const [name, handler] of Object.entries(handlers)) {
-    source.addEventListener(name, (event) => handler(JSON.parse(event.data), event.lastEventId));
-  }
-  source.addEventListener("open", () => {
-    if (lost) {
-      reconnects += 1;
-      if (statusNode) statusNode.dataset.reconnects = String(reconnects);
-      say("Live again: caught up on what happened while the connection was lost.");
-    } else {
-      say("Live: updates appear as they happen.");
+  const seen = (event) => { if (event.lastEventId) lastId = event.lastEventId; };
+
+  function open() {
+    const query = lastId ? `?last_event_id=${encodeURIComponent(lastId)}` : "";
+    source = new EventSource(`/v1${path}${query}`, { withCredentials: true });
+    for (const [name, handler] of Object.entries(handlers)) {
+      source.addEventListener(name, (event) => { seen(event); handler(JSON.parse(event.data), event.lastEventId); });
     }
-    lost = false;
+    source.addEventListener("ready", seen); // the position a stream of what happens from now on starts at
+    source.addEventListener("open", () => {
+      if (lost) {
+        reconnects += 1;
+        if (statusNode) statusNode.dataset.reconnects = String(reconnects);
+        say("Live again: caught up on what happened while the connection was lost.");
+      } else {
+        say("Live: updates appear as they happen.");
+      }
+      lost = false;
+    });
+    source.addEventListener("error", () => {
+      lost = true;
+      say(source.readyState === EventSource.CLOSED
+        ? "Disconnected. Refresh the page to follow again."
+        : "Connection lost; reconnecting…");
+    });
+    source.addEventListener("end", (event) => {
+      seen(event);
+      ended = true;
+      source.close();
+      say("The job has finished; everything it recorded is shown.");
+    });
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (ended) return;
+    if (document.hidden) {
+      source.close();
+      say("Paused while this tab is in the background.");
+    } else if (source.readyState === EventSource.CLOSED) {
+      open();
+    }
   });
-  source.addEventListener("error", () => {
-    lost = true;
-    say(source.readyState === EventSource.CLOSED
-      ? "Disconnected. Refresh the page to follow again."
-      : "Connection lost; reconnecting…");
-  });
-  source.addEventListener("end", () => {
-    source.close();
-    say("The job has finished; everything it recorded is shown.");
-  });
-  return source;
+  open();
 }
 
 export function showError(node, error) {

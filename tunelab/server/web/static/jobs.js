@@ -1,5 +1,5 @@
 // The jobs list: every job of the project, newest first, kept current by the project's event stream (each
-// event names a job; that job is fetched again). The status filter lives in the URL, so a refresh keeps it.
+// new event names a job; that job is fetched again). The status filter lives in the URL, so a refresh keeps it.
 import { api, duration, follow, h, jobDuration, replace, showError, statusBadge, when } from "/static/app.js";
 
 const body = document.querySelector("#jobs tbody");
@@ -59,10 +59,18 @@ async function refresh(jobId) {
   }
 }
 
-load().then(() => {
-  follow("/fine_tuning/jobs/events/stream", { job_event: (event) => refresh(event.job_id) }, document.getElementById("live"));
-  // Durations of unfinished jobs grow without events.
-  setInterval(() => body.querySelectorAll("tr").forEach((tr) => {
-    tr.children[5].textContent = duration(jobDuration(jobs.get(tr.dataset.job)));
-  }), 30000);
-}).catch((error) => showError(document.getElementById("live"), error));
+// The stream first, then the list once the stream says where it starts: a job that changes in between is
+// fetched twice rather than missed.
+let loaded = null;
+function start() {
+  loaded = load().then(() => {
+    // Durations of unfinished jobs grow without events.
+    setInterval(() => body.querySelectorAll("tr").forEach((tr) => {
+      tr.children[5].textContent = duration(jobDuration(jobs.get(tr.dataset.job)));
+    }), 30000);
+  }).catch((error) => showError(document.getElementById("live"), error));
+}
+follow("/fine_tuning/jobs/events/stream", {
+  ready: () => { if (!loaded) start(); },
+  job_event: (event) => refresh(event.job_id),
+}, document.getElementById("live"));
