@@ -63,8 +63,7 @@ def tour(page, base: str, out: Path, scratch: Path, client, options) -> list[str
         shots.append(name)
 
     def narrow(name: str) -> None:
-        page.set_viewport_size({"width": 390, "height": 844})
-        page.reload()
+        page.set_viewport_size({"width": 390, "height": 844})  # resized, not reloaded: forms keep what was filled
         page.wait_for_timeout(1500)
         shot(name)
         page.set_viewport_size({"width": 1280, "height": 900})
@@ -147,7 +146,16 @@ def tour(page, base: str, out: Path, scratch: Path, client, options) -> list[str
     shot("13-evaluation-running")
     row = page.locator("#evaluations tbody tr").first
     expect(row).to_contain_text("succeeded", timeout=3_600_000)
+    page.goto(f"{base}/evaluations?model={ALIAS}")  # the base alone, to compare with
+    page.get_by_label("Held-out file").select_option(test_file)
+    page.get_by_label("First N examples (optional)").fill(str(options.eval_examples))
+    page.get_by_label("Max new tokens (optional)").fill("64")
+    page.get_by_label("Forgetting check").uncheck()
+    page.get_by_role("button", name="Start evaluation").click()
+    rows = page.locator("#evaluations tbody tr")
+    expect(rows.first).to_contain_text("succeeded", timeout=3_600_000)
     shot("14-evaluations")
+    row = rows.nth(1)
     with page.context.expect_page() as opened:
         row.get_by_role("link", name="Open report").click()
     report = opened.value
@@ -155,7 +163,8 @@ def tour(page, base: str, out: Path, scratch: Path, client, options) -> list[str
     report.screenshot(path=out / "15-evaluation-report.png", full_page=True)
     shots.append("15-evaluation-report")
     report.close()
-    row.get_by_role("checkbox").check()
+    rows.nth(0).get_by_role("checkbox").check()
+    rows.nth(1).get_by_role("checkbox").check()
     page.get_by_role("button", name="Compare selected").click()
     page.wait_for_timeout(1500)
     shot("16-evaluation-compare")

@@ -51,7 +51,9 @@ def test_a_job_from_upload_to_replayed_curves(page, dashboard_server, proxy, sup
     stored = client.files.list().data
     assert [f.filename for f in stored] == ["good.jsonl"]
     expect(page.get_by_label("Training file")).to_have_value(stored[0].id)
+    expect(page.locator("[data-estimate='local']")).to_contain_text("epochs (auto)")
     page.get_by_label("n_epochs").fill("10")
+    expect(page.locator("[data-estimate='local']")).to_contain_text("for 10 epochs × ")  # the estimate follows
     page.get_by_label("batch_size").fill("1")
     page.get_by_label("Suffix (optional)").fill("from-the-page")
     page.get_by_role("button", name="Create job").click()

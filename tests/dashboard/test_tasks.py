@@ -69,7 +69,9 @@ def test_evaluations_start_from_the_page_open_their_reports_and_compare(page, fi
     report = opened.value
     report.wait_for_load_state()
     expect(report.locator("section#verdict")).to_be_visible()
-    expect(report.locator("body")).to_contain_text(model)
+    expect(report.locator("h1")).to_have_text(f"Evaluation: {model}")  # named as the API names it
+    expect(report.locator("p.meta").first).to_contain_text(f"held-out.jsonl ({held_out})")
+    assert str(dashboard_server.data_dir) not in report.content()  # the server's folders are not the page's business
     report.close()
 
     for index in range(2):

@@ -61,6 +61,9 @@ class EvalConfig:
     temperature: float = 0.0  # 0: greedy; above, sampled with `seed` (and nucleus `top_p`)
     top_p: float = 1.0
     seed: int = 0
+    # How the report names the paths it was given (a server names its files and fine-tunes by their API
+    # ids: its own folders are not its clients' business); a path not named here is shown as it is.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
@@ -114,7 +117,7 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
 
     results = {
         "object": "tunelab.eval", "schema_version": RESULTS_SCHEMA_VERSION, "created_at": int(started),
-        "model": str(config.model), "data": str(config.data), "examples_count": len(items),
+        "model": _label(config, config.model), "data": _label(config, config.data), "examples_count": len(items),
         "max_new_tokens": max_new_tokens, "decoding": decoding.describe(),
         "scorers": [s.describe() for s in all_scorers],
         "systems": {name: {**systems[name].describe(), "scores": _summaries(all_scorers, scored[name], range(len(items)))}
@@ -128,7 +131,7 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
         results["comparisons"] += _pairwise(judge, items, replies, order)
         results["pairwise_prompt"] = PAIRWISE_PROMPT
     if shots:
-        results["fewshot"] = {"k": shots, "from": str(shots_file)}
+        results["fewshot"] = {"k": shots, "from": _label(config, shots_file)}
     began = time.monotonic()
     results["forgetting"] = _forgetting(config, systems, replies, events)
     timings["forgetting"] = round(time.monotonic() - began, 1)
@@ -139,6 +142,10 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     write_json_atomically(out / "results.json", results)
     write_report(results, out / "report.html", loss_curve=run.loss_curve_file if run else None)
     return out
+
+
+def _label(config: EvalConfig, path) -> str:
+    return config.labels.get(str(path), str(path))
 
 
 def _few_shot_source(config: EvalConfig, run: RunDir | None) -> tuple[str | None, int]:

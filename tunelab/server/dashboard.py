@@ -114,7 +114,8 @@ def _new_job_settings() -> list[dict]:
     shown = []
     for name in (*OPENAI_HYPERPARAMETERS, *NEW_JOB_SETTINGS):
         description, default = field_help(name)
-        shown.append({"name": name, "description": description, "default": default or "",
+        label = "method (which weights train)" if name == "method" else name  # beside OpenAI's method.type
+        shown.append({"name": name, "label": label, "description": description, "default": default or "",
                       "choices": field_choices(name), "openai": name in OPENAI_HYPERPARAMETERS})
     return shown
 

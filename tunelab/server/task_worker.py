@@ -14,6 +14,7 @@ import json
 import shutil
 import tarfile
 import time
+from pathlib import Path
 
 from tunelab.core.events import Event, Events
 from tunelab.core.files import atomic_path
@@ -62,10 +63,15 @@ def _evaluate(store: Store, request: dict, folder, events: Events) -> dict:
     from tunelab.eval.run import EvalConfig, evaluate
 
     resolved = request["resolved"]
-    out = evaluate(EvalConfig(model=resolved.get("run") or resolved["spec"], data=str(store.file_path(request["file"])),
-                              out=str(folder / "out"), limit=request.get("limit"),
-                              max_new_tokens=request.get("max_new_tokens"), forgetting=request.get("forgetting", "auto")),
-                   events)
+    model = resolved.get("run") or resolved["spec"]
+    labels = {model: request["model"], str(store.file_path(request["file"])): f"{request['filename']} ({request['file']})"}
+    if resolved.get("run"):  # the job's training file gives the few-shot examples
+        for job in store.execute("SELECT j.training_file, f.filename FROM jobs j LEFT JOIN files f ON f.id = j.training_file "
+                                 "WHERE j.id = ?", (Path(resolved["run"]).name,)):
+            labels[str(store.file_path(job["training_file"]))] = f"{job['filename']} ({job['training_file']})"
+    out = evaluate(EvalConfig(model=model, data=str(store.file_path(request["file"])), out=str(folder / "out"),
+                              limit=request.get("limit"), max_new_tokens=request.get("max_new_tokens"),
+                              forgetting=request.get("forgetting", "auto"), labels=labels), events)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     return {"verdict": results["verdict"], "examples_count": results["examples_count"],
             "scorers": [scorer["name"] for scorer in results["scorers"]],

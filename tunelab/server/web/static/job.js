@@ -11,11 +11,13 @@ const steps = new Map(); // step → its metrics (a resumed job trains some step
 const events = [];
 let job = null;
 let totalSteps = null;
+let memoryPlan = null; // the run's own "Memory plan: …" event: what it chose for this device
 
 // --- charts ---------------------------------------------------------------------------------------------
 const charts = {
   loss: chart("loss-chart", "Loss", [
-    { label: "training loss", stroke: "#0b5cad", width: 2 },
+    { label: "training loss", stroke: "#9dbbe0", width: 1 },
+    { label: "smoothed", stroke: "#0b5cad", width: 2 },
     { label: "validation loss", stroke: "#c2410c", width: 2, spanGaps: true, points: { show: true, size: 6 } },
   ]),
   accuracy: chart("accuracy-chart", "Token accuracy", [
@@ -39,6 +41,20 @@ function chart(id, title, series, tickLabels) {
   return { box, plot };
 }
 
+// A step's loss is noisy at small batches: the bold line is its exponential moving average, debiased at the
+// start as TensorBoard's smoothing is (weight 0.8).
+const SMOOTHING = 0.8;
+function smoothed(values) {
+  let average = 0;
+  let weight = 0;
+  return values.map((value) => {
+    if (value === null || !Number.isFinite(value)) return null;
+    average = SMOOTHING * average + (1 - SMOOTHING) * value;
+    weight = SMOOTHING * weight + (1 - SMOOTHING);
+    return average / weight;
+  });
+}
+
 let drawPending = false;
 function drawCharts() {
   if (drawPending) return;
@@ -48,7 +64,7 @@ function drawCharts() {
     const rows = [...steps.values()].sort((a, b) => a.step - b.step);
     const x = rows.map((r) => r.step);
     const pick = (name) => rows.map((r) => (r[name] === undefined ? null : r[name]));
-    charts.loss.plot.setData([x, pick("train_loss"), pick("valid_loss")]);
+    charts.loss.plot.setData([x, pick("train_loss"), smoothed(pick("train_loss")), pick("valid_loss")]);
     charts.accuracy.plot.setData([x, pick("train_mean_token_accuracy"), pick("valid_mean_token_accuracy")]);
     charts.rate.plot.setData([x, pick("learning_rate")]);
     for (const { box } of Object.values(charts)) box.dataset.points = String(rows.length);
@@ -75,7 +91,13 @@ function fact(term, ...value) {
   return [h("dt", {}, term), h("dd", {}, ...value)];
 }
 
+let validationShown = true;
 function drawJob() {
+  if (validationShown && !job.validation_file) { // nothing to draw: its legend entry is shown struck through
+    validationShown = false;
+    charts.loss.plot.setSeries(3, { show: false });
+    charts.accuracy.plot.setSeries(2, { show: false });
+  }
   replace(document.getElementById("job-status"), statusBadge(job.status));
   document.getElementById("cancel").disabled = ["succeeded", "failed", "cancelled"].includes(job.status);
   document.getElementById("pause").disabled = !["queued", "running"].includes(job.status);
@@ -105,6 +127,7 @@ function drawJob() {
     fact("Method", method),
     Object.entries(hyper).map(([name, value]) => fact(name, String(value))),
     fact("Seed", String(job.seed)),
+    fact("Memory plan", memoryPlan || "— (written when the run loads the model)"),
     fact("Preset", extension.preset || "— (tunelab's defaults)"),
     Object.entries(extension).filter(([name]) => name !== "preset").map(([name, value]) => fact(name, String(value))));
 }
@@ -148,6 +171,10 @@ function onEvent(event) {
     drawCharts();
   }
   if (/^Checkpoint saved|completed/.test(event.message)) checkpointsSoon(); // not per step: 20 open pages add up
+  if (event.message.startsWith("Memory plan: ")) {
+    memoryPlan = event.message.slice("Memory plan: ".length);
+    if (job) drawJob();
+  }
   drawEventsSoon();
 }
 
@@ -172,6 +199,13 @@ async function act(action) {
 for (const action of ["cancel", "pause", "resume"]) {
   document.getElementById(action).addEventListener("click", () => act(action));
 }
+
+// A running job's duration grows and its estimated finish moves without a status change: the job is read
+// again now and then (one small request per page every 20 s).
+setInterval(async () => {
+  if (!job || !["running", "queued", "validating_files"].includes(job.status) || document.hidden) return;
+  try { job = await api(`/fine_tuning/jobs/${jobId}`); drawJob(); } catch { /* the stream reports a lost server */ }
+}, 20000);
 
 follow(`/fine_tuning/jobs/${jobId}/events/stream`, {
   job: (data) => {

@@ -1,7 +1,7 @@
 // Creating a job: choose or upload the data (checked first), the base model and method, the settings with
 // their defaults shown; the job is created with the same request an OpenAI client sends.
 import { api, h, replace, showError } from "/static/app.js";
-import { renderReport } from "/static/report.js";
+import { renderReport, setEpochs } from "/static/report.js";
 import { fillBaseModels } from "/static/models.js";
 import { uploader } from "/static/upload.js";
 
@@ -10,6 +10,14 @@ const validation = document.getElementById("validation-file");
 const model = document.getElementById("model");
 const report = document.getElementById("data-report");
 const message = document.getElementById("create-message");
+const epochsField = document.getElementById("setting-n_epochs");
+
+// The epochs asked for, when a whole number: the report's time and cost follow them.
+function epochsWanted() {
+  const value = Number(epochsField.value.trim());
+  return Number.isInteger(value) && value > 0 ? value : null;
+}
+epochsField.addEventListener("input", () => setEpochs(report, epochsWanted()));
 
 async function fillFiles(selected) {
   const files = (await api("/files?purpose=fine-tune&limit=1000")).data;
@@ -25,7 +33,7 @@ async function checkChosen() {
   if (!training.value) { replace(report); return; }
   replace(report, h("p", { role: "status" }, "Checking…"));
   try {
-    replace(report, renderReport(await api(`/files/${training.value}/check?model=${encodeURIComponent(model.value)}`)));
+    replace(report, renderReport(await api(`/files/${training.value}/check?model=${encodeURIComponent(model.value)}`), epochsWanted()));
   } catch (error) {
     showError(report, error);
   }
@@ -33,7 +41,7 @@ async function checkChosen() {
 
 const upload = uploader({
   input: document.getElementById("upload-file"), button: document.getElementById("upload"), reportNode: report,
-  model: () => model.value, uploaded: async (file) => { await fillFiles(file.id); },
+  model: () => model.value, epochs: epochsWanted, uploaded: async (file) => { await fillFiles(file.id); },
 });
 training.addEventListener("change", checkChosen);
 model.addEventListener("change", () => (document.getElementById("upload-file").files.length ? upload.recheck() : checkChosen()));

@@ -3,7 +3,7 @@
 import { api, h, replace, showError } from "/static/app.js";
 import { errorsOf, renderReport } from "/static/report.js";
 
-export function uploader({ input, button, reportNode, model = () => "default", uploaded }) {
+export function uploader({ input, button, reportNode, model = () => "default", epochs = () => null, uploaded }) {
   let checkedFile = null;
   async function check() {
     button.disabled = true;
@@ -16,7 +16,7 @@ export function uploader({ input, button, reportNode, model = () => "default", u
     form.append("model", model());
     try {
       const report = await api("/tunelab/data/check", { method: "POST", form });
-      replace(reportNode, renderReport(report));
+      replace(reportNode, renderReport(report, epochs()));
       if (!errorsOf(report).length) { checkedFile = file; button.disabled = false; }
     } catch (error) {
       showError(reportNode, error);
