@@ -83,10 +83,15 @@ def test_evaluations_start_from_the_page_open_their_reports_and_compare(page, fi
     assert {name for _, name, _ in systems} >= {"fine_tuned", "base"}
     table = page.locator("#comparison-table")
     expect(table.locator("tbody tr")).to_have_count(len(systems))  # one row per model per evaluation
+    scorers = {scorer["name"]: scorer for e in evaluations for scorer in e["result"]["scorers"]}
+    for label in {scorer["label"] for scorer in scorers.values()}:
+        expect(table.locator("thead")).to_contain_text(label)  # named as the report names them
     for evaluation_id, name, system in systems:
         row = table.locator("tbody tr", has_text=evaluation_id).filter(has_text=name.replace("_", " ")).first
-        score = next(iter(system["scores"].values()))
-        expect(row).to_contain_text(f"{score['mean']:.3f} [{score['ci95'][0]:.3f}, {score['ci95'][1]:.3f}]")
+        scorer_name, score = next(iter(system["scores"].items()))
+        scale, places = (100, 0) if scorers[scorer_name]["fraction"] else (1, 1)
+        low, high = (f"{scale * bound:.{places}f}" for bound in score["ci95"])
+        expect(row).to_contain_text(f"{scale * score['mean']:.1f} ({low}–{high})")  # as the report writes it
     page.reload()  # the comparison is in the URL
     expect(page.locator("#comparison-table tbody tr")).to_have_count(len(systems))
     assert page.console.errors == []

@@ -74,7 +74,8 @@ def _evaluate(store: Store, request: dict, folder, events: Events) -> dict:
                               forgetting=request.get("forgetting", "auto"), labels=labels), events)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     return {"verdict": results["verdict"], "examples_count": results["examples_count"],
-            "scorers": [scorer["name"] for scorer in results["scorers"]],
+            "scorers": [{key: scorer[key] for key in ("name", "label", "fraction", "higher_is_better")}
+                        for scorer in results["scorers"]],
             "systems": {name: {"model": system.get("model"), "scores": system["scores"]}
                         for name, system in results["systems"].items()},
             "seconds": results["seconds"]}
@@ -84,8 +85,8 @@ def _export(store: Store, request: dict, folder, events: Events) -> dict:
     from tunelab.export.run import ExportConfig, export
 
     run = request["resolved"]["run"]
-    name = f"{request['model'].replace(':', '-').strip('-')}-{request['format']}"
-    name += ".gguf" if request["format"] == "gguf" else ""
+    name = request["model"].replace(":", "-").strip("-")
+    name += ".gguf" if request["format"] == "gguf" else f"-{request['format']}"
     result = export(ExportConfig(run=run, format=request["format"], dtype=request.get("dtype"),
                                  out=str(folder / "out" / name)), events)
     with atomic_path(folder / "download") as temporary:  # one file to download: the GGUF, or a tar of the folder

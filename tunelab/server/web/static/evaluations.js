@@ -32,17 +32,33 @@ function toggle(id, on) {
   compareButton.disabled = selected.size < 2;
 }
 
+// A mean and its 95% interval as the report writes them: fractions out of 100.
+export function estimate(score, scorer) {
+  if (!score) return "—";
+  const [low, high] = score.ci95;
+  return scorer.fraction
+    ? `${(100 * score.mean).toFixed(1)} (${(100 * low).toFixed(0)}–${(100 * high).toFixed(0)})`
+    : `${score.mean.toFixed(1)} (${low.toFixed(1)}–${high.toFixed(1)})`;
+}
+
 function drawComparison() {
   const chosen = evaluations.filter((task) => selected.has(task.id) && task.result);
-  const scorers = [...new Set(chosen.flatMap((task) => task.result.scorers))];
+  // Each scorer once, as the report names it (an evaluation recorded before scorers were described: its names).
+  const scorers = new Map();
+  for (const task of chosen) {
+    for (const scorer of task.result.scorers) {
+      const described = typeof scorer === "string" ? { name: scorer, label: scorer, fraction: false } : scorer;
+      if (!scorers.has(described.name)) scorers.set(described.name, described);
+    }
+  }
   const rows = chosen.flatMap((task) => Object.entries(task.result.systems).map(([system, facts]) => ({ task, system, facts })));
-  const cell = (score) => (score ? `${score.mean.toFixed(3)} [${score.ci95[0].toFixed(3)}, ${score.ci95[1].toFixed(3)}]` : "—");
   replace(document.getElementById("comparison-table"),
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Evaluation"), h("th", { scope: "col" }, "System"),
-      h("th", { scope: "col" }, "Model"), scorers.map((name) => h("th", { scope: "col", class: "number" }, name)))),
+      h("th", { scope: "col" }, "Model"),
+      [...scorers.values()].map((scorer) => h("th", { scope: "col", class: "number" }, scorer.label)))),
     h("tbody", {}, rows.map(({ task, system, facts }) => h("tr", { "data-system": system },
       h("td", {}, task.id), h("td", {}, system.replace("_", " ")), h("td", {}, h("code", {}, facts.model || task.model)),
-      scorers.map((name) => h("td", { class: "number" }, cell(facts.scores[name])))))));
+      [...scorers.values()].map((scorer) => h("td", { class: "number" }, estimate(facts.scores[scorer.name], scorer)))))));
   document.getElementById("comparison").hidden = false;
 }
 

@@ -33,6 +33,7 @@ function chart(id, title, series, tickLabels) {
   const options = {
     title, width: Math.max(280, box.clientWidth), height: 220,
     scales: { x: { time: false } },
+    legend: { live: false }, // names only: the captions say the latest values, the events every step's
     axes: [{ label: "step" }, tickLabels ? { size: 60, values: (plot, values) => tickLabels(values) } : {}],
     series: [{ label: "step" }, ...series],
   };

@@ -3,11 +3,15 @@
 import { api, h, statusBadge } from "/static/app.js";
 
 export function taskStatus(task) {
-  if (task.status === "running" && task.progress && task.progress.total) {
+  const progress = task.progress;
+  if (task.status === "running" && progress && progress.total && progress.completed < progress.total) {
     const label = `${task.progress.stage}: ${task.progress.completed} of ${task.progress.total}`;
     return h("span", {}, statusBadge(task.status), " ",
       h("progress", { max: task.progress.total, value: task.progress.completed, "aria-label": label }), " ",
       h("span", { class: "muted" }, label));
+  }
+  if (task.status === "running" && task.messages && task.messages.length) { // a stage without a count
+    return h("span", {}, statusBadge(task.status), " ", h("span", { class: "muted" }, task.messages[task.messages.length - 1]));
   }
   if (task.status === "failed" && task.error) return h("span", {}, statusBadge(task.status), " ", h("span", { class: "error" }, task.error.message));
   return statusBadge(task.status);
