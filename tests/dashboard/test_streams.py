@@ -70,7 +70,7 @@ def test_a_reconnecting_client_gets_exactly_what_it_missed(dashboard_server, sup
                                            hyperparameters={"n_epochs": 1})
     new = read_project_stream(project_url, ready[0][1], until=lambda event: event["job_id"] == later.id)
     assert new[0][2]["job_id"] == later.id  # the next event after the ready's id is the new job's, nothing older
-    wait_until(lambda: client.fine_tuning.jobs.retrieve(later.id).status == "succeeded", timeout=120, what="the job")
+    client.fine_tuning.jobs.cancel(later.id)  # it has served its purpose
 
 
 def read_project_stream(url: str, last_event_id: str | None, until) -> list[tuple[str, str, dict]]:

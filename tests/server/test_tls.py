@@ -1,5 +1,6 @@
 """`tunelab serve --tls-cert --tls-key` serves HTTPS (uvicorn's TLS), and the official client trains through
-it with the certificate trusted; plain HTTP to the same port gets no answer."""
+it with the certificate trusted; plain HTTP to the same port gets no answer; the dashboard's session cookie
+is Secure."""
 
 import os
 import ssl
@@ -39,6 +40,10 @@ def test_the_server_speaks_https_with_the_certificate_it_was_given(tmp_path):
         with openai.OpenAI(base_url=f"https://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0,
                            http_client=httpx.Client(verify=trusted)) as client:
             assert [m.id for m in client.models.list().data] == ["default"]
+        signed_in = httpx.post(f"https://127.0.0.1:{port}/login", data={"key": API_KEY}, verify=trusted,
+                               headers={"Origin": f"https://127.0.0.1:{port}"})
+        cookie = signed_in.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "; secure" in cookie  # over TLS: Secure too
         with pytest.raises(httpx.TransportError):  # plain HTTP is not answered
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=3)
         with pytest.raises(httpx.TransportError):  # nor HTTPS by a client that does not trust the certificate
