@@ -73,12 +73,23 @@ def _print_findings(report) -> None:
 
 def _print_stats(report, histogram: bool = False) -> None:
     stats = report.stats
-    out.print(f"[bold]{escape(str(report.file))}[/]: {stats['examples']} examples ({stats.get('valid_examples', 0)} "
-              f"valid, {stats['multi_turn']} multi-turn)")
-    rows = [("assistant reply, characters", stats.get("assistant_reply_chars"))]
     tokens = stats.get("tokens")
-    if tokens:
-        rows += [("tokens per example", tokens["per_example"]), ("trained tokens per example", tokens["trained_per_example"])]
+    if stats.get("kind") == "preference":
+        out.print(f"[bold]{escape(str(report.file))}[/]: {stats['examples']} preference pairs "
+                  f"({stats.get('valid_examples', 0)} valid; the preferred output the longer in "
+                  f"{stats['preferred_longer']})")
+        rows = [("preferred output, characters", stats.get("preferred_chars")),
+                ("non-preferred output, characters", stats.get("non_preferred_chars"))]
+        if tokens:
+            rows += [("prompt tokens", tokens["prompt"]), ("preferred output tokens", tokens["preferred"]),
+                     ("non-preferred output tokens", tokens["non_preferred"]),
+                     ("tokens per pair (both sequences)", tokens["per_example"])]
+    else:
+        out.print(f"[bold]{escape(str(report.file))}[/]: {stats['examples']} examples ({stats.get('valid_examples', 0)} "
+                  f"valid, {stats['multi_turn']} multi-turn)")
+        rows = [("assistant reply, characters", stats.get("assistant_reply_chars"))]
+        if tokens:
+            rows += [("tokens per example", tokens["per_example"]), ("trained tokens per example", tokens["trained_per_example"])]
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)

@@ -53,7 +53,7 @@ def content_text(content) -> str | None:
     return None
 
 
-def _content_errors(content, where: str) -> list[tuple[str, str, str]]:
+def content_errors(content, where: str) -> list[tuple[str, str, str]]:
     """A message's `content`: a non-empty string, or a list of text parts (joined)."""
     if isinstance(content, str):
         return [] if content.strip() else [("missing_content", f"{where}.content", f"is {describe(content)}")]
@@ -112,7 +112,7 @@ def _example_errors(record) -> list[tuple[str, str, str]]:
             found = repr(role) if isinstance(role, str) else describe(role)
             errors.append(("unrecognized_role", f"{where}.role", f"unrecognised role {found}; use one of {sorted(ROLES)}"))
         if "content" in message and not (calls_a_tool(message) and message["content"] in (None, "")):
-            errors += _content_errors(message["content"], where)
+            errors += content_errors(message["content"], where)
         if "weight" in message and not (type(message["weight"]) is int and message["weight"] in (0, 1)):
             errors.append(("invalid_weight", f"{where}.weight", f"must be the integer 0 or 1; found {describe(message['weight'])}"))
         calls = message.get("tool_calls")

@@ -10,6 +10,12 @@ conversations, one prompt with conflicting answers, training/validation overlap,
 system or user message, and examples longer than the token limit (`--max-tokens`, else what training
 would cut at), with how many tokens would be cut.
 
+A file of preference pairs (OpenAI's `method: dpo` format, `tunelab/conversation/preference.py`) is known
+by its first line and checked as pairs: each line's errors with the path inside the pair, a line of the
+other format named as `mixed_formats`, and as warnings outputs that are identical or differ only in
+whitespace (nothing to learn from), outputs of very unequal length, and a file whose preferred outputs are
+nearly always the longer ones (DPO then learns length). Tokens are counted for the prompt and each output.
+
 Token statistics and the cost come from `tokens.py` and `cost.py`. The file is streamed in batches: what
 is kept per example is a few integers (its token lengths and hashes for the duplicate checks).
 """
@@ -22,6 +28,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tunelab.conversation.preference import PreferencePair, is_preference, preference_problems, read_pair
 from tunelab.conversation.problems import Problem
 from tunelab.conversation.reader import parse_line, raw_lines
 from tunelab.conversation.schema import calls_a_tool, content_text, example_problems, last_assistant_index
@@ -31,6 +38,9 @@ OPENAI_MIN_EXAMPLES = 10  # OpenAI rejects files with fewer
 SIGNAL_MIN_EXAMPLES = 50  # fewer than 50 examples: not enough signal
 REPLY_MIN_CHARS, REPLY_MAX_CHARS = 10, 2000  # recommended bounds for an assistant reply
 BATCH = 1000  # examples tokenized together
+UNEQUAL_RATIO, UNEQUAL_MIN_CHARS = 3, 200  # outputs this many times longer, and by this many characters
+LENGTH_BIAS_FRACTION = 0.8  # preferred outputs longer in this share of pairs (of at least LENGTH_BIAS_MIN_PAIRS)
+LENGTH_BIAS_MIN_PAIRS = 20
 
 
 @dataclass
@@ -84,6 +94,7 @@ def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:
 class _Scan:
     """What one pass over (part of) a file found; parts of a file scanned in parallel are merged."""
 
+    kind: str = "chat"  # or "preference": the file's format, from its first line
     findings: list[Problem] = field(default_factory=list)
     examples: int = 0
     counts: Counter = field(default_factory=Counter)
@@ -97,7 +108,16 @@ class _Scan:
     near: array = field(default_factory=lambda: array("q"))
     prompt: array = field(default_factory=lambda: array("q"))
     reply: array = field(default_factory=lambda: array("q"))
+    # Preference pairs: the tokens of each pair's prompt and of its two outputs, and its outputs' characters.
+    token_prompt: array = field(default_factory=lambda: array("I"))
+    token_preferred: array = field(default_factory=lambda: array("I"))
+    token_non_preferred: array = field(default_factory=lambda: array("I"))
+    preferred_chars: array = field(default_factory=lambda: array("I"))
+    non_preferred_chars: array = field(default_factory=lambda: array("I"))
 
+
+PER_EXAMPLE_ARRAYS = ("reply_lengths", "token_totals", "token_trained", "lines", "whole", "near", "prompt", "reply",
+                      "token_prompt", "token_preferred", "token_non_preferred", "preferred_chars", "non_preferred_chars")
 
 PARALLEL_FROM_BYTES = 8_000_000  # smaller files are scanned in one process: forking costs more than it saves
 
@@ -124,11 +144,16 @@ def validate_file(path: str | Path, validation: str | Path | None = None, counte
     scan.findings.sort(key=lambda finding: finding.line)
     report.examples, report.findings = scan.examples, scan.findings
     report.stats = {
+        "kind": scan.kind,
         "examples": scan.examples,
         "valid_examples": len(scan.lines),
         "multi_turn": scan.counts["multi_turn"],
         "assistant_reply_chars": distribution(scan.reply_lengths),
     }
+    if scan.kind == "preference":
+        report.stats["preferred_chars"] = distribution(scan.preferred_chars)
+        report.stats["non_preferred_chars"] = distribution(scan.non_preferred_chars)
+        report.stats["preferred_longer"] = scan.counts["preferred_longer"]
     if counter:
         report.token_lengths = scan.token_totals
         cut = [total - limit for total in scan.token_totals if limit and total > limit]
@@ -138,6 +163,10 @@ def validate_file(path: str | Path, validation: str | Path | None = None, counte
             "per_example": distribution(scan.token_totals), "trained_per_example": distribution(scan.token_trained),
             "examples_over_limit": len(cut), "tokens_cut": sum(cut),
         }
+        if scan.kind == "preference":  # a pair trains on two sequences: its prompt with each output
+            report.stats["tokens"].update({"prompt": distribution(scan.token_prompt),
+                                           "preferred": distribution(scan.token_preferred),
+                                           "non_preferred": distribution(scan.token_non_preferred)})
         if scan.token_totals:
             from tunelab.data.cost import estimate
 
@@ -165,12 +194,22 @@ def _check_validation_file(validation: Path, training: _Scan, report: Validation
                                            "(leakage: validation scores would be optimistic)", str(validation)))
 
 
+def file_kind(path: Path) -> str:
+    """"preference" when the file's first readable line is a preference pair, else "chat"."""
+    for _, _, raw in raw_lines(path, 0, None, 1):
+        record, unreadable = parse_line(raw)
+        if not unreadable:
+            return "preference" if is_preference(record) else "chat"
+    return "chat"
+
+
 def _scan_file(path: Path, counter, limit, progress) -> _Scan:
     """Scan a file, in one process per core when it is big enough to be worth it."""
     size = path.stat().st_size
+    kind = file_kind(path)
     workers = min(os.cpu_count() or 1, 8) if size >= PARALLEL_FROM_BYTES else 1
     if workers == 1:
-        return _scan_range(path, 0, None, 1, counter, limit, progress)
+        return _scan_range(path, 0, None, 1, counter, limit, progress, kind)
     ranges = _line_aligned_ranges(path, workers)
     import multiprocessing
 
@@ -179,7 +218,7 @@ def _scan_file(path: Path, counter, limit, progress) -> _Scan:
     context = multiprocessing.get_context("fork")
     global _worker_state
     bytes_read = context.Value("q", 0)
-    _worker_state = (counter, limit, bytes_read)
+    _worker_state = (counter, limit, bytes_read, kind)
     try:
         with context.Pool(len(ranges)) as pool:
             pending = pool.starmap_async(_scan_range_in_worker, [(path, *r) for r in ranges], chunksize=1)
@@ -193,11 +232,11 @@ def _scan_file(path: Path, counter, limit, progress) -> _Scan:
     return _merge(parts)
 
 
-_worker_state = None  # (token counter, limit, bytes read by all workers) while a parallel scan runs
+_worker_state = None  # (token counter, limit, bytes read by all workers, file kind) while a parallel scan runs
 
 
 def _scan_range_in_worker(path, start, end, first_line) -> _Scan:
-    counter, limit, bytes_read = _worker_state
+    counter, limit, bytes_read, kind = _worker_state
     reported = 0
 
     def report_bytes(count: int) -> None:  # count: bytes of this range read so far
@@ -206,7 +245,7 @@ def _scan_range_in_worker(path, start, end, first_line) -> _Scan:
             bytes_read.value += count - reported
         reported = count
 
-    return _scan_range(path, start, end, first_line, counter, limit, report_bytes)
+    return _scan_range(path, start, end, first_line, counter, limit, report_bytes, kind)
 
 
 def _line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int | None, int]]:
@@ -238,7 +277,7 @@ def _merge(parts: list[_Scan]) -> _Scan:
         merged.findings += part.findings
         merged.examples += part.examples
         merged.counts += part.counts
-        for name in ("reply_lengths", "token_totals", "token_trained", "lines", "whole", "near", "prompt", "reply"):
+        for name in PER_EXAMPLE_ARRAYS:
             getattr(merged, name).extend(getattr(part, name))
     return merged
 
@@ -259,8 +298,9 @@ def _duplicate_findings(scan: _Scan) -> None:
         add(_duplicate(int(lines[i]), int(lines[first_whole[i]])))
     for i in np.flatnonzero((first_near != index) & (first_whole == index)):
         add(_near_duplicate(int(lines[i]), int(lines[first_near[i]])))
-    for i in np.flatnonzero((first_prompt != index) & (replies != replies[first_prompt])):
-        add(_conflict(int(lines[i]), int(lines[first_prompt[i]])))
+    if scan.kind == "chat":  # several pairs per prompt is how preference data is made
+        for i in np.flatnonzero((first_prompt != index) & (replies != replies[first_prompt])):
+            add(_conflict(int(lines[i]), int(lines[first_prompt[i]])))
 
 
 def _first_with_same_key(keys):
@@ -276,17 +316,34 @@ def _first_with_same_key(keys):
     return first
 
 
-def _scan_range(path: Path, start: int, end: int | None, first_line: int, counter, limit, progress) -> _Scan:
+def _scan_range(path: Path, start: int, end: int | None, first_line: int, counter, limit, progress,
+                kind: str = "chat") -> _Scan:
     """One pass over a byte range of a file: findings and what the statistics need."""
-    scan = _Scan()
+    scan = _Scan(kind=kind)
     add = scan.findings.append
     pending: list[tuple[int, list[dict]]] = []
+    pairs: list[tuple[int, PreferencePair]] = []
     for line, position, raw in raw_lines(path, start, end, first_line):
         record, unreadable = parse_line(raw)
         if unreadable:
             add(Problem("error", unreadable[0], line, "", unreadable[1]))
             continue
         scan.examples += 1
+        if is_preference(record) != (kind == "preference") and isinstance(record, dict):
+            add(Problem("error", "mixed_formats", line, "", f"a {'preference pair' if kind == 'chat' else 'chat example'} "
+                        f"in a file of {'chat examples' if kind == 'chat' else 'preference pairs'} (as its first "
+                        "line is); a file holds one format"))
+            continue
+        if kind == "preference":
+            pair = _scan_pair(record, line, scan)
+            if pair and counter:
+                pairs.append((line, pair))
+                if len(pairs) >= BATCH:
+                    _count_pair_tokens(pairs, counter, limit, scan)
+                    pairs = []
+                    if progress:
+                        progress(position - start)
+            continue
         errors = example_problems(record, line)
         scan.findings += errors
         if errors:
@@ -319,9 +376,72 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
                     progress(position - start)
     if counter:
         _count_tokens(pending, counter, limit, scan)
+        _count_pair_tokens(pairs, counter, limit, scan)
     if progress and scan.examples:
         progress(position - start)
     return scan
+
+
+def _scan_pair(record, line: int, scan: _Scan) -> PreferencePair | None:
+    """A preference line's errors and warnings; the pair when it is valid."""
+    errors = preference_problems(record, line)
+    scan.findings += errors
+    if errors:
+        return None
+    pair = read_pair(record)
+    add = scan.findings.append
+    preferred, non_preferred = pair.preferred, pair.non_preferred
+    if preferred == non_preferred:
+        add(Problem("warning", "identical_outputs", line, "non_preferred_output[0].content",
+                    "the same text as the preferred output: the pair teaches nothing"))
+    elif preferred.split() == non_preferred.split():
+        add(Problem("warning", "outputs_differ_only_in_whitespace", line, "non_preferred_output[0].content",
+                    "differs from the preferred output only in spacing or line breaks: the model learns to prefer "
+                    "whitespace"))
+    longer, shorter = max(len(preferred), len(non_preferred)), min(len(preferred), len(non_preferred))
+    if longer >= UNEQUAL_RATIO * max(shorter, 1) and longer - shorter >= UNEQUAL_MIN_CHARS:
+        which = "preferred" if len(preferred) > len(non_preferred) else "non-preferred"
+        add(Problem("warning", "unequal_output_lengths", line, "",
+                    f"the {which} output is {longer / max(shorter, 1):.1f}× as long ({len(preferred)} and "
+                    f"{len(non_preferred)} characters): pairs like this teach length as much as content"))
+    scan.counts["preferred_longer"] += len(preferred) > len(non_preferred)
+    roles = Counter(m.get("role") for m in pair.messages)
+    scan.counts["missing_system"] += roles["system"] + roles["developer"] == 0
+    scan.counts["missing_user"] += roles["user"] == 0
+    scan.preferred_chars.append(len(preferred))
+    scan.non_preferred_chars.append(len(non_preferred))
+    for name, value in zip(("whole", "near", "prompt", "reply"), _pair_fingerprints(pair)):
+        getattr(scan, name).append(value)
+    scan.lines.append(line)
+    return pair
+
+
+def _pair_fingerprints(pair: PreferencePair) -> tuple[int, int, int, int]:
+    """As `fingerprints`, for a pair: the whole pair, it with punctuation and spacing ignored, its prompt, its
+    two outputs."""
+    chosen = fingerprints(pair.conversation(preferred=True)["messages"])
+    rejected = fingerprints(pair.conversation(preferred=False)["messages"])
+    return hash((chosen[0], rejected[0])), hash((chosen[1], rejected[1])), chosen[2], hash((chosen[3], rejected[3]))
+
+
+def _count_pair_tokens(pairs: list[tuple[int, PreferencePair]], counter, limit: int | None, scan: _Scan) -> None:
+    """Tokens of each pair's prompt and outputs (each output rendered after the prompt, as it trains)."""
+    if not pairs:
+        return
+    conversations = [pair.conversation(preferred)["messages"] for _, pair in pairs for preferred in (True, False)]
+    counts = counter.count_batch(conversations)
+    for (line, _), chosen, rejected in zip(pairs, counts[0::2], counts[1::2]):
+        scan.token_prompt.append(chosen.total - chosen.trained)
+        scan.token_preferred.append(chosen.trained)
+        scan.token_non_preferred.append(rejected.trained)
+        scan.token_totals.append(chosen.total + rejected.total)
+        scan.token_trained.append(chosen.trained + rejected.trained)
+        longest = max(chosen.total, rejected.total)
+        if limit and longest > limit:
+            scan.findings.append(Problem(
+                "warning", "example_too_long", line, "",
+                f"the prompt with its longer output is {longest} tokens; over the limit of {limit}, so training "
+                f"cuts the last {longest - limit} — the output's end. Shorten it or raise --max-tokens"))
 
 
 def _duplicate(line: int, first: int) -> Problem:
@@ -363,6 +483,12 @@ def _file_level_findings(scan: _Scan) -> None:
     elif scan.examples < SIGNAL_MIN_EXAMPLES:
         add(Problem("warning", "few_examples", 0, "", f"{scan.examples} examples: below {SIGNAL_MIN_EXAMPLES} there "
                     "is not enough signal; 100–500 good ones is the usual recommendation"))
+    pairs = len(scan.preferred_chars)
+    if scan.kind == "preference" and pairs >= LENGTH_BIAS_MIN_PAIRS and \
+            scan.counts["preferred_longer"] >= LENGTH_BIAS_FRACTION * pairs:
+        add(Problem("warning", "length_bias", 0, "", f"the preferred output is the longer one in "
+                    f"{scan.counts['preferred_longer']} of {pairs} pairs: DPO will learn to write longer as much as "
+                    "better; add pairs where the shorter output is preferred"))
     for key, code, what in (("missing_system", "missing_system_message", "system"),
                             ("missing_user", "missing_user_message", "user")):
         if scan.counts[key]:
