@@ -321,8 +321,8 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
     """One pass over a byte range of a file: findings and what the statistics need."""
     scan = _Scan(kind=kind)
     add = scan.findings.append
-    pending: list[tuple[int, list[dict]]] = []
-    pairs: list[tuple[int, PreferencePair]] = []
+    count = _count_pair_tokens if kind == "preference" else _count_tokens
+    pending: list[tuple[int, list[dict] | PreferencePair]] = []  # valid examples (or pairs) not yet counted
     for line, position, raw in raw_lines(path, start, end, first_line):
         record, unreadable = parse_line(raw)
         if unreadable:
@@ -334,52 +334,49 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
                         f"in a file of {'chat examples' if kind == 'chat' else 'preference pairs'} (as its first "
                         "line is); a file holds one format"))
             continue
-        if kind == "preference":
-            pair = _scan_pair(record, line, scan)
-            if pair and counter:
-                pairs.append((line, pair))
-                if len(pairs) >= BATCH:
-                    _count_pair_tokens(pairs, counter, limit, scan)
-                    pairs = []
-                    if progress:
-                        progress(position - start)
+        item = _scan_pair(record, line, scan) if kind == "preference" else _scan_example(record, line, scan)
+        if item is None or not counter:
             continue
-        errors = example_problems(record, line)
-        scan.findings += errors
-        if errors:
-            continue
-        messages = record["messages"]
-        roles = Counter(m.get("role") for m in messages)
-        scan.counts["multi_turn"] += roles["assistant"] > 1
-        scan.counts["missing_system"] += roles["system"] + roles["developer"] == 0  # developer: OpenAI's new name
-        scan.counts["missing_user"] += roles["user"] == 0
-        for index, message in enumerate(messages):
-            reply = content_text(message.get("content"))
-            if message.get("role") != "assistant" or reply is None or (not reply and calls_a_tool(message)):
-                continue
-            length = len(reply)
-            scan.reply_lengths.append(length)
-            if length < REPLY_MIN_CHARS or length > REPLY_MAX_CHARS:
-                code = "reply_too_short" if length < REPLY_MIN_CHARS else "reply_too_long"
-                add(Problem("warning", code, line, f"messages[{index}].content",
-                            f"assistant reply of {length} characters; the recommended bounds are "
-                            f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS} characters"))
-        for name, value in zip(("whole", "near", "prompt", "reply"), fingerprints(messages)):
-            getattr(scan, name).append(value)
-        scan.lines.append(line)
-        if counter:
-            pending.append((line, messages))
-            if len(pending) >= BATCH:
-                _count_tokens(pending, counter, limit, scan)
-                pending = []
-                if progress:
-                    progress(position - start)
+        pending.append((line, item))
+        if len(pending) >= BATCH:
+            count(pending, counter, limit, scan)
+            pending = []
+            if progress:
+                progress(position - start)
     if counter:
-        _count_tokens(pending, counter, limit, scan)
-        _count_pair_tokens(pairs, counter, limit, scan)
+        count(pending, counter, limit, scan)
     if progress and scan.examples:
         progress(position - start)
     return scan
+
+
+def _scan_example(record, line: int, scan: _Scan) -> list[dict] | None:
+    """A chat line's errors and warnings; its messages when it is valid."""
+    add = scan.findings.append
+    errors = example_problems(record, line)
+    scan.findings += errors
+    if errors:
+        return None
+    messages = record["messages"]
+    roles = Counter(m.get("role") for m in messages)
+    scan.counts["multi_turn"] += roles["assistant"] > 1
+    scan.counts["missing_system"] += roles["system"] + roles["developer"] == 0  # developer: OpenAI's new name
+    scan.counts["missing_user"] += roles["user"] == 0
+    for index, message in enumerate(messages):
+        reply = content_text(message.get("content"))
+        if message.get("role") != "assistant" or reply is None or (not reply and calls_a_tool(message)):
+            continue
+        length = len(reply)
+        scan.reply_lengths.append(length)
+        if length < REPLY_MIN_CHARS or length > REPLY_MAX_CHARS:
+            code = "reply_too_short" if length < REPLY_MIN_CHARS else "reply_too_long"
+            add(Problem("warning", code, line, f"messages[{index}].content",
+                        f"assistant reply of {length} characters; the recommended bounds are "
+                        f"{REPLY_MIN_CHARS}–{REPLY_MAX_CHARS} characters"))
+    for name, value in zip(("whole", "near", "prompt", "reply"), fingerprints(messages)):
+        getattr(scan, name).append(value)
+    scan.lines.append(line)
+    return messages
 
 
 def _scan_pair(record, line: int, scan: _Scan) -> PreferencePair | None:
