@@ -185,15 +185,17 @@ def data_stats(
              f"`tunelab data validate {file}` lists them")
 
 
-@data_app.command("convert", short_help="CSV, Alpaca, ShareGPT → OpenAI chat JSONL.", epilog=examples(
+@data_app.command("convert", short_help="CSV, Alpaca, ShareGPT, preference pairs → OpenAI JSONL.", epilog=examples(
     "tunelab data convert raw.csv --out all.jsonl --system \"You are an agent.\"",
     "tunelab data convert pairs.csv --out all.jsonl --input-column question \\",
     "  --output-column answer --metadata-column tags=category --encoding latin-1",
-    "tunelab data convert alpaca.json --out all.jsonl --format alpaca"))
+    "tunelab data convert alpaca.json --out all.jsonl --format alpaca",
+    "tunelab data convert trl_pairs.jsonl --out pairs.jsonl   # prompt/chosen/rejected → preference lines"))
 def data_convert(
     source: Path = typer.Argument(..., metavar="SOURCE", help="CSV, JSONL or JSON list to convert."),
     out_file: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Chat JSONL to write."),
-    fmt: Literal["auto", "openai", "input-output", "alpaca", "sharegpt"] = typer.Option(
+    fmt: Literal["auto", "openai", "input-output", "alpaca", "sharegpt", "openai-preference", "trl-preference",
+                 "sharegpt-ranking", "alpaca-ranking"] = typer.Option(
         "auto", "--format", help="The source's shape; auto looks at the first record."),
     system: Optional[str] = typer.Option(None, "--system", metavar="TEXT", help="System prompt for every conversation that has none."),
     input_column: str = typer.Option("input", "--input-column", metavar="NAME", help="input-output: the prompt's column or key."),
@@ -203,7 +205,8 @@ def data_convert(
     force: bool = typer.Option(False, "--force", "-f", help="Replace the output file if it exists."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Convert input/ideal_output pairs, Alpaca or ShareGPT into OpenAI chat JSONL; says what it dropped.
+    """Convert input/ideal_output pairs, Alpaca or ShareGPT into OpenAI chat JSONL, and preference pairs (TRL's
+    prompt/chosen/rejected, LLaMA-Factory's ranking data) into OpenAI's preference JSONL; says what it dropped.
     `metadata` (e.g. tags, which `tunelab eval` slices results by) is carried through."""
     from tunelab.data.formats import ConversionError, convert_file, metadata_columns
 
@@ -215,7 +218,8 @@ def data_convert(
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        written = f"→ {out_file}: {report.written} conversations written" if report.written else "→ nothing written"
+        noun = "preference pairs" if report.format.endswith(("-preference", "-ranking")) else "conversations"
+        written = f"→ {out_file}: {report.written} {noun} written" if report.written else "→ nothing written"
         say(f"{source} ({report.format}) {written}, {len(report.dropped)} dropped")
         _print_counted("dropped", report.dropped_by_reason(), report.dropped)
         _print_counted("not carried", report.not_carried_by_what(), report.not_carried)

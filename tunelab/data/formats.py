@@ -11,6 +11,17 @@ Formats (`--format auto` looks at the first record):
   messages, and the record's `tools` (a list or a JSON string of one) OpenAI's `tools`;
 - `openai`: `{"messages": [...]}` already; each record is validated as `tunelab data validate` would, and
   `--system` adds a system message where there is none.
+Preference pairs (for `--method dpo`) become OpenAI's preference lines, `{"input": {"messages": [...]},
+"preferred_output": [assistant], "non_preferred_output": [assistant]}`:
+- `trl-preference`: TRL's `prompt`/`chosen`/`rejected`, as text (the prompt becomes a user message) or as
+  conversations (lists of messages); without `prompt`, the conversations' shared messages before their
+  last one are the prompt (TRL's implicit prompt);
+- `sharegpt-ranking`: LLaMA-Factory's ranking data in ShareGPT form — `conversations` as the prompt,
+  `chosen` and `rejected` each one `{"from": "gpt", "value": …}` turn;
+- `alpaca-ranking`: LLaMA-Factory's ranking data in Alpaca form — `instruction`, `input`, `chosen`, `rejected`;
+- `openai-preference`: OpenAI's preference lines already (either spelling of the outputs), validated.
+A pair whose outputs are not one assistant message each is dropped with its line: OpenAI's DPO is a
+one-turn preference.
 A file is JSONL, CSV, a JSON list of records, or one JSON record, in UTF-8 unless `--encoding` says otherwise
 (a byte that is not UTF-8 is named with its line). Every record becomes `{"messages": [system?, user,
 assistant, ...]}` (plus `tools`), and keeps its `metadata` object; with `--metadata-column [KEY=]COLUMN`
@@ -35,17 +46,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.conversation.schema import describe, example_problems, reject_constant
+from tunelab.conversation.preference import OLDER_SPELLING, OUTPUTS, preference_problems, with_current_spelling
+from tunelab.conversation.schema import content_text, describe, example_problems, reject_constant
 from tunelab.core.files import OutputError, atomic_path, check_output_path
 
-FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt")
+PREFERENCE_FORMATS = ("openai-preference", "trl-preference", "sharegpt-ranking", "alpaca-ranking")
+FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt", *PREFERENCE_FORMATS)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
 # Record fields each format carries; any other field is reported as not carried.
 CARRIED = {"openai": {"messages", "tools", "parallel_tool_calls", "metadata"},
            "alpaca": {"instruction", "input", "output", "system", "history", "metadata"},
-           "sharegpt": {"conversations", "system", "tools", "metadata"}}
+           "sharegpt": {"conversations", "system", "tools", "metadata"},
+           "openai-preference": {"input", *OUTPUTS, *OLDER_SPELLING, "metadata"},
+           "trl-preference": {"prompt", "chosen", "rejected", "metadata"},
+           "sharegpt-ranking": {"conversations", "chosen", "rejected", "system", "tools", "metadata"},
+           "alpaca-ranking": {"instruction", "input", "chosen", "rejected", "system", "history", "metadata"}}
 IMAGE_FIELDS = ("images", "image", "videos", "audios")
 
 
@@ -188,6 +205,12 @@ def _skip_space(text: str, position: int) -> int:
 def detect_format(record, input_column: str, output_column: str) -> str | None:
     if not isinstance(record, dict):
         return None
+    if "input" in record and any(key in record for key in (*OUTPUTS, *OLDER_SPELLING)):
+        return "openai-preference"
+    if "chosen" in record and "rejected" in record:
+        if isinstance(record.get("conversations"), list):
+            return "sharegpt-ranking"
+        return "alpaca-ranking" if "instruction" in record else "trl-preference"
     if isinstance(record.get("messages"), list):
         return "openai"
     if isinstance(record.get("conversations"), list):
@@ -227,6 +250,8 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
         converted = _sharegpt(record, system)
     elif fmt == "openai":
         converted = _openai(record)
+    elif fmt in PREFERENCE_FORMATS:
+        converted = PREFERENCE_READERS[fmt](record, system)
     else:
         return Converted(reason=f"unknown format {fmt!r}")
     if converted.conversation is None:
@@ -249,6 +274,11 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
             converted.not_carried.append("values past the last CSV column")
         elif name not in carried and record[name] not in (None, ""):
             converted.not_carried.append(f"{'column' if fmt == 'input-output' else 'field'} `{name}`")
+    if fmt in PREFERENCE_FORMATS:
+        messages = converted.conversation["input"]["messages"]
+        if system and not any(m.get("role") in ("system", "developer") for m in messages):
+            converted.conversation["input"]["messages"] = [{"role": "system", "content": system}, *messages]
+        return converted
     messages = converted.conversation["messages"]
     if not any(m.get("role") == "assistant" for m in messages):
         return Converted(reason="no assistant reply")
@@ -380,6 +410,99 @@ def _openai(record: dict) -> Converted:
     return Converted({name: record[name] for name in CARRIED["openai"] - {"metadata"} if name in record})
 
 
+def _pair(messages: list, preferred, non_preferred, tools=None) -> Converted:
+    """OpenAI's preference line from a prompt and two replies, or why it is not a valid one."""
+    record = {"input": {"messages": messages, **({"tools": tools} if tools else {})},
+              "preferred_output": [{"role": "assistant", "content": preferred}],
+              "non_preferred_output": [{"role": "assistant", "content": non_preferred}]}
+    problems = preference_problems(record)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Converted(reason=f"{first.path or 'line'}: {first.message} [{first.code}]{more}")
+    return Converted(record)
+
+
+def _one_reply(turns, name: str) -> tuple[str | None, str | None]:
+    """The text of an output given as a list of messages (TRL's conversational form): one assistant message."""
+    if not isinstance(turns, list) or len(turns) != 1:
+        count = f"{len(turns)} messages" if isinstance(turns, list) else describe(turns)
+        return None, f"`{name}` holds {count}; a pair's outputs are one assistant message each"
+    turn = turns[0]
+    if not isinstance(turn, dict) or turn.get("role") != "assistant" or content_text(turn.get("content")) is None:
+        return None, f"`{name}` must be one assistant message with text; found {describe(turn)}"
+    return content_text(turn["content"]), None
+
+
+def _trl_preference(record: dict, system: str | None) -> Converted:
+    prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        if prompt is None:  # TRL's implicit prompt: what both conversations share before their last message
+            if chosen[:-1] != rejected[:-1]:
+                return Converted(reason="`chosen` and `rejected` differ before their last message, so the prompt "
+                                        "they share is unclear; give it as `prompt`")
+            prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
+        if not isinstance(prompt, list):
+            return Converted(reason=f"`prompt` must be a list of messages when the outputs are; found {describe(prompt)}")
+        preferred, problem = _one_reply(chosen, "chosen")
+        non_preferred, other = _one_reply(rejected, "rejected")
+        if problem or other:
+            return Converted(reason=problem or other)
+        return _pair(list(prompt), preferred, non_preferred)
+    if _text(chosen) and _text(rejected):
+        if not _text(prompt):
+            return Converted(reason="no `prompt`: a pair of plain-text outputs needs its prompt (TRL's implicit "
+                                    "prompt is read from conversations only)")
+        return _pair([{"role": "user", "content": str(prompt)}], str(chosen), str(rejected))
+    return Converted(reason=f"`chosen` and `rejected` must both be text or both lists of messages; found "
+                            f"{describe(chosen)} and {describe(rejected)}")
+
+
+def _ranking_reply(turn, name: str) -> tuple[str | None, str | None]:
+    """A LLaMA-Factory ranking output: a `{"from": "gpt", "value": …}` turn (or plain text)."""
+    if _text(turn):
+        return str(turn), None
+    if isinstance(turn, dict) and SHAREGPT_ROLES.get(turn.get("from")) == "assistant" and _text(turn.get("value")):
+        return str(turn["value"]), None
+    return None, f"`{name}` must be a {{\"from\": \"gpt\", \"value\": …}} turn; found {describe(turn)}"
+
+
+def _sharegpt_ranking(record: dict, system: str | None) -> Converted:
+    return _ranking(record, _sharegpt(record, system))
+
+
+def _alpaca_ranking(record: dict, system: str | None) -> Converted:
+    prompt = _alpaca({**record, "output": "—"}, system)  # the prompt Alpaca's record makes, and a stand-in reply
+    if prompt.conversation is not None:
+        prompt.conversation["messages"].pop()
+    return _ranking(record, prompt)
+
+
+def _ranking(record: dict, prompt: Converted) -> Converted:
+    """A LLaMA-Factory ranking record's pair: the prompt its format made, and its chosen and rejected turns."""
+    if prompt.conversation is None:
+        return prompt
+    preferred, problem = _ranking_reply(record.get("chosen"), "chosen")
+    non_preferred, other = _ranking_reply(record.get("rejected"), "rejected")
+    if problem or other:
+        return Converted(reason=problem or other)
+    return _pair(prompt.conversation["messages"], preferred, non_preferred, prompt.conversation.get("tools"))
+
+
+def _openai_preference(record: dict, system: str | None) -> Converted:
+    record = with_current_spelling(record)
+    problems = preference_problems(record)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Converted(reason=f"{first.path or 'line'}: {first.message} [{first.code}]{more}")
+    return Converted({name: record[name] for name in ("input", *OUTPUTS)})
+
+
+PREFERENCE_READERS = {"openai-preference": _openai_preference, "trl-preference": _trl_preference,
+                      "sharegpt-ranking": _sharegpt_ranking, "alpaca-ranking": _alpaca_ranking}
+
+
 def _text(value) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool) and bool(str(value).strip())
 
@@ -412,8 +535,9 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
                         found = f"; its columns are {', '.join(map(repr, record))}" if isinstance(record, dict) else ""
                         raise ConversionError(
                             f"{source}:{line}: cannot tell the format (expected `messages`, `conversations`, "
-                            f"`instruction`/`output`, or `{input_column}`/`{output_column}`){found}; pass --format "
-                            "or --input-column/--output-column")
+                            f"`instruction`/`output`, `{input_column}`/`{output_column}`, or a preference pair: "
+                            f"`chosen`/`rejected` or `input`/`preferred_output`){found}; pass --format or "
+                            "--input-column/--output-column")
                     report.format = detected
                 if not report.written and not report.dropped and isinstance(record, dict):
                     # The first record names the columns: one asked for that is not there is said once, with
