@@ -37,7 +37,7 @@ CACHE_BLOCK_BYTES = 7 * 2**20
 
 
 def _vocabulary_blocked(hidden, weight, targets):
-    """(loss sum, correct count, gradient for `hidden`) in one pass over vocabulary blocks, or None.
+    """(each token's loss, correct count, gradient for `hidden`) in one pass over vocabulary blocks, or None.
 
     Without subtracting row maxima (see SAFE_LOGIT), softmax − one-hot times the head needs only two sums
     that add up block by block: S = Σ exp(z) and N = Σ exp(z)·W, giving loss = log S − z_target and
@@ -82,9 +82,9 @@ def _vocabulary_blocked(hidden, weight, targets):
             weighted += exponentials.to(weight.dtype) @ rows
     if bool((best <= -SAFE_LOGIT).any()):
         return None
-    loss_sum = (sums.log() - wanted_logits).sum()
+    token_losses = sums.log() - wanted_logits
     correct = (wanted_logits >= best).sum()
-    return loss_sum, correct, _gradient(weighted, sums, wanted_logits.exp(), weight[targets])
+    return token_losses, correct, _gradient(weighted, sums, wanted_logits.exp(), weight[targets])
 
 
 def _gradient(others_weighted, sums, wanted_exponentials, wanted_rows):
@@ -100,7 +100,13 @@ def _gradient(others_weighted, sums, wanted_exponentials, wanted_rows):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` against `targets`, gradients computed in the forward.
+    """Each token's cross-entropy of `hidden @ weight.T` against `targets`, gradients computed in the forward.
+
+    The gradients stored are those of the tokens' sum; the backward scales each token's row of the hidden
+    states' gradient by what flows back to that token's loss, so a loss that weighs tokens differently (a
+    preference loss over sequences' log-probabilities) gets its exact gradient. The head's gradient is a sum
+    over tokens made in the forward, so it can only be scaled as a whole: a head that trains takes the same
+    weight for every token.
 
     Per chunk, the logits buffer is swept as few times as possible: written by the multiplication, read
     once for the row maxima (which are also the argmax, for accuracy), exponentiated in place, summed, and
@@ -113,7 +119,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs_hidden_grad, needs_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden, dtype=torch.float32) if needs_hidden_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight_grad else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        token_losses = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         chunk_size = max(16, CHUNK_BYTES // (4 * weight.shape[0]))
         # The multiplications run in the compute dtype (an fp32 master head is cast once per call); softmax
@@ -127,7 +133,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if hidden.device.type == "cpu" and softcap is None and not needs_weight_grad and not always_shift:
                 blocked = _vocabulary_blocked(hidden, head, targets)
             if blocked is not None:
-                loss_sum, correct, grad_hidden = blocked
+                token_losses, correct, grad_hidden = blocked
                 if not needs_hidden_grad:
                     grad_hidden = None
             # The token-chunk path, for everything the blocked pass does not cover (or refused).
@@ -150,7 +156,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 exponentials = logits.exp_()
                 sums = exponentials.sum(dim=-1)
                 log_normaliser = sums.log() + (maxima if shift is not None else 0)
-                loss_sum += (log_normaliser - wanted_logits).sum()
+                token_losses[start:start + chunk_size] = log_normaliser - wanted_logits
                 if grad_hidden is None and grad_weight is None:
                     continue
                 # d(loss)/d(logits) = softmax − one-hot.
@@ -177,15 +183,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         ctx.mark_non_differentiable(correct)
-        return loss_sum, correct
+        return token_losses, correct
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_correct):
+    def backward(ctx, grad_tokens, _grad_correct):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is not None:
-            grad_hidden = (grad_hidden * grad_loss).to(ctx.hidden_dtype)
+            grad_hidden = (grad_hidden * grad_tokens[:, None]).to(ctx.hidden_dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+            if len(grad_tokens) and not bool((grad_tokens == grad_tokens[0]).all()):
+                raise NotImplementedError("a loss that weighs tokens differently cannot train the LM head here: its "
+                                          "gradient is summed over tokens in the forward (train an adapter instead)")
+            scale = grad_tokens[0] if len(grad_tokens) else 0.0
+            grad_weight = (grad_weight * scale).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None
 
 
@@ -195,6 +205,13 @@ def linear_cross_entropy(hidden, weight, targets, softcap: float | None = None, 
     `compute_dtype`: what the head multiplications run in (default: the weight's own dtype); the loss and
     the gradients are accumulated in fp32 and returned in the inputs' dtypes.
     """
+    token_losses, correct = token_cross_entropy(hidden, weight, targets, softcap, compute_dtype)
+    return token_losses.sum(), correct
+
+
+def token_cross_entropy(hidden, weight, targets, softcap: float | None = None, compute_dtype=None):
+    """(each row's loss, number of correct argmax predictions): as `linear_cross_entropy`, the losses kept apart
+    so that a loss over sequences (sums of these) gets its gradient through them."""
     return _LinearCrossEntropy.apply(hidden, weight, targets, softcap, compute_dtype or weight.dtype)
 
 

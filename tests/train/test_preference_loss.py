@@ -1,0 +1,104 @@
+"""The preference loss on the tests' tiny model with a LoRA adapter: the replies' log-probabilities through the
+fused head equal a plain log-softmax of the model's logits; the DPO loss and its gradients equal the same
+formula computed the plain way; it starts at ln 2 and leaves it at once when the reference is the adapter
+switched off, and stays at ln 2 when the reference is (wrongly) the policy itself."""
+
+import math
+
+import pytest
+import torch
+
+from tunelab.conversation.render import IGNORE_INDEX, render_conversation
+from tunelab.train.local import collate
+from tunelab.train.preference import preference_loss, sequence_log_probs
+
+
+@pytest.fixture()
+def policy(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                                            task_type="CAUSAL_LM"))
+
+
+@pytest.fixture()
+def pairs(tiny_tokenizer, support_conversations):
+    """Four pairs: the support reply preferred, a reply that stops after its greeting not."""
+    chosen, rejected = [], []
+    for conversation in support_conversations[:4]:
+        messages = conversation["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt, reply = messages[:last], messages[last]["content"]
+        chosen.append(render_conversation(tiny_tokenizer, [*prompt, {"role": "assistant", "content": reply}]))
+        rejected.append(render_conversation(tiny_tokenizer, [*prompt, {"role": "assistant", "content": reply[:12]}]))
+    return collate(chosen + rejected, tiny_tokenizer.pad_token_id, "cpu")  # batch: the chosen, then the rejected
+
+
+def plain_log_probs(model, input_ids, attention_mask, labels):
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    trained = targets != IGNORE_INDEX
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return (picked.double() * trained).sum(dim=1), trained.sum(dim=1)
+
+
+def dpo(model, batch, log_probs, beta=0.1, reference_is_policy=False):
+    policy_sums, counts = log_probs(model, *batch)
+    with torch.no_grad():
+        if reference_is_policy:
+            reference_sums, _ = log_probs(model, *batch)
+        else:
+            with model.disable_adapter():
+                reference_sums, _ = log_probs(model, *batch)
+    half = len(policy_sums) // 2
+    return preference_loss(policy_sums[:half], policy_sums[half:], reference_sums[:half], reference_sums[half:], beta,
+                           chosen_tokens=counts[:half], rejected_tokens=counts[half:])
+
+
+def test_log_probs_through_the_fused_head_are_the_plain_ones(policy, pairs):
+    with torch.no_grad():
+        fused, fused_counts = sequence_log_probs(policy, *pairs)
+        plain, plain_counts = plain_log_probs(policy, *pairs)
+    assert torch.equal(fused_counts, plain_counts)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-3)  # sums of some 250 fp32 log-probabilities, ~ -3,000
+
+
+def test_the_dpo_loss_and_its_gradients_are_the_plain_formula_s(policy, pairs):
+    with torch.no_grad():  # an adapter that has moved: B is zero at initialisation, so give it something
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    gradients = {}
+    for how, log_probs in (("fused", sequence_log_probs), ("plain", plain_log_probs)):
+        policy.zero_grad()
+        result = dpo(policy, pairs, log_probs)
+        result.loss.backward()
+        gradients[how] = (result, {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad})
+    (fused, fused_grads), (plain, plain_grads) = gradients["fused"], gradients["plain"]
+    assert abs(float(fused.loss.detach()) - math.log(2)) > 1e-3  # the adapter moved the policy off the reference
+    # Each token's log-probability is an fp32 figure either way (the fused head's sums of exponentials in
+    # another order), the sequences' sums in fp64: the loss to 1e-6, the rewards (β = 0.1) to 1e-5.
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fused.rewards_chosen, plain.rewards_chosen, rtol=0, atol=1e-5)
+    for name in plain_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("reference_is_policy", [False, True], ids=["adapter-off-reference", "policy-as-reference"])
+def test_the_loss_leaves_ln2_only_when_the_reference_is_right(policy, pairs, reference_is_policy):
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        optimizer.zero_grad()
+        result = dpo(policy, pairs, sequence_log_probs, reference_is_policy=reference_is_policy)
+        result.loss.backward()
+        optimizer.step()
+        losses.append(float(result.loss.detach()))
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # a fresh adapter is the reference
+    if reference_is_policy:  # the log-ratios are zero whatever the weights: nothing to learn (TRL #1961)
+        assert all(loss == pytest.approx(math.log(2), abs=1e-6) for loss in losses)
+    else:
+        assert losses[-1] < math.log(2) - 0.01 and result.metrics()["reward_accuracy"] == 1.0

@@ -1,0 +1,76 @@
+"""Preference losses: DPO and IPO over the log-probabilities of a pair's two replies, against a reference.
+
+Each reply is scored as it trains in a supervised run: the prompt and the reply rendered as one
+conversation (so the prompt's tokens are the same in both and only the reply differs), the reply's tokens
+(and its end-of-turn marker) summed through the fused head of `loss.py`, which keeps one loss per token so
+the sequence-level loss gets its exact gradient. With r = log π(reply) − log π_ref(reply):
+
+- `sigmoid` (DPO, Rafailov et al. 2023): −log σ(β · (r_preferred − r_non_preferred));
+- `ipo` (Azar et al. 2023): ((r_preferred / n_preferred − r_non_preferred / n_non_preferred) − 1/(2β))², with
+  the ratios averaged over each reply's tokens as TRL does (the paper's results use this form).
+
+The implicit rewards are β · r, detached; a pair counts towards the reward accuracy when the preferred
+reply's reward is the higher. These are TRL's `DPOTrainer` definitions, so the figures compare one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.conversation.render import IGNORE_INDEX
+from tunelab.train.loss import token_cross_entropy
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def sequence_log_probs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each sequence's summed log-probability of its trained tokens, in fp64; how many there are), through the
+    fused head: only the trained positions' hidden states meet the LM head."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())  # as TrainedTokenLoss
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=None if right_padded else attention_mask,
+                                     use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    trained = targets != IGNORE_INDEX
+    head = causal_lm.get_output_embeddings()
+    device = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    token_losses, _ = token_cross_entropy(hidden[:, :-1][trained], head.weight, targets[trained],
+                                          getattr(causal_lm.config, "final_logit_softcapping", None), compute_dtype)
+    rows = trained.nonzero()[:, 0]
+    # Summed in fp64: a sum of hundreds of log-probabilities in fp32 rounds by more than the differences a
+    # preference loss is made of (policy − reference, preferred − non-preferred).
+    sums = torch.zeros(len(input_ids), dtype=torch.float64, device=hidden.device).index_add(0, rows, -token_losses.double())
+    return sums, trained.sum(dim=1)
+
+
+@dataclass
+class PreferenceLoss:
+    loss: torch.Tensor  # the mean over pairs, to step on
+    rewards_chosen: torch.Tensor  # β · r of each preferred reply (detached)
+    rewards_rejected: torch.Tensor
+
+    def metrics(self) -> dict[str, float]:
+        margins = self.rewards_chosen - self.rewards_rejected
+        return {"loss": float(self.loss.detach()), "rewards_chosen": float(self.rewards_chosen.mean()),
+                "rewards_rejected": float(self.rewards_rejected.mean()), "reward_margin": float(margins.mean()),
+                "reward_accuracy": float((margins > 0).float().mean())}
+
+
+def preference_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float,
+                    loss_type: str = "sigmoid", chosen_tokens=None, rejected_tokens=None) -> PreferenceLoss:
+    """The loss of a batch of pairs from their replies' summed log-probabilities under the policy and the
+    reference (and, for IPO, the replies' token counts)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss type {loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
+    chosen_ratio = policy_chosen - reference_chosen
+    rejected_ratio = policy_rejected - reference_rejected
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    else:
+        delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        losses = (delta - 1 / (2 * beta)) ** 2
+    return PreferenceLoss(losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
