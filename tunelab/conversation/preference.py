@@ -103,10 +103,13 @@ class PreferencePair:
     non_preferred: str
 
     def conversation(self, preferred: bool) -> dict:
-        """The input followed by one of the outputs: rendered with the same template as one conversation, so
-        the prompt's tokens are the same in both and the reply is what differs."""
+        """The input followed by one of the outputs, to render with the chat template as one conversation: the
+        prompt's tokens are then the same in both, and the reply is what differs."""
         reply = self.preferred if preferred else self.non_preferred
-        conversation = {"messages": [*self.messages, {"role": "assistant", "content": reply}]}
+        # Only the output is scored: earlier assistant turns of the input are context (weight 0), as in TRL,
+        # where the whole input is the prompt.
+        context = [dict(m, weight=0) if m.get("role") == "assistant" else m for m in self.messages]
+        conversation = {"messages": [*context, {"role": "assistant", "content": reply}]}
         if self.tools:
             conversation["tools"] = self.tools
         return conversation
