@@ -50,7 +50,9 @@ CASES = {
 def test_each_preference_format_becomes_openai_s_preference_line(tmp_path, fmt):
     record, wanted = CASES[fmt]
     report, written = convert(tmp_path, [record] * 12)
-    assert report.format == fmt.split(",")[0] and report.dropped == [] and report.not_carried == []
+    family = {"trl-preference": "trl", "sharegpt-ranking": "sharegpt", "alpaca-ranking": "alpaca",
+              "openai-preference": "openai"}[fmt.split(",")[0]]
+    assert report.format == family and report.pairs == 12 and report.dropped == [] and report.not_carried == []
     assert written == [wanted] * 12
     checked = validate_file(tmp_path / "out.jsonl")
     assert checked.errors == [] and checked.stats["kind"] == "preference"
@@ -65,7 +67,7 @@ def test_what_cannot_be_a_one_turn_pair_is_dropped_with_its_line(tmp_path):
                {"chosen": YES, "rejected": NO},  # plain text without a prompt
                dict(good, rejected=NO),  # a list and a string
                dict(good, extra="kept?")]
-    report, written = convert(tmp_path, records, "trl-preference", system="Be kind.")
+    report, written = convert(tmp_path, records, "trl", system="Be kind.")
     reasons = dict(report.dropped)
     assert sorted(reasons) == [2, 3, 4, 5]
     assert "one assistant message each" in reasons[2] and "give it as `prompt`" in reasons[3]

@@ -190,13 +190,13 @@ def data_stats(
     "tunelab data convert pairs.csv --out all.jsonl --input-column question \\",
     "  --output-column answer --metadata-column tags=category --encoding latin-1",
     "tunelab data convert alpaca.json --out all.jsonl --format alpaca",
-    "tunelab data convert trl_pairs.jsonl --out pairs.jsonl   # prompt/chosen/rejected → preference lines"))
+    "tunelab data convert trl_pairs.jsonl --out pairs.jsonl --format trl"))
 def data_convert(
     source: Path = typer.Argument(..., metavar="SOURCE", help="CSV, JSONL or JSON list to convert."),
     out_file: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Chat JSONL to write."),
-    fmt: Literal["auto", "openai", "input-output", "alpaca", "sharegpt", "openai-preference", "trl-preference",
-                 "sharegpt-ranking", "alpaca-ranking"] = typer.Option(
-        "auto", "--format", help="The source's shape; auto looks at the first record."),
+    fmt: Literal["auto", "openai", "input-output", "alpaca", "sharegpt", "trl"] = typer.Option(
+        "auto", "--format", help="The source's shape; auto looks at the first record. Preference pairs: trl "
+        "(prompt/chosen/rejected), alpaca or sharegpt with chosen/rejected, openai with input and outputs."),
     system: Optional[str] = typer.Option(None, "--system", metavar="TEXT", help="System prompt for every conversation that has none."),
     input_column: str = typer.Option("input", "--input-column", metavar="NAME", help="input-output: the prompt's column or key."),
     output_column: str = typer.Option("ideal_output", "--output-column", metavar="NAME", help="input-output: the reply's column or key."),
@@ -218,7 +218,7 @@ def data_convert(
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        noun = "preference pairs" if report.format.endswith(("-preference", "-ranking")) else "conversations"
+        noun = "preference pairs" if report.pairs else "conversations"
         written = f"→ {out_file}: {report.written} {noun} written" if report.written else "→ nothing written"
         say(f"{source} ({report.format}) {written}, {len(report.dropped)} dropped")
         _print_counted("dropped", report.dropped_by_reason(), report.dropped)

@@ -13,13 +13,13 @@ Formats (`--format auto` looks at the first record):
   `--system` adds a system message where there is none.
 Preference pairs (for `--method dpo`) become OpenAI's preference lines, `{"input": {"messages": [...]},
 "preferred_output": [assistant], "non_preferred_output": [assistant]}`:
-- `trl-preference`: TRL's `prompt`/`chosen`/`rejected`, as text (the prompt becomes a user message) or as
+- `trl`: TRL's `prompt`/`chosen`/`rejected`, as text (the prompt becomes a user message) or as
   conversations (lists of messages); without `prompt`, the conversations' shared messages before their
   last one are the prompt (TRL's implicit prompt);
-- `sharegpt-ranking`: LLaMA-Factory's ranking data in ShareGPT form — `conversations` as the prompt,
+- `sharegpt` with `chosen`/`rejected`: LLaMA-Factory's ranking data in ShareGPT form — `conversations` as the prompt,
   `chosen` and `rejected` each one `{"from": "gpt", "value": …}` turn;
-- `alpaca-ranking`: LLaMA-Factory's ranking data in Alpaca form — `instruction`, `input`, `chosen`, `rejected`;
-- `openai-preference`: OpenAI's preference lines already (either spelling of the outputs), validated.
+- `alpaca` with `chosen`/`rejected`: LLaMA-Factory's ranking data in Alpaca form — `instruction`, `input`, `chosen`, `rejected`;
+- `openai` with `input` and the outputs: OpenAI's preference lines already (either spelling), validated.
 A pair whose outputs are not one assistant message each is dropped with its line: OpenAI's DPO is a
 one-turn preference.
 A file is JSONL, CSV, a JSON list of records, or one JSON record, in UTF-8 unless `--encoding` says otherwise
@@ -50,8 +50,8 @@ from tunelab.conversation.preference import OLDER_SPELLING, OUTPUTS, preference_
 from tunelab.conversation.schema import content_text, describe, example_problems, reject_constant
 from tunelab.core.files import OutputError, atomic_path, check_output_path
 
+FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt", "trl")
 PREFERENCE_FORMATS = ("openai-preference", "trl-preference", "sharegpt-ranking", "alpaca-ranking")
-FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt", *PREFERENCE_FORMATS)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
@@ -74,6 +74,7 @@ class ConversionReport:
     written: int = 0
     dropped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason): records not converted
     not_carried: list[tuple[int, str]] = field(default_factory=list)  # (line, what): parts of kept records
+    pairs: int = 0  # of the written lines, preference pairs
 
     def dropped_by_reason(self) -> Counter:
         return Counter(reason for _, reason in self.dropped)
@@ -83,6 +84,7 @@ class ConversionReport:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "out": self.out, "format": self.format, "written": self.written,
+                "preference_pairs": self.pairs,
                 "dropped": [{"line": line, "reason": reason} for line, reason in self.dropped],
                 "not_carried": [{"line": line, "what": what} for line, what in self.not_carried]}
 
@@ -206,11 +208,11 @@ def detect_format(record, input_column: str, output_column: str) -> str | None:
     if not isinstance(record, dict):
         return None
     if "input" in record and any(key in record for key in (*OUTPUTS, *OLDER_SPELLING)):
-        return "openai-preference"
+        return "openai"
     if "chosen" in record and "rejected" in record:
         if isinstance(record.get("conversations"), list):
-            return "sharegpt-ranking"
-        return "alpaca-ranking" if "instruction" in record else "trl-preference"
+            return "sharegpt"
+        return "alpaca" if "instruction" in record else "trl"
     if isinstance(record.get("messages"), list):
         return "openai"
     if isinstance(record.get("conversations"), list):
@@ -239,6 +241,7 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
     metadata keys to the record's columns carried into the conversation's `metadata`."""
     if not isinstance(record, dict):
         return Converted(reason="not a JSON object (or not valid JSON)")
+    fmt = _shape(fmt, record)
     images = [name for name in IMAGE_FIELDS if record.get(name)]
     if images:
         return Converted(reason=f"has {images[0]}: this model reads text only")
@@ -285,6 +288,18 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
     if system and not any(m.get("role") in ("system", "developer") for m in messages):
         converted.conversation["messages"] = [{"role": "system", "content": system}, *messages]
     return converted
+
+
+def _shape(fmt: str, record: dict) -> str:
+    """The reader for a record of a format family: a preference record of OpenAI's, Alpaca's or ShareGPT's
+    family is read as pairs (`trl` is pairs only)."""
+    if fmt == "trl":
+        return "trl-preference"
+    if fmt in ("alpaca", "sharegpt") and "chosen" in record and "rejected" in record:
+        return f"{fmt}-ranking"
+    if fmt == "openai" and "messages" not in record and "input" in record:
+        return "openai-preference"
+    return fmt
 
 
 def _input_output(record: dict, input_column: str, output_column: str) -> Converted:
@@ -554,6 +569,7 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
                 report.not_carried += [(line, what) for what in converted.not_carried]
                 handle.write(json.dumps(converted.conversation, ensure_ascii=False) + "\n")
                 report.written += 1
+                report.pairs += "input" in converted.conversation
             if not report.written:
                 raise _NothingConverted  # leaves `out` as it was
     except _NothingConverted:
