@@ -62,7 +62,7 @@ def final_training_loss(model, tokenizer, conversations, device: str) -> float:
     import torch
 
     from tunelab.conversation.render import render_conversation
-    from tunelab.train.local import collate
+    from tunelab.train.batches import collate
     from tunelab.train.loss import TrainedTokenLoss
 
     examples = [render_conversation(tokenizer, c["messages"], max_length=1024) for c in conversations]

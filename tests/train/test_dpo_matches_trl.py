@@ -13,7 +13,7 @@ import torch
 
 from tunelab.conversation.preference import read_pair
 from tunelab.conversation.render import render_conversation
-from tunelab.train.local import collate
+from tunelab.train.batches import collate
 from tunelab.train.preference import preference_loss, sequence_log_probs
 
 pytestmark = pytest.mark.slow  # TRL and datasets take seconds to import

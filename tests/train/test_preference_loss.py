@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunelab.conversation.render import IGNORE_INDEX, render_conversation
-from tunelab.train.local import collate
+from tunelab.train.batches import collate
 from tunelab.train.preference import preference_loss, sequence_log_probs
 
 
@@ -102,3 +102,44 @@ def test_the_loss_leaves_ln2_only_when_the_reference_is_right(policy, pairs, ref
         assert all(loss == pytest.approx(math.log(2), abs=1e-6) for loss in losses)
     else:
         assert losses[-1] < math.log(2) - 0.01 and result.metrics()["reward_accuracy"] == 1.0
+
+
+def test_the_reference_is_computed_once_from_the_model_as_it_starts(policy, tiny_tokenizer, support_conversations,
+                                                                     tmp_path):
+    """Read from a preference file, rendered, and scored once before training: for a fresh adapter that is
+    the base model (the adapter switched off), whatever the batch size; for an adapter a run continues from
+    (B moved), the policy as it starts — so the first step's loss is ln 2 either way."""
+    import json
+
+    from tunelab.conversation.reader import read_numbered_pairs
+    from tunelab.train.preference import reference_log_probs, render_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    lines = []
+    for conversation in support_conversations[:6]:
+        messages = conversation["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        lines.append({"input": {"messages": messages[:last]}, "preferred_output": [messages[last]],
+                      "non_preferred_output": [{"role": "assistant", "content": messages[last]["content"][:20]}]})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    pairs = render_pairs(tiny_tokenizer, read_numbered_pairs(path), path)
+    assert len(pairs) == 6 and all(p.preferred.input_ids[:10] == p.non_preferred.input_ids[:10] for p in pairs)
+    pad = tiny_tokenizer.pad_token_id
+
+    fresh = reference_log_probs(policy, pairs, pad, "cpu", batch_size=4)
+    with torch.no_grad(), policy.disable_adapter():
+        base = torch.stack([sequence_log_probs(policy, *collate([p.preferred, p.non_preferred], pad, "cpu"))[0]
+                            for p in pairs])
+    # Batched otherwise, fp32 matrix products round otherwise: sums of ~2,000 nats agree to 1e-3.
+    torch.testing.assert_close(fresh, base, rtol=0, atol=1e-3)
+    torch.testing.assert_close(reference_log_probs(policy, pairs, pad, "cpu", batch_size=1), fresh, rtol=0, atol=1e-3)
+
+    with torch.no_grad():  # a run that continues from a trained adapter
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    continued = reference_log_probs(policy, pairs, pad, "cpu")
+    assert float((continued - fresh).abs().max()) > 1e-2  # not the base
+    policy_now, _ = sequence_log_probs(policy, *collate([e for p in pairs for e in (p.preferred, p.non_preferred)], pad, "cpu"))
+    first = preference_loss(policy_now[0::2], policy_now[1::2], continued[:, 0], continued[:, 1], beta=0.1)
+    assert float(first.loss.detach()) == pytest.approx(math.log(2), abs=1e-6)

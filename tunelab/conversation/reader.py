@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunelab.conversation.preference import PreferencePair, preference_problems, read_pair
 from tunelab.conversation.problems import ERROR, DataError, Problem
 from tunelab.conversation.schema import content_text, example_problems, last_assistant_index, reject_constant
 from tunelab.core.files import input_file_problem
@@ -24,25 +25,36 @@ def read_conversations(path: str | Path) -> list[dict]:
 
 def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, conversation) for every conversation in a chat JSONL file, or raise DataError."""
+    return _read_numbered(path, example_problems, "conversations")
+
+
+def read_numbered_pairs(path: str | Path) -> list[tuple[int, PreferencePair]]:
+    """(line number, pair) for every preference pair of a file in OpenAI's preference format, or raise
+    DataError listing every problem (a chat line among them included)."""
+    return [(line, read_pair(record)) for line, record in _read_numbered(path, preference_problems, "preference pairs")]
+
+
+def _read_numbered(path: str | Path, problems_of, what: str) -> list[tuple[int, dict]]:
+    """(line number, record) for every valid record of a JSONL file, or raise DataError with every problem."""
     path = Path(path)
     problem = input_file_problem(path)
     if problem:
         raise DataError([Problem(ERROR, "unreadable_file", 0, "", problem, str(path))])
-    conversations: list[tuple[int, dict]] = []
+    records: list[tuple[int, dict]] = []
     problems: list[Problem] = []
     for line_number, record, unreadable in read_jsonl_lines(path):
         if unreadable:
             problems.append(unreadable)
             continue
-        found = example_problems(record, line_number, str(path))
+        found = problems_of(record, line_number, str(path))
         problems += found
         if not found:
-            conversations.append((line_number, record))
-    if not conversations and not problems:
-        problems.append(Problem(ERROR, "empty_file", 0, "", "the file holds no conversations", str(path)))
+            records.append((line_number, record))
+    if not records and not problems:
+        problems.append(Problem(ERROR, "empty_file", 0, "", f"the file holds no {what}", str(path)))
     if problems:
         raise DataError(problems)
-    return conversations
+    return records
 
 
 def read_jsonl_lines(path: Path):

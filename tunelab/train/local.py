@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from tunelab.conversation.reader import read_numbered_conversations
-from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, check_template_agreement, render_numbered
+from tunelab.conversation.render import RenderedExample, check_template_agreement, render_numbered
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import atomic_path, check_output_directory, remove_stale_temporaries, write_text_atomically
 from tunelab.core.settings import AUTO, TrainConfig, resolve_hyperparameters
@@ -45,6 +45,7 @@ from tunelab.runs import lifecycle
 from tunelab.runs.tracking import requested_trackers
 from tunelab.runs.record import RunRecorder, fine_tuned_model_name, fine_tuning_job, metrics_row, new_job_id
 from tunelab.runs.rundir import RunDir
+from tunelab.train.batches import collate, epoch_batches
 from tunelab.train.checkpoints import (latest_checkpoint, random_states, restore_random_states,
                                        restore_training_state, save_checkpoint)
 from tunelab.train.loss import TrainedTokenLoss
@@ -359,32 +360,6 @@ def _truncated(examples: list[RenderedExample], max_length, path, events: Events
         raise NothingToTrain(f"{path}: no example has a trained token: every assistant turn has weight 0 or lies "
                              f"past --max-length {max_length}; raise --max-length or give some turns weight 1")
     return examples
-
-
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Example indices grouped into batches of similar length, batches in a shuffled order.
-
-    The order depends only on (seed, epoch), so a resumed run can recreate any epoch's batches.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(examples: list[RenderedExample], pad_id: int, device: str):
-    """Right-padded input ids, attention mask and labels for a list of examples."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention[row, :n] = 1
-    return input_ids.to(device), attention.to(device), labels.to(device)
 
 
 class Fit:

@@ -15,12 +15,15 @@ reply's reward is the higher. These are TRL's `DPOTrainer` definitions, so the f
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from tunelab.conversation.render import IGNORE_INDEX
+from tunelab.conversation.preference import PreferencePair
+from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, render_numbered
+from tunelab.train.batches import collate
 from tunelab.train.loss import token_cross_entropy
 
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -45,6 +48,42 @@ def sequence_log_probs(model, input_ids, attention_mask, labels) -> tuple[torch.
     # preference loss is made of (policy − reference, preferred − non-preferred).
     sums = torch.zeros(len(input_ids), dtype=torch.float64, device=hidden.device).index_add(0, rows, -token_losses.double())
     return sums, trained.sum(dim=1)
+
+
+@dataclass
+class RenderedPair:
+    """A pair as it trains: its prompt with each output, rendered as conversations."""
+
+    preferred: RenderedExample
+    non_preferred: RenderedExample
+
+
+def render_pairs(tokenizer, numbered_pairs: list[tuple[int, PreferencePair]], path) -> list[RenderedPair]:
+    """Each pair's two conversations rendered whole (a template that cannot place the mask names file:line)."""
+    rendered = {preferred: render_numbered(tokenizer, [(line, pair.conversation(preferred)) for line, pair in numbered_pairs],
+                                           path) for preferred in (True, False)}
+    return [RenderedPair(*examples) for examples in zip(rendered[True], rendered[False])]
+
+
+@torch.no_grad()
+def reference_log_probs(model, pairs: list[RenderedPair], pad_id: int, device: str, batch_size: int = 8,
+                        autocast=None) -> torch.Tensor:
+    """[pairs, 2] fp64: each pair's outputs' summed log-probabilities under the model as it is now — before
+    the first step, the reference: the base for a fresh adapter (whose update is zero), or the adapter a run
+    continues from. Computed once, so the reference needs neither a second model nor the adapter switched
+    off at every step. `autocast`: the training's, so that the first step's policy equals its reference."""
+    was_training = model.training
+    model.eval()
+    examples = [example for pair in pairs for example in (pair.preferred, pair.non_preferred)]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
+    sums = torch.zeros(len(examples), dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        with autocast or contextlib.nullcontext():
+            batch_sums, _ = sequence_log_probs(model, *collate([examples[i] for i in indices], pad_id, device))
+        sums[indices] = batch_sums.cpu()
+    model.train(was_training)
+    return sums.view(len(pairs), 2)
 
 
 @dataclass
