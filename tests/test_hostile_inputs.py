@@ -37,6 +37,26 @@ def with_deep_line(directory: Path) -> None:
     (directory / "data.jsonl").write_bytes(good_lines(3) + DEEP + b"\n" + good_lines(9))
 
 
+def pair_lines(count: int = 12) -> bytes:
+    """Distinct preference pairs."""
+    return b"".join(json.dumps({"input": {"messages": [{"role": "user", "content": f"Where is my {item}?"}]},
+                                "preferred_output": [GOOD["messages"][1]],
+                                "non_preferred_output": [{"role": "assistant", "content": "No idea."}]}).encode() + b"\n"
+                    for item in ITEMS[:count])
+
+
+def pairs_with_deep_line(directory: Path) -> None:
+    (directory / "pairs.jsonl").write_bytes(pair_lines(3) + DEEP.replace(b'"messages"', b'"input"') + b"\n" + pair_lines(9))
+
+
+def pairs_with_hostile_shapes(directory: Path) -> None:
+    """Pairs whose parts are the wrong kinds of JSON: a string input, outputs as objects, a chat line."""
+    hostile = [{"input": "Where is my lamp?", "preferred_output": "Here.", "non_preferred_output": None},
+               {"input": {"messages": {"role": "user"}}, "preferred_output": [[]], "non_preferred_output": [{}]},
+               GOOD]
+    (directory / "pairs.jsonl").write_bytes(pair_lines(10) + b"".join(json.dumps(h).encode() + b"\n" for h in hostile))
+
+
 def make_fifo(directory: Path) -> None:
     os.mkfifo(directory / "pipe.jsonl")
 
@@ -120,6 +140,14 @@ HOSTILE_CASES = [
          "data.jsonl:4: line: nested too deeply"),
     Case("deep-json-train", with_deep_line, ["train", "--data", "data.jsonl", "--model", "{model}", "--out", "run"],
          "data.jsonl:4: line: nested too deeply", ["model"]),
+    Case("validate-pair-deep-json", pairs_with_deep_line, ["data", "validate", "pairs.jsonl", "--model", "none"],
+         "pairs.jsonl:4: nested too deeply"),
+    Case("validate-pair-hostile-shapes", pairs_with_hostile_shapes, ["data", "validate", "pairs.jsonl", "--model", "none"],
+         "pairs.jsonl:11: input: must be {\"messages\": [...]}"),
+    Case("convert-trl-nothing-converts", lambda d: (d / "trl.jsonl").write_text(
+        json.dumps({"chosen": {"a": 1}, "rejected": [1, 2]}) + "\n" + json.dumps({"chosen": "x", "rejected": "y"}) + "\n"),
+         ["data", "convert", "trl.jsonl", "--out", "pairs.jsonl", "--format", "trl"],
+         "trl.jsonl: no record could be converted"),
     Case("validate-part-type-object", part_type_is_an_object, ["data", "validate", "data.jsonl", "--model", "none"],
          "data.jsonl:12: messages[0].content[0]: each part must be"),
     # Paths that are not data files.

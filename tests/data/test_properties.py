@@ -114,3 +114,57 @@ def test_what_the_converter_writes_the_validator_accepts(record, system):
         return
     assert example_problems(converted.conversation) == [], (raw, converted.conversation)
     json.dumps(converted.conversation)  # and it can be written
+
+
+# Preference pairs: any shape of input and outputs, through the pair checker, the renderer and the converters.
+outputs = st.one_of(st.lists(st.one_of(st.fixed_dictionaries(
+    {"role": st.one_of(st.sampled_from(["assistant", "user"]), json_values)},
+    optional={"content": contents, "tool_calls": tool_calls}), json_values), max_size=2), json_values)
+pairs = st.one_of(
+    st.fixed_dictionaries({}, optional={
+        "input": st.one_of(st.fixed_dictionaries({}, optional={"messages": messages, "tools": tools}), json_values),
+        "preferred_output": outputs, "non_preferred_output": outputs, "preferred_completion": outputs}),
+    json_values)
+PAIR_CODES = CODES | {"missing_input", "input_ends_with_assistant", "missing_output", "invalid_output", "output_not_text"}
+
+
+@FAST
+@given(record=pairs)
+def test_the_pair_checker_never_raises_and_what_it_accepts_renders(record, tiny_tokenizer):
+    from tunelab.conversation.preference import preference_problems, read_pair
+
+    problems = preference_problems(record)
+    assert all(p.code in PAIR_CODES and isinstance(p.path, str) and p.message for p in problems)
+    if problems:
+        return
+    pair = read_pair(record)
+    for preferred in (True, False):
+        conversation = pair.conversation(preferred)
+        example = render_conversation(tiny_tokenizer, conversation["messages"], tools=conversation.get("tools"))
+        assert example.trained_tokens > 0  # the output is scored
+
+
+trl_records = st.fixed_dictionaries({"chosen": st.one_of(contents, messages), "rejected": st.one_of(contents, messages)},
+                                    optional={"prompt": st.one_of(contents, messages)})
+ranking_records = st.one_of(
+    sharegpt_records.flatmap(lambda r: st.fixed_dictionaries({"chosen": json_values, "rejected": json_values}).map(
+        lambda extra: ("sharegpt", {**r, **extra}))),
+    alpaca_records.flatmap(lambda r: st.fixed_dictionaries({"chosen": contents, "rejected": contents}).map(
+        lambda extra: ("alpaca", {**r, **extra}))))
+
+
+@FAST
+@given(record=st.one_of(trl_records.map(lambda r: ("trl", r)), ranking_records, pairs.map(lambda r: ("openai", r))),
+       system=st.one_of(st.none(), st.just("Be brief.")))
+def test_what_the_pair_converters_write_the_pair_checker_accepts(record, system):
+    from tunelab.conversation.preference import is_preference, preference_problems
+
+    fmt, raw = record
+    converted = convert_record(raw, fmt, system)
+    if converted.conversation is None:
+        assert converted.reason
+        return
+    written = converted.conversation
+    problems = preference_problems(written) if is_preference(written) else example_problems(written)
+    assert problems == [], (raw, written)
+    json.dumps(written)
