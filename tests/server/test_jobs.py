@@ -92,6 +92,21 @@ def test_bad_jobs_are_refused_or_fail_as_openai_says(tiny_client, recorder, tmp_
                                        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
     with pytest.raises(openai.BadRequestError, match="not a fine-tune file"):
         client.fine_tuning.jobs.create(training_file="file-doesnotexist", model="gpt-4o-mini-2024-07-18")
+
+    # Preference pairs upload as OpenAI takes them (a malformed pair is a 400 naming its line), and a supervised
+    # job on them fails saying what the file holds.
+    pairs = [{"input": {"messages": c["messages"][:-1]}, "preferred_output": c["messages"][-1:],
+              "non_preferred_output": [{"role": "assistant", "content": "No idea."}]} for c in support_conversations[:12]]
+    bad = [*pairs[:4], dict(pairs[4], non_preferred_output="No idea."), *pairs[5:]]
+    with pytest.raises(openai.BadRequestError) as caught:
+        upload(client, tmp_path, bad, "bad-pairs.jsonl")
+    assert "bad-pairs.jsonl, line 5: non_preferred_output: must be a list of exactly one assistant message" in \
+        caught.value.body["message"]
+    preference = upload(client, tmp_path, pairs, "pairs.jsonl")
+    refused = wait_until_finished(client, client.fine_tuning.jobs.create(training_file=preference.id,
+                                                                         model="gpt-4o-mini-2024-07-18").id)
+    assert (refused.status, refused.error.code, refused.error.param) == ("failed", "invalid_training_file", "training_file")
+    assert "holds preference pairs" in refused.error.message
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-nothere")
     recorder.check_all()
