@@ -144,6 +144,11 @@ HOSTILE_CASES = [
          "pairs.jsonl:4: nested too deeply"),
     Case("validate-pair-hostile-shapes", pairs_with_hostile_shapes, ["data", "validate", "pairs.jsonl", "--model", "none"],
          "pairs.jsonl:11: input: must be {\"messages\": [...]}"),
+    Case("train-on-preference-pairs", lambda d: (d / "pairs.jsonl").write_bytes(pair_lines()),
+         ["train", "--data", "pairs.jsonl", "--model", "{model}", "--out", "run"],
+         "pairs.jsonl: holds preference pairs", ["model"]),
+    Case("split-preference-pairs", lambda d: (d / "pairs.jsonl").write_bytes(pair_lines()),
+         ["data", "split", "pairs.jsonl", "--out", "split"], "pairs.jsonl: holds preference pairs"),
     Case("convert-trl-nothing-converts", lambda d: (d / "trl.jsonl").write_text(
         json.dumps({"chosen": {"a": 1}, "rejected": [1, 2]}) + "\n" + json.dumps({"chosen": "x", "rejected": "y"}) + "\n"),
          ["data", "convert", "trl.jsonl", "--out", "pairs.jsonl", "--format", "trl"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunelab.conversation.preference import PreferencePair, preference_problems, read_pair
+from tunelab.conversation.preference import PreferencePair, is_preference, preference_problems, read_pair
 from tunelab.conversation.problems import ERROR, DataError, Problem
 from tunelab.conversation.schema import content_text, example_problems, last_assistant_index, reject_constant
 from tunelab.core.files import input_file_problem
@@ -24,8 +24,17 @@ def read_conversations(path: str | Path) -> list[dict]:
 
 
 def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, conversation) for every conversation in a chat JSONL file, or raise DataError."""
-    return _read_numbered(path, example_problems, "conversations")
+    """(line number, conversation) for every conversation in a chat JSONL file, or raise DataError. A file
+    of preference pairs is said to be one, once, rather than each of its lines found to lack `messages`."""
+    try:
+        return _read_numbered(path, example_problems, "conversations")
+    except DataError as error:
+        first = next((record for _, record, unreadable in read_jsonl_lines(Path(path)) if not unreadable), None)
+        if is_preference(first):
+            raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs (OpenAI's format for "
+                                     "DPO: input, preferred_output, non_preferred_output), not chat examples; this "
+                                     "command reads chat examples", str(path))]) from None
+        raise error
 
 
 def read_numbered_pairs(path: str | Path) -> list[tuple[int, PreferencePair]]:
