@@ -143,3 +143,24 @@ def test_the_reference_is_computed_once_from_the_model_as_it_starts(policy, tiny
     policy_now, _ = sequence_log_probs(policy, *collate([e for p in pairs for e in (p.preferred, p.non_preferred)], pad, "cpu"))
     first = preference_loss(policy_now[0::2], policy_now[1::2], continued[:, 0], continued[:, 1], beta=0.1)
     assert float(first.loss.detach()) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_the_merged_lora_forward_scores_replies_as_peft_s_own(policy, pairs):
+    """Training goes through merged LoRA weights (train/merged_lora.py) while the reference is computed without
+    gradients, through PEFT's own forward: both must score the same replies alike, or the first step's loss
+    would not be ln 2."""
+    from tunelab.train.merged_lora import train_through_merged_weights
+
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    assert train_through_merged_weights(policy) > 0
+    policy.train()
+    merged, _ = sequence_log_probs(policy, *pairs)  # gradients on: the merged path
+    with torch.no_grad():
+        peft, _ = sequence_log_probs(policy, *pairs)
+    torch.testing.assert_close(merged.detach(), peft, rtol=0, atol=1e-3)  # sums of ~2,000 nats in fp32 products
+    half = len(peft) // 2
+    first = preference_loss(merged[:half], merged[half:], peft[:half], peft[half:], beta=0.1)
+    assert float(first.loss.detach()) == pytest.approx(math.log(2), abs=1e-5)
