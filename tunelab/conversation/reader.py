@@ -29,6 +29,8 @@ def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
     try:
         return _read_numbered(path, example_problems, "conversations")
     except DataError as error:
+        if input_file_problem(Path(path)):  # not a regular file (a FIFO would block a second read): as it is
+            raise
         first = next((record for _, record, unreadable in read_jsonl_lines(Path(path)) if not unreadable), None)
         if is_preference(first):
             raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs (OpenAI's format for "
