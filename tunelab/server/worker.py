@@ -40,7 +40,6 @@ from tunelab.conversation.reader import read_conversations
 from tunelab.core.files import StorageError, atomic_path
 from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.core.settings import TrainConfig
-from tunelab.data.validate import file_kind
 from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
 from tunelab.runs.tracking import requested_trackers
@@ -69,11 +68,6 @@ def validate_files(store: Store, job) -> bool:
         file_id = job[name]
         if file_id is None:
             continue
-        if store.file_path(file_id).is_file() and file_kind(store.file_path(file_id)) == "preference":
-            fail(store, job["id"], f"invalid_{name}", f"{name.replace('_', ' ').capitalize()} {file_id} holds "
-                 "preference pairs (OpenAI's format for method dpo), not chat examples: a supervised job trains "
-                 "on chat examples, and tunelab serve does not train dpo yet", param=name)
-            return False
         try:
             examples = len(read_conversations(store.file_path(file_id)))
         except (DataError, FileNotFoundError) as error:
