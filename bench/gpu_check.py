@@ -27,7 +27,7 @@ Stages:
 - `serve`: `tunelab serve` on the device with that model: two jobs through the official SDK to `succeeded`,
   then a plain, a streamed and 8 concurrent chat completions to both `ft:` models at once, and what the
   server holds (one copy of the base).
-- `qlora-8b`: `tunelab train --method qlora` on a Llama-3-8B-shaped model with random weights (built on the
+- `qlora-8b`: `tunelab train --adapter qlora` on a Llama-3-8B-shaped model with random weights (built on the
   GPU): speed, loss and the plan's peak against the measured one.
 
 `--tiny` runs every stage on the CPU with a 2-layer model (the suite runs it: tests/test_gpu_check.py);
@@ -190,10 +190,10 @@ def stage_plan_8b(work: Path, tiny: bool) -> dict:
     shape = model_shape(folder, "llama-3-8b")
     where = device()
     budget = device_budget(where, "80GB" if where == "cpu" else None)
-    plans = {method: plan_for(TrainConfig(data="x", model=str(folder), method=method), shape, "cuda", budget)
-             for method in ("lora", "qlora")}
-    return {method: {"fits": made.fits, "peak_gib": round(made.peak / 2**30, 2), "micro_batch": made.micro_batch_size,
-                     "checkpointing": made.gradient_checkpointing} for method, made in plans.items()}
+    plans = {adapter: plan_for(TrainConfig(data="x", model=str(folder), adapter=adapter), shape, "cuda", budget)
+             for adapter in ("lora", "qlora")}
+    return {adapter: {"fits": made.fits, "peak_gib": round(made.peak / 2**30, 2), "micro_batch": made.micro_batch_size,
+                     "checkpointing": made.gradient_checkpointing} for adapter, made in plans.items()}
 
 
 def _tunelab_run(work: Path, tiny: bool, name: str, model: Path | None = None, examples: int = 64, **settings) -> dict:
@@ -216,7 +216,7 @@ def _tunelab_run(work: Path, tiny: bool, name: str, model: Path | None = None, e
     planned = next(e["data"]["memory_plan"] for e in events if "memory_plan" in (e.get("data") or {}))
     losses = [float(row["train_loss"]) for row in csv.DictReader((run / "metrics.csv").open())]
     settings_used = RunDir(run).settings()
-    figures = {"shape": "tiny" if tiny else "llama-3.2-1b", "method": settings_used["method"],
+    figures = {"shape": "tiny" if tiny else "llama-3.2-1b", "adapter": settings_used["adapter"],
                "kernels": settings_used["kernels"], "checkpointing": settings_used["gradient_checkpointing"],
                "tokens": timing["tokens"], "tokens_per_s": round(timing["tokens"] / timing["train_seconds"], 1),
                "step_s": round(timing["train_seconds"] / len(losses), 3), "loss_first": losses[0],
@@ -293,7 +293,7 @@ def stage_hf_trainer(work: Path, tiny: bool) -> dict:
 
 def stage_qlora_8b(work: Path, tiny: bool) -> dict:
     """QLoRA on a Llama-3-8B-shaped model with random weights: built on the GPU (no 16 GB of random numbers
-    drawn on the CPU), saved, then trained by `tunelab train --method qlora` as a user's 8B would be. Where
+    drawn on the CPU), saved, then trained by `tunelab train --adapter qlora` as a user's 8B would be. Where
     QLoRA cannot run (no CUDA or no bitsandbytes: `--tiny`), the same path with LoRA on the tiny model."""
     import importlib.util
 
@@ -301,7 +301,7 @@ def stage_qlora_8b(work: Path, tiny: bool) -> dict:
 
     qlora = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
     if not qlora:
-        return _tunelab_run(work, tiny, "qlora-8b", method="lora") | {"note": "LoRA on the tiny model: no CUDA with bitsandbytes"}
+        return _tunelab_run(work, tiny, "qlora-8b", adapter="lora") | {"note": "LoRA on the tiny model: no CUDA with bitsandbytes"}
     from transformers import AutoConfig, LlamaForCausalLM
 
     folder = build_model(work / "llama-3-8b", "llama-3-8b", weights=False)
@@ -318,7 +318,7 @@ def stage_qlora_8b(work: Path, tiny: bool) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return {"build_s": round(built, 1)} | _tunelab_run(work, tiny, "qlora-8b-run", model=folder, examples=32,
-                                                        method="qlora", max_length=512)
+                                                        adapter="qlora", max_length=512)
 
 
 def stage_serve(work: Path, tiny: bool) -> dict:

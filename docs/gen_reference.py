@@ -68,10 +68,10 @@ def presets_page() -> str:
     parts = ["# Presets\n\n",
              "Bundled starting points (`tunelab presets list`, `tunelab train --preset NAME`, "
              "`tunelab presets copy NAME FILE` to edit one); this page is generated from them.\n\n",
-             "| preset | model | method | size | licence | for |\n|---|---|---|---|---|---|\n"]
+             "| preset | model | adapter | size | licence | for |\n|---|---|---|---|---|---|\n"]
     for preset in list_presets():
         settings = preset.settings
-        parts.append(f"| `{preset.name}` | `{settings.get('model', '')}` | {settings.get('method', 'lora')} | "
+        parts.append(f"| `{preset.name}` | `{settings.get('model', '')}` | {settings.get('adapter', 'lora')} | "
                      f"{preset.parameters_billion:g}B | {preset.licence} | {preset.description} |\n")
     return "".join(parts)
 

@@ -63,7 +63,9 @@ def test_migration_suggests_the_largest_permissive_preset_that_fits_the_device()
 
 @pytest.mark.parametrize("text, message", [
     ("lora_r: sixteen\n", "lora_r: must be a whole number ≥ 1 (got 'sixteen')"),
-    ("method: qdora\n", "method: must be one of lora, dora, qlora, full"),
+    ("adapter: qdora\n", "adapter: must be one of lora, dora, qlora, full"),
+    ("method: reinforce\n", "method: must be one of supervised, dpo"),
+    ("beta: 3\n", "beta: must be a number above 0, at most 2, or 'auto'"),
     ("batch_size: 0\n", "batch_size: must be a whole number ≥ 1 or 'auto'"),
     ("validation_split: 1.5\n", "validation_split: must be a fraction"),
     ("- data\n", "expected a mapping of settings"),
@@ -79,7 +81,21 @@ def test_bad_settings_name_the_file_and_field(tmp_path, text, message):
 def test_micro_batches_accumulate_to_the_batch_and_full_uses_a_lower_rate():
     hyper = resolve_hyperparameters(TrainConfig(data="x", batch_size=8, micro_batch_size=3), 160)
     assert (hyper.batch_size, hyper.micro_batch_size, hyper.accumulation_steps) == (8, 3, 3)
-    assert resolve_hyperparameters(TrainConfig(data="x", method="full"), 160).learning_rate == 2e-5
+    assert resolve_hyperparameters(TrainConfig(data="x", adapter="full"), 160).learning_rate == 2e-5
+    assert resolve_hyperparameters(TrainConfig(data="x", method="dpo"), 160).learning_rate == pytest.approx(2e-5)
+
+
+def test_the_old_spelling_of_the_adapter_is_still_taken_and_noted(tmp_path):
+    """`method: qlora` came before `adapter:` (method is now OpenAI's method.type); a run's old config.yaml must
+    still resume, and a user is told the new spelling."""
+    path = tmp_path / "old.yaml"
+    path.write_text("method: full\nlora_r: 8\n")
+    config = TrainConfig.from_sources(path, method="dpo")
+    assert (config.method, config.adapter, config.lora_r) == ("dpo", "full", 8)  # the file's full is kept
+    assert config.notes and "`adapter: full`" in config.notes[0] and str(path) in config.notes[0]
+    assert TrainConfig(data="x", method="qlora").adapter == "qlora"
+    with pytest.raises(ValueError, match="give the weights that train as adapter only"):
+        TrainConfig.from_sources(None, method="full", adapter="lora")
 
 
 @pytest.mark.slow
@@ -97,7 +113,8 @@ def test_every_setting_has_a_flag_and_every_flag_a_setting():
     flags = set(re.findall(r"(?<![\w-])--([a-z][a-z-]*)", shown.stdout)) - {"install-completion", "show-completion"}
     own = {"config", "preset", "resume", "quiet", "json", "help", "remote", "api-key", "plan", "memory", "plan-device"}
     negations = {f"no-{name}" for name in ("gradient-checkpointing", "fsdp")}
-    assert flags - own - negations == {name.replace("_", "-") for name in TrainConfig.model_fields}
+    other_spellings = {"from"}  # of --from-run
+    assert flags - own - other_spellings - negations == {name.replace("_", "-") for name in TrainConfig.model_fields}
     for name in ("lora_dropout", "target_modules", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm"):
         assert name in TrainConfig.model_fields  # what users of other trainers expect to set
     assert "[default: linear]" in shown.stdout and "[default: 16]" in shown.stdout  # defaults from the model

@@ -33,7 +33,7 @@ def test_every_stage_of_the_gpu_check_runs_on_the_cpu(tmp_path):
     assert hf["tokens"] == stages["train"]["tokens"] and hf["loss_last"] < hf["loss_first"]
     assert stages["train-checkpointing"]["checkpointing"] is True
     assert stages["train-checkpointing"]["loss_first"] == pytest.approx(stages["train"]["loss_first"], rel=1e-3)
-    assert stages["qlora-8b"]["method"] == "lora" and stages["qlora-8b"]["tokens_per_s"] > 0
+    assert stages["qlora-8b"]["adapter"] == "lora" and stages["qlora-8b"]["tokens_per_s"] > 0
     serve = stages["serve"]
     assert serve["jobs"] == ["succeeded", "succeeded"] and serve["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18:")
     assert serve["concurrent_answers"] == 8 and serve["streamed_chars"] > 0

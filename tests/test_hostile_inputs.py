@@ -248,7 +248,7 @@ def full_run(tmp_path_factory, tiny_model_dir):
     directory = tmp_path_factory.mktemp("full-run")
     data = directory / "train.jsonl"
     data.write_bytes(good_lines())
-    return train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(directory / "run"), method="full",
+    return train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(directory / "run"), adapter="full",
                              n_epochs=1, batch_size=4, dtype="fp32"))
 
 

@@ -36,7 +36,7 @@ def judge_training_data(conversations):
 def test_compare_and_judge_through_a_served_model(tmp_path, tiny_model_dir, support_conversations, write_jsonl,
                                                   monkeypatch):
     judge_run = train(TrainConfig(data=str(write_jsonl("judge.jsonl", judge_training_data(support_conversations[:12]))),
-                                  model=str(tiny_model_dir), out=str(tmp_path / "judge"), method="full", n_epochs=20,
+                                  model=str(tiny_model_dir), out=str(tmp_path / "judge"), adapter="full", n_epochs=20,
                                   batch_size=4, learning_rate_multiplier=200))
     server = Server(tmp_path / "serve", "--alias", f"{GPT}={tiny_model_dir}", "--alias", f"judge={judge_run}")
     try:

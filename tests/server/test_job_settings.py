@@ -20,6 +20,7 @@ def preset_server(tmp_path_factory, tiny_model_dir):
 
     folder = tmp_path_factory.mktemp("preset")
     shutil.copytree(tiny_model_dir, folder / "tiny-copy")
+    # `method: lora`: the spelling before `adapter`, still taken
     (folder / "small-jobs.yaml").write_text("method: lora\nlora_r: 4\nlora_alpha: 8\nmax_length: 256\n"
                                             "micro_batch_size: 1\nn_epochs: 2\n")
     running = Server(folder / "data", "--alias", f"{BASE}={tiny_model_dir}", "--alias", f"other={folder / 'tiny-copy'}",
@@ -49,12 +50,12 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
 
     chosen = client.fine_tuning.jobs.create(
         training_file=training.id, model=BASE, hyperparameters={"n_epochs": 1, "batch_size": 4},
-        extra_body={"tunelab": {"method": "dora", "lora_r": 2, "micro_batch_size": 2,
+        extra_body={"tunelab": {"adapter": "dora", "lora_r": 2, "micro_batch_size": 2,
                                 "gradient_checkpointing": True}})
     plain = client.fine_tuning.jobs.create(training_file=training.id, model=BASE, hyperparameters={"batch_size": 2})
     other_base = client.fine_tuning.jobs.create(training_file=training.id, model="other",
                                                 hyperparameters={"n_epochs": 1})
-    assert chosen.to_dict()["tunelab"] == {"preset": str(data_dir.parent / "small-jobs.yaml"), "method": "dora",
+    assert chosen.to_dict()["tunelab"] == {"preset": str(data_dir.parent / "small-jobs.yaml"), "adapter": "dora",
                                            "lora_r": 2, "lora_alpha": 8, "max_length": 256, "micro_batch_size": 2,
                                            "gradient_checkpointing": True}
     # A base with no server preset: TrainConfig's defaults (seen in the job object; it need not train).
@@ -63,7 +64,7 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
         assert wait_until_finished(client, job.id).status == "succeeded"
 
     applied = _run_config(data_dir, chosen.id)
-    assert (applied["method"], applied["lora_r"], applied["micro_batch_size"], applied["gradient_checkpointing"]) \
+    assert (applied["adapter"], applied["lora_r"], applied["micro_batch_size"], applied["gradient_checkpointing"]) \
         == ("dora", 2, 2, True)
     assert (applied["n_epochs"], applied["batch_size"], applied["max_length"]) == (1, 4, 256)  # request, then preset
     plan = [e.message for e in client.fine_tuning.jobs.list_events(chosen.id, limit=100).data
@@ -73,7 +74,7 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
     assert '"r": 2' in adapter and '"use_dora": true' in adapter
 
     preset = _run_config(data_dir, plain.id)
-    assert (preset["method"], preset["lora_r"], preset["lora_alpha"], preset["max_length"], preset["micro_batch_size"]) \
+    assert (preset["adapter"], preset["lora_r"], preset["lora_alpha"], preset["max_length"], preset["micro_batch_size"]) \
         == ("lora", 4, 8, 256, 1)
     assert (preset["n_epochs"], preset["batch_size"]) == (2, 2)  # the preset's epochs; the request's batch
     assert client.fine_tuning.jobs.retrieve(plain.id).hyperparameters.n_epochs == 2
@@ -88,7 +89,8 @@ def test_the_extension_sets_what_the_job_trains_with_and_the_server_preset_fills
     ({"out": "/etc"}, "tunelab.out: not a setting a job can take"),
     ({"chat_template": "/etc/passwd"}, "tunelab.chat_template: not a setting a job can take"),
     ({"lora_r": 0}, "tunelab.lora_r: must be a whole number ≥ 1"),
-    ({"method": "magic"}, "tunelab.method: must be one of lora, dora, qlora, full"),
+    ({"adapter": "magic"}, "tunelab.adapter: must be one of lora, dora, qlora, full"),
+    ({"method": "dpo"}, "tunelab.method: not a setting a job can take"),  # OpenAI's method.type says it
     ({"preset": "nope"}, "tunelab.preset: no preset named 'nope'"),
     ({"validation_split": 0.2}, "validation_split: cannot be used together with a validation file"),
     ("qlora", "tunelab: must be an object of training settings"),

@@ -164,7 +164,7 @@ def test_fused_rms_norms_train_exactly_like_the_model_s_own(tiny_model_dir, tiny
 
     # Full fine-tuning, so that the norms' own weights need gradients too; under 16-bit autocast the norms
     # see 16-bit activations, as in LoRA training over a 16-bit base.
-    model = trainable_model(resolve_model(str(tiny_model_dir)), TrainConfig(data="x", method="full", dtype=dtype),
+    model = trainable_model(resolve_model(str(tiny_model_dir)), TrainConfig(data="x", adapter="full", dtype=dtype),
                             "cpu")
     norms = [m for m in model.modules() if "forward" in m.__dict__ and type(m).__name__.endswith("RMSNorm")]
     assert len(norms) == 2 * 6 + 1  # four per layer, the query and key norms, and the final norm
@@ -292,10 +292,10 @@ def test_dora_and_full_fine_tuning_train_save_and_generate(tmp_path, data_files,
     from tunelab.models.generate import generate_replies, load_for_generation
     from tunelab.models.precision import inference_dtype
 
-    dora = run(settings(data_files, tiny_model_dir, tmp_path / "dora", method="dora", dtype=dtype))
+    dora = run(settings(data_files, tiny_model_dir, tmp_path / "dora", adapter="dora", dtype=dtype))
     assert json.loads((dora / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
     assert any("lora_magnitude_vector" in name for name in adapter(dora))
-    full = run(settings(data_files, tiny_model_dir, tmp_path / "full", method="full", learning_rate_multiplier=50,
+    full = run(settings(data_files, tiny_model_dir, tmp_path / "full", adapter="full", learning_rate_multiplier=50,
                         dtype=dtype))
     assert (full / "model" / "model.safetensors").is_file() and not (full / "adapter").exists()
     assert {t.dtype for t in load_file(full / "model" / "model.safetensors").values()} == {torch.float32}  # master
@@ -317,7 +317,7 @@ def test_dora_and_full_fine_tuning_train_save_and_generate(tmp_path, data_files,
 
 @pytest.mark.slow
 def test_qlora_and_gpu_kernels_are_refused_on_a_cpu_with_the_reason(tmp_path, data_files, tiny_model_dir):
-    for flags, phrase in [(["--method", "qlora"], "CUDA"), (["--kernels", "unsloth"], "CUDA")]:
+    for flags, phrase in [(["--adapter", "qlora"], "CUDA"), (["--kernels", "unsloth"], "CUDA")]:
         result = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--data", str(data_files[0]), "--model",
                                  str(tiny_model_dir), "--out", str(tmp_path / "never"), *flags],
                                 capture_output=True, text=True)
@@ -433,7 +433,7 @@ def test_fsdp_sharded_lora_matches_one_process_and_checkpoints_whole_tensors(tmp
 def test_fsdp_full_fine_tuning_resumes_a_one_process_checkpoint_to_the_same_model(tmp_path, data_files,
                                                                                   tiny_model_dir):
     """Every weight sharded, the tied LM head included; the optimizer state sliced from a whole checkpoint."""
-    changes = dict(UNEVEN, method="full", learning_rate_multiplier=50)
+    changes = dict(UNEVEN, adapter="full", learning_rate_multiplier=50)
     uninterrupted = run(settings(data_files, tiny_model_dir, tmp_path / "uninterrupted", **changes))
     out = tmp_path / "resumed"
     run(settings(data_files, tiny_model_dir, out, **changes), should_stop=lambda step: step == 8)

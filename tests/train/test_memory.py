@@ -37,20 +37,20 @@ def plan_json(*arguments) -> tuple[int, dict]:
 def test_an_8b_model_is_planned_for_a_24_and_an_80_gb_gpu_from_its_config_alone(llama_8b):
     code, on_80 = plan_json("--model", str(llama_8b), "--memory", "80GB", "--plan-device", "cuda")
     parts = on_80["parts_bytes"]
-    assert code == 0 and on_80["fits"] and on_80["method"] == "lora"
+    assert code == 0 and on_80["fits"] and on_80["adapter"] == "lora"
     assert 15.5e9 < parts["weights"] < 16.5e9  # 8.03B parameters in bf16
     assert on_80["micro_batch_size"] == 8 and not on_80["gradient_checkpointing"]
     assert on_80["peak_bytes"] <= 80e9
 
     code, on_24 = plan_json("--model", str(llama_8b), "--memory", "24GB", "--plan-device", "cuda")
     assert code == 0 and on_24["fits"] and on_24["peak_bytes"] <= 24e9
-    assert on_24["gradient_checkpointing"] or on_24["micro_batch_size"] < 8 or on_24["method"] == "qlora"
+    assert on_24["gradient_checkpointing"] or on_24["micro_batch_size"] < 8 or on_24["adapter"] == "qlora"
     assert on_24["choices"]  # what it changed is said
 
-    code, qlora = plan_json("--model", str(llama_8b), "--method", "qlora", "--memory", "24GB", "--plan-device", "cuda")
+    code, qlora = plan_json("--model", str(llama_8b), "--adapter", "qlora", "--memory", "24GB", "--plan-device", "cuda")
     assert code == 0 and qlora["parts_bytes"]["weights"] < 6.5e9  # the origin documents' 8B in 4 bits
 
-    code, full = plan_json("--model", str(llama_8b), "--method", "full", "--memory", "24GB", "--plan-device", "cuda")
+    code, full = plan_json("--model", str(llama_8b), "--adapter", "full", "--memory", "24GB", "--plan-device", "cuda")
     assert code == 1 and not full["fits"] and "does not fit" in full["choices"][-1]
     text = run_cli("train", "--plan", "--model", str(llama_8b), "--memory", "80GB", "--plan-device", "cuda")
     assert text.returncode == 0 and b"activations" in text.stdout and b"fits" in text.stdout

@@ -34,6 +34,11 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """A warning line on stderr; the command goes on."""
+    console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 

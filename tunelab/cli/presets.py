@@ -35,10 +35,10 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print the p
     table = Table(box=None)   # (what hardware it fits) is shown when there is room for it
     table.add_column("preset", no_wrap=True)
     table.add_column("model", no_wrap=True)
-    for header in ("method", "size", "licence") + (("description",) if wide else ()):
+    for header in ("adapter", "size", "licence") + (("description",) if wide else ()):
         table.add_column(header)
     for preset in presets:
-        table.add_row(preset.name, str(preset.settings.get("model", "")), str(preset.settings.get("method", "lora")),
+        table.add_row(preset.name, str(preset.settings.get("model", "")), str(preset.settings.get("adapter", "lora")),
                       f"{preset.parameters_billion:g}B", preset.licence, *([preset.description] if wide else []))
     out.print(table)
     say("Use one: tunelab train --preset NAME --data FILE, or copy it to edit: tunelab presets copy NAME FILE")

@@ -1,7 +1,8 @@
 """`tunelab train`: fine-tune here (or on a server with `--remote`) from a YAML file, a preset and flags.
 
     tunelab train run.yaml
-    tunelab train --data data/train.jsonl --validation-split 0.1 --method lora
+    tunelab train --data data/train.jsonl --validation-split 0.1 --adapter lora
+    tunelab train --method dpo --data pairs.jsonl --from runs/ftjob-…   # preference pairs, after a supervised run
     tunelab train --resume runs/ftjob-…
 """
 
@@ -15,7 +16,7 @@ from typing import Literal, Optional
 
 import typer
 
-from tunelab.cli.common import examples, fail, first_line, out, say
+from tunelab.cli.common import examples, fail, first_line, out, say, warn
 from tunelab.cli.console import ConsoleEvents
 from tunelab.core.events import Events
 from tunelab.core.files import StorageError
@@ -24,6 +25,7 @@ from tunelab.runs.rundir import RunDir
 EXAMPLES = examples("tunelab train --data data/train.jsonl --validation-split 0.1",
                     "tunelab train run.yaml --n-epochs 2",
                     "tunelab train --preset qwen2.5-0.5b --data data/train.jsonl",
+                    "tunelab train --method dpo --data pairs.jsonl --from runs/ftjob-abc123",
                     "tunelab train --resume runs/ftjob-abc123",
                     "tunelab train --plan --model ./llama-3-8b --memory 24GB --plan-device cuda")
 
@@ -31,7 +33,8 @@ EXAMPLES = examples("tunelab train --data data/train.jsonl --validation-split 0.
 def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[str], resume: Optional[Path],
           quiet: bool, as_json: bool, remote: Optional[str] = None, api_key: Optional[str] = None,
           plan: bool = False, memory: Optional[str] = None, plan_device: Optional[Literal["cpu", "cuda"]] = None, **flags) -> None:
-    """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data; writes a self-contained run directory.
+    """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data (supervised) or preference pairs (dpo); writes a
+    self-contained run directory.
 
     Settings come from a preset, then CONFIG (a YAML file of these same settings), then flags, each
     overriding the one before.
@@ -73,6 +76,8 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
         fail(f"{error.filename or config}: {error.strerror or first_line(error)}")
     if not settings.data:
         fail("--data is required (or a settings file or --preset that sets `data`)")
+    for note in settings.notes:
+        warn(note)
     try:
         keep_freed_memory()  # training re-allocates its activations every step; reusing them beats fresh pages
         run_dir = run_training(settings, events=Events(ConsoleEvents(progress=not quiet and not as_json)),
@@ -173,8 +178,12 @@ def _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 AUTO_METAVARS = {"n_epochs": "N|auto", "batch_size": "N|auto", "micro_batch_size": "N|auto",
                  "learning_rate_multiplier": "X|auto"}
-FILE_SETTINGS = {"data": "FILE", "validation": "FILE", "chat_template": "FILE", "out": "DIR", "model": "MODEL"}
+FILE_SETTINGS = {"data": "FILE", "validation": "FILE", "chat_template": "FILE", "out": "DIR", "model": "MODEL",
+                 "from_run": "RUN"}
+AUTO_METAVARS["beta"] = "X|auto"
+CHOICE_METAVARS = {"method": "<supervised|dpo>"}
 SHORT_FLAGS = {"data": "-d", "model": "-m", "out": "-o"}
+OTHER_SPELLINGS = {"from_run": "--from"}  # `--from RUN` reads as it is meant; `--from-run` is taken too
 
 
 def _setting_options() -> list[inspect.Parameter]:
@@ -184,11 +193,16 @@ def _setting_options() -> list[inspect.Parameter]:
     options = []
     for name in TrainConfig.model_fields:
         kind, flag = field_kind(name), "--" + name.replace("_", "-")
-        declarations = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag, *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])]
+        declarations = ([f"{flag}/--no-{flag[2:]}"] if kind is bool else
+                        [*([OTHER_SPELLINGS[name]] if name in OTHER_SPELLINGS else []), flag,
+                         *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])])
         choices = field_choices(name)
+        if name == "method":  # text, so that the old `--method qlora` reaches the settings, which take it with a note
+            choices, kind = None, str
         annotation = Optional[Literal[choices]] if choices else Optional[kind]
         text, default = field_help(name)
-        metavar = None if kind is bool or choices else FILE_SETTINGS.get(name) or AUTO_METAVARS.get(name) or METAVARS[kind]
+        metavar = None if kind is bool or choices else (FILE_SETTINGS.get(name) or AUTO_METAVARS.get(name)
+                                                        or CHOICE_METAVARS.get(name) or METAVARS[kind])
         # The default is written into the help (the option's own default is None, "not given", so a settings
         # file's value is not overridden by it).
         shown = f"{text}  [default: {default}]" if default is not None else text

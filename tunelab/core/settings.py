@@ -17,17 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from tunelab.core.files import read_yaml_file
 
 AUTO = "auto"
 
-# The learning rate that `learning_rate_multiplier` multiplies, per method. 2e-4 is the usual LoRA rate
+# The learning rate that `learning_rate_multiplier` multiplies, per adapter. 2e-4 is the usual LoRA rate
 # (Unsloth, Axolotl and LLaMA-Factory defaults); full fine-tuning changes every weight and wants ten times
 # less (TRL's SFT default is 2e-5).
 BASE_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5}
-METHODS = tuple(BASE_LEARNING_RATES)
+ADAPTERS = tuple(BASE_LEARNING_RATES)
+# What a run learns from, as OpenAI's `method.type` names it: demonstrations (supervised) or preference pairs
+# (dpo). A preference loss moves the policy away from a reference it starts at, and its gradient is large
+# from the first step (the loss does not start near zero as a supervised one ends), so DPO takes a tenth
+# of the supervised rate: 2e-5 for LoRA (TRL's LoRA DPO examples use 5e-6 to 5e-5), 2e-6 for full.
+METHODS = ("supervised", "dpo")
+METHOD_RATE_SCALE = {"supervised": 1.0, "dpo": 0.1}
+DPO_LOSSES = ("sigmoid", "ipo")  # what each is: tunelab/train/preference.py
+DEFAULT_BETA = 0.1  # OpenAI's and TRL's
 KERNELS = ("auto", "none", "liger", "unsloth")
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # what each means: tunelab/models/precision.py
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -64,9 +72,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, use_attribute_docstrings=True)
 
     data: Text = ""
-    """Training data: OpenAI chat JSONL."""
+    """Training data: OpenAI chat JSONL (dpo: OpenAI's preference pairs)."""
     validation: OptionalText = None
-    """Validation data (chat JSONL), for valid_loss and valid_mean_token_accuracy."""
+    """Validation data in the training data's format, for valid_loss and valid_mean_token_accuracy."""
     model: Text = "default"
     """Base model: 'default' (Gemma 3 270M), a model directory, a .gguf file, or a hub id."""
     chat_template: OptionalText = None
@@ -75,8 +83,12 @@ class TrainConfig(BaseModel):
     """Run directory (default: runs/<job id>)."""
     suffix: Annotated[str | None, Field(min_length=1, max_length=64), Must("1 to 64 characters")] = None
     """Added to the fine-tuned model's name, as OpenAI's `suffix`."""
-    method: _choice(METHODS) = "lora"
-    """lora, dora (weight-decomposed LoRA), full (every weight), or qlora (4-bit base, CUDA only)."""
+    method: _choice(METHODS) = "supervised"
+    """What the run learns from, as OpenAI's method.type: supervised (chat examples) or dpo (preference pairs)."""
+    adapter: _choice(ADAPTERS) = "lora"
+    """Which weights train: lora, dora (weight-decomposed LoRA), qlora (LoRA on a 4-bit base, CUDA only), or full."""
+    from_run: OptionalText = None
+    """Start from this finished run's trained weights (a run directory), e.g. DPO after a supervised run."""
     n_epochs: AutoCount = AUTO
     """Epochs, or auto (OpenAI's rule: 3, adjusted so examples × epochs stays within 100–25,000)."""
     batch_size: AutoCount = AUTO
@@ -84,7 +96,11 @@ class TrainConfig(BaseModel):
     micro_batch_size: AutoCount = AUTO
     """Examples per forward pass, or auto (the batch size); smaller ones accumulate gradients to save memory."""
     learning_rate_multiplier: AutoRate = AUTO
-    """Multiplies the method's base rate (2e-4 for LoRA, 2e-5 for full), or auto (1)."""
+    """Multiplies the base rate (supervised: 2e-4 for LoRA, 2e-5 for full; dpo a tenth of those), or auto (1)."""
+    beta: Annotated[Annotated[float, Field(gt=0, le=2)] | Literal["auto"], Must("a number above 0, at most 2, or 'auto'")] = AUTO
+    """dpo: how far the model may move from where it started (OpenAI's beta; lower moves further), or auto (0.1)."""
+    dpo_loss: _choice(DPO_LOSSES) = "sigmoid"
+    """dpo: the preference loss, sigmoid (DPO's own) or ipo (a squared loss that keeps rewards bounded)."""
     lr_scheduler: _choice(SCHEDULERS) = "linear"
     """Learning-rate schedule after warmup: linear decay to 0, cosine decay to 0, or constant."""
     warmup_ratio: Fraction = 0.1
@@ -137,6 +153,18 @@ class TrainConfig(BaseModel):
     mlflow_experiment: Text = "tunelab"
     """MLflow experiment the run is logged in."""
 
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the settings' sources said that is spelled differently now (old spellings still taken)."""
+        return self._notes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spelling(cls, given):
+        return current_spelling(given, "settings")[0] if isinstance(given, dict) else given
+
     @model_validator(mode="after")
     def _trackers_are_known(self):
         unknown = [name.strip() for name in self.report_to.split(",") if name.strip() not in ("", *TRACKERS)]
@@ -176,20 +204,42 @@ class TrainConfig(BaseModel):
         if given:
             sources.append(("flags", parsed_values(given, _flag)))
         merged: dict = {}
+        notes = []
         for source, settings in sources:
+            settings, note = current_spelling(settings, source)
+            notes += [note] if note else []
             _checked(settings, source)
             merged.update(settings)
-        return _checked(merged, str(path or (f"preset {preset}" if preset else "flags")))
+        config = _checked(merged, str(path or (f"preset {preset}" if preset else "flags")))
+        config._notes = notes
+        return config
+
+
+def current_spelling(settings: dict, source: str) -> tuple[dict, str | None]:
+    """`method: lora|dora|qlora|full` (before `method` became OpenAI's method.type) as `adapter:` with
+    `method: supervised`, and a note saying so; anything else unchanged. A run's config.yaml written before
+    the change still resumes."""
+    old = settings.get("method")
+    if old not in ADAPTERS:
+        return settings, None
+    if settings.get("adapter", old) != old:
+        raise ValueError(f"{source}: method: {old} and adapter: {settings['adapter']}: give the weights that "
+                         "train as adapter only")
+    note = (f"{source}: `method: {old}` is now spelled `adapter: {old}` (`method` is what the run learns from: "
+            "supervised or dpo); the old spelling is still taken")
+    return {**settings, "method": "supervised", "adapter": old}, note
 
 
 # A job created through OpenAI's API carries these settings in OpenAI's own fields (the files by id, the
-# base model, suffix, seed and three hyperparameters). `tunelab serve` takes every other setting in its
+# base model, suffix, seed, the method and its hyperparameters). `tunelab serve` takes every other setting in its
 # `tunelab` extension of the request, except those naming a path on the server's disk (`out`,
 # `chat_template`): a client names uploaded files by id, never a path (server/job_settings.py).
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-OPENAI_JOB_SETTINGS = frozenset({"data", "validation", "model", "suffix", "seed", *OPENAI_HYPERPARAMETERS})
+OPENAI_JOB_SETTINGS = frozenset({"data", "validation", "model", "suffix", "seed", "method", "beta",
+                                 *OPENAI_HYPERPARAMETERS})
+# `from_run` is a run directory: a server job starts from a fine-tune by naming it as its `model` (ft:…).
 EXTENSION_SETTINGS = tuple(name for name in TrainConfig.model_fields
-                           if name not in OPENAI_JOB_SETTINGS | {"out", "chat_template"})
+                           if name not in OPENAI_JOB_SETTINGS | {"out", "chat_template", "from_run"})
 
 
 def field_help(name: str) -> tuple[str, str | None]:
@@ -201,7 +251,7 @@ def field_help(name: str) -> tuple[str, str | None]:
 
 
 def field_choices(name: str) -> tuple[str, ...] | None:
-    """The values a setting takes when it is one of a few words (method, dtype, …); None otherwise."""
+    """The values a setting takes when it is one of a few words (adapter, dtype, …); None otherwise."""
     from typing import get_args, get_origin
 
     annotation = TrainConfig.model_fields[name].annotation
@@ -233,6 +283,7 @@ def _describe_errors(error: ValidationError, source: str, label=None) -> str:
 
 
 def _checked(settings: dict, source: str) -> TrainConfig:
+    settings, _note = current_spelling(settings, source)
     try:
         return TrainConfig.model_validate(settings)
     except ValidationError as error:
@@ -242,6 +293,7 @@ def _checked(settings: dict, source: str) -> TrainConfig:
 def parsed_values(values: dict, label) -> dict:
     """Settings given as a command line or a request gives them ("3", 0.5, "auto"), typed by the model;
     errors name each setting as `label(name)` (e.g. `--n-epochs`, `hyperparameters.n_epochs`)."""
+    values, _note = current_spelling(values, "settings")
     try:
         parsed = TrainConfig.model_validate(values, strict=False)
     except ValidationError as error:
@@ -323,5 +375,9 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> ResolvedHyp
         batch_size=batch_size,
         learning_rate_multiplier=float(pick(config.learning_rate_multiplier, 1.0)),
         micro_batch_size=min(batch_size, int(pick(config.micro_batch_size, batch_size))),
-        base_learning_rate=BASE_LEARNING_RATES[config.method],
+        base_learning_rate=BASE_LEARNING_RATES[config.adapter] * METHOD_RATE_SCALE[config.method],
     )
+
+
+def resolved_beta(config: TrainConfig) -> float:
+    return DEFAULT_BETA if config.beta == AUTO else float(config.beta)

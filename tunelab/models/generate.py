@@ -111,7 +111,7 @@ def load_for_generation(model_or_run: str, chat_template: str | None = None, dev
         if full:
             model = load_model(str(run.model_dir), dtype=dtype)
         else:
-            base = load_four_bit_model(resolved.path, dtype) if settings.get("method") == "qlora" and device == "cuda" \
+            base = load_four_bit_model(resolved.path, dtype) if "qlora" in (settings.get("adapter"), settings.get("method")) and device == "cuda" \
                 else load_model(resolved.path, dtype=dtype)
             model = load_adapter(base, run.adapter_dir)
         job = run.job() if run.has_run() else {}

@@ -113,7 +113,7 @@ def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
     model = trainable_model(resolved, config, device)
     load_trainable_state(model, load_file(path / "trainable.safetensors"))
     return LoadedModel(model.eval(), load_tokenizer(str(run.tokenizer_dir)), resolved.name, name,
-                       fully_fine_tuned=config.method == "full")
+                       fully_fine_tuned=config.adapter == "full")
 
 
 def _served(request: Request, name: str) -> Served:
@@ -196,7 +196,7 @@ def _adapter_served(run: RunDir, forced, keep: int) -> Served:
         _adapters.move_to_end(str(run.path))
         return served
     settings = run.settings()
-    four_bit = settings.get("method") == "qlora" and best_device() == "cuda"  # served on the base it trained on
+    four_bit = "qlora" in (settings.get("adapter"), settings.get("method")) and best_device() == "cuda"  # served on the base it trained on
     base = str(resolve_model(settings["model"]).path)
     key = base + (" in 4 bits" if four_bit else "")
     generator = _model(key, lambda: load_for_generation(base, dtype=forced, four_bit=four_bit), keep)

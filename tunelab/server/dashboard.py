@@ -40,7 +40,7 @@ from tunelab.server.sessions import COOKIE, CSRF_FIELD, SESSION_SECONDS, Session
 
 STATIC = Path(__file__).parent / "web" / "static"
 # What the new-job page offers beside OpenAI's hyperparameters (the rest: a YAML preset or the API).
-NEW_JOB_SETTINGS = ("method", "lora_r", "lora_alpha", "max_length", "lr_scheduler", "warmup_ratio", "eval_every",
+NEW_JOB_SETTINGS = ("adapter", "lora_r", "lora_alpha", "max_length", "lr_scheduler", "warmup_ratio", "eval_every",
                     "checkpoint_every")
 assert set(NEW_JOB_SETTINGS) <= set(EXTENSION_SETTINGS)
 
@@ -114,8 +114,7 @@ def _new_job_settings() -> list[dict]:
     shown = []
     for name in (*OPENAI_HYPERPARAMETERS, *NEW_JOB_SETTINGS):
         description, default = field_help(name)
-        label = "method (which weights train)" if name == "method" else name  # beside OpenAI's method.type
-        shown.append({"name": name, "label": label, "description": description, "default": default or "",
+        shown.append({"name": name, "label": name, "description": description, "default": default or "",
                       "choices": field_choices(name), "openai": name in OPENAI_HYPERPARAMETERS})
     return shown
 

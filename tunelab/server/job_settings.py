@@ -3,7 +3,7 @@ request, and the preset the server was started with for each base model.
 
     client.fine_tuning.jobs.create(
         training_file=file.id, model="gpt-4o-mini-2024-07-18", hyperparameters={"n_epochs": 2},
-        extra_body={"tunelab": {"method": "qlora", "lora_r": 8, "micro_batch_size": 2,
+        extra_body={"tunelab": {"adapter": "qlora", "lora_r": 8, "micro_batch_size": 2,
                                 "gradient_checkpointing": True}})
 
     tunelab serve --alias gpt-4o-mini-2024-07-18=/models/llama-3.1-8b \\
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.core.settings import (AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, TrainConfig, parsed_values,
-                                   read_settings_file)
+from tunelab.core.settings import (ADAPTERS, AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, TrainConfig,
+                                   current_spelling, parsed_values, read_settings_file)
 
 
 class JobSettingsError(ValueError):
@@ -60,6 +60,9 @@ def load_job_presets(entries: list[str], aliases: dict[str, str]) -> dict[str, d
         except (OSError, ValueError) as error:
             raise ValueError(f"--job-preset {entry!r}: {error}") from None
         settings.pop("model", None)
+        if settings.get("method") in ADAPTERS:  # the spelling before `adapter`; a job's method.type decides the method
+            settings = current_spelling(settings, path)[0]
+            del settings["method"]
         outside = sorted(set(settings) - set(EXTENSION_SETTINGS) - set(OPENAI_HYPERPARAMETERS))
         if outside:
             raise ValueError(f"--job-preset {entry!r}: {', '.join(outside)} cannot be set by a preset for server "

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from tunelab.core.settings import (AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, AutoCount, AutoRate, TrainConfig,
-                                   parsed_values)
+from tunelab.core.settings import (ADAPTERS, AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, AutoCount, AutoRate,
+                                   TrainConfig, current_spelling, parsed_values)
 from tunelab.server.errors import RequestError
 
 MAX_COMPLETION_TOKENS = 4096
@@ -148,7 +148,9 @@ class CreateJobRequest(Closed):
             return None
         if not isinstance(given, dict):
             raise RequestError("tunelab: must be an object of training settings, e.g. "
-                               '{"method": "qlora", "lora_r": 8}', "tunelab")
+                               '{"adapter": "qlora", "lora_r": 8}', "tunelab")
+        if given.get("method") in ADAPTERS:  # the spelling before `adapter`, still taken (method.type decides)
+            given = {name: value for name, value in current_spelling(given, "tunelab")[0].items() if name != "method"}
         for name in given:
             if name in OPENAI_HYPERPARAMETERS:
                 raise RequestError(f"tunelab.{name}: set it in hyperparameters, OpenAI's own field", f"tunelab.{name}")

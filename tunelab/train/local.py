@@ -149,9 +149,9 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     check_method_available(config, training_device())
     cluster = join_cluster(config.fsdp)
     events = events if cluster.is_main else NO_EVENTS  # the first process speaks for all
-    if cluster.sharded and (config.method == "qlora" or config.kernels == "unsloth"):
+    if cluster.sharded and (config.adapter == "qlora" or config.kernels == "unsloth"):
         raise MethodUnavailable("fsdp: sharding 4-bit weights or Unsloth's patched model is not supported; "
-                                "use method: lora or full with FSDP, or plain data parallelism")
+                                "use adapter: lora or full with FSDP, or plain data parallelism")
     dtype = compute_dtype(config, cluster.device)
     if cluster.sharded and dtype == torch.float16:
         raise MethodUnavailable("fsdp: fp16 loss scaling of sharded gradients is not supported; "
@@ -222,8 +222,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         events.message(
             f"{job_id} · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
-            + f", lr {hyper.learning_rate:.1e} · {config.method}"
-            + (f" r={config.lora_r}" if config.method != "full" else "")
+            + f", lr {hyper.learning_rate:.1e} · {config.method}, {config.adapter}"
+            + (f" r={config.lora_r}" if config.adapter != "full" else "")
             + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype_name(dtype)}"
             + (" (emulated: this CPU has no bf16 units, so this is slow)" if emulated else "")
             + (f" × {cluster.world} processes" if cluster.world > 1 else "")
@@ -302,8 +302,8 @@ def _fitted_to_memory(config: TrainConfig, hyper, resolved, examples: list[Rende
     updates = {}
     if made.gradient_checkpointing and not config.gradient_checkpointing:
         updates["gradient_checkpointing"] = True
-    if made.method != config.method:
-        updates["method"] = made.method
+    if made.adapter != config.adapter:
+        updates["adapter"] = made.adapter
     for choice in made.choices:
         events.message(f"Memory plan: {choice}")
     return (config.model_copy(update=updates) if updates else config), hyper, made
@@ -615,7 +615,7 @@ def _save_trained(model, config: TrainConfig, run: RunDir, trained: dict[str, to
     `replace`: a resumed run may find the result of a save that finished just before the crash (the job was
     not yet marked succeeded); it is written again, from the same weights.
     """
-    with atomic_path(run.result_dir(full=config.method == "full"), directory=True, replace=replace) as temporary:
+    with atomic_path(run.result_dir(full=config.adapter == "full"), directory=True, replace=replace) as temporary:
         model.save_pretrained(temporary, safe_serialization=True, state_dict=trained)
 
 

@@ -1,7 +1,7 @@
 """A memory plan before the first step: what training will hold, from the model's config alone, and the
 settings that make it fit the device.
 
-    tunelab train --plan --model meta-llama/Meta-Llama-3-8B --method qlora --memory 24GB
+    tunelab train --plan --model meta-llama/Meta-Llama-3-8B --adapter qlora --memory 24GB
 
 The parts, in bytes (b: the compute format's bytes per number, 2 for bf16 and fp16, 4 for fp32):
 - **weights**: the frozen base in the compute format (LoRA, DoRA), in 4-bit NF4 for its linear layers
@@ -74,7 +74,7 @@ class ModelShape:
 class Settings:
     """The training settings a plan depends on (what TrainConfig says, `auto` still open)."""
 
-    method: str = "lora"
+    adapter: str = "lora"
     dtype_bytes: int = 2
     lora_r: int = 16
     batch_size: int = 8
@@ -82,6 +82,7 @@ class Settings:
     gradient_checkpointing: bool | None = None  # None: the plan chooses
     tokens_per_example: int = 1024  # the longest example (after truncation), or max_length without data
     qlora_possible: bool = False  # bitsandbytes installed and a CUDA device
+    sequences_per_example: int = 1  # a preference pair trains as two sequences, its prompt with each output
 
 
 @dataclass
@@ -89,7 +90,7 @@ class MemoryPlan:
     model: str
     device: str
     budget: int  # bytes the device has for this run
-    method: str
+    adapter: str
     micro_batch_size: int
     gradient_checkpointing: bool
     parts: dict[str, int]
@@ -105,13 +106,13 @@ class MemoryPlan:
         return self.peak <= self.budget
 
     def as_data(self) -> dict:
-        return {"model": self.model, "device": self.device, "budget_bytes": self.budget, "method": self.method,
+        return {"model": self.model, "device": self.device, "budget_bytes": self.budget, "adapter": self.adapter,
                 "micro_batch_size": self.micro_batch_size, "gradient_checkpointing": self.gradient_checkpointing,
                 "parts_bytes": dict(self.parts), "peak_bytes": self.peak, "fits": self.fits, "choices": self.choices}
 
     def lines(self) -> list[str]:
         """The plan as a person reads it: one line per part, the peak against the budget, the choices."""
-        rows = [f"Memory plan: {self.model} on {self.device}, {self.method}, micro-batch {self.micro_batch_size}, "
+        rows = [f"Memory plan: {self.model} on {self.device}, {self.adapter}, micro-batch {self.micro_batch_size}, "
                 f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"]
         for name, size in self.parts.items():
             rows.append(f"  {name:<14s}{size / GIB:8.2f} GiB   {self.details.get(name, '')}".rstrip())
@@ -154,40 +155,40 @@ def model_shape(path_or_config, name: str | None = None) -> ModelShape:
 
 
 # A cap on what one training run may use (e.g. TUNELAB_MEMORY=40GB on a GPU that a team shares).
-def estimate(shape: ModelShape, settings: Settings, device: str, method: str, micro_batch: int,
+def estimate(shape: ModelShape, settings: Settings, device: str, adapter: str, micro_batch: int,
              checkpointing: bool) -> tuple[dict[str, int], dict[str, str]]:
-    """The parts of the peak for one choice of method, micro-batch and checkpointing."""
+    """The parts of the peak for one choice of adapter, micro-batch and checkpointing."""
     b = settings.dtype_bytes
     other = shape.parameters - shape.linear_parameters  # embeddings, head, norms
     parts, details = {}, {}
-    if method == "full":
+    if adapter == "full":
         parts["weights"] = shape.parameters * 4
         details["weights"] = f"{shape.parameters / 1e9:.2f}B fp32 master weights"
         if b < 4:  # autocast keeps a 16-bit copy of each weight it casts for the step
             parts["weights"] += shape.parameters * b
             details["weights"] += f" + their {8 * b}-bit copies for the step"
-    elif method == "qlora":
+    elif adapter == "qlora":
         parts["weights"] = int(shape.linear_parameters * NF4_BYTES) + other * b
         details["weights"] = f"{shape.linear_parameters / 1e9:.2f}B in 4 bits, {other / 1e6:.0f}M in {8 * b} bits"
     else:
         parts["weights"] = shape.parameters * b
         details["weights"] = f"{shape.parameters / 1e9:.2f}B in {8 * b} bits, frozen"
 
-    if method == "full":
+    if adapter == "full":
         trained = shape.parameters
         parts["trained state"] = trained * 12
         details["trained state"] = f"{trained / 1e6:.0f}M × (fp32 gradient + AdamW's 2 moments)"
     else:
         trained = sum(settings.lora_r * (a + c) for a, c in shape.linear_shapes)
-        if method == "dora":
+        if adapter == "dora":
             trained += sum(c for _a, c in shape.linear_shapes)
         parts["trained state"] = trained * 16
         details["trained state"] = f"{trained / 1e6:.1f}M adapter numbers × 16 bytes (fp32 weight, gradient, AdamW)"
     head_rows = shape.head_parameters or shape.embedding_parameters
-    if method == "full":  # the fused loss's fp32 gradient of the head, added into .grad afterwards
+    if adapter == "full":  # the fused loss's fp32 gradient of the head, added into .grad afterwards
         parts["trained state"] += head_rows * 4
 
-    tokens = micro_batch * settings.tokens_per_example
+    tokens = micro_batch * settings.sequences_per_example * settings.tokens_per_example
     per_layer = (6 * shape.hidden + 3 * shape.query_width + 3 * shape.key_value_width + 4 * shape.intermediate) * b
     if checkpointing:
         parts["activations"] = tokens * (shape.layers * shape.hidden * b + per_layer)
@@ -196,7 +197,7 @@ def estimate(shape: ModelShape, settings: Settings, device: str, method: str, mi
         parts["activations"] = tokens * shape.layers * per_layer
         details["activations"] = f"{tokens:,} tokens × {shape.layers} layers × {per_layer / 1024:.1f} KiB"
     vocabulary_rows = head_rows // shape.hidden
-    chunk = LOSS_CHUNK_BYTES if device.startswith("cuda") or method == "full" else 8 * 2**20
+    chunk = LOSS_CHUNK_BYTES if device.startswith("cuda") or adapter == "full" else 8 * 2**20
     parts["loss"] = min(chunk, tokens * vocabulary_rows * 4) + tokens * shape.hidden * 4 * 2
     details["loss"] = "logits one chunk at a time; fp32 gradient of the hidden states"
     base = sum(parts.values())
@@ -207,34 +208,34 @@ def estimate(shape: ModelShape, settings: Settings, device: str, method: str, mi
 
 def plan(shape: ModelShape, settings: Settings, device: str, budget: int) -> MemoryPlan:
     """The settings under which training fits `budget`, in this order of preference: the micro-batch as
-    large as allowed (fewest passes), checkpointing off (no recomputation), the method as asked."""
+    large as allowed (fewest passes), checkpointing off (no recomputation), the adapter as asked."""
     choices: list[str] = []
     micro_options = ([settings.micro_batch_size] if settings.micro_batch_size
                      else [m for m in (64, 32, 16, 8, 4, 2, 1) if m <= settings.batch_size] or [1])
     checkpoint_options = ([settings.gradient_checkpointing] if settings.gradient_checkpointing is not None
                           else [False, True])
-    methods = [settings.method]
-    if settings.method == "lora" and settings.qlora_possible:
-        methods.append("qlora")
+    adapters = [settings.adapter]
+    if settings.adapter == "lora" and settings.qlora_possible:
+        adapters.append("qlora")
 
-    def made(method, micro, checkpointing) -> MemoryPlan:
-        parts, details = estimate(shape, settings, device, method, micro, checkpointing)
-        return MemoryPlan(shape.name, device, budget, method, micro, checkpointing, parts, details, choices)
+    def made(adapter, micro, checkpointing) -> MemoryPlan:
+        parts, details = estimate(shape, settings, device, adapter, micro, checkpointing)
+        return MemoryPlan(shape.name, device, budget, adapter, micro, checkpointing, parts, details, choices)
 
-    for method in methods:
+    for adapter in adapters:
         for checkpointing in checkpoint_options:
             for micro in micro_options:
-                candidate = made(method, micro, checkpointing)
+                candidate = made(adapter, micro, checkpointing)
                 if candidate.fits:
                     if settings.micro_batch_size is None and micro < settings.batch_size:
                         choices.append(f"micro-batch {micro}: batches of {settings.batch_size} are summed over "
                                        f"{-(-settings.batch_size // micro)} passes (the same step)")
                     if checkpointing and settings.gradient_checkpointing is None:
                         choices.append("gradient checkpointing on: without it no micro-batch fits")
-                    if method != settings.method:
+                    if adapter != settings.adapter:
                         choices.append("qlora instead of lora: the base in 16 bits does not fit")
                     return candidate
-    smallest = made(methods[-1], micro_options[-1], checkpoint_options[-1])
+    smallest = made(adapters[-1], micro_options[-1], checkpoint_options[-1])
     choices.append(_what_would_fit(shape, settings, device, smallest))
     return smallest
 
@@ -245,12 +246,12 @@ def _what_would_fit(shape: ModelShape, settings: Settings, device: str, smallest
         if length >= settings.tokens_per_example:
             continue
         shorter = Settings(**{**settings.__dict__, "tokens_per_example": length})
-        parts, _ = estimate(shape, shorter, device, smallest.method, smallest.micro_batch_size,
+        parts, _ = estimate(shape, shorter, device, smallest.adapter, smallest.micro_batch_size,
                             smallest.gradient_checkpointing)
         if sum(parts.values()) <= smallest.budget:
             return (f"does not fit in {smallest.budget / GIB:.1f} GiB even at micro-batch 1 with gradient "
                     f"checkpointing; max_length {length} would fit")
-    advice = "; method: qlora on a CUDA GPU with bitsandbytes would need less" if smallest.method in ("lora", "dora", "full") \
+    advice = "; adapter: qlora on a CUDA GPU with bitsandbytes would need less" if smallest.adapter in ("lora", "dora", "full") \
         else ""
     return (f"does not fit in {smallest.budget / GIB:.1f} GiB even at micro-batch 1 with gradient checkpointing: "
             f"it needs {smallest.peak / GIB:.1f} GiB{advice}")
@@ -276,10 +277,11 @@ def plan_for(config, shape: ModelShape, device: str, budget: int, longest_exampl
         batch_size = int(config.batch_size)
     micro = None if config.micro_batch_size in (None, AUTO) else min(batch_size, int(config.micro_batch_size))
     settings = Settings(
-        method=config.method, dtype_bytes=dtype_bytes, lora_r=config.lora_r, batch_size=batch_size,
+        adapter=config.adapter, dtype_bytes=dtype_bytes, lora_r=config.lora_r, batch_size=batch_size,
         micro_batch_size=micro,
         gradient_checkpointing=(config.gradient_checkpointing if "gradient_checkpointing" in config.model_fields_set
                                 else None),
         tokens_per_example=min(config.max_length, longest_example or config.max_length),
-        qlora_possible=device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None)
+        qlora_possible=device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None,
+        sequences_per_example=2 if config.method == "dpo" else 1)
     return plan(shape, settings, device, budget)

@@ -1,4 +1,4 @@
-"""The model that trains: base weights loaded for the chosen method, with adapters and kernels attached.
+"""The model that trains: base weights loaded for the chosen adapter, with adapters and kernels attached.
 
 Methods:
 - `lora` (default): low-rank adapters on every linear layer of the body; the base stays frozen.
@@ -65,25 +65,25 @@ def chosen_kernels(config: TrainConfig, device: str) -> str:
 
 def check_method_available(config: TrainConfig, device: str) -> None:
     """Refuse, with the reason, a method this machine cannot run — before any data or model is loaded."""
-    if config.method == "qlora":
+    if config.adapter == "qlora":
         if not device.startswith("cuda"):
-            raise MethodUnavailable("method: qlora loads the base model in 4 bits with bitsandbytes, whose kernels "
-                                    "need a CUDA GPU, and this machine has none; use method: lora (same adapters, "
+            raise MethodUnavailable("adapter: qlora loads the base model in 4 bits with bitsandbytes, whose kernels "
+                                    "need a CUDA GPU, and this machine has none; use adapter: lora (same adapters, "
                                     "base weights in 16/32 bits)")
         if not _installed("bitsandbytes"):
-            raise MethodUnavailable("method: qlora needs the `bitsandbytes` package: pip install 'tunelab[cuda]'")
+            raise MethodUnavailable("adapter: qlora needs the `bitsandbytes` package: pip install 'tunelab[cuda]'")
     chosen_kernels(config, device)
     try:
         dtype = compute_dtype(config, device)
     except PrecisionUnavailable as error:
         raise MethodUnavailable(str(error)) from None
-    if dtype == torch.float16 and config.method == "qlora":
-        raise MethodUnavailable("dtype: fp16 with method: qlora is not supported (bitsandbytes' 4-bit layers and "
+    if dtype == torch.float16 and config.adapter == "qlora":
+        raise MethodUnavailable("dtype: fp16 with adapter: qlora is not supported (bitsandbytes' 4-bit layers and "
                                 "fp16 loss scaling do not mix well); use dtype: bf16 or fp32")
 
 
 def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str, sharded: bool = False):
-    """The base model for `config.method`, adapters attached, on `device`, ready to train.
+    """The base model for `config.adapter`, adapters attached, on `device`, ready to train.
 
     `sharded`: left in host memory instead, for FSDP to move each process's slice to `device` (a model
     that does not fit one device cannot be put on it whole first).
@@ -94,9 +94,9 @@ def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str, s
     place = "cpu" if sharded else device
     if kernels == "unsloth":
         return _unsloth_model(resolved, config, dtype)
-    if config.method == "qlora":
+    if config.adapter == "qlora":
         model = _four_bit_model(resolved, dtype)
-    elif config.method == "full":
+    elif config.adapter == "full":
         # fp32 master weights: bf16 cannot hold the small updates of full fine-tuning.
         model = load_model(resolved.path, dtype=torch.float32).to(place)
     else:
@@ -113,7 +113,7 @@ def trainable_model(resolved: ResolvedModel, config: TrainConfig, device: str, s
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing works with a frozen embedding layer (no input-grad hook needed).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.method == "full":
+    if config.adapter == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
@@ -124,7 +124,7 @@ def _with_lora(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=_target_modules(config), use_dora=config.method == "dora",
+                      target_modules=_target_modules(config), use_dora=config.adapter == "dora",
                       task_type="CAUSAL_LM")
     # autocast_adapter_dtype keeps the adapter weights in fp32 over bf16 base weights: the updates are tiny
     # and would round away in bf16.
@@ -154,16 +154,16 @@ def _unsloth_model(resolved: ResolvedModel, config: TrainConfig, dtype: torch.dt
 
     require_safetensors(resolved.path)
     model, _tokenizer = FastLanguageModel.from_pretrained(model_name=resolved.path, max_seq_length=config.max_length,
-                                                          dtype=dtype, load_in_4bit=config.method == "qlora",
-                                                          full_finetuning=config.method == "full", **loading_options())
-    if config.method == "full":
+                                                          dtype=dtype, load_in_4bit=config.adapter == "qlora",
+                                                          full_finetuning=config.adapter == "full", **loading_options())
+    if config.adapter == "full":
         return model
     targets = _target_modules(config)
     if targets == "all-linear":
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return FastLanguageModel.get_peft_model(
         model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=targets, use_dora=config.method == "dora", random_state=config.seed,
+        target_modules=targets, use_dora=config.adapter == "dora", random_state=config.seed,
         use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False)
 
 
