@@ -56,6 +56,7 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
     from tunelab.train.local import train as run_training
     from tunelab.train.memory import DoesNotFit
     from tunelab.train.methods import MethodUnavailable
+    from tunelab.train.start import StartError
 
     if resume:
         # A resumed run keeps its own settings; only how it is shown may change.
@@ -83,7 +84,7 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
         run_dir = run_training(settings, events=Events(ConsoleEvents(progress=not quiet and not as_json)),
                                resume=resume is not None)
     except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError, MissingChatTemplate,
-            NothingToTrain, OutputError, DoesNotFit) as error:
+            NothingToTrain, OutputError, DoesNotFit, StartError) as error:
         fail(str(error))
     except StorageError as error:  # a disk that fills up or turns read-only
         from tunelab.train.checkpoints import complete_checkpoints

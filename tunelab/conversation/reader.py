@@ -35,14 +35,25 @@ def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
         if is_preference(first):
             raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs (OpenAI's format for "
                                      "DPO: input, preferred_output, non_preferred_output), not chat examples; this "
-                                     "command reads chat examples", str(path))]) from None
+                                     "command reads chat examples (to train on pairs: --method dpo)", str(path))]) from None
         raise error
 
 
 def read_numbered_pairs(path: str | Path) -> list[tuple[int, PreferencePair]]:
     """(line number, pair) for every preference pair of a file in OpenAI's preference format, or raise
-    DataError listing every problem (a chat line among them included)."""
-    return [(line, read_pair(record)) for line, record in _read_numbered(path, preference_problems, "preference pairs")]
+    DataError listing every problem. A file of chat examples is said to be one, once."""
+    try:
+        return [(line, read_pair(record)) for line, record in _read_numbered(path, preference_problems, "preference pairs")]
+    except DataError as error:
+        if input_file_problem(Path(path)):
+            raise
+        first = next((record for _, record, unreadable in read_jsonl_lines(Path(path)) if not unreadable), None)
+        if isinstance(first, dict) and "messages" in first and not is_preference(first):
+            raise DataError([Problem(ERROR, "chat_file", 1, "input", "holds chat examples (messages), not preference "
+                                     "pairs (input, preferred_output, non_preferred_output); a dpo run trains on "
+                                     "pairs (`tunelab data convert` makes them from TRL's or LLaMA-Factory's)",
+                                     str(path))]) from None
+        raise error
 
 
 def _read_numbered(path: str | Path, problems_of, what: str) -> list[tuple[int, dict]]:

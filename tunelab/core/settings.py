@@ -202,12 +202,14 @@ class TrainConfig(BaseModel):
             sources.append((str(path), read_settings_file(Path(path))))
         given = {name: value for name, value in flags.items() if value is not None}
         if given:
-            sources.append(("flags", parsed_values(given, _flag)))
+            sources.append(("flags", given))
         merged: dict = {}
         notes = []
         for source, settings in sources:
             settings, note = current_spelling(settings, source)
             notes += [note] if note else []
+            if source == "flags":
+                settings = parsed_values(settings, _flag)
             _checked(settings, source)
             merged.update(settings)
         config = _checked(merged, str(path or (f"preset {preset}" if preset else "flags")))

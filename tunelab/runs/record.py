@@ -25,6 +25,14 @@ from tunelab.runs.rundir import RunDir
 STATUS_EVENTS = {"running": "Fine-tuning job started", "succeeded": "The job has successfully completed",
                  "paused": "Job paused", "cancelled": "Job cancelled", "failed": "Job failed"}
 METRIC_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+# A preference run's figures beside OpenAI's (train/preference_fit.py says what each is): tunelab's additions,
+# in metrics.csv after OpenAI's columns and in the metrics events under the same names.
+PREFERENCE_COLUMNS = ["train_rewards_chosen", "train_rewards_rejected", "train_reward_margin", "train_reward_accuracy",
+                      "valid_reward_margin", "valid_reward_accuracy"]
+
+
+def metric_columns(method: str) -> list[str]:
+    return METRIC_COLUMNS + (PREFERENCE_COLUMNS if method == "dpo" else [])
 
 
 def new_job_id() -> str:
@@ -43,20 +51,20 @@ def fine_tuned_model_name(model: str, suffix: str | None, job_id: str, organizat
 
 def fine_tuning_job(*, id: str, created_at: int, model: str, base_model: str, status: str,
                     training_file: str | None, validation_file: str | None, hyperparameters: dict, seed: int,
-                    method: str = "supervised", suffix: str | None = None, metadata: dict | None = None,
+                    method: str = "supervised", method_hyperparameters: dict | None = None, suffix: str | None = None, metadata: dict | None = None,
                     fine_tuned_model: str | None = None, trained_tokens: int | None = None,
                     finished_at: int | None = None, estimated_finish: int | None = None,
                     result_files: list[str] | None = None, error: dict | None = None,
                     integrations: list[dict] | None = None, **additions) -> dict:
     """A `fine_tuning.job` object in OpenAI's shape: the one builder, for a local run's job.json and for the
     server's answers. `hyperparameters` are stated twice, as OpenAI does (top level, deprecated, and under
-    the method). `additions` are tunelab's own fields (`base_model` is always one: the model the job really
+    the method; `method_hyperparameters` where the method has more, as dpo's beta). `additions` are tunelab's own fields (`base_model` is always one: the model the job really
     trains, where `model` is the name its creator used, perhaps an alias)."""
     return {
         "object": "fine_tuning.job", "id": id, "created_at": created_at, "model": model, "base_model": base_model,
         "organization_id": "org-" + ORGANIZATION, "status": status,
         "training_file": training_file, "validation_file": validation_file,
-        "hyperparameters": hyperparameters, "method": {"type": method, method: {"hyperparameters": hyperparameters}},
+        "hyperparameters": hyperparameters, "method": {"type": method, method: {"hyperparameters": method_hyperparameters or hyperparameters}},
         "seed": seed, "suffix": suffix, "metadata": metadata,
         "fine_tuned_model": fine_tuned_model, "trained_tokens": trained_tokens, "finished_at": finished_at,
         "estimated_finish": estimated_finish, "result_files": result_files or [], "error": error,
@@ -79,8 +87,9 @@ class RunRecorder:
     (`restore_rows`), dropping any rows the interrupted run wrote after its last checkpoint.
     """
 
-    def __init__(self, run: RunDir, job: dict, resume: bool = False):
+    def __init__(self, run: RunDir, job: dict, resume: bool = False, columns: list[str] = METRIC_COLUMNS):
         self.run = run
+        self.columns = columns
         self.job = job
         self.resume = resume
         self.trackers = None
@@ -106,7 +115,7 @@ class RunRecorder:
     def _open_metrics(self) -> None:
         self._metrics_file = self.run.metrics_file.open("w", newline="", encoding="utf-8")
         self._metrics = csv.writer(self._metrics_file)
-        self._metrics.writerow(METRIC_COLUMNS)
+        self._metrics.writerow(self.columns)
 
     def restore_rows(self, rows: list[dict]) -> None:
         """Start metrics.csv again from a checkpoint's rows."""
@@ -118,8 +127,8 @@ class RunRecorder:
 
     def _write_row(self, row: dict) -> None:
         self.rows.append(row)
-        self._metrics.writerow(["" if row[c] is None else (f"{row[c]:.6f}" if c != "step" else row[c])
-                                for c in METRIC_COLUMNS])
+        self._metrics.writerow(["" if row.get(c) is None else (f"{row[c]:.6f}" if c != "step" else row[c])
+                                for c in self.columns])
         self._metrics_file.flush()
 
     def save_job(self) -> None:
@@ -165,7 +174,8 @@ class RunRecorder:
         data = {"step": row["step"], "total_steps": self.job.get("estimated_total_steps"),
                 "train_loss": row["train_loss"], "train_mean_token_accuracy": row["train_accuracy"],
                 "valid_loss": row["valid_loss"], "valid_mean_token_accuracy": row["valid_mean_token_accuracy"],
-                "learning_rate": row.get("learning_rate")}  # tunelab's addition, for the dashboard's chart
+                "learning_rate": row.get("learning_rate"),  # tunelab's addition, for the dashboard's chart
+                **{name: row.get(name) for name in self.columns if name not in METRIC_COLUMNS}}
         self.event(message, data={k: v for k, v in data.items() if v is not None}, kind="metrics")
 
     def plot_loss_curve(self) -> Path | None:

@@ -75,6 +75,11 @@ class RunDir:
         return self.path / "model"
 
     @property
+    def reference_file(self) -> Path:
+        """A preference run's reference log-probabilities of each pair's outputs, computed before its first step."""
+        return self.path / "reference_log_probs.safetensors"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 

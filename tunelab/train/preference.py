@@ -29,9 +29,9 @@ from tunelab.train.loss import token_cross_entropy
 LOSS_TYPES = ("sigmoid", "ipo")
 
 
-def sequence_log_probs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """(each sequence's summed log-probability of its trained tokens, in fp64; how many there are), through the
-    fused head: only the trained positions' hidden states meet the LM head."""
+def _trained_positions(model, input_ids, attention_mask, labels):
+    """The decoder's hidden states at the positions whose next token trains, their targets and rows, and the
+    head to score them with: only these positions meet the LM head (the fused pass of loss.py)."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())  # as TrainedTokenLoss
     hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=None if right_padded else attention_mask,
@@ -41,21 +41,57 @@ def sequence_log_probs(model, input_ids, attention_mask, labels) -> tuple[torch.
     head = causal_lm.get_output_embeddings()
     device = hidden.device.type
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
-    token_losses, _ = token_cross_entropy(hidden[:, :-1][trained], head.weight, targets[trained],
-                                          getattr(causal_lm.config, "final_logit_softcapping", None), compute_dtype)
-    rows = trained.nonzero()[:, 0]
+
+    def scored(positions):
+        """Per-token losses and the number of correct argmax predictions at the trained `positions`."""
+        return token_cross_entropy(hidden[:, :-1][positions], head.weight, targets[positions],
+                                   getattr(causal_lm.config, "final_logit_softcapping", None), compute_dtype)
+
+    return trained, scored
+
+
+def _row_sums(token_losses, trained) -> torch.Tensor:
     # Summed in fp64: a sum of hundreds of log-probabilities in fp32 rounds by more than the differences a
     # preference loss is made of (policy − reference, preferred − non-preferred).
-    sums = torch.zeros(len(input_ids), dtype=torch.float64, device=hidden.device).index_add(0, rows, -token_losses.double())
-    return sums, trained.sum(dim=1)
+    rows = trained.nonzero()[:, 0]
+    return torch.zeros(len(trained), dtype=torch.float64, device=token_losses.device).index_add(
+        0, rows, -token_losses.double())
+
+
+def sequence_log_probs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each sequence's summed log-probability of its trained tokens, in fp64; how many there are), through the
+    fused head: only the trained positions' hidden states meet the LM head."""
+    trained, scored = _trained_positions(model, input_ids, attention_mask, labels)
+    token_losses, _ = scored(trained)
+    return _row_sums(token_losses, trained), trained.sum(dim=1)
+
+
+def pair_log_probs(model, input_ids, attention_mask, labels, pairs: int):
+    """For a batch of `pairs` preferred sequences followed by their non-preferred ones: (summed log-probabilities
+    [2 × pairs], token counts [2 × pairs], correct next-token predictions in the preferred replies, their
+    tokens). The two halves are scored apart only to count the preferred replies' accuracy."""
+    trained, scored = _trained_positions(model, input_ids, attention_mask, labels)
+    first = torch.zeros_like(trained)
+    first[:pairs] = True
+    preferred_losses, correct = scored(trained & first)
+    rest_losses, _ = scored(trained & ~first)
+    sums = _row_sums(preferred_losses, trained & first) + _row_sums(rest_losses, trained & ~first)
+    counts = trained.sum(dim=1)
+    return sums, counts, int(correct), int(counts[:pairs].sum())
 
 
 @dataclass
 class RenderedPair:
-    """A pair as it trains: its prompt with each output, rendered as conversations."""
+    """A pair as it trains: its prompt with each output, rendered as conversations, and once known, the
+    reference's summed log-probabilities of the two outputs."""
 
     preferred: RenderedExample
     non_preferred: RenderedExample
+    reference: tuple[float, float] | None = None
+
+    @property
+    def longest(self) -> int:
+        return max(len(self.preferred.input_ids), len(self.non_preferred.input_ids))
 
 
 def render_pairs(tokenizer, numbered_pairs: list[tuple[int, PreferencePair]], path) -> list[RenderedPair]:
@@ -88,9 +124,14 @@ def reference_log_probs(model, pairs: list[RenderedPair], pad_id: int, device: s
 
 @dataclass
 class PreferenceLoss:
-    loss: torch.Tensor  # the mean over pairs, to step on
+    losses: torch.Tensor  # each pair's
     rewards_chosen: torch.Tensor  # β · r of each preferred reply (detached)
     rewards_rejected: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The mean over pairs, to step on."""
+        return self.losses.mean()
 
     def metrics(self) -> dict[str, float]:
         margins = self.rewards_chosen - self.rewards_rejected
@@ -112,4 +153,4 @@ def preference_loss(policy_chosen, policy_rejected, reference_chosen, reference_
     else:
         delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
         losses = (delta - 1 / (2 * beta)) ** 2
-    return PreferenceLoss(losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
+    return PreferenceLoss(losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
