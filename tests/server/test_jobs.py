@@ -87,9 +87,13 @@ def test_bad_jobs_are_refused_or_fail_as_openai_says(tiny_client, recorder, tmp_
     with pytest.raises(openai.BadRequestError, match="n_epochs: must be a whole number ≥ 1 or 'auto'"):
         client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                        hyperparameters={"n_epochs": 0})
-    with pytest.raises(openai.BadRequestError, match="dpo.*not supported yet"):
+    with pytest.raises(openai.BadRequestError, match="reinforcement.*not supported yet"):
         client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
-                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+                                       method={"type": "reinforcement", "reinforcement": {"grader": {}}})
+    with pytest.raises(openai.BadRequestError, match="beta") as caught:
+        client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
+                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
+    assert caught.value.body["param"].endswith("beta")
     with pytest.raises(openai.BadRequestError, match="not a fine-tune file"):
         client.fine_tuning.jobs.create(training_file="file-doesnotexist", model="gpt-4o-mini-2024-07-18")
 
@@ -109,6 +113,44 @@ def test_bad_jobs_are_refused_or_fail_as_openai_says(tiny_client, recorder, tmp_
     assert "holds preference pairs" in refused.error.message
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-nothere")
+    recorder.check_all()
+
+
+def test_a_dpo_job_from_a_supervised_fine_tune_trains_and_answers(tiny_client, recorder, tmp_path,
+                                                                  support_conversations):
+    """OpenAI's recipe: supervised first, then DPO from the supervised model, named by its `ft:` name."""
+    client = tiny_client
+    training = upload(client, tmp_path, support_conversations[:16])
+    supervised = wait_until_finished(client, client.fine_tuning.jobs.create(
+        training_file=training.id, model="gpt-4o-mini-2024-07-18", hyperparameters={"n_epochs": 1}, suffix="sft").id)
+    assert supervised.status == "succeeded", supervised.error
+    pairs = [{"input": {"messages": c["messages"][:-1]}, "preferred_output": c["messages"][-1:],
+              "non_preferred_output": [{"role": "assistant", "content": c["messages"][-1]["content"][:12]}]}
+             for c in support_conversations[:16]]
+    preference = upload(client, tmp_path, pairs, "pairs.jsonl")
+    job = client.fine_tuning.jobs.create(training_file=preference.id, model=supervised.fine_tuned_model, suffix="dpo",
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1,
+                                                                                            "n_epochs": 2}}})
+    done = wait_until_finished(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.model == supervised.fine_tuned_model and done.method.type == "dpo"
+    assert done.method.dpo.hyperparameters.beta == 0.1 and done.method.dpo.hyperparameters.n_epochs == 2
+    # Named after the base as the client first named it, as OpenAI names a fine-tune of a fine-tune.
+    assert done.fine_tuned_model.startswith("ft:gpt-4o-mini-2024-07-18:tunelab:dpo:"), done.fine_tuned_model
+    results = client.files.content(done.result_files[0]).read().decode().splitlines()
+    assert results[0].endswith("train_reward_margin,train_reward_accuracy,valid_reward_margin,valid_reward_accuracy")
+    first_loss = float(results[1].split(",")[1])
+    assert abs(first_loss - 0.693147) < 0.01  # the supervised model is the reference, and the start
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert metrics and "train_reward_accuracy" in metrics[0] and "train_loss" in metrics[0]
+    answer = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=6, temperature=0,
+                                            messages=[{"role": "user", "content": "Where is my order?"}])
+    assert answer.model == done.fine_tuned_model and answer.usage.completion_tokens > 0
+
+    chat_as_pairs = wait_until_finished(client, client.fine_tuning.jobs.create(
+        training_file=training.id, model="gpt-4o-mini-2024-07-18", method={"type": "dpo"}).id)
+    assert (chat_as_pairs.status, chat_as_pairs.error.code) == ("failed", "invalid_training_file")
+    assert "holds chat examples (messages), not preference pairs" in chat_as_pairs.error.message
     recorder.check_all()
 
 

@@ -43,14 +43,17 @@ def job_object(store, row) -> dict:
     estimated_finish = None
     if run.config_file.is_file():  # `auto` resolved by the run
         settings = run.settings()
-        hyperparameters = {name: settings[name] for name in HYPERPARAMETERS}
+        hyperparameters = {name: settings[name] for name in HYPERPARAMETERS + (("beta",) if "beta" in hyperparameters else ())}
         if row["status"] == "running" and run.has_run():
             estimated_finish = _estimated_finish(run, row["started_at"])
+    # OpenAI states the three at the top level as well (deprecated); a method's own (dpo's beta) only under it.
+    top_level = {name: hyperparameters[name] for name in HYPERPARAMETERS}
     return fine_tuning_job(
         id=row["id"], created_at=row["created_at"], model=row["model"], status=row["status"],
         base_model=run.job().get("base_model", row["base_model"]) if run.has_run() else row["base_model"],
         training_file=row["training_file"], validation_file=row["validation_file"],
-        hyperparameters=hyperparameters, seed=row["seed"], suffix=row["suffix"],
+        hyperparameters=top_level, method=row["method"], method_hyperparameters=hyperparameters, seed=row["seed"],
+        suffix=row["suffix"],
         metadata=json.loads(row["metadata"]) if row["metadata"] else None,
         fine_tuned_model=row["fine_tuned_model"], trained_tokens=row["trained_tokens"],
         finished_at=row["finished_at"], estimated_finish=estimated_finish,
@@ -72,6 +75,17 @@ def _estimated_finish(run: RunDir, started_at: int | None) -> int | None:
     return int(time.time() + elapsed / done * max(0, total - done))
 
 
+def _fine_tune_job(request: Request, model: str):
+    """The succeeded job of the request's project whose fine-tune `model` names (not deleted); None for any
+    other name."""
+    if not model.startswith("ft:"):
+        return None
+    rows = request.app.state.store.execute(
+        "SELECT id, model, base_model FROM jobs WHERE fine_tuned_model = ? AND status = 'succeeded' "
+        "AND model_deleted = 0 AND project_id = ?", (model, project_of(request)))
+    return rows[0] if rows else None
+
+
 def job_row(request: Request, job_id: str):
     """The job's row in the request's project; OpenAI's 404 otherwise."""
     return row_or_404(request.app.state.store, "jobs", job_id, JOB_ID, "fine-tuning job", "fine_tuning_job_id",
@@ -90,12 +104,13 @@ def _file_id(request: Request, value: str | None, name: str) -> str | None:
 
 @router.post("/fine_tuning/jobs")
 async def create_job(request: Request, body: CreateJobRequest) -> dict:
-    if body.method is not None and body.method.type != "supervised":
-        raise APIError(400, f"method.type {body.method.type!r} is not supported yet: tunelab serve trains "
-                       "supervised jobs only (dpo and reinforcement are planned)", param="method.type",
+    if body.method_type == "reinforcement":
+        raise APIError(400, "method.type 'reinforcement' is not supported yet: tunelab serve trains supervised and "
+                       "dpo jobs (reinforcement with OpenAI's graders is planned)", param="method.type",
                        code="unsupported_value")
     project = project_of(request)
-    base_model = resolve_base(request, body.model)
+    start = _fine_tune_job(request, body.model)  # a job may start from a fine-tune of this project, as on OpenAI
+    base_model = start["base_model"] if start else resolve_base(request, body.model)
     training_file = _file_id(request, body.training_file, "training_file")
     validation_file = _file_id(request, body.validation_file, "validation_file")
     hyperparameters = body.hyperparameters_chosen()
@@ -110,12 +125,13 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31
     store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
-                  "metadata, hyperparameters, settings, project_id, integrations, status) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
+                  "metadata, hyperparameters, settings, project_id, integrations, method, start_job, status) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
                   (job_id, int(time.time()), body.model, base_model, training_file, validation_file, body.suffix, seed,
                    json.dumps(body.metadata) if body.metadata else None, json.dumps(hyperparameters),
                    json.dumps(settings), project,
-                   json.dumps([i.model_dump() for i in body.integrations]) if body.integrations else None))
+                   json.dumps([i.model_dump() for i in body.integrations]) if body.integrations else None,
+                   body.method_type, start["id"] if start else None))
     store.job_event(job_id, f"Created fine-tuning job: {job_id}")
     if len(settings) > 1 or settings["preset"]:
         store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()

@@ -164,11 +164,20 @@ class CreateJobRequest(Closed):
             raise RequestError(str(error), f"tunelab.{str(error).split(':')[0].removeprefix('tunelab.')}") from None
         return given
 
+    @property
+    def method_type(self) -> str:
+        return self.method.type if self.method else "supervised"
+
     def hyperparameters_chosen(self) -> dict:
-        """The method's hyperparameters, or the deprecated top-level ones: all three, `auto` where not given."""
+        """The method's hyperparameters, or the deprecated top-level ones: all three, `auto` where not given
+        (and a dpo job's beta)."""
         method_settings = getattr(self.method, self.method.type, None) if self.method else None
         given = (method_settings.hyperparameters if method_settings else None) or self.hyperparameters
-        return (given or SupervisedHyperparameters()).chosen()
+        chosen = (given or SupervisedHyperparameters()).chosen()
+        if self.method_type == "dpo":
+            beta = getattr(given, "beta", None)
+            chosen["beta"] = AUTO if beta is None else beta
+        return chosen
 
 
 # --- chat completions ----------------------------------------------------------------------------------------

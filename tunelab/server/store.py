@@ -145,6 +145,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- what a job's event stream asks twice a second (live.py)
         CREATE INDEX job_events_by_job ON job_events (job_id);
     """),
+    # OpenAI's method.type of a job (its dpo beta is kept with the hyperparameters), and the job whose
+    # fine-tune a job starts from when its `model` names one (NULL: a base model).
+    ("0010_job_methods", """
+        ALTER TABLE jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'supervised';
+        ALTER TABLE jobs ADD COLUMN start_job TEXT;
+    """),
 ]
 
 

@@ -36,7 +36,7 @@ from contextlib import nullcontext, suppress
 from pathlib import Path
 
 from tunelab.conversation.problems import DataError
-from tunelab.conversation.reader import read_conversations
+from tunelab.conversation.reader import read_conversations, read_numbered_pairs
 from tunelab.core.files import StorageError, atomic_path
 from tunelab.core.process import configure_process, keep_freed_memory
 from tunelab.core.settings import TrainConfig
@@ -68,8 +68,9 @@ def validate_files(store: Store, job) -> bool:
         file_id = job[name]
         if file_id is None:
             continue
+        read = read_numbered_pairs if job["method"] == "dpo" else read_conversations
         try:
-            examples = len(read_conversations(store.file_path(file_id)))
+            examples = len(read(store.file_path(file_id)))
         except (DataError, FileNotFoundError) as error:
             fail(store, job["id"], f"invalid_{name}", f"{name.replace('_', ' ').capitalize()} {file_id} cannot be "
                  f"used: {str(error).replace(str(store.file_path(file_id)), file_id)}", param=name)
@@ -128,10 +129,12 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
     # preset's epochs, batch or rate are there only where the request left OpenAI's field `auto`.
     settings = {name: value for name, value in json.loads(job["settings"]).items() if name != "preset"}
     settings.update(integration_settings(json.loads(job["integrations"] or "[]"), settings.get("report_to", "")))
+    # A job started from a fine-tune trains on from that job's run, on its base (train/start.py).
+    start = {"from_run": str(store.run_dir(job["start_job"]))} if job["start_job"] else {"model": job["base_model"]}
     config = TrainConfig.from_sources(
-        data=str(store.file_path(job["training_file"])), model=job["base_model"], out=str(run.path),
+        data=str(store.file_path(job["training_file"])), out=str(run.path), method=job["method"],
         validation=str(store.file_path(job["validation_file"])) if job["validation_file"] else None,
-        suffix=job["suffix"], seed=job["seed"], **{**json.loads(job["hyperparameters"]), **settings})
+        suffix=job["suffix"], seed=job["seed"], **start, **{**json.loads(job["hyperparameters"]), **settings})
 
     def cancelled(_step: int) -> bool:  # asked of the first process only; the others follow its answer
         if not worker_alive():
@@ -144,7 +147,7 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
             record_completion(store, job_id, run)
         return
     try:
-        train(config, resume=resume, should_stop=cancelled, job_id=job_id, model_name=job["model"])
+        train(config, resume=resume, should_stop=cancelled, job_id=job_id, model_name=_named_base(store, job))
     except StorageError as error:  # a full or read-only disk: the job waits for space rather than failing
         if main:
             with suppress(IllegalTransition):  # unless its client cancelled or paused it meanwhile
@@ -163,6 +166,17 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
         return
     if main and run.job()["status"] == "succeeded":  # else stopped on request: the API has moved the job already
         record_completion(store, job_id, run)
+
+
+def _named_base(store: Store, job) -> str:
+    """The base model as the client named it, which the fine-tune's name starts with: for a job started from a
+    fine-tune, the base of the first job in that line (OpenAI names a fine-tune of a fine-tune after the base)."""
+    while job["start_job"]:
+        rows = store.execute("SELECT model, start_job FROM jobs WHERE id = ?", (job["start_job"],))
+        if not rows:
+            break
+        job = rows[0]
+    return job["model"]
 
 
 def integration_settings(integrations: list[dict], report_to: str) -> dict:

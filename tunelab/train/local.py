@@ -177,8 +177,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     if preference:
         fit = PreferenceFit(*fit_arguments, beta=resolved_beta(config), loss_type=config.dpo_loss)
         # Before any checkpoint is restored: the reference is the model as the run starts.
-        _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id, fit.autocast,
-                          cluster, recorder)
+        _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id, hyper.micro_batch_size,
+                          fit.autocast, cluster, recorder)
     else:
         fit = Fit(*fit_arguments)
     if recorder and cluster.world > 1:
@@ -344,8 +344,8 @@ def _truncated(examples: list, max_length, path, events: Events) -> list:
     return examples
 
 
-def _attach_reference(run: RunDir, model, pairs: list[RenderedPair], pad_id: int, autocast, cluster: Cluster,
-                      recorder: RunRecorder | None) -> None:
+def _attach_reference(run: RunDir, model, pairs: list[RenderedPair], pad_id: int, micro_batch_size: int, autocast,
+                      cluster: Cluster, recorder: RunRecorder | None) -> None:
     """Each pair's reference log-probabilities: computed from the model as the run starts (the base for a fresh
     adapter, the adapter it continues `--from`), saved with the run, and read back when it resumes."""
     from safetensors.torch import load_file, save_file
@@ -360,13 +360,16 @@ def _attach_reference(run: RunDir, model, pairs: list[RenderedPair], pad_id: int
             raise ValueError(f"{run.reference_file} is missing, and the run has trained past its start, so the "
                              "reference cannot be computed again; start the run afresh")
         started = time.monotonic()
-        reference = reference_log_probs(model, pairs, pad_id, cluster.device, autocast=autocast)
+        # in batches of a training pass's sequences (a pass holds a micro-batch of pairs), which the plan fits
+        reference = reference_log_probs(model, pairs, pad_id, cluster.device, batch_size=2 * micro_batch_size,
+                                        autocast=autocast)
         if cluster.is_main:
             with atomic_path(run.reference_file) as temporary:
                 save_file({"log_probs": reference.contiguous()}, str(temporary))
         if recorder:
-            recorder.event(f"Reference log-probabilities of {len(pairs)} pairs computed in "
-                           f"{time.monotonic() - started:.1f} s", data={"reference_pairs": len(pairs)})
+            seconds = time.monotonic() - started
+            recorder.event(f"Reference log-probabilities of {len(pairs)} pairs computed in {seconds:.1f} s",
+                           data={"reference_pairs": len(pairs), "reference_seconds": round(seconds, 3)})
     for pair, (chosen, rejected) in zip(pairs, reference.tolist(), strict=True):
         pair.reference = (chosen, rejected)
 
@@ -391,6 +394,7 @@ def _write_resolved_config(run: RunDir, config: TrainConfig, hyper, dtype: torch
     resolved = config.model_copy(update=dict(
         out=str(run.path.resolve()), n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
         learning_rate_multiplier=hyper.learning_rate_multiplier, micro_batch_size=hyper.micro_batch_size,
+        beta=resolved_beta(config), from_run=_absolute(config.from_run),
         dtype=dtype_name(dtype), data=_absolute(config.data), validation=_absolute(config.validation),
         model=_absolute(config.model), chat_template=_absolute(config.chat_template)))
     write_text_atomically(run.config_file, yaml.safe_dump(resolved.to_dict(), sort_keys=False))

@@ -101,13 +101,18 @@ def render_pairs(tokenizer, numbered_pairs: list[tuple[int, PreferencePair]], pa
     return [RenderedPair(*examples) for examples in zip(rendered[True], rendered[False])]
 
 
-@torch.no_grad()
 def reference_log_probs(model, pairs: list[RenderedPair], pad_id: int, device: str, batch_size: int = 8,
                         autocast=None) -> torch.Tensor:
     """[pairs, 2] fp64: each pair's outputs' summed log-probabilities under the model as it is now — before
     the first step, the reference: the base for a fresh adapter (whose update is zero), or the adapter a run
     continues from. Computed once, so the reference needs neither a second model nor the adapter switched
-    off at every step. `autocast`: the training's, so that the first step's policy equals its reference."""
+    off at every step.
+
+    Computed as the training step computes the policy, so that the first step's policy equals its reference
+    (loss ln 2) in every number format: under the training's `autocast`, and with gradients on, since the
+    trained LoRA layers take their merged path only then (merged_lora.py) and a continued adapter through
+    PEFT's own path rounds differently in 16 bits. Nothing steps on these gradients; each batch's graph is
+    dropped as it ends."""
     was_training = model.training
     model.eval()
     examples = [example for pair in pairs for example in (pair.preferred, pair.non_preferred)]
@@ -117,8 +122,9 @@ def reference_log_probs(model, pairs: list[RenderedPair], pad_id: int, device: s
         indices = order[start:start + batch_size]
         with autocast or contextlib.nullcontext():
             batch_sums, _ = sequence_log_probs(model, *collate([examples[i] for i in indices], pad_id, device))
-        sums[indices] = batch_sums.cpu()
+        sums[indices] = batch_sums.detach().cpu()
     model.train(was_training)
+    model.zero_grad(set_to_none=True)
     return sums.view(len(pairs), 2)
 
 
