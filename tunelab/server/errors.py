@@ -29,7 +29,7 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-UNION_BRANCH = re.compile(r"^(int|float|str|bool|list|dict|none|function-\w+|.*[\[(].*)$")
+UNION_BRANCH = re.compile(r"^(int|float|str|bool|list|dict|none|function-\w+|constrained-\w+|.*[\[(].*)$")
 
 
 class RequestError(ValueError):
