@@ -101,6 +101,7 @@ class PreferencePair:
     tools: list[dict] | None
     preferred: str
     non_preferred: str
+    metadata: dict | None = None  # the line's own, where it has one (its tags slice an evaluation)
 
     def conversation(self, preferred: bool) -> dict:
         """The input followed by one of the outputs, to render with the chat template as one conversation: the
@@ -120,4 +121,5 @@ def read_pair(record: dict) -> PreferencePair:
     record = with_current_spelling(record)
     return PreferencePair(messages=record["input"]["messages"], tools=record["input"].get("tools"),
                           preferred=content_text(record["preferred_output"][0]["content"]),
-                          non_preferred=content_text(record["non_preferred_output"][0]["content"]))
+                          non_preferred=content_text(record["non_preferred_output"][0]["content"]),
+                          metadata=record.get("metadata") if isinstance(record.get("metadata"), dict) else None)

@@ -31,8 +31,7 @@ def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
     except DataError as error:
         if input_file_problem(Path(path)):  # not a regular file (a FIFO would block a second read): as it is
             raise
-        first = next((record for _, record, unreadable in read_jsonl_lines(Path(path)) if not unreadable), None)
-        if is_preference(first):
+        if is_preference(_first_record(path)):
             raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs (OpenAI's format for "
                                      "DPO: input, preferred_output, non_preferred_output), not chat examples; this "
                                      "command reads chat examples (to train on pairs: --method dpo)", str(path))]) from None
@@ -47,13 +46,23 @@ def read_numbered_pairs(path: str | Path) -> list[tuple[int, PreferencePair]]:
     except DataError as error:
         if input_file_problem(Path(path)):
             raise
-        first = next((record for _, record, unreadable in read_jsonl_lines(Path(path)) if not unreadable), None)
+        first = _first_record(path)
         if isinstance(first, dict) and "messages" in first and not is_preference(first):
             raise DataError([Problem(ERROR, "chat_file", 1, "input", "holds chat examples (messages), not preference "
                                      "pairs (input, preferred_output, non_preferred_output); a dpo run trains on "
                                      "pairs (`tunelab data convert` makes them from TRL's or LLaMA-Factory's)",
                                      str(path))]) from None
         raise error
+
+
+def is_preference_file(path: str | Path) -> bool:
+    """Whether a data file holds preference pairs, by its first readable line (False for what cannot be read:
+    the chat reader then says why)."""
+    return not input_file_problem(Path(path)) and is_preference(_first_record(path))
+
+
+def _first_record(path: str | Path):
+    return next((record for _, record, unreadable in read_jsonl_lines(Path(path)) if not unreadable), None)
 
 
 def _read_numbered(path: str | Path, problems_of, what: str) -> list[tuple[int, dict]]:

@@ -17,7 +17,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.conversation.reader import read_numbered_conversations, split_prompt_and_reply
+from tunelab.conversation.reader import (is_preference_file, read_numbered_conversations, read_numbered_pairs,
+                                         split_prompt_and_reply)
 from tunelab.conversation.schema import content_text, last_assistant_index
 
 
@@ -35,7 +36,11 @@ class Item:
 
 
 def read_items(path: str | Path, slice_by: str | None = None, limit: int | None = None) -> list[Item]:
-    """The held-out examples of a chat JSONL file (DataError naming lines and fields if it is not valid)."""
+    """The held-out examples of a chat JSONL file (DataError naming lines and fields if it is not valid). From a
+    file of preference pairs: each pair's input, with its preferred output as the reference reply."""
+    if is_preference_file(path):
+        return [Item(line, pair.messages, pair.preferred, pair.preferred, [], pair.tools,
+                     _tags({"metadata": pair.metadata}, slice_by, path, line)) for line, pair in read_numbered_pairs(path)[:limit]]
     items = []
     for line, conversation in read_numbered_conversations(path)[:limit]:
         prompt, reference = split_prompt_and_reply(conversation)

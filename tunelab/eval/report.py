@@ -69,6 +69,16 @@ p &lt; 0.05; otherwise it is "no detectable difference".
 {% set found = slice_comparison(sl) %}<td class="{{ word_class(found, primary) if found else '' }}">{% if found %}{{ diff(found.mean_diff, primary) }} ({{ word(found, primary) }}){% endif %}</td></tr>{% endfor %}
 </table></section>{% endif %}
 
+{% if r.preference and not r.preference.skipped %}<section id="preference"><h2>Preference pairs</h2>
+{% set p = r.preference %}<table><tr><th>system</th><th>prefers the preferred output (per-token log-probability, 95% CI)</th></tr>
+{% for name, figures in p.systems.items() %}{% set e = figures.likelihood_preference %}<tr><td>{{ r.systems[name].model }}</td>
+<td class="num">{{ "%.0f"|format(100 * e.mean) }}% ({{ "%.0f"|format(100 * e.ci95[0]) }}% to {{ "%.0f"|format(100 * e.ci95[1]) }}%)</td></tr>{% endfor %}
+</table>{% if p.reward %}<p>Reward accuracy of the fine-tune against {{ r.systems[p.reward.reference].model }} (β {{ p.reward.beta }}):
+<strong>{{ "%.0f"|format(100 * p.reward.accuracy.mean) }}%</strong> of {{ p.reward.accuracy.n }} pairs
+(95% CI {{ "%.0f"|format(100 * p.reward.accuracy.ci95[0]) }}% to {{ "%.0f"|format(100 * p.reward.accuracy.ci95[1]) }}%),
+mean margin {{ "%.3f"|format(p.reward.margin.mean) }} ({{ "%.3f"|format(p.reward.margin.ci95[0]) }} to {{ "%.3f"|format(p.reward.margin.ci95[1]) }}).
+50% means the fine-tune prefers neither output more than its reference does.</p>{% endif %}</section>{% endif %}
+
 <section id="forgetting"><h2>Forgetting check</h2>
 {% set f = r.forgetting %}{% if f.skipped %}<p>Not run: {{ f.skipped }}.</p>{% else %}
 <p class="verdict">{{ f.verdict }}</p>
@@ -199,6 +209,13 @@ def verdict_text(results: dict) -> str:
     if name != "ended_turn" and all("ended_turn" in s["scores"] for s in systems.values()):
         ended = ", ".join(f"{n} {100 * s['scores']['ended_turn']['mean']:.0f}%" for n, s in systems.items())
         sentences.append(f"Ended its turn by itself: {ended}.")
+    reward = (results.get("preference") or {}).get("reward")
+    if reward:
+        accuracy = reward["accuracy"]
+        sentences.append(f"On {accuracy['n']} held-out preference pairs the fine-tune's reward (β {reward['beta']:g}, "
+                         f"against {systems[reward['reference']]['model']}) favours the preferred output in "
+                         f"{100 * accuracy['mean']:.0f}% (95% CI {100 * accuracy['ci95'][0]:.0f}% to "
+                         f"{100 * accuracy['ci95'][1]:.0f}%; 50%: no preference learned).")
     forgetting = results.get("forgetting") or {}
     if forgetting.get("verdict"):
         sentences.append("Forgetting check: " + forgetting["verdict"])

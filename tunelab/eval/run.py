@@ -9,8 +9,10 @@
    `--compare` endpoints, and generate (cached in the output folder);
 3. score every system, then the statistics (stats.py): means with bootstrap intervals, every pair of systems
    compared on the same examples, per slice too;
-4. the forgetting check (forgetting.py) when base and fine-tuned are both local;
-5. write `results.json` (schema in docs/reference/eval-results.md) and `report.html` (report.py).
+4. on held-out preference pairs, the pairs themselves scored (preference.py): each model's preferred output,
+   and the fine-tune's reward accuracy against its base;
+5. the forgetting check (forgetting.py) when base and fine-tuned are both local;
+6. write `results.json` (schema in docs/reference/eval-results.md) and `report.html` (report.py).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+from tunelab.conversation.reader import is_preference_file
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
 from tunelab.eval.forgetting import Side, forgetting_check, read_jsonl
 from tunelab.eval.items import Item, few_shot_turns, read_items, slices
 from tunelab.eval.judge import PAIRWISE_PROMPT, Judge, pairwise
+from tunelab.eval.preference import preference_results
 from tunelab.eval.report import verdict_text, write_report
 from tunelab.eval.scorers import Scorer, Scores, choose_scorers
 from tunelab.eval.stats import compare, mean_with_interval
@@ -43,7 +47,7 @@ CHAT_MODEL_ENDED_TURN = 0.5  # a base that ends its own turn this often behaves 
 @dataclass
 class EvalConfig:
     model: str  # a run directory, or a model spec (default, a path, a hub id)
-    data: str  # held-out chat JSONL
+    data: str  # held-out chat JSONL, or preference pairs
     base: str | None = None  # the base model, when `model` is not a run that names its own
     fewshot: int | None = None  # shots for base_fewshot; None: 3 when a training file is known, else none
     fewshot_from: str | None = None  # where shots come from; default: the run's training file
@@ -132,6 +136,12 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
         results["pairwise_prompt"] = PAIRWISE_PROMPT
     if shots:
         results["fewshot"] = {"k": shots, "from": _label(config, shots_file)}
+    if is_preference_file(config.data):
+        began = time.monotonic()
+        beta = run.settings().get("beta") if run is not None else None
+        results["preference"] = preference_results(config.data, systems, order,
+                                                   beta if isinstance(beta, (int, float)) else None, events)
+        timings["preference"] = round(time.monotonic() - began, 1)
     began = time.monotonic()
     results["forgetting"] = _forgetting(config, systems, replies, events)
     timings["forgetting"] = round(time.monotonic() - began, 1)
@@ -189,8 +199,10 @@ def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> di
         else:
             tuned = System(FINE_TUNED, loaded.base_name, f"{config.model}:{weights_fingerprint(config.model)}:{precision}",
                            loaded)
-    base_spec = config.base or (run.settings().get("model") if run is not None and not loaded.has_adapter else None)
-    if loaded is not None and loaded.has_adapter and not config.base:
+    # A run continued from another (`--from`, as DPO after supervised) is compared with the model it started from.
+    start = run.settings().get("from_run") if run is not None else None
+    base_spec = config.base or start or (run.settings().get("model") if run is not None and not loaded.has_adapter else None)
+    if loaded is not None and loaded.has_adapter and not config.base and not start:
         base = System(BASE, loaded.base_name, f"{loaded.base_name}:base:{precision}", loaded, use_adapter=False)
     elif is_endpoint(base_spec):
         endpoint = Endpoint(base_spec)
@@ -199,8 +211,10 @@ def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> di
         events.message(f"loading the base model {base_spec}")
         base_loaded = load_for_generation(base_spec, dtype=requested_dtype(config.dtype))
         base_precision = dtype_name(next(base_loaded.model.parameters()).dtype)
-        base = System(BASE, base_loaded.base_name, f"{base_spec}:{weights_fingerprint(base_spec)}:{base_precision}",
-                      base_loaded)
+        # a run given as the base answers as its fine-tune does (its adapter on)
+        base = System(BASE, base_loaded.fine_tuned_name or base_loaded.base_name,
+                      f"{base_spec}:{weights_fingerprint(base_spec)}:{base_precision}", base_loaded,
+                      use_adapter=base_loaded.has_adapter)
     else:  # a model on its own: evaluated as it is, with its prompted baseline
         return {BASE: System(BASE, tuned.model, tuned.fingerprint, tuned.loaded, endpoint=tuned.endpoint)}
     return {BASE: base, FINE_TUNED: tuned}
