@@ -68,6 +68,23 @@ def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path
     assert events[-1]["message"] == "The job has successfully completed"
 
 
+def test_train_remote_sends_a_dpo_job_as_openai_s_method(tiny_server, tmp_path, support_conversations):
+    from tests.train.test_dpo_run import pair_lines
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in pair_lines(support_conversations[:12])))
+    remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]
+    trained = tunelab("train", *remote, "--method", "dpo", "--beta", "0.2", "--data", str(pairs), "--model", MODEL,
+                      "--n-epochs", "1", "--out", str(tmp_path / "run"), "--quiet", "--json")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    job = json.loads(trained.stdout)
+    assert job["status"] == "succeeded" and job["method"]["type"] == "dpo"
+    assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    assert "train_reward_accuracy" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    refused = tunelab("train", *remote, "--method", "dpo", "--data", str(pairs), "--from", str(tmp_path / "run"))
+    assert refused.returncode == 1 and "--from-run" in refused.stderr  # a local run is no remote job's start
+
+
 def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_path, support_conversations):
     client = openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0)
     remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]

@@ -101,7 +101,7 @@ def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[s
     unsendable = sorted((given or set()) - SENDABLE - set(extension))
     if unsendable:
         raise ValueError("cannot be sent to a remote job (OpenAI's job API carries only the files, model, "
-                         "n_epochs, batch_size, learning_rate_multiplier, suffix and seed"
+                         "method, n_epochs, batch_size, learning_rate_multiplier, dpo's beta, suffix and seed"
                          + ("; a `tunelab serve` takes the others" if to_openai else "") + "): "
                          + ", ".join("--" + name.replace("_", "-") for name in unsendable))
     files = [config.data] + ([config.validation] if config.validation else [])
@@ -119,9 +119,17 @@ def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[s
         events.message(f"uploaded {path} as {uploaded[-1].id}")
     hyperparameters = {name: getattr(config, name) for name in ("n_epochs", "batch_size", "learning_rate_multiplier")
                        if getattr(config, name) != AUTO}
+    # OpenAI's method object; the deprecated top-level hyperparameters only for a supervised job, as before
+    if config.method == "dpo":
+        method = {"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, **(
+            {"beta": config.beta} if config.beta != AUTO else {})}}}
+        hyperparameters = {}
+    else:
+        method = None
     job = plainly(client.fine_tuning.jobs.create, model=config.model, training_file=uploaded[0].id,
                   validation_file=uploaded[1].id if len(uploaded) > 1 else None,
                   hyperparameters=hyperparameters or None, suffix=config.suffix, seed=config.seed,
+                  **({"method": method} if method else {}),
                   extra_body={"tunelab": {name: getattr(config, name) for name in extension}} if extension else None)
     events.message(f"created {job.id} on {client.base_url} ({job.status})", job_id=job.id)
     return job
