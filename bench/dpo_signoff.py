@@ -100,6 +100,7 @@ def main() -> None:
         "likelihood_preference": {name: s["likelihood_preference"] for name, s in dpo["preference"]["systems"].items()},
         "new_sign_off_rubric": {"sft": dpo["systems"]["base"]["scores"]["rubric"],
                                 "dpo": dpo["systems"]["fine_tuned"]["scores"]["rubric"], "dpo_minus_sft": rubric},
+        "ended_turn": {name: dpo["systems"][name]["scores"]["ended_turn"] for name in ("base", "fine_tuned")},
         "verdict": dpo["verdict"],
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -108,9 +109,11 @@ def main() -> None:
     print(f"DPO validation reward accuracy by step: {validations}")
     print(f"held-out reward accuracy, supervised vs base: {before['mean']:.1%} ({before['ci95'][0]:.1%} to {before['ci95'][1]:.1%})")
     print(f"held-out reward accuracy, DPO vs supervised:  {reward['mean']:.1%} ({reward['ci95'][0]:.1%} to {reward['ci95'][1]:.1%})")
-    print(f"replies ending with the new sign-off: supervised {summary['new_sign_off_rubric']['sft']['mean']:.1f}, "
-          f"DPO {summary['new_sign_off_rubric']['dpo']['mean']:.1f} (difference {rubric['mean_diff']:+.1f}, 95% CI "
-          f"{rubric['ci95'][0]:+.1f} to {rubric['ci95'][1]:+.1f}, p {rubric['p_value']:.2g})")
+    print(f"replies ending with the new sign-off: supervised {summary['new_sign_off_rubric']['sft']['mean']:.0%}, "
+          f"DPO {summary['new_sign_off_rubric']['dpo']['mean']:.0%} (difference {rubric['mean_diff']:+.0%}, 95% CI "
+          f"{rubric['ci95'][0]:+.0%} to {rubric['ci95'][1]:+.0%}, p {rubric['p_value']:.2g})")
+    ended = {name: dpo["systems"][name]["scores"]["ended_turn"]["mean"] for name in ("base", "fine_tuned")}
+    print(f"replies that end their turn: supervised {ended['base']:.0%}, DPO {ended['fine_tuned']:.0%}")
 
 
 def _metrics(path: Path) -> list[dict]:

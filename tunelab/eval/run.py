@@ -201,6 +201,10 @@ def _model_systems(config: EvalConfig, run: RunDir | None, events: Events) -> di
                            loaded)
     # A run continued from another (`--from`, as DPO after supervised) is compared with the model it started from.
     start = run.settings().get("from_run") if run is not None else None
+    if start and not RunDir(start).is_finished():
+        events.warning(f"{run.path} started from {start}, which is no longer there: compared with its base model "
+                       "instead (give --base to choose)")
+        start = None
     base_spec = config.base or start or (run.settings().get("model") if run is not None and not loaded.has_adapter else None)
     if loaded is not None and loaded.has_adapter and not config.base and not start:
         base = System(BASE, loaded.base_name, f"{loaded.base_name}:base:{precision}", loaded, use_adapter=False)

@@ -158,7 +158,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
         events.message(
-            f"{job_id} · {resolved.name} · {len(train_examples)} examples, {hyper.n_epochs} epochs, "
+            f"{job_id} · {resolved.name} · {len(train_examples)} {'pairs' if preference else 'examples'}, "
+            f"{hyper.n_epochs} epochs, "
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
             + f", lr {hyper.learning_rate:.1e} · {config.method}"
             + (f" (β {resolved_beta(config)}, {config.dpo_loss})" if preference else "") + f", {config.adapter}"
