@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--dpo-epochs", default="2")
     parser.add_argument("--dpo-rate", default="5", help="learning_rate_multiplier of the DPO run (× 2e-5)")
+    parser.add_argument("--rpo-alpha", default="1", help="the DPO run's rpo_alpha (0: plain DPO)")
     options = parser.parse_args()
     work = options.work
     work.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,8 @@ def main() -> None:
     if not (work / "dpo" / "adapter").is_dir():
         seconds["dpo"] = tunelab("train", "--method", "dpo", "--data", str(train_pairs), "--from", str(work / "sft"),
                                  "--validation-split", "0.1", "--n-epochs", options.dpo_epochs, "--batch-size", "8",
-                                 "--learning-rate-multiplier", options.dpo_rate, "--out", str(work / "dpo"), "--quiet")
+                                 "--learning-rate-multiplier", options.dpo_rate, "--rpo-alpha", options.rpo_alpha,
+                                 "--out", str(work / "dpo"), "--quiet")
     common = ["--data", str(held_out), "--rubric", str(work / "rubric.yaml"), "--forgetting", "off", "--fewshot", "0"]
     seconds["eval_dpo"] = tunelab("eval", "--model", str(work / "dpo"), *common, "--out", str(work / "eval-dpo"))
     seconds["eval_sft"] = tunelab("eval", "--model", str(work / "sft"), *common, "--out", str(work / "eval-sft"))

@@ -99,6 +99,19 @@ def test_a_dpo_run_resumes_to_the_uninterrupted_result(tmp_path, pair_files, tin
         assert torch.equal(tensor, expected[name]), name
 
 
+def test_rpo_adds_the_preferred_replies_loss_and_raises_their_own_likelihood(tmp_path, pair_files, tiny_model_dir,
+                                                                            dpo_run):
+    rpo = train(dpo_settings(pair_files, tiny_model_dir, tmp_path / "rpo", rpo_alpha=1.0))
+    plain, with_rpo = rows(dpo_run), rows(rpo)
+    # The first step adds the preferred replies' mean token loss under the reference (several nats on the tiny
+    # model) to ln 2; the rewards start at zero as before.
+    assert float(with_rpo[0]["train_loss"]) > math.log(2) + 1
+    assert float(with_rpo[0]["train_reward_margin"]) == pytest.approx(0, abs=1e-6)
+    # The preferred replies themselves become likelier than under plain DPO, which may win by lowering the other.
+    assert float(with_rpo[-1]["train_rewards_chosen"]) > float(plain[-1]["train_rewards_chosen"])
+    assert float(with_rpo[-1]["train_reward_accuracy"]) >= 0.75
+
+
 def test_dpo_from_a_supervised_run_starts_at_its_adapter_and_takes_it_as_the_reference(tmp_path, pair_files,
                                                                                        tiny_model_dir):
     supervised = train(TrainConfig(data=str(pair_files[2]), model=str(tiny_model_dir), out=str(tmp_path / "sft"),

@@ -101,6 +101,9 @@ class TrainConfig(BaseModel):
     """dpo: how far the model may move from where it started (OpenAI's beta; lower moves further), or auto (0.1)."""
     dpo_loss: _choice(DPO_LOSSES) = "sigmoid"
     """dpo: the preference loss, sigmoid (DPO's own) or ipo (a squared loss that keeps rewards bounded)."""
+    rpo_alpha: NonNegative = 0.0
+    """dpo: add this weight × the preferred replies' mean token loss (RPO; TRL's rpo_alpha, 1 in the paper), so
+    the preferred reply itself becomes likelier, not only likelier than the other (0: plain DPO)."""
     lr_scheduler: _choice(SCHEDULERS) = "linear"
     """Learning-rate schedule after warmup: linear decay to 0, cosine decay to 0, or constant."""
     warmup_ratio: Fraction = 0.1

@@ -162,7 +162,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
             f"{hyper.n_epochs} epochs, "
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
             + f", lr {hyper.learning_rate:.1e} · {config.method}"
-            + (f" (β {resolved_beta(config)}, {config.dpo_loss})" if preference else "") + f", {config.adapter}"
+            + (f" (β {resolved_beta(config)}, {config.dpo_loss}"
+               + (f", rpo_alpha {config.rpo_alpha:g}" if config.rpo_alpha else "") + ")" if preference else "") + f", {config.adapter}"
             + (f" r={config.lora_r}" if config.adapter != "full" else "")
             + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype_name(dtype)}"
             + (" (emulated: this CPU has no bf16 units, so this is slow)" if emulated else "")
@@ -176,7 +177,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     fit_arguments = (model, tokenizer, train_examples, valid_examples, hyper, config, total_steps, eval_every,
                      cluster, recorder, run, events, should_stop)
     if preference:
-        fit = PreferenceFit(*fit_arguments, beta=resolved_beta(config), loss_type=config.dpo_loss)
+        fit = PreferenceFit(*fit_arguments, beta=resolved_beta(config), loss_type=config.dpo_loss,
+                            rpo_alpha=config.rpo_alpha)
         # Before any checkpoint is restored: the reference is the model as the run starts.
         _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id, hyper.micro_batch_size,
                           fit.autocast, cluster, recorder)
