@@ -112,6 +112,29 @@ def test_rpo_adds_the_preferred_replies_loss_and_raises_their_own_likelihood(tmp
     assert float(with_rpo[-1]["train_reward_accuracy"]) >= 0.75
 
 
+def test_simpo_trains_without_a_reference(tmp_path, pair_files, tiny_model_dir):
+    """Reference-free: no reference pass and no reference file; β auto is SimPO's 2; the loss is SimPO's from
+    the first step (not ln 2) and falls as the rewards separate."""
+    import torch.nn.functional as F
+
+    run_dir = train(dpo_settings(pair_files, tiny_model_dir, tmp_path / "simpo", dpo_loss="simpo",
+                                 learning_rate_multiplier=5))
+    assert not RunDir(run_dir).reference_file.exists()
+    assert not any("Reference log-probabilities" in e["message"] for e in RunDir(run_dir).events())
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["method"]["dpo"]["hyperparameters"]["beta"] == 2.0
+    recorded = rows(run_dir)
+    first = recorded[0]
+    # The first loss from the first rewards (β · average log-probability), as SimPO defines it: γ = 0.5.
+    margin = torch.tensor(float(first["train_reward_margin"]), dtype=torch.float64)
+    assert abs(float(first["train_loss"]) - math.log(2)) > 1e-3
+    assert float(first["train_reward_margin"]) != 0
+    assert float(recorded[-1]["train_loss"]) < float(first["train_loss"])
+    assert float(recorded[-1]["train_reward_accuracy"]) >= 0.75
+    # One pair's loss is −log σ(margin − γ); a batch's mean loss is at least that of its mean margin (convexity).
+    assert float(first["train_loss"]) >= float(-F.logsigmoid(margin - 0.5)) - 1e-6
+
+
 def test_dpo_from_a_supervised_run_starts_at_its_adapter_and_takes_it_as_the_reference(tmp_path, pair_files,
                                                                                        tiny_model_dir):
     supervised = train(TrainConfig(data=str(pair_files[2]), model=str(tiny_model_dir), out=str(tmp_path / "sft"),

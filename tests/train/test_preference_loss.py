@@ -164,3 +164,17 @@ def test_the_merged_lora_forward_scores_replies_as_peft_s_own(policy, pairs):
     half = len(peft) // 2
     first = preference_loss(merged[:half], merged[half:], peft[:half], peft[half:], beta=0.1)
     assert float(first.loss.detach()) == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_simpo_is_the_average_log_probability_margin_and_ignores_any_reference():
+    """SimPO's loss by hand: −log σ(β · (sum_c / n_c − sum_r / n_r) − γ); the reference changes nothing."""
+    chosen, rejected = torch.tensor([-12.0, -30.0], dtype=torch.float64), torch.tensor([-20.0, -9.0], dtype=torch.float64)
+    counts_c, counts_r = torch.tensor([4, 10]), torch.tensor([5, 3])
+    result = preference_loss(chosen, rejected, torch.tensor([5.0, -1.0]), torch.tensor([-7.0, 2.0]), beta=2.0,
+                             loss_type="simpo", chosen_tokens=counts_c, rejected_tokens=counts_r, gamma=0.5)
+    for i, (c, r, n_c, n_r) in enumerate([(-12.0, -20.0, 4, 5), (-30.0, -9.0, 10, 3)]):
+        logit = 2.0 * (c / n_c - r / n_r) - 0.5
+        assert float(result.losses[i]) == pytest.approx(math.log1p(math.exp(-logit)), abs=1e-12)
+        assert float(result.rewards_chosen[i]) == pytest.approx(2.0 * c / n_c)
+    assert result.metrics()["reward_accuracy"] == 0.5  # the first pair prefers the chosen, the second not
+

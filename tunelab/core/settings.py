@@ -34,8 +34,9 @@ ADAPTERS = tuple(BASE_LEARNING_RATES)
 # of the supervised rate: 2e-5 for LoRA (TRL's LoRA DPO examples use 5e-6 to 5e-5), 2e-6 for full.
 METHODS = ("supervised", "dpo")
 METHOD_RATE_SCALE = {"supervised": 1.0, "dpo": 0.1}
-DPO_LOSSES = ("sigmoid", "ipo")  # what each is: tunelab/train/preference.py
+DPO_LOSSES = ("sigmoid", "ipo", "simpo")  # what each is: tunelab/train/preference.py
 DEFAULT_BETA = 0.1  # OpenAI's and TRL's
+SIMPO_BETA = 2.0  # SimPO's β scales average log-probabilities, not sums: its paper uses 2 to 2.5
 KERNELS = ("auto", "none", "liger", "unsloth")
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # what each means: tunelab/models/precision.py
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -100,7 +101,10 @@ class TrainConfig(BaseModel):
     beta: Annotated[Annotated[float, Field(gt=0, le=2)] | Literal["auto"], Must("a number above 0, at most 2, or 'auto'")] = AUTO
     """dpo: how far the model may move from where it started (OpenAI's beta; lower moves further), or auto (0.1)."""
     dpo_loss: _choice(DPO_LOSSES) = "sigmoid"
-    """dpo: the preference loss, sigmoid (DPO's own) or ipo (a squared loss that keeps rewards bounded)."""
+    """dpo: the preference loss, sigmoid (DPO's own), ipo (a squared loss that keeps rewards bounded), or simpo
+    (reference-free: average log-probabilities and a target margin; beta auto is then 2)."""
+    simpo_gamma: NonNegative = 0.5
+    """dpo with dpo_loss simpo: the target margin γ between the two replies' rewards (TRL's simpo_gamma)."""
     rpo_alpha: NonNegative = 0.0
     """dpo: add this weight × the preferred replies' mean token loss (RPO; TRL's rpo_alpha, 1 in the paper), so
     the preferred reply itself becomes likelier, not only likelier than the other (0: plain DPO)."""
@@ -385,4 +389,6 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> ResolvedHyp
 
 
 def resolved_beta(config: TrainConfig) -> float:
-    return DEFAULT_BETA if config.beta == AUTO else float(config.beta)
+    if config.beta != AUTO:
+        return float(config.beta)
+    return SIMPO_BETA if config.dpo_loss == "simpo" else DEFAULT_BETA

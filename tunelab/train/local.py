@@ -50,7 +50,7 @@ from tunelab.train.fit import Fit
 from tunelab.train.memory import DoesNotFit, model_shape, plan_for
 from tunelab.train.methods import (MethodUnavailable, check_method_available, chosen_kernels, compute_dtype,
                                    trainable_model, trainable_state, training_device)
-from tunelab.train.preference import RenderedPair, reference_log_probs, render_pairs
+from tunelab.train.preference import REFERENCE_FREE, RenderedPair, reference_log_probs, render_pairs
 from tunelab.train.preference_fit import PreferenceFit
 from tunelab.train.sharding import gathered_to_cpu, local_share
 from tunelab.train.start import load_start_weights, start_from
@@ -163,6 +163,7 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
             + f", lr {hyper.learning_rate:.1e} · {config.method}"
             + (f" (β {resolved_beta(config)}, {config.dpo_loss}"
+               + (f", γ {config.simpo_gamma:g}" if config.dpo_loss == "simpo" else "")
                + (f", rpo_alpha {config.rpo_alpha:g}" if config.rpo_alpha else "") + ")" if preference else "") + f", {config.adapter}"
             + (f" r={config.lora_r}" if config.adapter != "full" else "")
             + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype_name(dtype)}"
@@ -178,10 +179,13 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
                      cluster, recorder, run, events, should_stop)
     if preference:
         fit = PreferenceFit(*fit_arguments, beta=resolved_beta(config), loss_type=config.dpo_loss,
-                            rpo_alpha=config.rpo_alpha)
-        # Before any checkpoint is restored: the reference is the model as the run starts.
-        _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id, hyper.micro_batch_size,
-                          fit.autocast, cluster, recorder)
+                            rpo_alpha=config.rpo_alpha, simpo_gamma=config.simpo_gamma)
+        if config.dpo_loss in REFERENCE_FREE:
+            for pair in train_examples + valid_examples:
+                pair.reference = (0.0, 0.0)  # not read by the loss
+        else:  # before any checkpoint is restored: the reference is the model as the run starts
+            _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id,
+                              hyper.micro_batch_size, fit.autocast, cluster, recorder)
     else:
         fit = Fit(*fit_arguments)
     if recorder and cluster.world > 1:

@@ -1,4 +1,5 @@
-"""Preference losses: DPO and IPO over the log-probabilities of a pair's two replies, against a reference.
+"""Preference losses: DPO and IPO over the log-probabilities of a pair's two replies against a reference, and
+SimPO without one.
 
 Each reply is scored as it trains in a supervised run: the prompt and the reply rendered as one
 conversation (so the prompt's tokens are the same in both and only the reply differs), the reply's tokens
@@ -7,7 +8,10 @@ the sequence-level loss gets its exact gradient. With r = log π(reply) − log 
 
 - `sigmoid` (DPO, Rafailov et al. 2023): −log σ(β · (r_preferred − r_non_preferred));
 - `ipo` (Azar et al. 2023): ((r_preferred / n_preferred − r_non_preferred / n_non_preferred) − 1/(2β))², with
-  the ratios averaged over each reply's tokens as TRL does (the paper's results use this form).
+  the ratios averaged over each reply's tokens as TRL does (the paper's results use this form);
+- `simpo` (Meng et al. 2024), reference-free: −log σ(β · (log π(preferred) / n_preferred − log π(non_preferred)
+  / n_non_preferred) − γ), the rewards β · the average log-probability (TRL's CPOTrainer with
+  `loss_type="simpo"`). No reference pass, no reference held: the cheapest of the three.
 
 The implicit rewards are β · r, detached; a pair counts towards the reward accuracy when the preferred
 reply's reward is the higher. These are TRL's `DPOTrainer` definitions, so the figures compare one to one.
@@ -26,7 +30,8 @@ from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, render_nu
 from tunelab.train.batches import collate
 from tunelab.train.loss import token_cross_entropy
 
-LOSS_TYPES = ("sigmoid", "ipo")
+LOSS_TYPES = ("sigmoid", "ipo", "simpo")
+REFERENCE_FREE = ("simpo",)
 
 
 def _trained_positions(model, input_ids, attention_mask, labels):
@@ -147,11 +152,18 @@ class PreferenceLoss:
 
 
 def preference_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float,
-                    loss_type: str = "sigmoid", chosen_tokens=None, rejected_tokens=None) -> PreferenceLoss:
+                    loss_type: str = "sigmoid", chosen_tokens=None, rejected_tokens=None,
+                    gamma: float = 0.5) -> PreferenceLoss:
     """The loss of a batch of pairs from their replies' summed log-probabilities under the policy and the
-    reference (and, for IPO, the replies' token counts)."""
+    reference (and, for IPO and SimPO, the replies' token counts; SimPO ignores the reference and takes its
+    margin `gamma`)."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss type {loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
+    if loss_type == "simpo":
+        chosen = policy_chosen / chosen_tokens.clamp(min=1)
+        rejected = policy_rejected / rejected_tokens.clamp(min=1)
+        losses = -F.logsigmoid(beta * (chosen - rejected) - gamma)
+        return PreferenceLoss(losses, beta * chosen.detach(), beta * rejected.detach())
     chosen_ratio = policy_chosen - reference_chosen
     rejected_ratio = policy_rejected - reference_rejected
     if loss_type == "sigmoid":

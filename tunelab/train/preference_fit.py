@@ -23,9 +23,10 @@ from tunelab.train.preference import RenderedPair, pair_log_probs, preference_lo
 
 
 class PreferenceFit(Fit):
-    def __init__(self, *args, beta: float, loss_type: str, rpo_alpha: float = 0.0, **kwargs):
+    def __init__(self, *args, beta: float, loss_type: str, rpo_alpha: float = 0.0, simpo_gamma: float = 0.5,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.beta, self.loss_type, self.rpo_alpha = beta, loss_type, rpo_alpha
+        self.beta, self.loss_type, self.rpo_alpha, self.simpo_gamma = beta, loss_type, rpo_alpha, simpo_gamma
 
     @staticmethod
     def length(pair: RenderedPair) -> int:
@@ -45,7 +46,7 @@ class PreferenceFit(Fit):
         n = len(pairs)
         reference = torch.tensor([pair.reference for pair in pairs], dtype=torch.float64, device=sums.device)
         result = preference_loss(sums[:n], sums[n:], reference[:, 0], reference[:, 1], self.beta, self.loss_type,
-                                 counts[:n], counts[n:])
+                                 counts[:n], counts[n:], gamma=self.simpo_gamma)
         return result, -sums[:n].sum(), correct, counted, int(attention.sum())
 
     def loss_sum(self, result, preferred_loss, pairs: int, preferred_tokens: int) -> torch.Tensor:
