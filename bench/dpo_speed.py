@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import chosen_device, compute_dtype, peak_memory  # noqa: E402
+from train_speed import chosen_device, compute_dtype, report_arm, run_arm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
@@ -130,17 +128,6 @@ ARMS = {"trl": lambda data, model, device: run_trl(data, model, device),
         "tunelab": lambda data, model, device: run_tunelab(data, model, device)}
 
 
-def run_arm(arm: str, data: Path, model: str, device: str) -> dict:
-    command = [sys.executable, __file__, "--arm", arm, "--data", str(data), "--model", model, "--device", device]
-    environment = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    if device == "cpu":
-        environment["CUDA_VISIBLE_DEVICES"] = ""
-    finished = subprocess.run(command, capture_output=True, text=True, env=environment)
-    if finished.returncode != 0:
-        sys.exit(f"{arm} arm failed:\n{finished.stderr[-4000:]}")
-    return json.loads(finished.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=64, help="preference pairs to train on")
@@ -153,12 +140,7 @@ def main() -> None:
     options = parser.parse_args()
     device = chosen_device(options.device)
     if options.arm:
-        from tunelab.models.resolve import resolve_model
-
-        figures = ARMS[options.arm](options.data, resolve_model(options.model).path, device)
-        figures.update(peak_memory(device))
-        print(json.dumps(figures))
-        return
+        return report_arm(ARMS, options, device)
 
     arms = options.arms.split(",") if options.arms else list(ARMS)
     results = {arm: [] for arm in arms}
@@ -167,7 +149,7 @@ def main() -> None:
         print(f"device: {device} · {options.pairs} pairs", flush=True)
         for run in range(options.runs):
             for arm in results:  # alternated, so machine noise falls on every arm alike
-                figures = run_arm(arm, data, options.model, device)
+                figures = run_arm(arm, data, options.model, device, script=__file__)
                 figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
                 results[arm].append(figures)
                 print(f"run {run + 1} {arm:10s} {figures['dtype']:5s} {figures['tokens_per_s']:7.1f} tokens/s "

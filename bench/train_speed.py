@@ -146,9 +146,10 @@ def run_tunelab(data: Path, model_dir: str, device: str, dtype: str = "auto") ->
             "dtype": used, "final_loss": final}
 
 
-def run_arm(arm: str, data: Path, model: str, device: str) -> dict:
-    """Run one arm in a fresh process; its own peak memory comes back with its figures."""
-    command = [sys.executable, __file__, "--arm", arm, "--data", str(data), "--model", model, "--device", device]
+def run_arm(arm: str, data: Path, model: str, device: str, script: str = __file__) -> dict:
+    """Run one arm of `script` (this bench or another built on it) in a fresh process; its own peak memory
+    comes back with its figures."""
+    command = [sys.executable, script, "--arm", arm, "--data", str(data), "--model", model, "--device", device]
     environment = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     if device == "cpu":
         environment["CUDA_VISIBLE_DEVICES"] = ""  # tunelab trains on a GPU whenever it sees one
@@ -162,6 +163,15 @@ ARMS = {"trl": lambda data, model, device: run_trl(data, model, device),
         "trl-tuned": lambda data, model, device: run_trl(data, model, device, tuned=True),
         "tunelab": lambda data, model, device: run_tunelab(data, model, device),
         "tunelab-fp32": lambda data, model, device: run_tunelab(data, model, device, dtype="fp32")}
+
+
+def report_arm(arms: dict, options, device: str) -> None:
+    """In an arm's own process: run it and print its figures, with this process's peak memory, as JSON."""
+    from tunelab.models.resolve import resolve_model
+
+    figures = arms[options.arm](options.data, resolve_model(options.model).path, device)
+    figures.update(peak_memory(device))
+    print(json.dumps(figures))
 
 
 def peak_memory(device: str) -> dict:
@@ -188,12 +198,7 @@ def main() -> None:
     device = chosen_device(options.device)
 
     if options.arm:
-        from tunelab.models.resolve import resolve_model
-
-        figures = ARMS[options.arm](options.data, resolve_model(options.model).path, device)
-        figures.update(peak_memory(device))
-        print(json.dumps(figures))
-        return
+        return report_arm(ARMS, options, device)
 
     import torch
 

@@ -251,6 +251,14 @@ EXTENSION_SETTINGS = tuple(name for name in TrainConfig.model_fields
                            if name not in OPENAI_JOB_SETTINGS | {"out", "chat_template", "from_run"})
 
 
+def job_extension_spelling(settings: dict, source) -> dict:
+    """A server job's own settings (a request's `tunelab` object, a server preset) with the old `method: lora|…`
+    spelled `adapter:`; the method itself is the job's `method.type`, so it is not kept."""
+    if settings.get("method") not in ADAPTERS:
+        return settings
+    return {name: value for name, value in current_spelling(settings, source)[0].items() if name != "method"}
+
+
 def field_help(name: str) -> tuple[str, str | None]:
     """A setting's help text and its default as `--help` shows them (None: no default worth showing)."""
     info = TrainConfig.model_fields[name]

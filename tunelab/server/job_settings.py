@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.core.settings import (ADAPTERS, AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, TrainConfig,
-                                   current_spelling, parsed_values, read_settings_file)
+from tunelab.core.settings import (AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, TrainConfig,
+                                   job_extension_spelling, parsed_values, read_settings_file)
 
 
 class JobSettingsError(ValueError):
@@ -60,9 +60,7 @@ def load_job_presets(entries: list[str], aliases: dict[str, str]) -> dict[str, d
         except (OSError, ValueError) as error:
             raise ValueError(f"--job-preset {entry!r}: {error}") from None
         settings.pop("model", None)
-        if settings.get("method") in ADAPTERS:  # the spelling before `adapter`; a job's method.type decides the method
-            settings = current_spelling(settings, path)[0]
-            del settings["method"]
+        settings = job_extension_spelling(settings, path)
         outside = sorted(set(settings) - set(EXTENSION_SETTINGS) - set(OPENAI_HYPERPARAMETERS))
         if outside:
             raise ValueError(f"--job-preset {entry!r}: {', '.join(outside)} cannot be set by a preset for server "

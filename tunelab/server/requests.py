@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from tunelab.core.settings import (ADAPTERS, AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, AutoCount, AutoRate,
-                                   TrainConfig, current_spelling, parsed_values)
+from tunelab.core.settings import (AUTO, EXTENSION_SETTINGS, OPENAI_HYPERPARAMETERS, AutoCount, AutoRate, TrainConfig,
+                                   job_extension_spelling, parsed_values)
 from tunelab.server.errors import RequestError
 
 MAX_COMPLETION_TOKENS = 4096
@@ -149,8 +149,7 @@ class CreateJobRequest(Closed):
         if not isinstance(given, dict):
             raise RequestError("tunelab: must be an object of training settings, e.g. "
                                '{"adapter": "qlora", "lora_r": 8}', "tunelab")
-        if given.get("method") in ADAPTERS:  # the spelling before `adapter`, still taken (method.type decides)
-            given = {name: value for name, value in current_spelling(given, "tunelab")[0].items() if name != "method"}
+        given = job_extension_spelling(given, "tunelab")
         for name in given:
             if name in OPENAI_HYPERPARAMETERS:
                 raise RequestError(f"tunelab.{name}: set it in hyperparameters, OpenAI's own field", f"tunelab.{name}")
