@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # as much as they compute.
 WORKERS ?= auto
 
-.PHONY: setup test-setup browser go demo test test-fast docs docs-serve clean
+.PHONY: setup test-setup browser go sandbox demo test test-fast docs docs-serve clean
 
 # What using tunelab needs, and nothing more.
 setup: $(STAMP)
@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP_INSTALL) -c requirements.lock -e .
 	touch $(STAMP)
 
-# What only the tests (and the docs build) need: the dev extra, headless Chromium for the browser tests
-# and Go's text/template for the Modelfile test (Debian's packages; installing them needs root, as on CI).
-test-setup: $(DEV_STAMP) browser go
+# What only the tests (and the docs build) need: the dev extra, headless Chromium for the browser tests,
+# Go's text/template for the Modelfile test, and bubblewrap, the sandbox python graders run in (Debian's
+# packages; installing them needs root, as on CI). Users who run python graders install bubblewrap
+# themselves (docs/graders.md).
+test-setup: $(DEV_STAMP) browser go sandbox
 
 $(DEV_STAMP): $(STAMP)
 	$(PIP_INSTALL) -c requirements.lock -e '.[dev]'
@@ -45,6 +47,12 @@ go:
 	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
 	    { apt-get install -y -q golang-go >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q golang-go >/dev/null; }; }; } || \
 	  echo "go is not installed and cannot be installed here (needs root and apt); the Modelfile template test will fail"
+
+sandbox:
+	@command -v bwrap >/dev/null || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; }; } || \
+	  echo "bubblewrap is not installed and cannot be installed here (needs root and apt); the python grader tests will fail"
 
 demo: setup
 	$(BIN)/tunelab demo

@@ -126,6 +126,9 @@ def test_the_lock_holds_every_pin_at_its_version():
     locked = dict(line.split("==", 1) for line in (PACKAGE.parent / "requirements.lock").read_text().splitlines()
                   if line and not line.startswith("#"))
     locked = {name.lower().replace("_", "-"): version for name, version in locked.items()}
-    pins = [r.split("==") for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    from packaging.requirements import Requirement
+
+    pins = [(r.name, str(r.specifier).removeprefix("=="))
+            for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["dev"])]
     disagreeing = {name: (version, locked.get(name.lower())) for name, version in pins if locked.get(name.lower()) != version}
     assert disagreeing == {}

@@ -65,7 +65,7 @@ def evaluate(
     from tunelab.conversation.problems import DataError
     from tunelab.eval.run import EvalConfig
     from tunelab.eval.run import evaluate as run_evaluation
-    from tunelab.eval.systems import EndpointError
+    from tunelab.models.endpoint import EndpointError
 
     config = EvalConfig(model=model, data=str(data), base=base, fewshot=fewshot,
                         fewshot_from=fewshot_from and str(fewshot_from),

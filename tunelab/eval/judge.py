@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tunelab.conversation.schema import content_text
 from tunelab.eval.items import Item
 from tunelab.eval.scorers import Scorer, Scores
-from tunelab.eval.systems import ENDPOINT_CONCURRENCY, Endpoint
+from tunelab.models.endpoint import ENDPOINT_CONCURRENCY, Endpoint
 from tunelab.models.generate import Generation
 
 JUDGE_PROMPT = """You are grading a reply written by an AI assistant.

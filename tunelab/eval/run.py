@@ -33,8 +33,8 @@ from tunelab.eval.preference import preference_results
 from tunelab.eval.report import verdict_text, write_report
 from tunelab.eval.scorers import Scorer, Scores, choose_scorers
 from tunelab.eval.stats import compare, mean_with_interval
-from tunelab.eval.systems import (BASE, BASE_FEWSHOT, FINE_TUNED, Decoding, Endpoint, System, generate_for,
-                                  weights_fingerprint)
+from tunelab.eval.systems import BASE, BASE_FEWSHOT, FINE_TUNED, System, generate_for, weights_fingerprint
+from tunelab.models.endpoint import Decoding, Endpoint
 from tunelab.models.generate import Generation, load_for_generation
 from tunelab.models.precision import dtype_name, requested_dtype
 from tunelab.runs.rundir import RunDir
