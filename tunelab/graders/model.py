@@ -48,10 +48,7 @@ class GradingModels:
         self._lock = threading.Lock()
 
     def complete_many(self, model: str, conversations: list[list[dict]], sampling) -> list[Completion]:
-        decoding = Decoding(temperature=sampling.temperature if sampling and sampling.temperature is not None else 0.0,
-                            top_p=sampling.top_p if sampling and sampling.top_p is not None else 1.0,
-                            seed=sampling.seed if sampling and sampling.seed is not None else 0)
-        max_tokens = sampling.max_completions_tokens if sampling and sampling.max_completions_tokens else DEFAULT_MAX_TOKENS
+        decoding, max_tokens = decoding_of(sampling)
         if "@" not in model and self.is_local(model):
             return self._ask_locally(model, conversations, decoding, max_tokens)
         try:
@@ -90,13 +87,23 @@ class GradingModels:
         with self._lock:  # one copy of a grading model, and one generation on it at a time
             if model not in self._local:
                 self._local[model] = load_for_generation(model, device=self.device)
-            replies = generate_replies(self._local[model], [_for_local(messages) for messages in conversations],
+            replies = generate_replies(self._local[model], [with_system_role(messages) for messages in conversations],
                                        max_new_tokens=max_tokens, temperature=decoding.temperature,
                                        top_p=decoding.top_p, seed=decoding.seed)
         return [Completion(reply.text, reply.prompt_tokens, reply.completion_tokens) for reply in replies]
 
 
-def _for_local(messages: list[dict]) -> list[dict]:
+def decoding_of(sampling) -> tuple[Decoding, int]:
+    """A grader's sampling_params as a Decoding and a token limit: greedy and DEFAULT_MAX_TOKENS unless set."""
+    def given(name: str, default):
+        value = getattr(sampling, name, None) if sampling else None
+        return default if value is None else value
+
+    return (Decoding(temperature=given("temperature", 0.0), top_p=given("top_p", 1.0), seed=given("seed", 0)),
+            given("max_completions_tokens", DEFAULT_MAX_TOKENS))
+
+
+def with_system_role(messages: list[dict]) -> list[dict]:
     """OpenAI's `developer` role is its newer name for `system`; chat templates know only the older one."""
     return [{**message, "role": "system" if message["role"] == "developer" else message["role"]} for message in messages]
 

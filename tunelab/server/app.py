@@ -5,7 +5,8 @@
 
 Served: files (upload with validation, list, retrieve, delete, content), fine-tuning jobs (create, list,
 retrieve, cancel, pause, resume, events, checkpoints usable as models; trained by the worker, worker.py),
-models (base models, aliases, fine-tunes), chat completions (batched and streamed, chat.py) and /health.
+models (base models, aliases, fine-tunes), chat completions (batched and streamed, chat.py), graders (run
+and validate, graders.py) and /health.
 
 Projects (projects.py, auth.py): every file, job and fine-tuned model belongs to a project, and a request
 acts in its key's project — a project key, or the server's own --api-key for the default project; another
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from tunelab.server import admin, chat, dashboard, data, files, jobs, live, models, tasks
+from tunelab.server import admin, chat, dashboard, data, files, graders, jobs, live, models, tasks
 from tunelab.server.audit import AuditLog
 from tunelab.server.auth import require_admin_key, require_project_key
 from tunelab.server.errors import APIError, install_error_handlers
@@ -37,7 +38,7 @@ from tunelab.server.quotas import RateWindow
 from tunelab.server.store import Store
 
 # The routes that act in the request's project (auth.py); the admin routes (admin.py) take the admin key.
-PROJECT_ROUTES = (files, data, jobs, live, models, chat, tasks)
+PROJECT_ROUTES = (files, data, jobs, live, models, chat, tasks, graders)
 # Uploads: a file stored, or a file checked without being stored (data.py).
 UPLOAD_PATHS = ("/v1/files", "/v1/tunelab/data/check")
 

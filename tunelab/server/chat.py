@@ -280,6 +280,22 @@ async def create_chat_completion(request: Request, body: ChatRequest):
             await run_in_threadpool(_release, served, keep)  # it waits for any model being loaded
 
 
+async def complete(request: Request, model: str, messages: list[dict], max_tokens: int, temperature: float,
+                   top_p: float):
+    """One reply from a model this server answers to, as the request's project sees them (graders.py asks its
+    grading models this way): the finished Generation. An unknown model is the same APIError as here."""
+    keep = request.app.state.settings.max_models
+    served = await run_in_threadpool(_served, request, model)
+    try:
+        prompt_ids = await run_in_threadpool(render_prompt_ids, served.tokenizer, messages, None)
+        reply = ReplyText(served.tokenizer, served.stop_ids, [], len(prompt_ids))
+        async for _ in _pieces(served, prompt_ids, max_tokens, Sampling(temperature, top_p), [reply], send_text=False):
+            pass
+        return reply.finish()[1]
+    finally:
+        await run_in_threadpool(_release, served, keep)
+
+
 async def _released_after(chunks, served: Served, keep: int):
     """The stream's chunks; its model is released when the stream ends (or the client leaves)."""
     try:
