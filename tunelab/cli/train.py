@@ -3,6 +3,7 @@
     tunelab train run.yaml
     tunelab train --data data/train.jsonl --validation-split 0.1 --adapter lora
     tunelab train --method dpo --data pairs.jsonl --from runs/ftjob-…   # preference pairs, after a supervised run
+    tunelab train --method grpo --data tasks.jsonl --grader grader.json  # rewards from one of OpenAI's graders
     tunelab train --resume runs/ftjob-…
 """
 
@@ -26,6 +27,7 @@ EXAMPLES = examples("tunelab train --data data/train.jsonl --validation-split 0.
                     "tunelab train run.yaml --n-epochs 2",
                     "tunelab train --preset qwen2.5-0.5b --data data/train.jsonl",
                     "tunelab train --method dpo --data pairs.jsonl --from runs/ftjob-abc123",
+                    "tunelab train --method grpo --data tasks.jsonl --grader grader.json",
                     "tunelab train --resume runs/ftjob-abc123",
                     "tunelab train --plan --model ./llama-3-8b --memory 24GB --plan-device cuda")
 
@@ -33,8 +35,8 @@ EXAMPLES = examples("tunelab train --data data/train.jsonl --validation-split 0.
 def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[str], resume: Optional[Path],
           quiet: bool, as_json: bool, remote: Optional[str] = None, api_key: Optional[str] = None,
           plan: bool = False, memory: Optional[str] = None, plan_device: Optional[Literal["cpu", "cuda"]] = None, **flags) -> None:
-    """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data (supervised) or preference pairs (dpo); writes a
-    self-contained run directory.
+    """Fine-tune a model (LoRA, DoRA, full or QLoRA) on chat data (supervised), preference pairs (dpo) or tasks a
+    grader scores (grpo); writes a self-contained run directory.
 
     Settings come from a preset, then CONFIG (a YAML file of these same settings), then flags, each
     overriding the one before.
@@ -52,6 +54,7 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
     from tunelab.core.files import OutputError
     from tunelab.core.process import keep_freed_memory
     from tunelab.core.settings import TrainConfig
+    from tunelab.graders.spec import GraderSpecError
     from tunelab.train.local import NothingToTrain, RunExists
     from tunelab.train.local import train as run_training
     from tunelab.train.memory import DoesNotFit
@@ -84,7 +87,7 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
         run_dir = run_training(settings, events=Events(ConsoleEvents(progress=not quiet and not as_json)),
                                resume=resume is not None)
     except (DataError, TemplateMismatch, MethodUnavailable, RunExists, FileNotFoundError, MissingChatTemplate,
-            NothingToTrain, OutputError, DoesNotFit, StartError) as error:
+            NothingToTrain, OutputError, DoesNotFit, StartError, GraderSpecError) as error:
         fail(str(error))
     except StorageError as error:  # a disk that fills up or turns read-only
         from tunelab.train.checkpoints import complete_checkpoints
@@ -178,11 +181,11 @@ def _train_remote(config, preset, resume, quiet, as_json, remote, api_key, flags
 # How a setting's value is written on the command line, by the kind of value it takes.
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 AUTO_METAVARS = {"n_epochs": "N|auto", "batch_size": "N|auto", "micro_batch_size": "N|auto",
-                 "learning_rate_multiplier": "X|auto"}
+                 "learning_rate_multiplier": "X|auto", "group_size": "N|auto", "eval_samples": "N|auto"}
 FILE_SETTINGS = {"data": "FILE", "validation": "FILE", "chat_template": "FILE", "out": "DIR", "model": "MODEL",
-                 "from_run": "RUN"}
+                 "from_run": "RUN", "grader": "FILE", "grader_url": "URL"}
 AUTO_METAVARS["beta"] = "X|auto"
-CHOICE_METAVARS = {"method": "<supervised|dpo>"}
+CHOICE_METAVARS = {"method": "<supervised|dpo|grpo>"}
 SHORT_FLAGS = {"data": "-d", "model": "-m", "out": "-o"}
 OTHER_SPELLINGS = {"from_run": "--from"}  # `--from RUN` reads as it is meant; `--from-run` is taken too
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunelab.conversation.preference import PreferencePair, is_preference, preference_problems, read_pair
 from tunelab.conversation.problems import ERROR, DataError, Problem
+from tunelab.conversation.reinforcement import Task, read_task, task_problems
 from tunelab.conversation.schema import content_text, example_problems, last_assistant_index, reject_constant
 from tunelab.core.files import input_file_problem
 
@@ -52,6 +53,18 @@ def read_numbered_pairs(path: str | Path) -> list[tuple[int, PreferencePair]]:
                                      "pairs (input, preferred_output, non_preferred_output); a dpo run trains on "
                                      "pairs (`tunelab data convert` makes them from TRL's or LLaMA-Factory's)",
                                      str(path))]) from None
+        raise error
+
+
+def read_numbered_tasks(path: str | Path) -> list[tuple[int, Task]]:
+    """(line number, task) for every reinforcement task of a file (a prompt and the item its grader reads), or
+    raise DataError listing every problem. A file of preference pairs is said to be one, once."""
+    try:
+        return [(line, read_task(record)) for line, record in _read_numbered(path, task_problems, "tasks")]
+    except DataError as error:
+        if not input_file_problem(Path(path)) and is_preference(_first_record(path)):
+            raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs, not reinforcement "
+                                     "tasks (messages, and the keys a grader reads)", str(path))]) from None
         raise error
 
 

@@ -28,12 +28,15 @@ AUTO = "auto"
 # less (TRL's SFT default is 2e-5).
 BASE_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 ADAPTERS = tuple(BASE_LEARNING_RATES)
-# What a run learns from, as OpenAI's `method.type` names it: demonstrations (supervised) or preference pairs
-# (dpo). A preference loss moves the policy away from a reference it starts at, and its gradient is large
-# from the first step (the loss does not start near zero as a supervised one ends), so DPO takes a tenth
-# of the supervised rate: 2e-5 for LoRA (TRL's LoRA DPO examples use 5e-6 to 5e-5), 2e-6 for full.
-METHODS = ("supervised", "dpo")
-METHOD_RATE_SCALE = {"supervised": 1.0, "dpo": 0.1}
+# What a run learns from: demonstrations (supervised), preference pairs (dpo), or rewards a grader gives its
+# own sampled replies (grpo: OpenAI's `reinforcement`). A preference loss moves the policy away from a
+# reference it starts at, and its gradient is large from the first step (the loss does not start near zero
+# as a supervised one ends), so DPO takes a tenth of the supervised rate: 2e-5 for LoRA (TRL's LoRA DPO
+# examples use 5e-6 to 5e-5), 2e-6 for full. GRPO's policy gradient is as large and noisier: the same tenth.
+METHODS = ("supervised", "dpo", "grpo")
+METHOD_RATE_SCALE = {"supervised": 1.0, "dpo": 0.1, "grpo": 0.1}
+OPENAI_METHOD_TYPES = {"supervised": "supervised", "dpo": "dpo", "grpo": "reinforcement"}
+DEFAULT_GROUP_SIZE = 8  # TRL's num_generations; OpenAI's compute_multiplier scales it
 DPO_LOSSES = ("sigmoid", "ipo", "simpo")  # what each is: tunelab/train/preference.py
 DEFAULT_BETA = 0.1  # OpenAI's and TRL's
 SIMPO_BETA = 2.0  # SimPO's β scales average log-probabilities, not sums: its paper uses 2 to 2.5
@@ -85,7 +88,8 @@ class TrainConfig(BaseModel):
     suffix: Annotated[str | None, Field(min_length=1, max_length=64), Must("1 to 64 characters")] = None
     """Added to the fine-tuned model's name, as OpenAI's `suffix`."""
     method: _choice(METHODS) = "supervised"
-    """What the run learns from, as OpenAI's method.type: supervised (chat examples) or dpo (preference pairs)."""
+    """What the run learns from: supervised (chat examples), dpo (preference pairs) or grpo (tasks a grader
+    scores the model's own replies to: OpenAI's reinforcement)."""
     adapter: _choice(ADAPTERS) = "lora"
     """Which weights train: lora, dora (weight-decomposed LoRA), qlora (LoRA on a 4-bit base, CUDA only), or full."""
     from_run: OptionalText = None
@@ -108,6 +112,28 @@ class TrainConfig(BaseModel):
     rpo_alpha: NonNegative = 0.0
     """dpo: add this weight × the preferred replies' mean token loss (RPO; TRL's rpo_alpha, 1 in the paper), so
     the preferred reply itself becomes likelier, not only likelier than the other (0: plain DPO)."""
+    grader: OptionalText = None
+    """grpo: the grader, a JSON file holding OpenAI's grader object (string_check, text_similarity, score_model,
+    label_model, python, multi)."""
+    group_size: AutoCount = AUTO
+    """grpo: replies sampled per prompt and compared with each other, or auto (8; OpenAI's compute_multiplier
+    scales it)."""
+    kl_beta: NonNegative = 0.04
+    """grpo: weight of the KL penalty to the reference, the model as the run starts (0: no reference pass;
+    TRL's beta)."""
+    clip_epsilon: Annotated[float, Field(gt=0, lt=1), Must("a number above 0 and below 1")] = 0.2
+    """grpo: how far one step may move a token's probability ratio before its gradient is clipped (TRL's epsilon)."""
+    sample_temperature: Annotated[float, Field(gt=0, le=2), Must("a number above 0, at most 2")] = 1.0
+    """grpo: temperature of the sampled replies (and of the log-probabilities the loss takes of them)."""
+    max_completion_tokens: WholeNumber = 256
+    """grpo: the longest sampled reply in tokens; one cut there is graded as it stands."""
+    eval_samples: AutoCount = AUTO
+    """grpo: validation prompts answered (greedily) and graded at each evaluation, or auto (16); all at the end."""
+    grader_seconds: Annotated[float, Field(gt=0), Must("a number of seconds above 0")] = 60.0
+    """grpo: how long a python grader may take over one reply before it is stopped (and the reply scores 0)."""
+    grader_url: OptionalText = None
+    """grpo: the OpenAI-compatible endpoint a model grader's `model` is asked at, when it is neither a local
+    model nor MODEL@URL (default: OpenAI, with OPENAI_API_KEY)."""
     lr_scheduler: _choice(SCHEDULERS) = "linear"
     """Learning-rate schedule after warmup: linear decay to 0, cosine decay to 0, or constant."""
     warmup_ratio: Fraction = 0.1
@@ -180,6 +206,16 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _grader_goes_with_grpo(self):
+        if self.method == "grpo" and not self.grader:
+            raise ValueError("grader: a grpo run needs a grader (a JSON file of OpenAI's grader object)")
+        if self.grader and self.method != "grpo":
+            raise ValueError(f"grader: only a grpo run uses a grader (this run's method is {self.method})")
+        if self.method == "grpo" and self.early_stopping_patience:
+            raise ValueError("early_stopping_patience: not yet for grpo runs (they validate by reward, not loss)")
+        return self
+
+    @model_validator(mode="after")
     def _validation_sources_exclude_each_other(self):
         if self.validation and self.validation_split:
             raise ValueError("validation_split: cannot be used together with a validation file")
@@ -235,7 +271,7 @@ def current_spelling(settings: dict, source: str) -> tuple[dict, str | None]:
         raise ValueError(f"{source}: method: {old} and adapter: {settings['adapter']}: give the weights that "
                          "train as adapter only")
     note = (f"{source}: `method: {old}` is now spelled `adapter: {old}` (`method` is what the run learns from: "
-            "supervised or dpo); the old spelling is still taken")
+            "supervised, dpo or grpo); the old spelling is still taken")
     return {**settings, "method": "supervised", "adapter": old}, note
 
 
@@ -244,11 +280,12 @@ def current_spelling(settings: dict, source: str) -> tuple[dict, str | None]:
 # `tunelab` extension of the request, except those naming a path on the server's disk (`out`,
 # `chat_template`): a client names uploaded files by id, never a path (server/job_settings.py).
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-OPENAI_JOB_SETTINGS = frozenset({"data", "validation", "model", "suffix", "seed", "method", "beta",
+OPENAI_JOB_SETTINGS = frozenset({"data", "validation", "model", "suffix", "seed", "method", "beta", "grader",
                                  *OPENAI_HYPERPARAMETERS})
-# `from_run` is a run directory: a server job starts from a fine-tune by naming it as its `model` (ft:…).
+# `from_run` is a run directory: a server job starts from a fine-tune by naming it as its `model` (ft:…). A
+# server's model graders ask the server's own models, never a URL a client names (`grader_url`).
 EXTENSION_SETTINGS = tuple(name for name in TrainConfig.model_fields
-                           if name not in OPENAI_JOB_SETTINGS | {"out", "chat_template", "from_run"})
+                           if name not in OPENAI_JOB_SETTINGS | {"out", "chat_template", "from_run", "grader_url"})
 
 
 def job_extension_spelling(settings: dict, source) -> dict:
@@ -394,6 +431,10 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> ResolvedHyp
         micro_batch_size=min(batch_size, int(pick(config.micro_batch_size, batch_size))),
         base_learning_rate=BASE_LEARNING_RATES[config.adapter] * METHOD_RATE_SCALE[config.method],
     )
+
+
+def resolved_group_size(config: TrainConfig) -> int:
+    return DEFAULT_GROUP_SIZE if config.group_size == AUTO else int(config.group_size)
 
 
 def resolved_beta(config: TrainConfig) -> float:

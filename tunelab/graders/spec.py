@@ -15,6 +15,7 @@ fit is refused with the path of the field (`grader.graders.price.operation: …`
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
@@ -189,6 +190,29 @@ def parse_grader(given: Any, where: str = "grader") -> StringCheck | TextSimilar
         path = ".".join([where, *_field_path(problem["loc"])])
         message = problem["msg"].removeprefix("Value error, ")
         raise GraderSpecError(f"{path}: {message}", path) from None
+
+
+def read_grader_file(path) -> StringCheck | TextSimilarity | ScoreModel | LabelModel | Python | Multi:
+    """A grader from a JSON file (OpenAI's grader object, or `{"grader": …}` as a job's method carries it);
+    errors name the file and the field."""
+    from pathlib import Path
+
+    from tunelab.core.files import input_file_problem
+
+    path = Path(path)
+    problem = input_file_problem(path)
+    if problem:
+        raise GraderSpecError(f"{path}: {problem}", "grader")
+    try:
+        given = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GraderSpecError(f"{path}: not a JSON grader ({error})", "grader") from None
+    if isinstance(given, dict) and set(given) == {"grader"}:
+        given = given["grader"]
+    try:
+        return parse_grader(given)
+    except GraderSpecError as error:
+        raise GraderSpecError(f"{path}: {error}", error.param) from None
 
 
 def _field_path(loc) -> list[str]:

@@ -205,6 +205,22 @@ def generate_replies(loaded: LoadedModel, prompts: list[list[dict]], max_new_tok
     return results
 
 
+def sample_tokens(model, prompt_ids: list[list[int]], stop_ids: list[int], pad_id: int, max_new_tokens: int,
+                  temperature: float, top_p: float = 1.0, seed: int | None = None,
+                  batch_size: int = 64) -> list[list[int]]:
+    """The new tokens of one reply per prompt (ending with the stop token when the reply ended itself), from a
+    model as it is — a model being trained, between its steps (reinforcement's samples) — in the batches
+    `generate_replies` uses, drawn from one generator seeded with `seed`."""
+    device = next(model.parameters()).device
+    sampler = _Sampler(temperature, top_p, seed, device)
+    results: list[list[int] | None] = [None] * len(prompt_ids)
+    for group in _decode_groups(prompt_ids, batch_size):
+        for index, new_tokens in _decode_group(model, [prompt_ids[i] for i in group], group, stop_ids, pad_id,
+                                               max_new_tokens, sampler, device):
+            results[index] = new_tokens
+    return results
+
+
 def _decode_group(model, rows: list[list[int]], indices: list[int], stop_ids: list[int], pad_id: int,
                   max_new_tokens: int, sampler: _Sampler, device):
     """Yield (index, new tokens) for each row as it finishes.

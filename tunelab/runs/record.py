@@ -31,8 +31,14 @@ PREFERENCE_COLUMNS = ["train_rewards_chosen", "train_rewards_rejected", "train_r
                       "valid_reward_margin", "valid_reward_accuracy"]
 
 
+# A reinforcement step's figures (reward_fit.py says what each is): TRL's GRPOTrainer logs the same.
+REINFORCEMENT_COLUMNS = ["train_reward_mean", "train_reward_std", "train_kl", "train_completion_tokens",
+                         "train_frac_reward_zero_std", "train_clip_ratio", "valid_reward_mean", "sampled_tokens",
+                         "sample_seconds", "grade_seconds", "grader_errors"]
+
+
 def metric_columns(method: str) -> list[str]:
-    return METRIC_COLUMNS + (PREFERENCE_COLUMNS if method == "dpo" else [])
+    return METRIC_COLUMNS + {"dpo": PREFERENCE_COLUMNS, "grpo": REINFORCEMENT_COLUMNS}.get(method, [])
 
 
 def new_job_id() -> str:
@@ -170,6 +176,10 @@ class RunRecorder:
         message = f"Step {row['step']}/{total}: training loss={row['train_loss']:.4f}"
         if row["valid_loss"] is not None:
             message += f", validation loss={row['valid_loss']:.4f}"
+        if row.get("train_reward_mean") is not None:
+            message += f", mean reward={row['train_reward_mean']:.3f}"
+        if row.get("valid_reward_mean") is not None:
+            message += f", validation mean reward={row['valid_reward_mean']:.3f}"
         # OpenAI's names for the event's figures (metrics.csv keeps its own columns, as OpenAI's result file does).
         data = {"step": row["step"], "total_steps": self.job.get("estimated_total_steps"),
                 "train_loss": row["train_loss"], "train_mean_token_accuracy": row["train_accuracy"],
@@ -195,20 +205,34 @@ class RunRecorder:
 
 
 def plot_loss_curve(rows: list[dict], path: Path) -> Path:
-    """Training loss per step (and validation loss where measured), saved as a PNG."""
+    """Training loss per step (and validation loss where measured), saved as a PNG; a reinforcement run's
+    mean reward beside it (training replies and greedy validation replies)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 3.6), dpi=110)
+    rewarded = any(r.get("train_reward_mean") is not None for r in rows)
+    figure, axes = plt.subplots(1, 2 if rewarded else 1, figsize=(12 if rewarded else 7, 3.6), dpi=110, squeeze=False)
+    axis = axes[0][0]
+    if rewarded:
+        reward_axis = axes[0][1]
+        reward_axis.plot([r["step"] for r in rows], [r.get("train_reward_mean") for r in rows],
+                         label="mean reward (sampled replies)", color="#55a868", alpha=0.85)
+        valid = [(r["step"], r["valid_reward_mean"]) for r in rows if r.get("valid_reward_mean") is not None]
+        if valid:
+            reward_axis.plot(*zip(*valid), "o-", label="mean reward (validation, greedy)", color="#c44e52")
+        reward_axis.set_xlabel("step")
+        reward_axis.set_ylabel("reward")
+        reward_axis.grid(alpha=0.3)
+        reward_axis.legend()
     steps = [r["step"] for r in rows]
     axis.plot(steps, [r["train_loss"] for r in rows], label="train loss", color="#4c72b0", alpha=0.85)
     valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
     if valid:
         axis.plot(*zip(*valid), "o-", label="validation loss", color="#dd8452")
     axis.set_xlabel("step")
-    axis.set_ylabel("loss (assistant tokens)")
+    axis.set_ylabel("policy loss (reply tokens)" if rewarded else "loss (assistant tokens)")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

@@ -75,6 +75,11 @@ class RunDir:
         return self.path / "model"
 
     @property
+    def grader_file(self) -> Path:
+        """A reinforcement run's grader, copied in as the run started (the run resumes with the same one)."""
+        return self.path / "grader.json"
+
+    @property
     def reference_file(self) -> Path:
         """A preference run's reference log-probabilities of each pair's outputs, computed before its first step."""
         return self.path / "reference_log_probs.safetensors"

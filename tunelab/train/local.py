@@ -3,10 +3,11 @@
     tunelab train --data train.jsonl --validation valid.jsonl
     tunelab train --resume runs/ftjob-…            # continue a crashed or cancelled run exactly
     tunelab train --method dpo --data pairs.jsonl --from runs/ftjob-…   # preference pairs, after supervised
+    tunelab train --method grpo --data tasks.jsonl --grader grader.json  # rewards from OpenAI's graders
     accelerate launch --multi_gpu --num_processes 2 -m tunelab.cli train --data …   # data-parallel
     accelerate launch --use_fsdp --num_processes 2 -m tunelab.cli train --data …     # sharded (FSDP2)
 
-The loop is fit.py's (a preference run's step: preference_fit.py), a plain PyTorch loop rather than
+The loop is fit.py's (a preference run's step: preference_fit.py; a reinforcement run's: reward_fit.py), a plain PyTorch loop rather than
 transformers.Trainer, because the speed comes from things a generic trainer does not do:
 1. The loss (train/loss.py): logits only at trained tokens, and the LM head, softmax and their gradient
    fused into one chunked pass that never holds the full logits.
@@ -23,6 +24,7 @@ uninterrupted run would have, and ends with the same weights and metrics.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -32,11 +34,16 @@ from typing import Callable
 import torch
 import yaml
 
-from tunelab.conversation.reader import read_numbered_conversations, read_numbered_pairs
+from tunelab.conversation.reader import read_numbered_conversations, read_numbered_pairs, read_numbered_tasks
 from tunelab.conversation.render import RenderedExample, check_template_agreement, render_numbered
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import atomic_path, check_output_directory, remove_stale_temporaries, write_text_atomically
-from tunelab.core.settings import AUTO, TrainConfig, resolve_hyperparameters, resolved_beta
+from tunelab.core.settings import (AUTO, DEFAULT_GROUP_SIZE, OPENAI_METHOD_TYPES, TrainConfig, resolve_hyperparameters,
+                                   resolved_beta, resolved_group_size)
+from tunelab.graders.grade import Grading
+from tunelab.graders.model import GradingModels
+from tunelab.graders.sandbox import Limits, PythonSandbox
+from tunelab.graders.spec import read_grader_file
 from tunelab.models.device_memory import device_budget
 from tunelab.models.precision import dtype_name, native_bf16
 from tunelab.models.resolve import load_tokenizer, resolve_model
@@ -52,6 +59,8 @@ from tunelab.train.methods import (MethodUnavailable, check_method_available, ch
                                    trainable_model, trainable_state, training_device)
 from tunelab.train.preference import REFERENCE_FREE, RenderedPair, reference_log_probs, render_pairs
 from tunelab.train.preference_fit import PreferenceFit
+from tunelab.train.reinforcement import RenderedTask, render_tasks
+from tunelab.train.reward_fit import Reference, RewardFit
 from tunelab.train.sharding import gathered_to_cpu, local_share
 from tunelab.train.start import load_start_weights, start_from
 
@@ -105,10 +114,17 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
 
     # --- setup: data, model, adapter -------------------------------------------------------------------
     config, start = start_from(config)
-    preference = config.method == "dpo"
+    preference, reinforcement = config.method == "dpo", config.method == "grpo"
     if preference and cluster.sharded:
         raise MethodUnavailable("fsdp: a dpo run trains data-parallel (several processes without --fsdp) for now")
-    read = read_numbered_pairs if preference else read_numbered_conversations
+    if reinforcement and cluster.world > 1:
+        raise MethodUnavailable("a grpo run trains in one process for now (its sampling is not yet shared out)")
+    if reinforcement and config.adapter == "full" and config.kl_beta:
+        raise MethodUnavailable("grpo with adapter full: the KL penalty's reference would need a second copy of the "
+                                "model; set kl_beta 0, or train an adapter")
+    grader = read_grader_file(run.grader_file if resume and run.grader_file.is_file() else config.grader) \
+        if reinforcement else None
+    read = read_numbered_pairs if preference else read_numbered_tasks if reinforcement else read_numbered_conversations
     numbered_train = read(config.data)
     numbered_valid = read(config.validation) if config.validation else []
     load_started = time.monotonic()
@@ -116,8 +132,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     tokenizer = load_tokenizer(str(start.tokenizer_dir) if start else resolved.path,
                                None if start else config.chat_template)
     # Rendered once, whole: the template check needs the untruncated ids, training the truncated ones.
-    train_examples, valid_examples = (_rendered_pairs if preference else _rendered_examples)(
-        tokenizer, numbered_train, numbered_valid, config)
+    render = _rendered_pairs if preference else _rendered_tasks if reinforcement else _rendered_examples
+    train_examples, valid_examples = render(tokenizer, numbered_train, numbered_valid, config)
     if config.validation_split and not valid_examples:
         train_examples, valid_examples = _hold_out(train_examples, config.validation_split, config.seed)
     train_examples = _truncated(train_examples, config.max_length, config.data, events)
@@ -130,16 +146,20 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     model = trainable_model(resolved, config, cluster.device, sharded=cluster.sharded)
     if start:
         load_start_weights(model, start)
+    start_weights = {name: t.detach().clone() for name, t in trainable_state(model).items()} \
+        if reinforcement and start and config.kl_beta else None  # the reference a continued adapter is held to
     load_seconds = time.monotonic() - load_started
 
     steps_per_epoch = math.ceil(len(train_examples) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
     eval_every = config.eval_every or max(1, total_steps // 4)
     job = recorded if resume else _new_job(job_id, started, model_name or resolved.name, resolved.name, config, hyper,
-                                            total_steps)
+                                            total_steps, eval_every, grader)
     if cluster.is_main and not resume:
         # Settings and tokenizer before the job record: a run that has a job.json can always be resumed,
         # wherever a crash stopped it.
+        if reinforcement:  # the run keeps its grader: resumed, it grades as it began
+            write_text_atomically(run.grader_file, json.dumps(grader.model_dump(exclude_none=True), indent=2) + "\n")
         _write_resolved_config(run, config, hyper, dtype)
         with atomic_path(run.tokenizer_dir, directory=True) as temporary:
             tokenizer.save_pretrained(temporary)
@@ -158,13 +178,15 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emulated = dtype == torch.bfloat16 and not native_bf16(cluster.device)
         events.message(
-            f"{job_id} · {resolved.name} · {len(train_examples)} {'pairs' if preference else 'examples'}, "
+            f"{job_id} · {resolved.name} · {len(train_examples)} {'pairs' if preference else 'tasks' if reinforcement else 'examples'}, "
             f"{hyper.n_epochs} epochs, "
             f"batch {hyper.batch_size}" + (f" ({hyper.micro_batch_size} per pass)" if hyper.accumulation_steps > 1 else "")
             + f", lr {hyper.learning_rate:.1e} · {config.method}"
             + (f" (β {resolved_beta(config)}, {config.dpo_loss}"
                + (f", γ {config.simpo_gamma:g}" if config.dpo_loss == "simpo" else "")
-               + (f", rpo_alpha {config.rpo_alpha:g}" if config.rpo_alpha else "") + ")" if preference else "") + f", {config.adapter}"
+               + (f", rpo_alpha {config.rpo_alpha:g}" if config.rpo_alpha else "") + ")" if preference else "")
+            + (f" ({resolved_group_size(config)} replies per prompt, grader {grader.type} '{grader.name}', "
+               f"KL β {config.kl_beta:g})" if reinforcement else "") + f", {config.adapter}"
             + (f" r={config.lora_r}" if config.adapter != "full" else "")
             + f" ({trainable / 1e6:.2f}M trainable) · {cluster.device} {dtype_name(dtype)}"
             + (" (emulated: this CPU has no bf16 units, so this is slow)" if emulated else "")
@@ -186,6 +208,15 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
         else:  # before any checkpoint is restored: the reference is the model as the run starts
             _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id,
                               hyper.micro_batch_size, fit.autocast, cluster, recorder)
+    elif reinforcement:
+        grading = Grading(grader, models=GradingModels(endpoint_url=config.grader_url),
+                          sandbox=PythonSandbox(Limits(seconds_per_sample=config.grader_seconds)))
+        reference = Reference(model, start_weights) if config.kl_beta else None
+        fit = RewardFit(*fit_arguments, tokenizer=tokenizer, grading=grading, group_size=resolved_group_size(config),
+                        kl_beta=config.kl_beta, epsilon=config.clip_epsilon, temperature=config.sample_temperature,
+                        max_completion_tokens=config.max_completion_tokens,
+                        eval_samples=16 if config.eval_samples == AUTO else int(config.eval_samples),
+                        reference=reference)
     else:
         fit = Fit(*fit_arguments)
     if recorder and cluster.world > 1:
@@ -266,17 +297,25 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
 
 
-def _new_job(job_id, started, model_name, base_model, config: TrainConfig, hyper, total_steps) -> dict:
+def _new_job(job_id, started, model_name, base_model, config: TrainConfig, hyper, total_steps, eval_every: int,
+             grader=None) -> dict:
     """The run's fine_tuning.job record; `model` is the base as the job's creator named it, `base_model` the model
     it really is."""
     hyperparameters = {"n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
                        "learning_rate_multiplier": hyper.learning_rate_multiplier}
-    method_hyperparameters = {**hyperparameters, "beta": resolved_beta(config)} if config.method == "dpo" else None
-    return fine_tuning_job(
+    method_hyperparameters = {**hyperparameters, "beta": resolved_beta(config)} if config.method == "dpo" else \
+        {**hyperparameters, "compute_multiplier": resolved_group_size(config) / DEFAULT_GROUP_SIZE,
+         "eval_interval": eval_every, "eval_samples": 16 if config.eval_samples == AUTO else int(config.eval_samples),
+         "reasoning_effort": "default"} if config.method == "grpo" else None
+    job = fine_tuning_job(
         id=job_id, created_at=int(started), model=model_name, base_model=base_model, status="queued",
         training_file=_absolute(config.data), validation_file=_absolute(config.validation),
-        hyperparameters=hyperparameters, method=config.method, method_hyperparameters=method_hyperparameters,
-        seed=config.seed, suffix=config.suffix, result_files=["metrics.csv"], estimated_total_steps=total_steps)
+        hyperparameters=hyperparameters, method=OPENAI_METHOD_TYPES[config.method],
+        method_hyperparameters=method_hyperparameters, seed=config.seed, suffix=config.suffix,
+        result_files=["metrics.csv"], estimated_total_steps=total_steps)
+    if grader is not None:
+        job["method"]["reinforcement"]["grader"] = grader.model_dump(exclude_none=True)
+    return job
 
 
 def _hold_out(examples: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -298,6 +337,8 @@ def training_data_lengths(config: TrainConfig, model_path: str) -> tuple[int, in
     tokenizer = load_tokenizer(model_path, config.chat_template)
     if config.method == "dpo":
         examples = render_pairs(tokenizer, read_numbered_pairs(config.data), config.data)
+    elif config.method == "grpo":
+        examples = render_tasks(tokenizer, read_numbered_tasks(config.data), config.max_completion_tokens)
     else:
         examples = render_numbered(tokenizer, read_numbered_conversations(config.data), config.data)
     count = len(examples) - (_held_out_count(len(examples), config.validation_split)
@@ -305,7 +346,9 @@ def training_data_lengths(config: TrainConfig, model_path: str) -> tuple[int, in
     return min(config.max_length, max(map(_length, examples), default=1)), count
 
 
-def _length(example: RenderedExample | RenderedPair) -> int:
+def _length(example: RenderedExample | RenderedPair | RenderedTask) -> int:
+    if isinstance(example, RenderedTask):  # its prompt and the longest reply it may be given
+        return len(example.prompt_ids) + example.max_reply
     return example.longest if isinstance(example, RenderedPair) else len(example.input_ids)
 
 
@@ -324,6 +367,22 @@ def _rendered_pairs(tokenizer, numbered_train, numbered_valid, config: TrainConf
     return train_pairs, render_pairs(tokenizer, numbered_valid, config.validation)
 
 
+def _rendered_tasks(tokenizer, numbered_train, numbered_valid, config: TrainConfig):
+    """Each task's prompt, as the model will be asked it; a prompt that leaves no room for a reply of
+    max_completion_tokens within max_length is refused, naming its line."""
+    def rendered(numbered, path) -> list[RenderedTask]:
+        tasks = render_tasks(tokenizer, numbered, config.max_completion_tokens)
+        room = config.max_length - config.max_completion_tokens
+        too_long = [task.line for task in tasks if len(task.prompt_ids) > room]
+        if too_long:
+            raise NothingToTrain(f"{path}: line {too_long[0]}" + (f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else "")
+                                 + f": the prompt leaves no room within --max-length {config.max_length} for a reply of "
+                                 f"--max-completion-tokens {config.max_completion_tokens}; raise --max-length")
+        return tasks
+
+    return rendered(numbered_train, config.data), rendered(numbered_valid, config.validation)
+
+
 def _truncated(examples: list, max_length, path, events: Events) -> list:
     """Examples (or pairs: each conversation) cut to `max_length` tokens, saying how many were, refusing a set
     with nothing to train."""
@@ -334,6 +393,8 @@ def _truncated(examples: list, max_length, path, events: Events) -> list:
     if truncated:
         events.warning(f"{path}: {truncated} example(s) longer than {max_length} tokens are truncated",
                        truncated=truncated)
+    if examples and isinstance(examples[0], RenderedTask):
+        return examples  # prompts were checked as rendered (_rendered_tasks); replies are made to fit
     if examples and isinstance(examples[0], RenderedPair):
         pairs = [RenderedPair(cut(p.preferred), cut(p.non_preferred)) for p in examples]
         lost = sum(p.preferred.trained_tokens == 0 or p.non_preferred.trained_tokens == 0 for p in pairs)

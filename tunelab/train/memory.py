@@ -283,5 +283,14 @@ def plan_for(config, shape: ModelShape, device: str, budget: int, longest_exampl
                                 else None),
         tokens_per_example=min(config.max_length, longest_example or config.max_length),
         qlora_possible=device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None,
-        sequences_per_example=2 if config.method == "dpo" else 1)
+        sequences_per_example=_sequences_per_example(config))
     return plan(shape, settings, device, budget)
+
+
+def _sequences_per_example(config: TrainConfig) -> int:
+    """A preference pair trains as two sequences; a reinforcement prompt as its group of sampled replies."""
+    if config.method == "grpo":
+        from tunelab.core.settings import resolved_group_size
+
+        return resolved_group_size(config)
+    return 2 if config.method == "dpo" else 1
