@@ -287,7 +287,7 @@ def plan_for(config, shape: ModelShape, device: str, budget: int, longest_exampl
     return plan(shape, settings, device, budget)
 
 
-def _sequences_per_example(config: TrainConfig) -> int:
+def _sequences_per_example(config) -> int:
     """A preference pair trains as two sequences; a reinforcement prompt as its group of sampled replies."""
     if config.method == "grpo":
         from tunelab.core.settings import resolved_group_size
