@@ -1,6 +1,8 @@
 """`/v1/fine_tuning/jobs` through the official openai client: a job trains in the server's worker process."""
 
 import re
+import csv
+import json
 import time
 
 import openai
@@ -151,6 +153,61 @@ def test_a_dpo_job_from_a_supervised_fine_tune_trains_and_answers(tiny_client, r
         training_file=training.id, model="gpt-4o-mini-2024-07-18", method={"type": "dpo"}).id)
     assert (chat_as_pairs.status, chat_as_pairs.error.code) == ("failed", "invalid_training_file")
     assert "holds chat examples (messages), not preference pairs" in chat_as_pairs.error.message
+    recorder.check_all()
+
+
+def test_a_reinforcement_job_trains_with_openais_graders(tiny_client, recorder, tmp_path, support_conversations):
+    """`method: reinforcement` with a multi grader over a python grader (sandboxed) through the official SDK:
+    OpenAI's hyperparameters taken (compute_multiplier → replies per prompt), the grader kept in the job, the
+    reward figures in the result file and the metrics events. (The multi grader is spelled as OpenAI's schema
+    has it, one sub-grader, so every answer can be checked against the schema; the job echoes the grader as
+    sent, and the other two spellings train alike: tests/graders.)"""
+    client = tiny_client
+    tasks = [{"messages": c["messages"][:-1], "reference": c["messages"][-1]["content"][:40]}
+             for c in support_conversations[:12]]
+    training = upload(client, tmp_path, tasks, "tasks.jsonl")
+    grader = {"type": "multi", "name": "reply", "calculate_output": "0.5 * length + 0.5",
+              "graders": {"type": "python", "name": "length",
+                          "source": "def grade(sample, item):\n    return min(1.0, len(sample['output_text']) / 40)\n"}}
+    mentions = {"type": "string_check", "name": "mentions", "input": "{{sample.output_text}}", "reference": "order",
+                "operation": "ilike"}
+    job = client.fine_tuning.jobs.create(
+        training_file=training.id, model="gpt-4o-mini-2024-07-18", suffix="rft",
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 4, "compute_multiplier": 0.25, "eval_interval": 2, "eval_samples": 2}}},
+        extra_body={"tunelab": {"max_completion_tokens": 8, "validation_split": 0.2}})
+    done = wait_until_finished(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "reinforcement" and done.method.reinforcement.grader.to_dict() == grader
+    assert done.method.reinforcement.hyperparameters.compute_multiplier == 0.25
+    assert done.to_dict()["tunelab"]["max_completion_tokens"] == 8
+    results = list(csv.DictReader(client.files.content(done.result_files[0]).read().decode().splitlines()))
+    assert len(results) == 3  # 10 tasks for training (2 held out), in batches of 4
+    # compute_multiplier 0.25: 2 replies per prompt (of the usual 8), each at most 8 tokens
+    assert sum(round(float(r["sampled_tokens"]) / float(r["train_completion_tokens"])) for r in results) == 10 * 2
+    assert all(float(r["train_completion_tokens"]) <= 8 for r in results)
+    assert [r["valid_reward_mean"] != "" for r in results] == [False, True, True]  # eval_interval 2, and the end
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert metrics and all(0.5 <= m["train_reward_mean"] <= 1 for m in metrics)
+    answer = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=6, temperature=0,
+                                            messages=[{"role": "user", "content": "Where is my order?"}])
+    assert answer.usage.completion_tokens > 0
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18", method={
+            "type": "reinforcement", "reinforcement": {"grader": {**grader, "calculate_output": "length + size"}}})
+    assert refused.value.body["param"] == "method.reinforcement.grader.calculate_output"
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18", method={
+            "type": "reinforcement", "reinforcement": {"grader": {
+                "type": "score_model", "name": "judge", "model": "gpt-5-judge", "input": [{"role": "user", "content": "x"}]}}})
+    assert refused.value.body["param"] == "method.reinforcement.grader.model"
+    chat = upload(client, tmp_path, support_conversations[:12], "chat.jsonl")
+    chat_as_tasks = wait_until_finished(client, client.fine_tuning.jobs.create(
+        training_file=chat.id, model="gpt-4o-mini-2024-07-18",
+        method={"type": "reinforcement", "reinforcement": {"grader": mentions}}).id)
+    assert (chat_as_tasks.status, chat_as_tasks.error.code) == ("failed", "invalid_training_file")
+    assert "task_ends_with_assistant" in chat_as_tasks.error.message or "ends with an assistant" in chat_as_tasks.error.message
     recorder.check_all()
 
 

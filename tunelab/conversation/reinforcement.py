@@ -26,6 +26,14 @@ class Task:
     item: dict
 
 
+def is_task(record) -> bool:
+    """Does this parsed line look like a reinforcement task (a prompt awaiting its reply) rather than a chat
+    example (which ends with the assistant's reply) or a preference pair?"""
+    messages = record.get("messages") if isinstance(record, dict) else None
+    return isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) \
+        and messages[-1].get("role") not in ("assistant", None)
+
+
 def task_problems(record, line: int = 0, file: str = "") -> list[Problem]:
     return [Problem(ERROR, code, line, path, message, file) for code, path, message in _task_errors(record)]
 

@@ -433,6 +433,23 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> ResolvedHyp
     )
 
 
+REINFORCEMENT_HYPERPARAMETERS = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort")
+
+
+def reinforcement_settings(hyperparameters: dict) -> dict:
+    """OpenAI's reinforcement hyperparameters as tunelab's settings: `compute_multiplier` scales the replies
+    sampled per prompt (8 at 1, at least 2), `eval_interval` is `eval_every`, `eval_samples` the validation
+    prompts graded at each evaluation. `reasoning_effort` has nothing to set on a model that does not reason."""
+    settings = {}
+    multiplier = hyperparameters.get("compute_multiplier", AUTO)
+    if multiplier not in (None, AUTO):
+        settings["group_size"] = max(2, round(DEFAULT_GROUP_SIZE * float(multiplier)))
+    for openai_name, name in (("eval_interval", "eval_every"), ("eval_samples", "eval_samples")):
+        if hyperparameters.get(openai_name, AUTO) not in (None, AUTO):
+            settings[name] = int(hyperparameters[openai_name])
+    return settings
+
+
 def resolved_group_size(config: TrainConfig) -> int:
     return DEFAULT_GROUP_SIZE if config.group_size == AUTO else int(config.group_size)
 

@@ -22,6 +22,7 @@ is kept per example is a few integers (its token lengths and hashes for the dupl
 
 from __future__ import annotations
 
+import json
 import os
 from array import array
 from collections import Counter
@@ -31,6 +32,7 @@ from pathlib import Path
 from tunelab.conversation.preference import PreferencePair, is_preference, preference_problems, read_pair
 from tunelab.conversation.problems import Problem
 from tunelab.conversation.reader import parse_line, raw_lines
+from tunelab.conversation.reinforcement import is_task, read_task, task_problems
 from tunelab.conversation.schema import calls_a_tool, content_text, example_problems, last_assistant_index
 from tunelab.core.events import NO_EVENTS, Events
 
@@ -94,7 +96,7 @@ def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:
 class _Scan:
     """What one pass over (part of) a file found; parts of a file scanned in parallel are merged."""
 
-    kind: str = "chat"  # or "preference": the file's format, from its first line
+    kind: str = "chat"  # or "preference" or "tasks": the file's format, from its first line
     findings: list[Problem] = field(default_factory=list)
     examples: int = 0
     counts: Counter = field(default_factory=Counter)
@@ -195,11 +197,12 @@ def _check_validation_file(validation: Path, training: _Scan, report: Validation
 
 
 def file_kind(path: Path) -> str:
-    """"preference" when the file's first readable line is a preference pair, else "chat"."""
+    """"preference" when the file's first readable line is a preference pair, "tasks" when it is a
+    reinforcement task (a prompt awaiting its reply, with the keys a grader reads), else "chat"."""
     for _, _, raw in raw_lines(path, 0, None, 1):
         record, unreadable = parse_line(raw)
         if not unreadable:
-            return "preference" if is_preference(record) else "chat"
+            return "preference" if is_preference(record) else "tasks" if is_task(record) else "chat"
     return "chat"
 
 
@@ -334,7 +337,8 @@ def _scan_range(path: Path, start: int, end: int | None, first_line: int, counte
                         f"in a file of {'chat examples' if kind == 'chat' else 'preference pairs'} (as its first "
                         "line is); a file holds one format"))
             continue
-        item = _scan_pair(record, line, scan) if kind == "preference" else _scan_example(record, line, scan)
+        scan_line = {"preference": _scan_pair, "tasks": _scan_task}.get(kind, _scan_example)
+        item = scan_line(record, line, scan)
         if item is None or not counter:
             continue
         pending.append((line, item))
@@ -377,6 +381,25 @@ def _scan_example(record, line: int, scan: _Scan) -> list[dict] | None:
         getattr(scan, name).append(value)
     scan.lines.append(line)
     return messages
+
+
+def _scan_task(record, line: int, scan: _Scan) -> list[dict] | None:
+    """A reinforcement task's errors; its prompt when it is valid (its tokens are the prompt's: the replies are
+    sampled in training)."""
+    errors = task_problems(record, line)
+    scan.findings += errors
+    if errors:
+        return None
+    task = read_task(record)
+    roles = Counter(m.get("role") for m in task.messages)
+    scan.counts["missing_user"] += roles["user"] == 0
+    whole = json.dumps(record, sort_keys=True)
+    scan.whole.append(hash(whole))
+    scan.near.append(hash(whole.lower()))
+    scan.prompt.append(hash(json.dumps(task.messages, sort_keys=True).lower()))
+    scan.reply.append(hash(json.dumps(task.item, sort_keys=True)))
+    scan.lines.append(line)
+    return task.messages
 
 
 def _scan_pair(record, line: int, scan: _Scan) -> PreferencePair | None:

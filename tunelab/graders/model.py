@@ -41,14 +41,21 @@ class Completion:
 class GradingModels:
     """Answers grading prompts, local models loaded once and kept."""
 
-    def __init__(self, endpoint_url: str | None = None, device: str | None = None):
+    def __init__(self, endpoint_url: str | None = None, device: str | None = None, named: dict[str, str] | None = None):
+        """`named`: the only models that may be asked, name → local model spec (a server job's grader names the
+        server's models, resolved when the job was created); None: any, as the module says."""
         self.endpoint_url = endpoint_url
         self.device = device
+        self.named = named
         self._local: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def complete_many(self, model: str, conversations: list[list[dict]], sampling) -> list[Completion]:
         decoding, max_tokens = decoding_of(sampling)
+        if self.named is not None:
+            if model not in self.named:
+                return [Completion(error=f"{model}: not a model this server answers to") for _ in conversations]
+            return self._ask_locally(self.named[model], conversations, decoding, max_tokens)
         if "@" not in model and self.is_local(model):
             return self._ask_locally(model, conversations, decoding, max_tokens)
         try:

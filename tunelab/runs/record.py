@@ -61,16 +61,19 @@ def fine_tuning_job(*, id: str, created_at: int, model: str, base_model: str, st
                     fine_tuned_model: str | None = None, trained_tokens: int | None = None,
                     finished_at: int | None = None, estimated_finish: int | None = None,
                     result_files: list[str] | None = None, error: dict | None = None,
-                    integrations: list[dict] | None = None, **additions) -> dict:
+                    integrations: list[dict] | None = None, grader: dict | None = None, **additions) -> dict:
     """A `fine_tuning.job` object in OpenAI's shape: the one builder, for a local run's job.json and for the
     server's answers. `hyperparameters` are stated twice, as OpenAI does (top level, deprecated, and under
-    the method; `method_hyperparameters` where the method has more, as dpo's beta). `additions` are tunelab's own fields (`base_model` is always one: the model the job really
+    the method; `method_hyperparameters` where the method has more, as dpo's beta; a reinforcement job's `grader`
+    beside them). `additions` are tunelab's own fields (`base_model` is always one: the model the job really
     trains, where `model` is the name its creator used, perhaps an alias)."""
     return {
         "object": "fine_tuning.job", "id": id, "created_at": created_at, "model": model, "base_model": base_model,
         "organization_id": "org-" + ORGANIZATION, "status": status,
         "training_file": training_file, "validation_file": validation_file,
-        "hyperparameters": hyperparameters, "method": {"type": method, method: {"hyperparameters": method_hyperparameters or hyperparameters}},
+        "hyperparameters": hyperparameters,
+        "method": {"type": method, method: {**({"grader": grader} if grader is not None else {}),
+                                            "hyperparameters": method_hyperparameters or hyperparameters}},
         "seed": seed, "suffix": suffix, "metadata": metadata,
         "fine_tuned_model": fine_tuned_model, "trained_tokens": trained_tokens, "finished_at": finished_at,
         "estimated_finish": estimated_finish, "result_files": result_files or [], "error": error,

@@ -19,6 +19,8 @@ import time
 from fastapi import APIRouter, Request
 
 from tunelab.core.settings import OPENAI_HYPERPARAMETERS as HYPERPARAMETERS
+from tunelab.core.settings import REINFORCEMENT_HYPERPARAMETERS, reinforcement_settings
+from tunelab.graders.spec import GraderSpecError, grading_models, parse_grader
 from tunelab.runs.record import fine_tuned_model_name, fine_tuning_job
 from tunelab.runs.rundir import RunDir
 from tunelab.server.auth import project_of
@@ -43,7 +45,7 @@ def job_object(store, row) -> dict:
     estimated_finish = None
     if run.config_file.is_file():  # `auto` resolved by the run
         settings = run.settings()
-        hyperparameters = {name: settings[name] for name in HYPERPARAMETERS + (("beta",) if "beta" in hyperparameters else ())}
+        hyperparameters |= {name: settings[name] for name in HYPERPARAMETERS + (("beta",) if "beta" in hyperparameters else ())}
         if row["status"] == "running" and run.has_run():
             estimated_finish = _estimated_finish(run, row["started_at"])
     # OpenAI states the three at the top level as well (deprecated); a method's own (dpo's beta) only under it.
@@ -59,6 +61,7 @@ def job_object(store, row) -> dict:
         finished_at=row["finished_at"], estimated_finish=estimated_finish,
         result_files=json.loads(row["result_files"]), error=json.loads(row["error"]) if row["error"] else None,
         integrations=json.loads(row["integrations"]) if row["integrations"] else None,
+        grader=json.loads(row["grader"])["grader"] if row["grader"] else None,
         # tunelab's addition: the settings beyond OpenAI's fields, as the request's `tunelab` extension takes
         # them, with the preset they came from (None: TrainConfig's defaults and the memory plan's choices)
         tunelab=json.loads(row["settings"]))
@@ -104,19 +107,18 @@ def _file_id(request: Request, value: str | None, name: str) -> str | None:
 
 @router.post("/fine_tuning/jobs")
 async def create_job(request: Request, body: CreateJobRequest) -> dict:
-    if body.method_type == "reinforcement":
-        raise APIError(400, "method.type 'reinforcement' is not supported yet: tunelab serve trains supervised and "
-                       "dpo jobs (reinforcement with OpenAI's graders is planned)", param="method.type",
-                       code="unsupported_value")
     project = project_of(request)
     start = _fine_tune_job(request, body.model)  # a job may start from a fine-tune of this project, as on OpenAI
     base_model = start["base_model"] if start else resolve_base(request, body.model)
     training_file = _file_id(request, body.training_file, "training_file")
     validation_file = _file_id(request, body.validation_file, "validation_file")
     hyperparameters = body.hyperparameters_chosen()
+    grader = _job_grader(request, body)
     extension = body.tunelab.model_dump(exclude_unset=True) if body.tunelab else None
+    as_settings = {name: value for name, value in hyperparameters.items() if name not in REINFORCEMENT_HYPERPARAMETERS}
+    as_settings.update(reinforcement_settings(hyperparameters))
     try:
-        settings = job_extension(extension, base_model, request.app.state.settings.job_presets, hyperparameters,
+        settings = job_extension(extension, base_model, request.app.state.settings.job_presets, as_settings,
                                  validation_file is not None)
     except JobSettingsError as error:
         raise APIError(400, str(error), param=error.param, code="invalid_value") from None
@@ -125,18 +127,33 @@ async def create_job(request: Request, body: CreateJobRequest) -> dict:
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % 2**31
     store.execute("INSERT INTO jobs (id, created_at, model, base_model, training_file, validation_file, suffix, seed, "
-                  "metadata, hyperparameters, settings, project_id, integrations, method, start_job, status) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
+                  "metadata, hyperparameters, settings, project_id, integrations, method, start_job, grader, status) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
                   (job_id, int(time.time()), body.model, base_model, training_file, validation_file, body.suffix, seed,
                    json.dumps(body.metadata) if body.metadata else None, json.dumps(hyperparameters),
                    json.dumps(settings), project,
                    json.dumps([i.model_dump() for i in body.integrations]) if body.integrations else None,
-                   body.method_type, start["id"] if start else None))
+                   body.method_type, start["id"] if start else None, json.dumps(grader) if grader else None))
     store.job_event(job_id, f"Created fine-tuning job: {job_id}")
     if len(settings) > 1 or settings["preset"]:
         store.job_event(job_id, "Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()
                                                          if value is not None))
     return job_object(store, job_row(request, job_id))
+
+
+def _job_grader(request: Request, body: CreateJobRequest) -> dict | None:
+    """A reinforcement job's grader as given, checked (a 400 naming the field), with the models its model
+    graders name resolved to this server's models now: {"grader": …, "models": {name: local spec}}."""
+    if body.method_type != "reinforcement":
+        return None
+    given = body.method.reinforcement.grader
+    try:
+        spec = parse_grader(given, "method.reinforcement.grader")
+    except GraderSpecError as error:
+        raise APIError(400, str(error), param=error.param, code="invalid_value") from None
+    models = {name: resolve_base(request, name, param="method.reinforcement.grader.model")
+              for name in grading_models(spec)}
+    return {"grader": given, "models": models}
 
 
 @router.get("/fine_tuning/jobs")

@@ -61,8 +61,8 @@ class DpoHyperparameters(SupervisedHyperparameters):
 
 
 class ReinforcementHyperparameters(SupervisedHyperparameters):
-    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None
-    compute_multiplier: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None  # taken; no local model reasons
+    compute_multiplier: Annotated[float, Field(ge=0.00001, le=10)] | Literal["auto"] | None = None
     eval_interval: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     eval_samples: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
 
@@ -176,6 +176,11 @@ class CreateJobRequest(Closed):
         if self.method_type == "dpo":
             beta = getattr(given, "beta", None)
             chosen["beta"] = AUTO if beta is None else beta
+        if self.method_type == "reinforcement":
+            for name in ("compute_multiplier", "eval_interval", "eval_samples"):
+                value = getattr(given, name, None)
+                chosen[name] = AUTO if value is None else value
+            chosen["reasoning_effort"] = getattr(given, "reasoning_effort", None) or "default"
         return chosen
 
 

@@ -151,6 +151,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'supervised';
         ALTER TABLE jobs ADD COLUMN start_job TEXT;
     """),
+    # A reinforcement job's grader, as the request gave it (OpenAI's JSON).
+    ("0011_job_graders", """
+        ALTER TABLE jobs ADD COLUMN grader TEXT;
+    """),
 ]
 
 

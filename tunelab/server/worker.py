@@ -36,10 +36,10 @@ from contextlib import nullcontext, suppress
 from pathlib import Path
 
 from tunelab.conversation.problems import DataError
-from tunelab.conversation.reader import read_conversations, read_numbered_pairs
-from tunelab.core.files import StorageError, atomic_path
+from tunelab.conversation.reader import read_conversations, read_numbered_pairs, read_numbered_tasks
+from tunelab.core.files import StorageError, atomic_path, write_text_atomically
 from tunelab.core.process import configure_process, keep_freed_memory
-from tunelab.core.settings import TrainConfig
+from tunelab.core.settings import REINFORCEMENT_HYPERPARAMETERS, TrainConfig, reinforcement_settings
 from tunelab.runs.archive import pack_run
 from tunelab.runs.rundir import RunDir
 from tunelab.runs.tracking import requested_trackers
@@ -68,7 +68,7 @@ def validate_files(store: Store, job) -> bool:
         file_id = job[name]
         if file_id is None:
             continue
-        read = read_numbered_pairs if job["method"] == "dpo" else read_conversations
+        read = {"dpo": read_numbered_pairs, "reinforcement": read_numbered_tasks}.get(job["method"], read_conversations)
         try:
             examples = len(read(store.file_path(file_id)))
         except (DataError, FileNotFoundError) as error:
@@ -111,6 +111,14 @@ def start_job(store: Store, job) -> bool:
     return store.execute("SELECT status FROM jobs WHERE id = ?", (job["id"],))[0]["status"] == "running"
 
 
+def _grader_file(store: Store, job_id: str, grader: dict) -> Path:
+    """The job's grader as a file beside its run directory (as its lock is), for the run to read and copy in."""
+    path = Path(store.run_dir(job_id)).with_suffix(".grader.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(grader))
+    return path
+
+
 def run_job(store: Store, job_id: str, resume: bool) -> None:
     """Train the job (`resume`: from its last complete checkpoint), then record how it ended. Under a
     launcher every process runs this; the first one records."""
@@ -131,10 +139,18 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
     settings.update(integration_settings(json.loads(job["integrations"] or "[]"), settings.get("report_to", "")))
     # A job started from a fine-tune trains on from that job's run, on its base (train/start.py).
     start = {"from_run": str(store.run_dir(job["start_job"]))} if job["start_job"] else {"model": job["base_model"]}
+    hyperparameters = json.loads(job["hyperparameters"])
+    reinforcement = job["method"] == "reinforcement"
+    grading = json.loads(job["grader"]) if reinforcement else None
+    if reinforcement:  # OpenAI's hyperparameters in tunelab's terms, and the grader as a file the run copies in
+        hyperparameters = {name: value for name, value in hyperparameters.items()
+                           if name not in REINFORCEMENT_HYPERPARAMETERS} | reinforcement_settings(hyperparameters)
+        settings["grader"] = str(_grader_file(store, job_id, grading["grader"]))
     config = TrainConfig.from_sources(
-        data=str(store.file_path(job["training_file"])), out=str(run.path), method=job["method"],
+        data=str(store.file_path(job["training_file"])), out=str(run.path),
+        method="grpo" if reinforcement else job["method"],
         validation=str(store.file_path(job["validation_file"])) if job["validation_file"] else None,
-        suffix=job["suffix"], seed=job["seed"], **start, **{**json.loads(job["hyperparameters"]), **settings})
+        suffix=job["suffix"], seed=job["seed"], **start, **{**hyperparameters, **settings})
 
     def cancelled(_step: int) -> bool:  # asked of the first process only; the others follow its answer
         if not worker_alive():
@@ -147,7 +163,9 @@ def _train_and_record(store: Store, job_id: str, resume: bool, main: bool) -> No
             record_completion(store, job_id, run)
         return
     try:
-        train(config, resume=resume, should_stop=cancelled, job_id=job_id, model_name=_named_base(store, job))
+        # A python grader never sees the server's data; a model grader asks only the models the job was created with.
+        train(config, resume=resume, should_stop=cancelled, job_id=job_id, model_name=_named_base(store, job),
+              grader_models=grading["models"] if grading else None, hidden_from_graders=(store.data_dir,))
     except StorageError as error:  # a full or read-only disk: the job waits for space rather than failing
         if main:
             with suppress(IllegalTransition):  # unless its client cancelled or paused it meanwhile

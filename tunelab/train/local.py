@@ -75,7 +75,8 @@ class NothingToTrain(ValueError):
 
 def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
           should_stop: Callable[[int], bool] | None = None, job_id: str | None = None,
-          model_name: str | None = None) -> Path:
+          model_name: str | None = None, grader_models: dict[str, str] | None = None,
+          hidden_from_graders: tuple[Path, ...] = ()) -> Path:
     """Fine-tune as `config` says; returns the run directory (self-contained).
 
     `events` receives the progress and messages (of the first process only). `resume=True` continues the
@@ -83,7 +84,8 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
     returning True cancels the run cleanly (its checkpoints stay resumable). `job_id`: the id of the job this
     run is (a server's); a new `ftjob-…` by default. `model_name`: what the job's creator called the base model
     (a server's alias, e.g. gpt-4o-mini-2024-07-18), which the fine-tune's name starts with; the base's own
-    name by default.
+    name by default. `grader_models`: the only models a model grader may ask, name → local spec (a server's
+    job); `hidden_from_graders`: paths a python grader must not see even inside the Python installation.
     """
     started = time.time()
     check_method_available(config, training_device())
@@ -209,8 +211,9 @@ def train(config: TrainConfig, events: Events = NO_EVENTS, resume: bool = False,
             _attach_reference(run, model, train_examples + valid_examples, tokenizer.pad_token_id,
                               hyper.micro_batch_size, fit.autocast, cluster, recorder)
     elif reinforcement:
-        grading = Grading(grader, models=GradingModels(endpoint_url=config.grader_url),
-                          sandbox=PythonSandbox(Limits(seconds_per_sample=config.grader_seconds)))
+        grading = Grading(grader, models=GradingModels(endpoint_url=config.grader_url, named=grader_models),
+                          sandbox=PythonSandbox(Limits(seconds_per_sample=config.grader_seconds),
+                                                hidden=tuple(hidden_from_graders)))
         reference = Reference(model, start_weights) if config.kl_beta else None
         fit = RewardFit(*fit_arguments, tokenizer=tokenizer, grading=grading, group_size=resolved_group_size(config),
                         kl_beta=config.kl_beta, epsilon=config.clip_epsilon, temperature=config.sample_temperature,
@@ -307,15 +310,13 @@ def _new_job(job_id, started, model_name, base_model, config: TrainConfig, hyper
         {**hyperparameters, "compute_multiplier": resolved_group_size(config) / DEFAULT_GROUP_SIZE,
          "eval_interval": eval_every, "eval_samples": 16 if config.eval_samples == AUTO else int(config.eval_samples),
          "reasoning_effort": "default"} if config.method == "grpo" else None
-    job = fine_tuning_job(
+    return fine_tuning_job(
         id=job_id, created_at=int(started), model=model_name, base_model=base_model, status="queued",
         training_file=_absolute(config.data), validation_file=_absolute(config.validation),
         hyperparameters=hyperparameters, method=OPENAI_METHOD_TYPES[config.method],
         method_hyperparameters=method_hyperparameters, seed=config.seed, suffix=config.suffix,
-        result_files=["metrics.csv"], estimated_total_steps=total_steps)
-    if grader is not None:
-        job["method"]["reinforcement"]["grader"] = grader.model_dump(exclude_none=True)
-    return job
+        result_files=["metrics.csv"], estimated_total_steps=total_steps,
+        grader=grader.model_dump(exclude_none=True) if grader is not None else None)
 
 
 def _hold_out(examples: list, fraction: float, seed: int) -> tuple[list, list]:
