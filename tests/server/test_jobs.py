@@ -2,7 +2,6 @@
 
 import re
 import csv
-import json
 import time
 
 import openai

@@ -85,6 +85,25 @@ def test_train_remote_sends_a_dpo_job_as_openai_s_method(tiny_server, tmp_path, 
     assert refused.returncode == 1 and "--from-run" in refused.stderr  # a local run is no remote job's start
 
 
+def test_train_remote_sends_a_grpo_job_with_its_grader(tiny_server, tmp_path, support_conversations):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"messages": c["messages"][:-1], "topic": "order"}) + "\n"
+                             for c in support_conversations[:12]))
+    grader = {"type": "string_check", "name": "topic", "input": "{{sample.output_text}}",
+              "reference": "{{item.topic}}", "operation": "ilike"}
+    (tmp_path / "grader.json").write_text(json.dumps(grader))
+    remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]
+    trained = tunelab("train", *remote, "--method", "grpo", "--grader", str(tmp_path / "grader.json"), "--data",
+                      str(tasks), "--model", MODEL, "--n-epochs", "1", "--batch-size", "4", "--group-size", "2",
+                      "--max-completion-tokens", "6", "--out", str(tmp_path / "run"), "--quiet", "--json")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    job = json.loads(trained.stdout)
+    assert job["status"] == "succeeded" and job["method"]["type"] == "reinforcement"
+    assert job["method"]["reinforcement"]["grader"] == grader
+    assert job["method"]["reinforcement"]["hyperparameters"]["compute_multiplier"] == 0.25  # 2 replies of 8
+    assert "train_reward_mean" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
 def test_jobs_watch_follows_one_job_and_cancel_stops_another(tiny_server, tmp_path, support_conversations):
     client = openai.OpenAI(base_url=tiny_server.base_url, api_key=API_KEY, max_retries=0)
     remote = ["--remote", tiny_server.base_url, "--api-key", API_KEY]

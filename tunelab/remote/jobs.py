@@ -25,13 +25,16 @@ from pathlib import Path
 from tunelab.conversation.problems import ERROR
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import atomic_path, write_text_atomically
-from tunelab.core.settings import AUTO, EXTENSION_SETTINGS, OPENAI_JOB_SETTINGS, TrainConfig
+from tunelab.core.settings import AUTO, DEFAULT_GROUP_SIZE, EXTENSION_SETTINGS, OPENAI_JOB_SETTINGS, TrainConfig
 from tunelab.data.validate import validate_file
+from tunelab.graders.spec import read_grader_file
 from tunelab.runs.archive import unpack_run
 from tunelab.runs.rundir import RunDir
 
 FINISHED = ("succeeded", "failed", "cancelled")
-SENDABLE = OPENAI_JOB_SETTINGS | {"out"}  # `out`: where the fetched run is put, here
+# `out`: where the fetched run is put, here; a grpo run's group size and evaluation settings travel in OpenAI's
+# reinforcement hyperparameters (compute_multiplier, eval_interval, eval_samples).
+SENDABLE = OPENAI_JOB_SETTINGS | {"out", "group_size", "eval_every", "eval_samples"}
 RETRIES = 4  # the client's own, for 429 and 5xx, with exponential backoff
 RECONNECT_SECONDS = (1, 2, 4, 8, 15, 30)  # while watching, after a dropped connection (then every 30 s)
 
@@ -101,7 +104,8 @@ def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[s
     unsendable = sorted((given or set()) - SENDABLE - set(extension))
     if unsendable:
         raise ValueError("cannot be sent to a remote job (OpenAI's job API carries only the files, model, "
-                         "method, n_epochs, batch_size, learning_rate_multiplier, dpo's beta, suffix and seed"
+                         "method, n_epochs, batch_size, learning_rate_multiplier, dpo's beta, grpo's grader, group "
+                         "size and evaluation settings, suffix and seed"
                          + ("; a `tunelab serve` takes the others" if to_openai else "") + "): "
                          + ", ".join("--" + name.replace("_", "-") for name in unsendable))
     files = [config.data] + ([config.validation] if config.validation else [])
@@ -124,6 +128,11 @@ def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[s
         method = {"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, **(
             {"beta": config.beta} if config.beta != AUTO else {})}}}
         hyperparameters = {}
+    elif config.method == "grpo":
+        method = {"type": "reinforcement", "reinforcement": {
+            "grader": read_grader_file(config.grader).model_dump(exclude_none=True),
+            "hyperparameters": {**hyperparameters, **_reinforcement_hyperparameters(config, given or set())}}}
+        hyperparameters = {}
     else:
         method = None
     job = plainly(client.fine_tuning.jobs.create, model=config.model, training_file=uploaded[0].id,
@@ -133,6 +142,18 @@ def submit(client, config: TrainConfig, events: Events = NO_EVENTS, given: set[s
                   extra_body={"tunelab": {name: getattr(config, name) for name in extension}} if extension else None)
     events.message(f"created {job.id} on {client.base_url} ({job.status})", job_id=job.id)
     return job
+
+
+def _reinforcement_hyperparameters(config: TrainConfig, given: set[str]) -> dict:
+    """A grpo run's settings as OpenAI's reinforcement hyperparameters (only those the user set)."""
+    chosen = {}
+    if "group_size" in given and config.group_size != AUTO:
+        chosen["compute_multiplier"] = int(config.group_size) / DEFAULT_GROUP_SIZE
+    if "eval_every" in given and config.eval_every:
+        chosen["eval_interval"] = config.eval_every
+    if "eval_samples" in given and config.eval_samples != AUTO:
+        chosen["eval_samples"] = int(config.eval_samples)
+    return chosen
 
 
 def watch(client, job_id: str, events: Events = NO_EVENTS, poll_seconds: float = 1.0):
