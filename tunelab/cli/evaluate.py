@@ -18,6 +18,7 @@ from tunelab.core.events import Events
 
 EXAMPLES = examples("tunelab eval runs/ftjob-abc123 --data data/test.jsonl",
                     "tunelab eval runs/ftjob-abc123 --data data/test.jsonl --rubric rubric.yaml",
+                    "tunelab eval runs/ftjob-abc123 --data held_out_tasks.jsonl --grader grader.json",
                     "tunelab eval default --data data/test.jsonl --fewshot-from data/train.jsonl")
 
 SCORERS = "exact_match, rubric, rouge_l, chrf, semantic_similarity, json_valid, json_schema, tool_call, ended_turn, length"
@@ -25,7 +26,7 @@ SCORERS = "exact_match, rubric, rouge_l, chrf, semantic_similarity, json_valid, 
 
 def evaluate(
     model: Optional[str] = typer.Argument(None, metavar="RUN", help="A run directory (base vs fine-tuned vs few-shot base), or a model ('default', a directory, a .gguf, a hub id)."),
-    data: Path = typer.Option(..., "--data", "-d", metavar="FILE", help="Held-out chat JSONL (never trained on); each conversation's last assistant message is the reference."),
+    data: Path = typer.Option(..., "--data", "-d", metavar="FILE", help="Held-out chat JSONL (never trained on; each last assistant message is the reference), or reinforcement tasks with --grader."),
     model_option: Optional[str] = typer.Option(None, "--model", "-m", hidden=True),
     base: Optional[str] = typer.Option(None, "--base", metavar="MODEL", help="The base model to compare with, when RUN is not a run (e.g. a merged export)."),
     fewshot: Optional[int] = typer.Option(None, "--fewshot", metavar="N", help="Shots for the prompted baseline (default 3 when the training file is known; 0: none)."),
@@ -33,6 +34,8 @@ def evaluate(
     scorers: Optional[str] = typer.Option(None, "--scorers", metavar="A,B", help=f"Comma-separated: {SCORERS} (default: chosen from the data)."),
     rubric: Optional[Path] = typer.Option(None, "--rubric", metavar="FILE", help="YAML rubric of house-style checks (see tunelab/examples/support/rubric.yaml)."),
     schema: Optional[Path] = typer.Option(None, "--schema", metavar="FILE", help="JSON Schema for json_schema (default: inferred from the references)."),
+    grader: Optional[Path] = typer.Option(None, "--grader", metavar="FILE", help="OpenAI's grader JSON (string_check, text_similarity, score_model, python, multi, …): its reward as a scorer."),
+    grader_url: Optional[str] = typer.Option(None, "--grader-url", metavar="URL", help="Where a model grader's plain model name is asked (default: OpenAI)."),
     judge: Optional[str] = typer.Option(None, "--judge", metavar="MODEL[@URL]", help="An OpenAI-compatible judge: adds the judge score and pairwise comparisons."),
     compare: list[str] = typer.Option([], "--compare", metavar="MODEL@URL", help="An OpenAI-compatible model to compare with (repeatable; MODEL alone: OpenAI)."),
     forgetting: str = typer.Option("auto", "--forgetting", metavar="auto|off|FILE", help="auto (bundled general text and probes), off, or a JSONL file of your own probes added to them."),
@@ -71,6 +74,7 @@ def evaluate(
                         fewshot_from=fewshot_from and str(fewshot_from),
                         scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
                         rubric=rubric and str(rubric), schema=schema and str(schema), judge=judge, compare=compare,
+                        grader=grader and str(grader), grader_url=grader_url,
                         forgetting=forgetting, slice_by=slice_by, out=out and str(out), max_new_tokens=max_new_tokens,
                         dtype=dtype, temperature=temperature, top_p=top_p, seed=seed, limit=limit)
     try:

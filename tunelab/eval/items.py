@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.conversation.reader import (is_preference_file, read_numbered_conversations, read_numbered_pairs,
-                                         split_prompt_and_reply)
+                                         read_numbered_tasks, split_prompt_and_reply)
+from tunelab.conversation.reinforcement import PROMPT_KEYS, is_task
 from tunelab.conversation.schema import content_text, last_assistant_index
 
 
@@ -33,11 +34,31 @@ class Item:
     reference_calls: list[tuple[str, object]]  # (function name, parsed arguments)
     tools: list[dict] | None = None
     tags: list[str] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)  # what a grader reads as {{item.…}}
+
+
+def is_task_file(path: str | Path) -> bool:
+    """A file of reinforcement tasks (prompts with the keys a grader reads, no reference replies), by its first line."""
+    with Path(path).open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    return is_task(json.loads(raw))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return False
+    return False
 
 
 def read_items(path: str | Path, slice_by: str | None = None, limit: int | None = None) -> list[Item]:
     """The held-out examples of a chat JSONL file (DataError naming lines and fields if it is not valid). From a
-    file of preference pairs: each pair's input, with its preferred output as the reference reply."""
+    file of preference pairs: each pair's input, with its preferred output as the reference reply. From a file
+    of reinforcement tasks: each prompt, with no reference reply, its other keys for a grader (`--grader`).
+
+    A grader reads a task's keys as `{{item.KEY}}`; for a chat example, the line's keys other than its
+    messages and tools, and `reference`: the reference reply's text."""
+    if Path(path).is_file() and is_task_file(path):
+        return [Item(line, task.messages, "", "", [], task.tools, _tags(task.item, slice_by, path, line), task.item)
+                for line, task in read_numbered_tasks(path)[:limit]]
     if is_preference_file(path):
         return [Item(line, pair.messages, pair.preferred, pair.preferred, [], pair.tools,
                      _tags({"metadata": pair.metadata}, slice_by, path, line)) for line, pair in read_numbered_pairs(path)[:limit]]
@@ -46,8 +67,9 @@ def read_items(path: str | Path, slice_by: str | None = None, limit: int | None 
         prompt, reference = split_prompt_and_reply(conversation)
         reply = conversation["messages"][last_assistant_index(conversation["messages"])]
         calls = [(c["function"]["name"], _arguments(c["function"].get("arguments"))) for c in reply.get("tool_calls") or []]
+        fields = {key: value for key, value in conversation.items() if key not in PROMPT_KEYS} | {"reference": reference}
         items.append(Item(line, prompt, reference, content_text(reply.get("content")) or "", calls,
-                          conversation.get("tools"), _tags(conversation, slice_by, path, line)))
+                          conversation.get("tools"), _tags(conversation, slice_by, path, line), fields))
     return items
 
 

@@ -21,7 +21,7 @@ from tunelab.core.files import write_text_atomically
 from tunelab.eval.stats import Comparison, verdict_word
 
 # The scorer a verdict leads with: the most task-specific one the evaluation has.
-PRIMARY_ORDER = ("rubric", "json_schema", "tool_call", "exact_match", "judge", "json_valid", "semantic_similarity",
+PRIMARY_ORDER = ("grader", "rubric", "json_schema", "tool_call", "exact_match", "judge", "json_valid", "semantic_similarity",
                  "rouge_l", "chrf", "ended_turn")
 COLOURS = {"base": "#9e9e9e", "base_fewshot": "#d9a441", "fine_tuned": "#4c72b0"}
 

@@ -27,7 +27,7 @@ from tunelab.conversation.reader import is_preference_file
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
 from tunelab.eval.forgetting import Side, forgetting_check, read_jsonl
-from tunelab.eval.items import Item, few_shot_turns, read_items, slices
+from tunelab.eval.items import Item, few_shot_turns, is_task_file, read_items, slices
 from tunelab.eval.judge import PAIRWISE_PROMPT, Judge, pairwise
 from tunelab.eval.preference import preference_results
 from tunelab.eval.report import verdict_text, write_report
@@ -55,6 +55,8 @@ class EvalConfig:
     rubric: str | None = None
     schema: str | None = None
     judge: str | None = None  # MODEL[@URL]: adds the judge scorer and pairwise comparisons
+    grader: str | None = None  # a JSON file of OpenAI's grader: adds its reward as a scorer
+    grader_url: str | None = None  # where a model grader's plain model name is asked
     compare: list[str] = field(default_factory=list)  # MODEL@URL endpoints to compare with
     forgetting: str = "auto"  # auto | off | FILE of extra probes
     slice_by: str | None = None
@@ -81,7 +83,8 @@ def evaluate(config: EvalConfig, events: Events = NO_EVENTS) -> Path:
     decoding = _decoding(config)
     requested_dtype(config.dtype)  # a wrong name is refused now, before any model is loaded
     items = read_items(config.data, config.slice_by, config.limit)
-    scorers = choose_scorers(config.scorers, items, config.data, config.rubric, config.schema)
+    scorers = choose_scorers(config.scorers, items, config.data, config.rubric, config.schema, config.grader,
+                             config.grader_url)
     judge = Judge(config.judge) if config.judge else None
     endpoints = [Endpoint(spec) for spec in config.compare]
     shots_file, shots = _few_shot_source(config, run)
@@ -163,7 +166,8 @@ def _few_shot_source(config: EvalConfig, run: RunDir | None) -> tuple[str | None
     source = config.fewshot_from
     if source is None and run is not None:
         data = run.settings().get("data")
-        source = data if data and Path(data).is_file() else None
+        # A reinforcement run's tasks hold no replies to show: its few-shot baseline needs --fewshot-from.
+        source = data if data and Path(data).is_file() and not is_task_file(data) else None
     shots = config.fewshot if config.fewshot is not None else (DEFAULT_SHOTS if source else 0)
     if shots < 0:
         raise ValueError("--fewshot: must be 0 or more")

