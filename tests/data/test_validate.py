@@ -248,3 +248,21 @@ def test_nan_and_infinity_are_not_json(tmp_path, constant):
             f'"weight": {constant}}}]}}')
     found = findings_for(tmp_path, line.encode())
     assert [f["code"] for f in found] == ["invalid_json"] and f"{constant.lstrip('-')} is not JSON" in found[0]["message"]
+
+
+def test_a_file_of_reinforcement_tasks_is_checked_as_tasks(tmp_path):
+    """Prompts awaiting their reply, with the keys a grader reads: a line ending with an assistant's reply, or
+    without messages, is named; a duplicate task is a warning, as duplicates are in chat files."""
+    from tunelab.data.validate import validate_file
+
+    tasks = [{"messages": [{"role": "user", "content": f"What is {k} + {k}?"}], "answer": str(2 * k)} for k in range(12)]
+    tasks[3] = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    tasks[5] = {"answer": "10"}
+    tasks.append(dict(tasks[0]))
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    report = validate_file(path)
+    assert report.stats["kind"] == "tasks" and report.examples == 13
+    assert [(f.code, f.line, f.path) for f in report.errors] == [("task_ends_with_assistant", 4, "messages[1]"),
+                                                                  ("missing_messages", 6, "messages")]
+    assert any(f.code == "duplicate_example" and f.line == 13 for f in report.findings)
