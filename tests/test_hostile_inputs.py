@@ -45,6 +45,12 @@ def pair_lines(count: int = 12) -> bytes:
                     for item in ITEMS[:count])
 
 
+def task_lines(count: int = 12) -> bytes:
+    """Distinct reinforcement tasks."""
+    return b"".join(json.dumps({"messages": [{"role": "user", "content": f"Where is my {item}?"}],
+                                "item": item}).encode() + b"\n" for item in ITEMS[:count])
+
+
 def pairs_with_deep_line(directory: Path) -> None:
     (directory / "pairs.jsonl").write_bytes(pair_lines(3) + DEEP.replace(b'"messages"', b'"input"') + b"\n" + pair_lines(9))
 
@@ -169,6 +175,30 @@ HOSTILE_CASES = [
     Case("dpo-beta-out-of-range", lambda d: (d / "pairs.jsonl").write_bytes(pair_lines()),
          ["train", "--method", "dpo", "--data", "pairs.jsonl", "--beta", "5", "--out", "run"],
          "--beta: must be a number above 0, at most 2, or 'auto' (got '5')"),
+    # A grpo run's grader and tasks: refused before any model loads, naming the file and the field.
+    Case("grpo-without-a-grader", lambda d: (d / "tasks.jsonl").write_bytes(task_lines()),
+         ["train", "--method", "grpo", "--data", "tasks.jsonl", "--out", "run"], "grader: a grpo run needs a grader"),
+    Case("grpo-grader-missing", lambda d: (d / "tasks.jsonl").write_bytes(task_lines()),
+         ["train", "--method", "grpo", "--data", "tasks.jsonl", "--grader", "nope.json", "--out", "run"],
+         "nope.json: no such file"),
+    Case("grpo-grader-not-json", lambda d: ((d / "tasks.jsonl").write_bytes(task_lines()),
+                                            (d / "grader.json").write_text("{'type': 'string_check'")),
+         ["train", "--method", "grpo", "--data", "tasks.jsonl", "--grader", "grader.json", "--out", "run"],
+         "grader.json: not a JSON grader"),
+    Case("grpo-grader-bad-field", lambda d: ((d / "tasks.jsonl").write_bytes(task_lines()), (d / "grader.json").write_text(
+        json.dumps({"type": "string_check", "name": "c", "input": "{{sample.output_text}}", "reference": "x",
+                    "operation": "equals"}))),
+         ["train", "--method", "grpo", "--data", "tasks.jsonl", "--grader", "grader.json", "--out", "run"],
+         "grader.json: grader.operation: Input should be 'eq', 'ne', 'like' or 'ilike'"),
+    Case("grpo-train-on-chat", lambda d: ((d / "data.jsonl").write_bytes(good_lines()), (d / "grader.json").write_text(
+        json.dumps({"type": "string_check", "name": "c", "input": "{{sample.output_text}}", "reference": "x",
+                    "operation": "eq"}))),
+         ["train", "--method", "grpo", "--data", "data.jsonl", "--grader", "grader.json", "--model", "{model}",
+          "--out", "run"], "data.jsonl:1: messages: holds chat examples (each ending with the assistant's reply)",
+         ["model"]),
+    Case("eval-tasks-without-a-grader", lambda d: (d / "tasks.jsonl").write_bytes(task_lines()),
+         ["eval", "--model", "{full_run}", "--data", "tasks.jsonl"], "tasks.jsonl: its examples have no reference replies",
+         ["full_run"]),
     Case("split-preference-pairs", lambda d: (d / "pairs.jsonl").write_bytes(pair_lines()),
          ["data", "split", "pairs.jsonl", "--out", "split"], "pairs.jsonl: holds preference pairs"),
     Case("convert-trl-nothing-converts", lambda d: (d / "trl.jsonl").write_text(

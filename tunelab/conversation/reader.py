@@ -62,9 +62,17 @@ def read_numbered_tasks(path: str | Path) -> list[tuple[int, Task]]:
     try:
         return [(line, read_task(record)) for line, record in _read_numbered(path, task_problems, "tasks")]
     except DataError as error:
-        if not input_file_problem(Path(path)) and is_preference(_first_record(path)):
+        if input_file_problem(Path(path)):
+            raise
+        first = _first_record(path)
+        if is_preference(first):
             raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs, not reinforcement "
                                      "tasks (messages, and the keys a grader reads)", str(path))]) from None
+        if isinstance(first, dict) and isinstance(first.get("messages"), list) and first["messages"] and \
+                isinstance(first["messages"][-1], dict) and first["messages"][-1].get("role") == "assistant":
+            raise DataError([Problem(ERROR, "chat_file", 1, "messages", "holds chat examples (each ending with the "
+                                     "assistant's reply), not reinforcement tasks (a prompt ending on the user's turn, "
+                                     "and the keys a grader reads); a grpo run samples the replies itself", str(path))]) from None
         raise error
 
 
