@@ -59,7 +59,7 @@ def test_every_help_screen_has_an_example_its_choices_and_fits_80_columns(path):
 def test_help_shows_real_defaults_and_the_settings_choices():
     shown = help_of(["train"])
     assert "--adapter <lora|dora|qlora|full>" in shown and "[default: 16]" in shown.replace("\n", " ")
-    assert "--method <supervised|dpo>" in shown and "--from, --from-run RUN" in shown
+    assert "--method <supervised|dpo|grpo>" in shown and "--from, --from-run RUN" in shown
     assert "--lora-r N" in shown and "--n-epochs N|auto" in shown
     assert "-h, --help" in help_of([]) and "--install-completion" in help_of([])
 

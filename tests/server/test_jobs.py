@@ -88,9 +88,10 @@ def test_bad_jobs_are_refused_or_fail_as_openai_says(tiny_client, recorder, tmp_
     with pytest.raises(openai.BadRequestError, match="n_epochs: must be a whole number ≥ 1 or 'auto'"):
         client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                        hyperparameters={"n_epochs": 0})
-    with pytest.raises(openai.BadRequestError, match="reinforcement.*not supported yet"):
+    with pytest.raises(openai.BadRequestError, match="method.reinforcement.grader.type: must be one of") as caught:
         client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                        method={"type": "reinforcement", "reinforcement": {"grader": {}}})
+    assert caught.value.body["param"] == "method.reinforcement.grader.type"
     with pytest.raises(openai.BadRequestError, match="beta") as caught:
         client.fine_tuning.jobs.create(training_file=training.id, model="gpt-4o-mini-2024-07-18",
                                        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
@@ -206,7 +207,8 @@ def test_a_reinforcement_job_trains_with_openais_graders(tiny_client, recorder, 
         training_file=chat.id, model="gpt-4o-mini-2024-07-18",
         method={"type": "reinforcement", "reinforcement": {"grader": mentions}}).id)
     assert (chat_as_tasks.status, chat_as_tasks.error.code) == ("failed", "invalid_training_file")
-    assert "task_ends_with_assistant" in chat_as_tasks.error.message or "ends with an assistant" in chat_as_tasks.error.message
+    assert "holds chat examples (each ending with the assistant's reply), not reinforcement tasks" in \
+        chat_as_tasks.error.message
     recorder.check_all()
 
 

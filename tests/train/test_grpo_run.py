@@ -28,7 +28,7 @@ def supervised(tmp_path_factory, support_conversations):
     """A supervised tiny run to continue from, and 16 tasks: the shortest conversations' prompts, each with its
     reply as the item's reference."""
     folder = tmp_path_factory.mktemp("grpo")
-    run = train_tiny_run(folder, support_conversations, n_epochs=2, learning_rate_multiplier=5)
+    run = train_tiny_run(folder, support_conversations, n_epochs=1, learning_rate_multiplier=10)
     shortest = sorted(support_conversations, key=lambda c: len(json.dumps(c["messages"][:-1])))[:16]
     tasks = [{"messages": c["messages"][:-1], "reference": c["messages"][-1]["content"][:60]} for c in shortest]
     (folder / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
@@ -115,10 +115,10 @@ def test_a_stopped_grpo_run_resumes_to_the_uninterrupted_result(supervised, tmp_
     from safetensors.torch import load_file
 
     folder, run = supervised
-    whole = train(grpo(folder, run, tmp_path / "whole", n_epochs=2, checkpoint_every=2))
-    assert len(rows(whole)) == 6
-    config = grpo(folder, run, tmp_path / "stopped", n_epochs=2, checkpoint_every=2)
-    train(config, should_stop=lambda step: step == 3)  # stops after step 3; its last checkpoint is step 2
+    whole = train(grpo(folder, run, tmp_path / "whole", checkpoint_every=1))
+    assert len(rows(whole)) == 3
+    config = grpo(folder, run, tmp_path / "stopped", checkpoint_every=1)
+    train(config, should_stop=lambda step: step == 2)  # stops after step 2, checkpointed
     assert json.loads((tmp_path / "stopped" / "job.json").read_text())["status"] == "paused"
     resumed = train(config, resume=True)
     assert [r["train_reward_mean"] for r in rows(resumed)] == [r["train_reward_mean"] for r in rows(whole)]
@@ -138,7 +138,7 @@ def test_a_grpo_run_needs_tasks_and_a_grader_that_fit(supervised, tmp_path):
         train(grpo(folder, run, tmp_path / "a", grader=str(bad)))
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n")
-    with pytest.raises(DataError, match="task_ends_with_assistant"):
+    with pytest.raises(DataError, match=r"chat.jsonl:1: messages: holds chat examples .* \[chat_file\]"):
         train(grpo(folder, run, tmp_path / "b", data=str(chat)))
     with pytest.raises(ValueError, match="grader: a grpo run needs a grader"):
         TrainConfig(data="x.jsonl", method="grpo")
