@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/rft-orders"))
     parser.add_argument("--model", default="default")
-    parser.add_argument("--sft-examples", type=int, default=12)
+    parser.add_argument("--sft-examples", type=int, default=24)
     parser.add_argument("--tasks", type=int, default=96)
     parser.add_argument("--held-out", type=int, default=60)
     parser.add_argument("--group-size", default="8")
@@ -115,9 +115,15 @@ def main() -> None:
                                   "--max-completion-tokens", "48", "--validation-split", "0.1",
                                   "--out", str(work / "grpo"), "--quiet")
     seconds["eval_grpo"] = tunelab("eval", str(work / "grpo"), *common, "--out", str(work / "eval-grpo"))
+    # The same, the replies sampled as training samples them (temperature 1): the policy, not its greedy path.
+    seconds["eval_grpo_sampled"] = tunelab("eval", str(work / "grpo"), *common, "--temperature", "1", "--seed", "42",
+                                           "--out", str(work / "eval-grpo-sampled"))
 
     sft = json.loads((work / "eval-sft" / "results.json").read_text())
     grpo = json.loads((work / "eval-grpo" / "results.json").read_text())
+    sampled = json.loads((work / "eval-grpo-sampled" / "results.json").read_text())
+    sampled_comparison = next(c for c in sampled["comparisons"]
+                              if (c["a"], c["b"], c["scorer"]) == ("base", "fine_tuned", "grader"))
     rows = list(csv.DictReader((work / "grpo" / "metrics.csv").open()))
     comparison = next(c for c in grpo["comparisons"] if (c["a"], c["b"], c["scorer"]) == ("base", "fine_tuned", "grader"))
     before = next(c for c in sft["comparisons"] if (c["a"], c["b"], c["scorer"]) == ("base", "fine_tuned", "grader"))
@@ -129,6 +135,9 @@ def main() -> None:
                             "sft": grpo["systems"]["base"]["scores"]["grader"],
                             "grpo": grpo["systems"]["fine_tuned"]["scores"]["grader"]},
         "grpo_minus_sft": comparison, "sft_minus_base": before,
+        "sampled_held_out_reward": {"sft": sampled["systems"]["base"]["scores"]["grader"],
+                                    "grpo": sampled["systems"]["fine_tuned"]["scores"]["grader"],
+                                    "grpo_minus_sft": sampled_comparison},
         "train_reward_by_step": [round(float(r["train_reward_mean"]), 3) for r in rows],
         "valid_reward_by_step": [(int(r["step"]), round(float(r["valid_reward_mean"]), 3)) for r in rows
                                  if r["valid_reward_mean"]],
@@ -147,6 +156,10 @@ def main() -> None:
     print(f"GRPO − supervised: {comparison['mean_diff']:+.3f} (95% CI {comparison['ci95'][0]:+.3f} to "
           f"{comparison['ci95'][1]:+.3f}, {comparison['test']} p {comparison['p_value']:.2g}, n {comparison['n']})")
     print(f"supervised − base: {before['mean_diff']:+.3f} (95% CI {before['ci95'][0]:+.3f} to {before['ci95'][1]:+.3f})")
+    drawn = summary["sampled_held_out_reward"]
+    print(f"sampled at temperature 1: supervised {drawn['sft']['mean']:.3f}, GRPO {drawn['grpo']['mean']:.3f}, difference "
+          f"{sampled_comparison['mean_diff']:+.3f} (95% CI {sampled_comparison['ci95'][0]:+.3f} to "
+          f"{sampled_comparison['ci95'][1]:+.3f}, p {sampled_comparison['p_value']:.2g})")
 
 
 if __name__ == "__main__":
