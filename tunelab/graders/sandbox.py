@@ -139,7 +139,9 @@ class PythonSandbox:
         return Outcome(server_error="exited", details=f"the grader's process ended (exit {returncode}): {message}")
 
     def _arguments(self) -> list[str]:
-        mounts = ["--ro-bind", "/usr", "/usr"]
+        # The fresh /proc, /dev and /tmp first: the Python installation may itself live under /tmp (a clone in a
+        # temporary directory), and a later tmpfs on /tmp would hide it.
+        mounts = ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
         for top in ("bin", "sbin", "lib", "lib32", "lib64"):  # merged-/usr systems link these into /usr
             path = Path("/", top)
             if path.is_symlink():
@@ -154,8 +156,7 @@ class PythonSandbox:
             if any(hidden == root or root in hidden.parents for root in python):
                 mounts += ["--tmpfs", str(hidden)]
         return ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
-                "--uid", "65534", "--gid", "65534", "--hostname", "grader", *mounts,
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
+                "--uid", "65534", "--gid", "65534", "--hostname", "grader", *mounts, "--chdir", "/tmp",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
                 "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "OMP_NUM_THREADS", "1",
                 "--setenv", "OPENBLAS_NUM_THREADS", "1", "--setenv", "MKL_NUM_THREADS", "1"]
