@@ -88,7 +88,7 @@ def test_a_run_reports_to_an_mlflow_server_and_tensorboard_and_goes_on_when_the_
                                        mlflow_tracking_uri=mlflow_server), should_stop=kill_at_step_two)
         assert json.loads((run / "job.json").read_text())["status"] == "succeeded"
         assert len(metrics_csv(run)) == 4  # every step trained and recorded
-        warnings = [e["message"] for e in events(run) if e["level"] == "warning"]
+        warnings = [e["message"] for e in events(run) if e["level"] == "warn"]
         assert len(warnings) == 1 and warnings[0].startswith("MLflow failed and is left out from now on"), warnings
     finally:
         if process.poll() is None:
@@ -132,7 +132,7 @@ def test_offline_wandb_and_a_tracker_that_fails_never_fail_the_run(training_data
     run = train(training_data, tiny_model_dir, tmp_path / "run", report_to="wandb,mlflow",
                 mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", wandb_project="support", wandb_tags="a,b")
     assert json.loads((run / "job.json").read_text())["status"] == "succeeded"
-    warnings = [e["message"] for e in events(run) if e["level"] == "warning"]
+    warnings = [e["message"] for e in events(run) if e["level"] == "warn"]
     assert any(w.startswith("Not reporting to mlflow: it failed to start") for w in warnings), warnings
     said = [e["message"] for e in events(run) if e["message"].startswith("Reporting to Weights & Biases")]
     assert said and "offline (WANDB_MODE=offline)" in said[0] and "wandb sync" in said[0]

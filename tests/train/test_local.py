@@ -107,4 +107,4 @@ def test_a_run_without_matplotlib_succeeds_and_says_it_drew_no_loss_curve(tmp_pa
     assert json.loads((run / "job.json").read_text())["status"] == "succeeded"
     warnings = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
                 if "No loss curve picture" in e["message"]]
-    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+    assert len(warnings) == 1 and warnings[0]["level"] == "warn"

@@ -118,7 +118,7 @@ class RunRecorder:
 
         if names:
             self.trackers = Trackers(names, settings, self.job, self.run.path, self.resume,
-                                     warn=lambda text: self.event(text, level="warning"), say=self.event,
+                                     warn=lambda text: self.event(text, level="warn"), say=self.event,
                                      first_step=first_step)
 
     def _open_metrics(self) -> None:
@@ -158,6 +158,7 @@ class RunRecorder:
             self.trackers = None
 
     def event(self, message: str, level: str = "info", data: dict | None = None, kind: str = "message") -> None:
+        """One event of the job; `level` is OpenAI's: info, warn or error."""
         record = {
             "object": "fine_tuning.job.event",
             "id": "ftevent-" + secrets.token_hex(12),
@@ -199,7 +200,7 @@ class RunRecorder:
         except ImportError as error:
             if not self._said_no_picture:
                 self._said_no_picture = True
-                self.event(f"No loss curve picture ({error}); metrics.csv has every figure", level="warning")
+                self.event(f"No loss curve picture ({error}); metrics.csv has every figure", level="warn")
             return None
 
     def close(self) -> None:

@@ -111,7 +111,7 @@ class RewardFit(Fit):
             message = f"The grader failed on a reply, which scores 0: {(failed[0].details or ['?'])[0]}"
             self.events.warning(message, step=self.step + 1)
             if self.recorder:
-                self.recorder.event(message, level="warning", data={"step": self.step + 1})
+                self.recorder.event(message, level="warn", data={"step": self.step + 1})
         return [g.reward for g in graded]
 
     # --- the step --------------------------------------------------------------------------------------
