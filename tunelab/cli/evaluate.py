@@ -18,7 +18,7 @@ from tunelab.core.events import Events
 
 EXAMPLES = examples("tunelab eval runs/ftjob-abc123 --data data/test.jsonl",
                     "tunelab eval runs/ftjob-abc123 --data data/test.jsonl --rubric rubric.yaml",
-                    "tunelab eval runs/ftjob-abc123 --data held_out_tasks.jsonl --grader grader.json",
+                    "tunelab eval runs/ftjob-abc123 --data tasks.jsonl --grader grader.json",
                     "tunelab eval default --data data/test.jsonl --fewshot-from data/train.jsonl")
 
 SCORERS = "exact_match, rubric, rouge_l, chrf, semantic_similarity, json_valid, json_schema, tool_call, ended_turn, length"
