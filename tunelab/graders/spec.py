@@ -229,4 +229,4 @@ def grading_models(grader) -> list[str]:
 
 def grader_to_json(grader) -> dict:
     """The grader as OpenAI's JSON, `multi.graders` as the object keyed by name (what validate answers)."""
-    return grader.model_dump(exclude_none=True, exclude={"pass_threshold"} if grader.pass_threshold is None else set())
+    return grader.model_dump(exclude_none=True)
