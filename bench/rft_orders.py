@@ -25,10 +25,11 @@ import argparse
 import csv
 import json
 import random
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dpo_signoff import tunelab  # noqa: E402  (runs `tunelab …` and returns its seconds)
 
 SYSTEM = "Extract the order as a JSON object with the keys item, quantity, colour and city."
 ITEMS = ["mug", "lamp", "towel", "cushion", "vase", "rug", "candle", "blanket", "plate", "mirror"]
@@ -73,12 +74,6 @@ def demonstrations(tasks: list[dict]) -> list[dict]:
 def write(path: Path, lines: list[dict]) -> Path:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
-
-
-def tunelab(*arguments: str) -> float:
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], check=True)
-    return time.monotonic() - started
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunelab.conversation.preference import PreferencePair, is_preference, preference_problems, read_pair
 from tunelab.conversation.problems import ERROR, DataError, Problem
-from tunelab.conversation.reinforcement import Task, read_task, task_problems
+from tunelab.conversation.reinforcement import Task, is_task, read_task, task_problems
 from tunelab.conversation.schema import content_text, example_problems, last_assistant_index, reject_constant
 from tunelab.core.files import input_file_problem
 
@@ -80,6 +80,11 @@ def is_preference_file(path: str | Path) -> bool:
     """Whether a data file holds preference pairs, by its first readable line (False for what cannot be read:
     the chat reader then says why)."""
     return not input_file_problem(Path(path)) and is_preference(_first_record(path))
+
+
+def is_task_file(path: str | Path) -> bool:
+    """Whether a data file holds reinforcement tasks (prompts awaiting their reply), by its first readable line."""
+    return not input_file_problem(Path(path)) and is_task(_first_record(path))
 
 
 def _first_record(path: str | Path):

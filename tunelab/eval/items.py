@@ -17,9 +17,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.conversation.reader import (is_preference_file, read_numbered_conversations, read_numbered_pairs,
-                                         read_numbered_tasks, split_prompt_and_reply)
-from tunelab.conversation.reinforcement import PROMPT_KEYS, is_task
+from tunelab.conversation.reader import (is_preference_file, is_task_file, read_numbered_conversations,
+                                         read_numbered_pairs, read_numbered_tasks, split_prompt_and_reply)
+from tunelab.conversation.reinforcement import PROMPT_KEYS
 from tunelab.conversation.schema import content_text, last_assistant_index
 
 
@@ -37,18 +37,6 @@ class Item:
     fields: dict = field(default_factory=dict)  # what a grader reads as {{item.…}}
 
 
-def is_task_file(path: str | Path) -> bool:
-    """A file of reinforcement tasks (prompts with the keys a grader reads, no reference replies), by its first line."""
-    with Path(path).open("rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                try:
-                    return is_task(json.loads(raw))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    return False
-    return False
-
-
 def read_items(path: str | Path, slice_by: str | None = None, limit: int | None = None) -> list[Item]:
     """The held-out examples of a chat JSONL file (DataError naming lines and fields if it is not valid). From a
     file of preference pairs: each pair's input, with its preferred output as the reference reply. From a file
@@ -56,7 +44,7 @@ def read_items(path: str | Path, slice_by: str | None = None, limit: int | None 
 
     A grader reads a task's keys as `{{item.KEY}}`; for a chat example, the line's keys other than its
     messages and tools, and `reference`: the reference reply's text."""
-    if Path(path).is_file() and is_task_file(path):
+    if is_task_file(path):
         return [Item(line, task.messages, "", "", [], task.tools, _tags(task.item, slice_by, path, line), task.item)
                 for line, task in read_numbered_tasks(path)[:limit]]
     if is_preference_file(path):

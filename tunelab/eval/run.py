@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from tunelab.conversation.reader import is_preference_file
+from tunelab.conversation.reader import is_preference_file, is_task_file
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import check_output_directory, write_json_atomically
 from tunelab.eval.forgetting import Side, forgetting_check, read_jsonl
-from tunelab.eval.items import Item, few_shot_turns, is_task_file, read_items, slices
+from tunelab.eval.items import Item, few_shot_turns, read_items, slices
 from tunelab.eval.judge import PAIRWISE_PROMPT, Judge, pairwise
 from tunelab.eval.preference import preference_results
 from tunelab.eval.report import verdict_text, write_report

@@ -145,7 +145,7 @@ class GraderScore(Scorer):
     def score(self, items, replies):
         from tunelab.graders.templates import Sample
 
-        samples = [Sample(r.content if r.tool_calls else r.text, r.tool_calls) for r in replies]
+        samples = [Sample.of(reply) for reply in replies]
         graded = self.grading.grade(samples, [i.fields for i in items])
         details = [{"reward": g.reward, **({"sub_rewards": g.sub_rewards} if g.sub_rewards else {}),
                     **({"errors": sorted(g.errors), "details": g.details} if g.failed else {})} for g in graded]

@@ -225,8 +225,3 @@ def grading_models(grader) -> list[str]:
     """The models a grader asks (its score_model and label_model graders'), in order, once each."""
     graders = list(grader.graders.values()) if isinstance(grader, Multi) else [grader]
     return list(dict.fromkeys(g.model for g in graders if isinstance(g, (ScoreModel, LabelModel))))
-
-
-def grader_to_json(grader) -> dict:
-    """The grader as OpenAI's JSON, `multi.graders` as the object keyed by name (what validate answers)."""
-    return grader.model_dump(exclude_none=True)

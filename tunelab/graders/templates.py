@@ -44,6 +44,11 @@ class Sample:
         except (json.JSONDecodeError, ValueError):
             return _NOT_JSON
 
+    @classmethod
+    def of(cls, reply) -> "Sample":
+        """The sample a generated reply (models/generate.py's Generation) is."""
+        return cls(reply.message_text, reply.tool_calls)
+
     def namespace(self) -> dict:
         """The `sample` namespace, and what a python grader's `grade(sample, item)` gets."""
         parsed = self.output_json

@@ -50,6 +50,11 @@ class Generation:
     prompt_tokens: int = 0
     ended_by_stop_string: bool = False
 
+    @property
+    def message_text(self) -> str:
+        """The reply as a message's content carries it: without its tool-call blocks when it called tools."""
+        return (self.content or "") if self.tool_calls else self.text
+
 
 def finished_reply(tokenizer, new_tokens: list[int], stop_ids: list[int], prompt_tokens: int,
                    stops: list[str] = (), strip_end: bool = True) -> Generation:

@@ -34,9 +34,10 @@ LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 REFERENCE_FREE = ("simpo",)
 
 
-def _trained_positions(model, input_ids, attention_mask, labels):
-    """The decoder's hidden states at the positions whose next token trains, their targets and rows, and the
-    head to score them with: only these positions meet the LM head (the fused pass of loss.py)."""
+def trained_positions(model, input_ids, attention_mask, labels, temperature: float = 1.0):
+    """(which positions' next token trains, a function scoring given positions): only those positions' hidden
+    states meet the LM head (the fused pass of loss.py). The scores are per-token losses and the number of
+    correct argmax predictions, at `temperature` (logits / T; reinforcement scores its samples so)."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())  # as TrainedTokenLoss
     hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=None if right_padded else attention_mask,
@@ -44,13 +45,19 @@ def _trained_positions(model, input_ids, attention_mask, labels):
     targets = labels[:, 1:]
     trained = targets != IGNORE_INDEX
     head = causal_lm.get_output_embeddings()
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if softcap and temperature != 1.0:
+        raise ValueError(f"sample_temperature {temperature:g}: this model caps its logits (final_logit_softcapping), "
+                         "so only temperature 1 is scored exactly; set sample_temperature 1")
     device = hidden.device.type
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
 
     def scored(positions):
         """Per-token losses and the number of correct argmax predictions at the trained `positions`."""
-        return token_cross_entropy(hidden[:, :-1][positions], head.weight, targets[positions],
-                                   getattr(causal_lm.config, "final_logit_softcapping", None), compute_dtype)
+        rows = hidden[:, :-1][positions]
+        if temperature != 1.0:  # logits / T = (hidden / T) · W
+            rows = rows / temperature
+        return token_cross_entropy(rows, head.weight, targets[positions], softcap, compute_dtype)
 
     return trained, scored
 
@@ -66,7 +73,7 @@ def _row_sums(token_losses, trained) -> torch.Tensor:
 def sequence_log_probs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """(each sequence's summed log-probability of its trained tokens, in fp64; how many there are), through the
     fused head: only the trained positions' hidden states meet the LM head."""
-    trained, scored = _trained_positions(model, input_ids, attention_mask, labels)
+    trained, scored = trained_positions(model, input_ids, attention_mask, labels)
     token_losses, _ = scored(trained)
     return _row_sums(token_losses, trained), trained.sum(dim=1)
 
@@ -75,7 +82,7 @@ def pair_log_probs(model, input_ids, attention_mask, labels, pairs: int):
     """For a batch of `pairs` preferred sequences followed by their non-preferred ones: (summed log-probabilities
     [2 × pairs], token counts [2 × pairs], correct next-token predictions in the preferred replies, their
     tokens). The two halves are scored apart only to count the preferred replies' accuracy."""
-    trained, scored = _trained_positions(model, input_ids, attention_mask, labels)
+    trained, scored = trained_positions(model, input_ids, attention_mask, labels)
     first = torch.zeros_like(trained)
     first[:pairs] = True
     preferred_losses, correct = scored(trained & first)

@@ -24,7 +24,7 @@ import torch
 
 from tunelab.conversation.reinforcement import Task
 from tunelab.conversation.render import IGNORE_INDEX, RenderedExample, render_prompt_ids
-from tunelab.train.loss import token_cross_entropy
+from tunelab.train.preference import trained_positions
 
 ADVANTAGE_EPSILON = 1e-4  # TRL's: a group with spread below this is not blown up into large advantages
 
@@ -54,23 +54,8 @@ def sampled_sequence(prompt_ids: list[int], reply_ids: list[int]) -> RenderedExa
 def token_log_probs(model, input_ids, attention_mask, labels, temperature: float = 1.0):
     """(the log-probability of each trained token at `temperature`, flat, in row order; the row of each), through
     the fused head: only the reply positions' hidden states meet the LM head."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
-    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=None if right_padded else attention_mask,
-                                     use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    trained = targets != IGNORE_INDEX
-    head = causal_lm.get_output_embeddings()
-    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if softcap and temperature != 1.0:
-        raise ValueError(f"sample_temperature {temperature:g}: this model caps its logits (final_logit_softcapping), "
-                         "so only temperature 1 is scored exactly; set sample_temperature 1")
-    device = hidden.device.type
-    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
-    positions = hidden[:, :-1][trained]
-    if temperature != 1.0:  # logits / T = (hidden / T) · W
-        positions = positions / temperature
-    losses, _ = token_cross_entropy(positions, head.weight, targets[trained], softcap, compute_dtype)
+    trained, scored = trained_positions(model, input_ids, attention_mask, labels, temperature)
+    losses, _ = scored(trained)
     return -losses.float(), trained.nonzero()[:, 0]
 
 

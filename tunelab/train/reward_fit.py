@@ -96,12 +96,7 @@ class RewardFit(Fit):
             self.model.train()
 
     def grade(self, tasks: list[RenderedTask], replies: list[list[int]], replies_each: int) -> list[float]:
-        samples = []
-        for index, reply in enumerate(replies):
-            task = tasks[index // replies_each]
-            generation = finished_reply(self.tokenizer, reply, self.stop_ids, len(task.prompt_ids))
-            samples.append(Sample(generation.content if generation.tool_calls else generation.text,
-                                  generation.tool_calls))
+        samples = [Sample.of(finished_reply(self.tokenizer, reply, self.stop_ids, 0)) for reply in replies]
         items = [tasks[index // replies_each].item for index in range(len(replies))]
         graded = self.grading.grade(samples, items)
         failed = [g for g in graded if g.failed]
@@ -127,11 +122,13 @@ class RewardFit(Fit):
         advantages, zero_spread = group_advantages(rewards, group)
         reply_tokens = sum(len(r) for r in replies)
         totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+        passes = []  # (the replies' rows, their sequences collated), one per micro-batch of prompts
         for indices in self.passes(list(range(len(tasks))), self.hyper.micro_batch_size):
             rows = [t * group + k for t in indices for k in range(group)]
             sequences = [sampled_sequence(tasks[r // group].prompt_ids, replies[r]) for r in rows]
-            input_ids, attention, labels = collate(sequences, self.pad_id, self.cluster.device)
-            reference = self.reference_log_probs(input_ids, attention, labels)
+            passes.append((rows, collate(sequences, self.pad_id, self.cluster.device)))
+        references = self.reference_log_probs([batch for _, batch in passes])
+        for (rows, (input_ids, attention, labels)), reference in zip(passes, references):
             with self.autocast:
                 log_probs, token_rows = token_log_probs(self.model, input_ids, attention, labels, self.temperature)
             token_advantages = advantages[rows].to(log_probs.device)[token_rows]
@@ -151,12 +148,13 @@ class RewardFit(Fit):
             "sampled_tokens": reply_tokens, "grader_errors": self.grader_errors}
         return totals["loss"], None
 
-    def reference_log_probs(self, input_ids, attention, labels) -> torch.Tensor | None:
+    def reference_log_probs(self, batches: list[tuple]) -> list[torch.Tensor | None]:
+        """The reference's log-probabilities of each collated batch's reply tokens, under one switch to the
+        reference for the whole step (a run continued `--from` swaps weights in and back once, not per pass)."""
         if not self.kl_beta or self.reference is None:
-            return None
+            return [None] * len(batches)
         with torch.no_grad(), self.reference.active(), self.autocast:
-            log_probs, _ = token_log_probs(self.model, input_ids, attention, labels, self.temperature)
-        return log_probs
+            return [token_log_probs(self.model, *batch, self.temperature)[0] for batch in batches]
 
     # --- validation: the mean reward of greedy replies ----------------------------------------------------
     def maybe_validate(self) -> tuple[None, None]:
