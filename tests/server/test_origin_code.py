@@ -58,9 +58,11 @@ def test_the_origin_documents_code_trains_and_answers_in_the_trained_style(tmp_p
         # Robin's sign-off, asked as the origin documents ask (default sampling, another company's system
         # prompt). Three epochs of 16 examples (48 steps at the auto batch of 1) give the style to 20 of
         # 20 sampled replies, on a bf16 CPU and held to AVX2 alike (12 examples: 19 of 20 held to AVX2).
-        # Under another company's system prompt the reply may still run on. The reply is sampled, so the
-        # sign-off's dash may come out as ASCII ("-- Robin"): the style is the sign-off.
-        assert reply.startswith("Hi ") and re.search(r"(—|–|--?) ?Robin", reply), reply
+        # Under another company's system prompt the reply may still run on. The reply is sampled at
+        # temperature 1, unseeded, so its words vary: the greeting has come out "Hey there," (once in a
+        # CI run) and the sign-off's dash as ASCII ("-- Robin"). The style is the greeting line followed by
+        # a blank line, and the sign-off; the base model writes neither (asserted below).
+        assert re.match(r"H(i|ey|ello) [^\n]*,\n\n", reply) and re.search(r"(—|–|--?) ?Robin", reply), reply
         base = client.chat.completions.create(model="gpt-4o-mini-2024-07-18", temperature=0, max_tokens=24,
                                               messages=[{"role": "user", "content": "My invoice shows the wrong address."}])
         assert not base.choices[0].message.content.startswith("Hi ") and "— Robin" not in base.choices[0].message.content
