@@ -124,10 +124,11 @@ def write_jsonl(tmp_path):
     return write
 
 
-def run_cli(*arguments: str, input: str | None = None, cwd: Path | None = None):
+def run_cli(*arguments: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None):
     """`tunelab ARGUMENTS` called in-process through the real entry point's app (typer's CliRunner), returned
-    like a finished subprocess (`returncode`, `stdout` and `stderr` as bytes), run in `cwd` if given. An
-    exception nobody foresaw is the entry point's exit code 3, as in a real process."""
+    like a finished subprocess (`returncode`, `stdout` and `stderr` as bytes), run in `cwd` and with the
+    environment variables `env` if given. An exception nobody foresaw is the entry point's exit code 3, as in
+    a real process."""
     import subprocess
 
     from typer.testing import CliRunner
@@ -138,7 +139,7 @@ def run_cli(*arguments: str, input: str | None = None, cwd: Path | None = None):
     try:
         if cwd is not None:
             os.chdir(cwd)
-        result = CliRunner().invoke(app, list(arguments), input=input, terminal_width=400)
+        result = CliRunner(env=env).invoke(app, list(arguments), input=input, terminal_width=400)
     finally:
         os.chdir(before)
     code = result.exit_code

@@ -1,11 +1,14 @@
 """`tunelab data validate`: one malformed file per error code, each flagged with exactly that code at the
-right line (through the real command and its --json output); a clean file passes."""
+right line (through the real command's entry point, called in-process, and its --json output); a clean file
+passes, and `--strict` fails it in a real process."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import run_cli
 
 GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is my order?"},
                      {"role": "assistant", "content": "It ships within 2 business days."}]}
@@ -44,9 +47,9 @@ BAD_LINES = {
 
 
 def validate(*args, model="none"):
-    """The real command; token counting is off unless a model is given (these tests are about the rules)."""
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", *map(str, args), "--json",
-                           "--model", str(model)], capture_output=True, timeout=300)
+    """The real command, in-process (a process of its own adds nothing to what these tests check: the rules);
+    token counting is off unless a model is given."""
+    return run_cli("data", "validate", *map(str, args), "--json", "--model", str(model))
 
 
 def write_file(path, bad_line):
@@ -59,7 +62,6 @@ def write_file(path, bad_line):
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("code", sorted(BAD_LINES))
 def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
     result = validate(write_file(tmp_path / f"{code}.jsonl", BAD_LINES[code]))
@@ -69,7 +71,6 @@ def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
     assert [(f["code"], f["line"]) for f in errors] == [(code, 4)], errors
 
 
-@pytest.mark.slow
 def test_file_level_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -81,7 +82,6 @@ def test_file_level_errors(tmp_path):
         assert [f["code"] for f in json.loads(result.stdout)["findings"] if f["severity"] == "error"] == [code]
 
 
-@pytest.mark.slow
 def test_clean_file_passes_and_warnings_do_not_fail_unless_strict(tmp_path):
     path = write_file(tmp_path / "clean.jsonl", json.dumps(GOOD).replace("order", "refund"))
     result = validate(path)
@@ -95,7 +95,6 @@ def test_clean_file_passes_and_warnings_do_not_fail_unless_strict(tmp_path):
     assert strict.returncode == 1
 
 
-@pytest.mark.slow
 def test_quality_warnings_point_at_lines(tmp_path):
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
     conflicting = json.loads(json.dumps(GOOD))
@@ -111,7 +110,6 @@ def test_quality_warnings_point_at_lines(tmp_path):
     assert ("missing_system_message", 0) in where
 
 
-@pytest.mark.slow
 def test_overlap_with_validation_file_is_reported(tmp_path):
     training = write_file(tmp_path / "train.jsonl", json.dumps(GOOD).replace("order", "refund"))
     validation = tmp_path / "valid.jsonl"
@@ -120,7 +118,6 @@ def test_overlap_with_validation_file_is_reported(tmp_path):
     assert any(f["code"] == "validation_overlap" and f"{validation}:1" in f["message"] for f in findings)
 
 
-@pytest.mark.slow
 def test_near_duplicates_are_told_apart_from_exact_ones(tmp_path):
     near = json.dumps(GOOD).replace("Where is my order?", "where is my ORDER")  # case and punctuation only
     path = write_file(tmp_path / "near.jsonl", near)
@@ -150,7 +147,6 @@ def test_parallel_scan_finds_what_a_single_pass_finds(tmp_path, monkeypatch, sup
     assert parallel.stats == single.stats
 
 
-@pytest.mark.slow
 def test_token_counts_truncation_and_local_estimate(tmp_path, tiny_model_dir, tiny_tokenizer, support_conversations):
     from tunelab.conversation.render import render_conversation
     from tunelab.data.tokens import Counts
@@ -175,7 +171,6 @@ def test_token_counts_truncation_and_local_estimate(tmp_path, tiny_model_dir, ti
     assert cost["tokens_per_epoch"] == sum(min(c.total, limit) for c in reference)
 
 
-@pytest.mark.slow
 def test_openai_target_cost(tmp_path, support_conversations):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations[:40]))
@@ -194,7 +189,6 @@ def findings_for(tmp_path, record, name="one.jsonl") -> list[dict]:
     return [f for f in json.loads(result.stdout)["findings"] if f["line"] == 4]
 
 
-@pytest.mark.slow
 def test_text_parts_are_valid_content_and_developer_is_the_system_role(tmp_path):
     record = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
                            {"role": "user", "content": [{"type": "text", "text": "Where is "}, {"type": "text", "text": "BL-7?"}]},

@@ -32,15 +32,22 @@ def train_arguments(data, model, out):
             "4", "--checkpoint-every", "1", "--seed", "3", "--dtype", "fp32", "--quiet"]
 
 
+def train_here(data, model, out):
+    """The run `train_arguments` describes, trained in this process: where the run is only a starting point or
+    the reference, a process of its own adds nothing (and costs its imports)."""
+    from tunelab.core.settings import TrainConfig
+    from tunelab.train.local import train
+
+    return train(TrainConfig(data=str(data), model=str(model), out=str(out), n_epochs=12, batch_size=4,
+                             checkpoint_every=1, seed=3, dtype="fp32"))
+
+
 def test_training_stops_plainly_on_a_full_or_read_only_disk_and_resumes_to_the_same_adapter(
         tmp_path, training_data, tiny_model_dir):
-    import subprocess
-
     import torch
     from safetensors.torch import load_file
 
-    reference = tmp_path / "reference"
-    subprocess.run(train_arguments(training_data, tiny_model_dir, reference), check=True, capture_output=True)
+    reference = train_here(training_data, tiny_model_dir, tmp_path / "reference")
     with SmallDisk(8192) as disk:
         disk.fill(leave_kb=1400)  # room for the settings and three checkpoints, not a fourth
         run = disk.inside("run")
@@ -93,10 +100,7 @@ def test_conversion_onto_a_full_or_read_only_disk_leaves_nothing(tmp_path):
 
 def test_an_export_onto_a_full_or_read_only_disk_leaves_nothing_and_succeeds_once_there_is_room(tmp_path, training_data,
                                                                                      tiny_model_dir):
-    import subprocess
-
-    run = tmp_path / "run"
-    subprocess.run(train_arguments(training_data, tiny_model_dir, run), check=True, capture_output=True)
+    run = train_here(training_data, tiny_model_dir, tmp_path / "run")
     with SmallDisk(8192) as disk:
         disk.fill(leave_kb=200)
         command = [*TUNELAB, "export", run, "--format", "merged", "--out", disk.inside("merged"),

@@ -12,6 +12,7 @@ import time
 import openai
 import pytest
 
+from tests.conftest import run_cli
 from tests.server.conftest import API_KEY, upload
 from tests.server.test_jobs import wait_until_finished
 
@@ -20,10 +21,16 @@ pytestmark = pytest.mark.slow  # a server process and a worker that trains
 MODEL = "gpt-4o-mini-2024-07-18"  # the tiny server's alias for the tests' tiny model
 
 
-def tunelab(*arguments, timeout=300, columns=80):
+def tunelab(*arguments, timeout=300, columns=None):
+    """The command with no OpenAI key or address of the user's: in-process (its own process would add only
+    its imports), or in a process of its own `columns` wide where the width of a table is what is checked."""
+    cleared = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    if columns is None:
+        finished = run_cli(*arguments, env=cleared)
+        return subprocess.CompletedProcess(arguments, finished.returncode, finished.stdout.decode(),
+                                           finished.stderr.decode())
     return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "",
-                                                "COLUMNS": str(columns)})
+                          timeout=timeout, env={**os.environ, **cleared, "COLUMNS": str(columns)})
 
 
 def test_train_remote_fetches_a_run_that_eval_and_chat_use(tiny_server, tmp_path, support_conversations):

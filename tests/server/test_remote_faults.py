@@ -3,14 +3,15 @@ small real HTTP server in this file (busy, failing, dropping connections, report
 client is our own CLI with the official openai client inside, unpatched."""
 
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_cli
 
 JOB = {"object": "fine_tuning.job", "id": "ftjob-abc", "created_at": 1, "model": "gpt-4o-mini-2024-07-18",
        "organization_id": "org", "status": "running", "training_file": "file-1", "validation_file": None,
@@ -56,11 +57,11 @@ class Remote:
 
 
 def tunelab(*arguments):
-    """The CLI in an empty directory (no runs/ of its own to list beside the server's jobs), with no key."""
-    environment = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    """The CLI in an empty directory (no runs/ of its own to list beside the server's jobs), with no key;
+    in-process, as a process of its own would add only its imports."""
     with tempfile.TemporaryDirectory() as empty:
-        return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
-                              timeout=180, env=environment, cwd=empty)
+        finished = run_cli(*arguments, cwd=Path(empty), env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
+    return subprocess.CompletedProcess(arguments, finished.returncode, finished.stdout.decode(), finished.stderr.decode())
 
 
 FAST_RETRY = {"retry-after-ms": "10"}  # the openai client honours it, so retries take milliseconds here
