@@ -8,11 +8,11 @@ import sys
 import pexpect
 import pytest
 
-from tests.conftest import train_tiny_run
+from tests.conftest import run_cli, train_tiny_run
 from tunelab.models.chat import TransformersChat
 from tunelab.models.generate import generate_replies, load_for_generation
 
-pytestmark = pytest.mark.slow  # trains a tiny run and starts the CLI several times
+pytestmark = pytest.mark.slow  # trains a tiny run; the interactive session starts the CLI in a terminal
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,9 @@ def run(tmp_path_factory, support_conversations):
 
 
 def tunelab(*arguments):
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True, timeout=300)
+    """The command in-process (the interactive session below runs in a real process and terminal)."""
+    finished = run_cli(*arguments)
+    return subprocess.CompletedProcess(arguments, finished.returncode, finished.stdout.decode(), finished.stderr.decode())
 
 
 def test_a_streamed_reply_comes_in_pieces_and_equals_the_batch_reply(run):

@@ -117,8 +117,9 @@ HELP = ("Enter sends · end a line with \\ to continue it · \"\"\" starts and e
         "/save FILE appends the conversation to FILE as chat JSONL · /exit (or Ctrl-D) leaves")
 
 
-def reply_once(chat, messages: list[dict], max_new_tokens: int, out=sys.stdout) -> str:
-    """Stream one reply to `out` as it is made; returns its text."""
+def reply_once(chat, messages: list[dict], max_new_tokens: int, out=None) -> str:
+    """Stream one reply to `out` (standard output as it is when called) as it is made; returns its text."""
+    out = out or sys.stdout
     for piece in chat.stream(messages, max_new_tokens):
         out.write(piece)
         out.flush()
