@@ -73,24 +73,22 @@ def test_unknown_answers_lower_the_confidence(tmp_path):
 
 
 def test_advise_on_the_command_line_reads_answers_and_prints_json(tmp_path):
-    import subprocess
-    import sys
+    from tests.conftest import run_cli
 
     answers = tmp_path / "answers.yaml"
     answers.write_text("tried_best_model: yes\noptimized_prompt: yes\nrag_would_solve: no\nhigh_volume_narrow: yes\n"
                        "goal: format_reliability\n")
     data = write(tmp_path, format_task(150))
-    shown = subprocess.run([sys.executable, "-m", "tunelab.cli", "advise", "--data", data, "--answers", str(answers),
-                            "--json"], capture_output=True, text=True, timeout=120)
+    shown = run_cli("advise", "--data", str(data), "--answers", str(answers), "--json")
     assert shown.returncode == 0, shown.stderr
     advice = json.loads(shown.stdout)
     assert advice["recommendation"] == "fine_tune" and advice["measurements"]["examples"] == 150
     assert {"step", "finding", "evidence"} == set(advice["reasons"][0]) and advice["next_steps"]
     answers.write_text("optimized_prompt: maybe\n")
-    bad = subprocess.run([sys.executable, "-m", "tunelab.cli", "advise", "--answers", str(answers)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and f"{answers}: optimized_prompt: 'maybe' is not one of yes, no, unknown" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    bad = run_cli("advise", "--answers", str(answers))
+    assert bad.returncode == 1, bad.stderr
+    assert f"{answers}: optimized_prompt: 'maybe' is not one of yes, no, unknown" in bad.stderr.decode()
+    assert b"Traceback" not in bad.stderr
 
 
 def test_the_questions_are_asked_in_a_terminal(tmp_path):

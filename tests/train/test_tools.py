@@ -2,11 +2,10 @@
 trained on, `data render` shows them, the template check covers them, and replies parse back into calls."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import run_cli
 from tunelab.conversation.render import IGNORE_INDEX, check_template_agreement, render_conversation
 from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE, parse_tool_calls
 from tunelab.core.settings import TrainConfig
@@ -120,10 +119,9 @@ def test_a_model_s_own_template_gets_tools_and_argument_objects(tiny_tokenizer):
 def test_tool_calling_data_validates_trains_and_renders(tmp_path, tiny_model_dir):
     data = tmp_path / "tools.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in tool_conversations(12)))
-    validate = subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "validate", str(data), "--model",
-                               str(tiny_model_dir)], capture_output=True, text=True)
+    validate = run_cli("data", "validate", str(data), "--model", str(tiny_model_dir))
     assert validate.returncode == 0, validate.stderr
-    assert "0 error(s)" in validate.stdout
+    assert b"0 error(s)" in validate.stdout
 
     from tunelab.train.local import train
 
@@ -134,10 +132,10 @@ def test_tool_calling_data_validates_trains_and_renders(tmp_path, tiny_model_dir
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert (run_dir / "tokenizer" / "chat_template.jinja").read_text() == GEMMA_CHAT_TEMPLATE  # tools format kept
 
-    shown = subprocess.run([sys.executable, "-m", "tunelab.cli", "data", "render", str(data), "--model", str(run_dir),
-                            "--limit", "1", "--plain"], capture_output=True, text=True)
+    shown = run_cli("data", "render", str(data), "--model", str(run_dir), "--limit", "1", "--plain")
     assert shown.returncode == 0, shown.stderr
-    assert '⟦<tool_call>{"name": "get_order_status", "arguments": {"order_id": "BL-4100"}}</tool_call>' in shown.stdout
+    assert '⟦<tool_call>{"name": "get_order_status", "arguments": {"order_id": "BL-4100"}}</tool_call>' in \
+        shown.stdout.decode()
 
 
 @pytest.mark.parametrize("arguments", ['"just a string"', "[1, 2]", "{not json"])
