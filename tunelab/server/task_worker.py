@@ -107,8 +107,13 @@ def main() -> None:
     parser.add_argument("data_dir")
     parser.add_argument("--task", required=True)
     options = parser.parse_args()
+    run_in_process(options.data_dir, options.task)
+
+
+def run_in_process(data_dir, task_id: str) -> None:
+    """A task's process: started as `--task`, or forked from the worker (prefork.py)."""
     configure_process()
-    run_task(Store(options.data_dir), options.task)
+    run_task(Store(data_dir), task_id)
 
 
 if __name__ == "__main__":

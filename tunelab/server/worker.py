@@ -4,8 +4,9 @@
     python -m tunelab.server.worker DATA_DIR --job ID                          # one job (what it starts)
 
 It takes the oldest job that is waiting and validates its files (the data toolkit's reader; fewer than 10
-examples fails the job with OpenAI's `invalid_n_examples`). Then it starts the job in a process of its own,
-up to `--max-jobs` at once (one by default): the job trains with the same recipe as `tunelab train` into
+examples fails the job with OpenAI's `invalid_n_examples`). Then it starts the job in a process of its own
+(forked from the worker once it has imported what training needs, prefork.py), up to `--max-jobs` at once
+(one by default): the job trains with the same recipe as `tunelab train` into
 its run directory, asking the database after every step whether it was cancelled or paused. The outcome
 (fine-tuned model name, trained tokens, the metrics CSV and the run itself as `fine-tune-results` files —
 runs/archive.py — or the error) is written back to the database, where the API reads it. A job process that dies (killed, out of memory)
@@ -29,7 +30,6 @@ import os
 import shlex
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from contextlib import nullcontext, suppress
@@ -45,6 +45,7 @@ from tunelab.runs.rundir import RunDir
 from tunelab.runs.tracking import requested_trackers
 from tunelab.server import task_worker
 from tunelab.server.lifecycle import IllegalTransition, fail, move
+from tunelab.server.prefork import Starter
 from tunelab.server.store import Store
 
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
@@ -275,7 +276,7 @@ def task_command(data_dir: Path, task_id: str) -> list[str]:
     return [sys.executable, "-m", task_worker.__name__, str(data_dir), "--task", task_id]
 
 
-def _tend_tasks(store: Store, data_dir: Path, running: dict, environment: dict) -> None:
+def _tend_tasks(store: Store, data_dir: Path, running: dict, starter: Starter) -> None:
     """Collect a finished task process (one that died fails its task), and start the oldest queued task when
     none is running: one at a time, beside the training jobs."""
     for task_id, process in list(running.items()):
@@ -292,7 +293,8 @@ def _tend_tasks(store: Store, data_dir: Path, running: dict, environment: dict) 
     rows = store.execute("SELECT id FROM tasks WHERE status IN ('running', 'queued') ORDER BY "
                          "status = 'queued', created_at, rowid LIMIT 1")  # an interrupted one first
     if rows:
-        running[rows[0]["id"]] = subprocess.Popen(task_command(data_dir, rows[0]["id"]), env=environment)
+        task_id = rows[0]["id"]
+        running[task_id] = starter.start(task_command(data_dir, task_id), lambda: task_worker.run_in_process(data_dir, task_id))
 
 
 def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None:
@@ -304,19 +306,20 @@ def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None
     lock = open(Path(data_dir) / "worker.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     store = Store(data_dir)
-    environment = dict(os.environ, TUNELAB_WORKER_PID=str(os.getpid()))
-    running: dict[str, subprocess.Popen] = {}
-    tasks: dict[str, subprocess.Popen] = {}
+    # Job and task processes are forked from this one once it has imported what they need (prefork.py).
+    starter = Starter(dict(os.environ, TUNELAB_WORKER_PID=str(os.getpid())), keep_closed=[lock])
+    running: dict = {}  # job id → its process
+    tasks: dict = {}
     while server_alive():
         try:
-            _tend_tasks(store, data_dir, tasks, environment)
-            _one_round(store, data_dir, running, max_jobs, launcher, environment)
+            _tend_tasks(store, data_dir, tasks, starter)
+            _one_round(store, data_dir, running, max_jobs, launcher, starter)
         except sqlite3.OperationalError:  # the database's disk is full (or locked too long): wait, then retry
             time.sleep(POLL_SECONDS)
 
 
 def _one_round(store: Store, data_dir: Path, running: dict, max_jobs: int, launcher: str | None,
-               environment: dict) -> None:
+               starter: Starter) -> None:
     """Collect finished job processes, validate or start the next job, or wait a moment."""
     for job_id, process in list(running.items()):
         if process.poll() is None:
@@ -332,10 +335,18 @@ def _one_round(store: Store, data_dir: Path, running: dict, max_jobs: int, launc
     elif job is not None and len(running) < max_jobs:
         if start_job(store, job):
             resume = RunDir(store.run_dir(job["id"])).has_run()  # interrupted, or paused and resumed
-            running[job["id"]] = subprocess.Popen(job_command(data_dir, job["id"], resume, launcher),
-                                                  env=environment)
+            job_id = job["id"]
+            running[job_id] = starter.start(job_command(data_dir, job_id, resume, launcher),
+                                            lambda: train_in_process(data_dir, job_id, resume), launched=bool(launcher))
     else:
         time.sleep(POLL_SECONDS)
+
+
+def train_in_process(data_dir: Path, job_id: str, resume: bool) -> None:
+    """A job's process: started as `--job`, or forked from the worker."""
+    configure_process()
+    keep_freed_memory()  # this process trains: reuse freed activations rather than fault them back in
+    run_job(Store(data_dir), job_id, resume)
 
 
 def main() -> None:
@@ -348,8 +359,7 @@ def main() -> None:
     options = parser.parse_args()
     configure_process()
     if options.job:
-        keep_freed_memory()  # this process trains: reuse freed activations rather than fault them back in
-        run_job(Store(options.data_dir), options.job, options.resume)
+        train_in_process(options.data_dir, options.job, options.resume)
     else:
         work(options.data_dir, options.max_jobs, options.launcher)
 
