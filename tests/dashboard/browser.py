@@ -92,12 +92,17 @@ class CuttableProxy:
         await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
 
     def cut(self) -> None:
+        """Returns once every open connection is dropped (not merely asked to be)."""
+        dropped = threading.Event()
+
         def drop():
             self.open.clear()
             for writer in list(self.connections):
                 writer.transport.abort()
             self.connections.clear()
+            dropped.set()
         self.loop.call_soon_threadsafe(drop)
+        dropped.wait(10)
 
     def restore(self) -> None:
         self.loop.call_soon_threadsafe(self.open.set)

@@ -50,6 +50,7 @@ def sign_in(page, base: str, key: str = API_KEY, then: str = "/jobs") -> None:
 @pytest.fixture()
 def page(browser, proxy):
     """A fresh browser context (no cookies), signed in through the proxy; its console errors in page.console."""
+    proxy.restore()  # a test that failed while it had the proxy cut must not fail the next one too
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     opened.console = ConsoleWatch(opened)

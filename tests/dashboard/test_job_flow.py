@@ -19,6 +19,17 @@ def points(page) -> int:
     return int(page.get_attribute("#loss-chart", "data-points"))
 
 
+def settled_steps(client, job_id: str) -> int | None:
+    """How many steps a stopped job recorded, once a second passes without another (the step under way when it
+    was paused is still recorded); None while they still change."""
+    def counted() -> int:
+        return sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id, limit=1000).data)
+
+    first = counted()
+    time.sleep(1)
+    return first if counted() == first else None
+
+
 def wait_until(condition, timeout: float = 60, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -77,10 +88,12 @@ def test_a_job_from_upload_to_replayed_curves(page, dashboard_server, proxy, sup
     expect(page.locator("#job-status")).to_have_text("paused")
     wait_until(lambda: client.fine_tuning.jobs.retrieve(job_id).status == "paused", what="the pause")
 
-    # The page's connection is cut; meanwhile the job is resumed (by a script) and trains to the end.
-    before_cut = points(page)
+    # The page's connection is cut; meanwhile the job is resumed (by a script) and trains to the end. First the
+    # page shows every step the job made before it stopped (a busy machine's page may lag a few behind).
+    wait_until(lambda: settled_steps(client, job_id) == points(page), timeout=30, what="the page to catch up")
     page.console.paused = True  # the dropped connection is this test's doing
     proxy.cut()
+    before_cut = points(page)
     expect(page.locator("#live")).to_contain_text("reconnecting", timeout=10_000)
     client.fine_tuning.jobs.resume(job_id)
     wait_until(lambda: client.fine_tuning.jobs.retrieve(job_id).status == "succeeded", timeout=120, what="the job")
