@@ -90,7 +90,7 @@ def train(config_file: Optional[Path], config: Optional[Path], preset: Optional[
             NothingToTrain, OutputError, DoesNotFit, StartError, GraderSpecError) as error:
         fail(str(error))
     except StorageError as error:  # a disk that fills up or turns read-only
-        from tunelab.train.checkpoints import complete_checkpoints
+        from tunelab.runs.rundir import complete_checkpoints
 
         run = RunDir(settings.out) if settings.out else None
         kept = complete_checkpoints(run.checkpoints_dir) if run and run.has_run() else []

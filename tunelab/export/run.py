@@ -30,10 +30,10 @@ from tunelab.conversation.render import render_prompt_ids, render_text
 from tunelab.conversation.templates import end_of_turn_token, stop_token_ids
 from tunelab.core.events import NO_EVENTS, Events
 from tunelab.core.files import storage_errors_named
+from tunelab.export import FORMATS
 from tunelab.models.chat import llama_cpp_installed
 from tunelab.runs.rundir import RunDir
 
-FORMATS = ("merged", "gguf", "ollama", "adapter")
 GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_k_m")
 MERGED_TYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 EMBEDDED_BASE = "google/gemma-3-270m"  # the embedded default, by its hub id (for tools that load the base)

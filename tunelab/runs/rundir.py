@@ -137,3 +137,17 @@ class RunDir:
         """events.jsonl back as a list, oldest first."""
         lines = self.events_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+
+CHECKPOINT_PREFIX = "step-"  # a checkpoint's directory: step-000120
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoint directories in `root` (a run's checkpoints_dir), oldest first; temporary ones, left
+    by a write a crash interrupted, are skipped (train/checkpoints.py writes them)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))

@@ -22,7 +22,7 @@ from tunelab.core.settings import OPENAI_HYPERPARAMETERS as HYPERPARAMETERS
 from tunelab.core.settings import REINFORCEMENT_HYPERPARAMETERS, reinforcement_settings
 from tunelab.graders.spec import GraderSpecError, grading_models, parse_grader
 from tunelab.runs.record import fine_tuned_model_name, fine_tuning_job
-from tunelab.runs.rundir import RunDir
+from tunelab.runs.rundir import RunDir, complete_checkpoints
 from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError, row_or_404
 from tunelab.server.job_settings import JobSettingsError, job_extension
@@ -31,7 +31,6 @@ from tunelab.server.models import resolve_base
 from tunelab.server.quotas import check_job_quota
 from tunelab.server.requests import CreateJobRequest
 from tunelab.server.store import new_id
-from tunelab.train.checkpoints import complete_checkpoints
 
 JOB_ID = re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$")
 

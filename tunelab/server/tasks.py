@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from tunelab.export.run import FORMATS
+from tunelab.export import FORMATS
 from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError, row_or_404
 from tunelab.server.files import file_row

@@ -27,10 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.core.files import atomic_path, remove_stale_temporaries
+from tunelab.runs.rundir import CHECKPOINT_PREFIX, complete_checkpoints
 from tunelab.train.sharding import sliced_optimizer_state
 
 KEEP_LAST = 3
-PREFIX = "step-"
+PREFIX = CHECKPOINT_PREFIX
 
 
 @dataclass
@@ -68,15 +69,6 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], o
     for old in complete_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old)
     return final
-
-
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoint directories in `root`, oldest first (temporary ones are skipped)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:
