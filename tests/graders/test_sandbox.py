@@ -200,7 +200,10 @@ def test_allocating_8_gb():
     assert graded.reward == 0.0 and graded.errors == {"python_grader_runtime_error"}
     assert "MemoryError" in graded.python_runtime_details
     assert seconds < LIMITS.seconds_per_sample
-    piecemeal, _ = grade("def grade(sample, item):\n    blocks = [bytearray(256 * 1024**2) for _ in range(32)]\n"
+    # In 256 MB pieces: `bytes` of zeros come from calloc, which maps fresh pages without writing them, so the
+    # address-space limit stops it after eight pieces at once. (`bytearray` writes its zeros: on a busy machine
+    # writing the 1.75 GB before the limit outlasted the sample's time.)
+    piecemeal, _ = grade("def grade(sample, item):\n    blocks = [bytes(256 * 1024**2) for _ in range(32)]\n"
                          "    return 1.0\n", {})
     assert piecemeal.errors == {"python_grader_runtime_error"} and "MemoryError" in piecemeal.python_runtime_details
 
