@@ -124,11 +124,12 @@ def write_jsonl(tmp_path):
     return write
 
 
-def run_cli(*arguments: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None):
+def run_cli(*arguments: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None,
+            text: bool = False):
     """`tunelab ARGUMENTS` called in-process through the real entry point's app (typer's CliRunner), returned
-    like a finished subprocess (`returncode`, `stdout` and `stderr` as bytes), run in `cwd` and with the
-    environment variables `env` if given. An exception nobody foresaw is the entry point's exit code 3, as in
-    a real process."""
+    like a finished subprocess (`returncode`, `stdout` and `stderr` as bytes, or as str with `text`), run in
+    `cwd` and with the environment variables `env` if given. An exception nobody foresaw is the entry point's
+    exit code 3, as in a real process."""
     import subprocess
 
     from typer.testing import CliRunner
@@ -145,4 +146,6 @@ def run_cli(*arguments: str, input: str | None = None, cwd: Path | None = None, 
     code = result.exit_code
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         code = 3
+    if text:
+        return subprocess.CompletedProcess(list(arguments), code, result.stdout, result.stderr)
     return subprocess.CompletedProcess(list(arguments), code, result.stdout_bytes, result.stderr_bytes)

@@ -2,7 +2,6 @@
 session driven through a real terminal (a pty): replies stream, /reset forgets, /save writes chat JSONL."""
 
 import json
-import subprocess
 import sys
 
 import pexpect
@@ -22,8 +21,7 @@ def run(tmp_path_factory, support_conversations):
 
 def tunelab(*arguments):
     """The command in-process (the interactive session below runs in a real process and terminal)."""
-    finished = run_cli(*arguments)
-    return subprocess.CompletedProcess(arguments, finished.returncode, finished.stdout.decode(), finished.stderr.decode())
+    return run_cli(*arguments, text=True)
 
 
 def test_a_streamed_reply_comes_in_pieces_and_equals_the_batch_reply(run):

@@ -36,7 +36,7 @@ def test_a_forked_process_has_the_jobs_environment_and_exits_as_a_fresh_one_woul
     assert wait(starter.start([], fails)) == 1
     assert wait(starter.start([], lambda: sys.exit(3))) == 3
     asleep = starter.start([], lambda: time.sleep(60))
-    asleep.kill()
+    os.kill(asleep.pid, signal.SIGKILL)
     assert wait(asleep) == -signal.SIGKILL  # as subprocess reports a signal
 
     launched = starter.start([sys.executable, "-c", "raise SystemExit(7)"], work, launched=True)

@@ -26,9 +26,7 @@ def tunelab(*arguments, timeout=300, columns=None):
     its imports), or in a process of its own `columns` wide where the width of a table is what is checked."""
     cleared = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
     if columns is None:
-        finished = run_cli(*arguments, env=cleared)
-        return subprocess.CompletedProcess(arguments, finished.returncode, finished.stdout.decode(),
-                                           finished.stderr.decode())
+        return run_cli(*arguments, env=cleared, text=True)
     return subprocess.run([sys.executable, "-m", "tunelab.cli", *arguments], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **cleared, "COLUMNS": str(columns)})
 

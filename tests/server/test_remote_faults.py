@@ -3,7 +3,6 @@ small real HTTP server in this file (busy, failing, dropping connections, report
 client is our own CLI with the official openai client inside, unpatched."""
 
 import json
-import subprocess
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,8 +59,7 @@ def tunelab(*arguments):
     """The CLI in an empty directory (no runs/ of its own to list beside the server's jobs), with no key;
     in-process, as a process of its own would add only its imports."""
     with tempfile.TemporaryDirectory() as empty:
-        finished = run_cli(*arguments, cwd=Path(empty), env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
-    return subprocess.CompletedProcess(arguments, finished.returncode, finished.stdout.decode(), finished.stderr.decode())
+        return run_cli(*arguments, cwd=Path(empty), env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}, text=True)
 
 
 FAST_RETRY = {"retry-after-ms": "10"}  # the openai client honours it, so retries take milliseconds here

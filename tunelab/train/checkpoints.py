@@ -31,7 +31,6 @@ from tunelab.runs.rundir import CHECKPOINT_PREFIX, complete_checkpoints
 from tunelab.train.sharding import sliced_optimizer_state
 
 KEEP_LAST = 3
-PREFIX = CHECKPOINT_PREFIX
 
 
 @dataclass
@@ -52,7 +51,7 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], o
     `trainable` and `optimizer_state` (an optimizer's state_dict) hold whole tensors, gathered first if the
     run is sharded (train/sharding.py). `best`: the weights of the best validation so far (early stopping).
     """
-    final = Path(root) / f"{PREFIX}{step:06d}"
+    final = Path(root) / f"{CHECKPOINT_PREFIX}{step:06d}"
     # The same step written again after a resume: the new one replaces it.
     with atomic_path(final, directory=True, replace=True) as temporary:
         temporary.mkdir()
