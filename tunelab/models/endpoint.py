@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # generate.py imports PyTorch: asked for when a reply is made, so the server starts without it
-    from tunelab.models.generate import Generation
+from tunelab.models.generate import Generation
 
 ENDPOINT_CONCURRENCY = 8
 
@@ -56,8 +54,6 @@ class Endpoint:
     def reply(self, messages: list[dict], tools: list[dict] | None, max_tokens: int,
               decoding: Decoding = Decoding()) -> Generation:
         import openai
-
-        from tunelab.models.generate import Generation
 
         try:
             response = self.client.chat.completions.create(

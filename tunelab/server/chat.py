@@ -20,9 +20,6 @@ OpenAI's server-sent chunks. A reply that may call tools is sent when it is comp
 its `tool_calls`: until then, text could still turn out to be the start of a call.
 
 Not yet: `logprobs`, and a reproducible sample from `seed` (greedy replies, `temperature=0`, are).
-
-The models' modules (PyTorch with them) are imported when a model is first asked for, not on import: a
-server that only trains, or has not been asked yet, starts in under a second.
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ from collections import OrderedDict
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -47,7 +43,11 @@ from tunelab.conversation.render import render_prompt_ids
 from tunelab.conversation.schema import prompt_errors
 from tunelab.conversation.templates import stop_token_ids
 from tunelab.core.settings import TrainConfig
+from tunelab.models.adapters import why_not_shared
+from tunelab.models.generate import LoadedModel, load_for_generation
+from tunelab.models.precision import best_device, requested_dtype
 from tunelab.models.resolve import load_tokenizer, resolve_model
+from tunelab.models.serving import ContinuousGenerator, GenerationFailed, ReplyText, Sampling
 from tunelab.runs.rundir import RunDir
 from tunelab.server.auth import project_of
 from tunelab.server.errors import APIError
@@ -55,10 +55,6 @@ from tunelab.server.jobs import model_name
 from tunelab.server.models import resolve_base
 from tunelab.server.requests import ChatRequest
 from tunelab.server.store import new_id
-
-if TYPE_CHECKING:
-    from tunelab.models.generate import LoadedModel
-    from tunelab.models.serving import ContinuousGenerator, ReplyText
 
 ADAPTER_CACHE = 64  # fine-tunes kept attached to their bases (a few MB each)
 CHECKPOINT_MODEL = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
@@ -106,8 +102,7 @@ def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
     """The job's model as training built it, holding the checkpoint's trained weights."""
     from safetensors.torch import load_file
 
-    from tunelab.models.generate import LoadedModel
-    from tunelab.models.precision import best_device
+    from tunelab.models.resolve import load_tokenizer, resolve_model
     from tunelab.train.methods import load_trainable_state, trainable_model
 
     run = RunDir(store.run_dir(row["id"]))
@@ -123,9 +118,6 @@ def _load_checkpoint(store, row, path, name: str) -> LoadedModel:
 
 def _served(request: Request, name: str) -> Served:
     """The model answering `name`, loaded if needed, held for one request: `_release` it when done."""
-    from tunelab.models.generate import load_for_generation
-    from tunelab.models.precision import requested_dtype
-
     store = request.app.state.store
     forced = requested_dtype(request.app.state.settings.dtype)
     keep = request.app.state.settings.max_models
@@ -147,8 +139,6 @@ def _served(request: Request, name: str) -> Served:
 
 
 def _shares_its_base(run: RunDir) -> bool:
-    from tunelab.models.adapters import why_not_shared
-
     return not run.is_full_fine_tune and why_not_shared(run.adapter_dir) is None
 
 
@@ -179,8 +169,6 @@ def _model(key: str, load, keep: int) -> ContinuousGenerator:
     """The generator of the model `key`, loaded by `load()` if it is not; the least recently used models
     beyond `keep` that no request is using are closed, with the fine-tunes attached to them."""
     if key not in _generators:
-        from tunelab.models.serving import ContinuousGenerator
-
         _generators[key] = ContinuousGenerator(load())
     _generators.move_to_end(key)
     _close_idle(keep, spare=key)
@@ -202,9 +190,6 @@ def _close_idle(keep: int, spare: str | None = None) -> None:
 
 def _adapter_served(run: RunDir, forced, keep: int) -> Served:
     """A LoRA fine-tune: its adapter attached to its base model's generator, loading the base if needed."""
-    from tunelab.models.generate import load_for_generation
-    from tunelab.models.precision import best_device
-
     if str(run.path) in _adapters:  # attached already: its base is loaded (closing a base forgets its adapters)
         key, served = _adapters[str(run.path)]
         _generators.move_to_end(key)
@@ -259,8 +244,6 @@ def _messages(body: ChatRequest) -> list[dict]:
 
 @router.post("/chat/completions")
 async def create_chat_completion(request: Request, body: ChatRequest):
-    from tunelab.models.serving import GenerationFailed, ReplyText, Sampling
-
     messages = _messages(body)
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     temperature = 1.0 if body.temperature is None else body.temperature
@@ -301,8 +284,6 @@ async def complete(request: Request, model: str, messages: list[dict], max_token
                    top_p: float):
     """One reply from a model this server answers to, as the request's project sees them (graders.py asks its
     grading models this way): the finished Generation. An unknown model is the same APIError as here."""
-    from tunelab.models.serving import ReplyText, Sampling
-
     keep = request.app.state.settings.max_models
     served = await run_in_threadpool(_served, request, model)
     try:
@@ -375,8 +356,6 @@ def _choice(index: int, generation) -> dict:
 
 
 async def _chunks(completion: dict, pieces, replies: list[ReplyText], include_usage: bool):
-    from tunelab.models.serving import GenerationFailed
-
     def chunk(choice_list, **extra):
         return "data: " + json.dumps({**completion, "object": "chat.completion.chunk", "choices": choice_list,
                                       **extra}) + "\n\n"
