@@ -114,8 +114,41 @@ def test_a_tokenizer_is_loaded_once_until_its_files_or_template_change(tmp_path,
     template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     os.utime(template, ns=(time.time_ns() + 10**9,) * 2)
     assert load_tokenizer(str(folder), str(template)).chat_template == template.read_text()
-    copy = Path(shutil.copytree(folder, tmp_path / "run-tokenizer"))  # a run keeps a copy of its base's files
+    copy = tmp_path / "run-tokenizer"  # a run keeps a copy of its base's tokenizer files, and only those
+    copy.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(folder / name, copy / name)
     assert load_tokenizer(str(copy)) is first  # the same tokenizer, whatever folder holds it: loaded once
     config = folder / "tokenizer_config.json"
     config.write_text(config.read_text() + "\n")
     assert load_tokenizer(str(folder)) is not first  # an edited tokenizer folder is read again
+
+
+def test_a_tokenizer_s_key_follows_what_it_is_read_from(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    from tunelab.conversation.templates import GEMMA_CHAT_TEMPLATE
+    from tunelab.models.resolve import TEMPLATE_NOTE, _tokenizer_key
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    key = _tokenizer_key(str(folder), None)
+    (folder / "generation_config.json").write_text("{}")
+    assert _tokenizer_key(str(folder), None) == key  # not read by the tokenizer
+    (folder / "config.json").write_text("{}")
+    assert _tokenizer_key(str(folder), None) == key  # its class is named in tokenizer_config.json
+    config = folder / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    assert settings.pop("tokenizer_class")
+    config.write_text(json.dumps(settings))
+    unnamed = _tokenizer_key(str(folder), None)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    assert _tokenizer_key(str(folder), None) != unnamed  # config.json now chooses the class
+    # Our template note and a template file holding the same template are one tokenizer; another is not.
+    (folder / "chat_template.jinja").write_text(GEMMA_CHAT_TEMPLATE)
+    by_file = _tokenizer_key(str(folder), None)
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    (folder / TEMPLATE_NOTE).write_text(json.dumps({"chat_template": "gemma"}))
+    assert _tokenizer_key(str(folder), None) == by_file
+    (folder / TEMPLATE_NOTE).unlink()
+    assert _tokenizer_key(str(folder), None) != by_file

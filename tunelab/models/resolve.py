@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -270,6 +271,9 @@ _TOKENIZERS_KEPT = 4
 # Files compared by content (a tokenizer's are at most tens of MB); larger ones, and weights, by size and date.
 _HASHED_BYTES = 128 * 2**20
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+# A model folder's files a tokenizer is not read from; the template files are keyed by what they resolve to.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+_NOT_READ_BY_TOKENIZER = {"generation_config.json", TEMPLATE_NOTE, CHAT_TEMPLATE_FILE}
 _TOKENIZERS_LOCK = threading.Lock()
 
 
@@ -295,24 +299,50 @@ def load_tokenizer(path: str, chat_template: str | None = None):
 
 
 def _tokenizer_key(path: str, chat_template: str | None) -> tuple | None:
-    """What a loaded tokenizer depends on: the content of its folder's files and of the template file, so
-    two folders holding the same tokenizer (a base model's and its fine-tunes' runs) share one. None for
-    what is not a local folder (nothing to compare a later load against)."""
+    """What a loaded tokenizer depends on: the content of the files it is read from, and the chat template
+    it ends up with. So a base model's folder and its fine-tunes' runs (which keep only the tokenizer's
+    files) share one. None for what is not a local folder (nothing to compare a later load against)."""
     folder = Path(path)
     if not folder.is_dir():
         return None
+    config = folder / "tokenizer_config.json"
+    # The architecture's config.json chooses the tokenizer's class only where its own config names none.
+    class_named = config.is_file() and bool(_json_or_empty(config).get("tokenizer_class"))
     files = []
     for file in sorted(folder.iterdir()):
-        if not file.is_file() or file.suffix in _WEIGHT_SUFFIXES:
+        if (not file.is_file() or file.suffix in _WEIGHT_SUFFIXES or file.name in _NOT_READ_BY_TOKENIZER
+                or (file.name == "config.json" and class_named)):
             continue
-        stat = file.stat()
-        files.append((file.name, hashlib.sha256(file.read_bytes()).hexdigest() if stat.st_size <= _HASHED_BYTES
-                      else (str(file.resolve()), stat.st_size, stat.st_mtime_ns)))
-    template = None
+        files.append((file.name, _content_key(file)))
+    return tuple(files), _template_key(folder, chat_template)
+
+
+def _template_key(folder: Path, chat_template: str | None):
+    """The chat template a tokenizer loaded from `folder` ends up with (_build_tokenizer's order): the
+    template file given, else ours where the folder's note names it, else the folder's own file."""
     if chat_template:
         template_file = Path(chat_template)
-        template = hashlib.sha256(template_file.read_bytes()).hexdigest() if template_file.is_file() else chat_template
-    return tuple(files), template
+        return _content_key(template_file) if template_file.is_file() else chat_template
+    note = folder / TEMPLATE_NOTE
+    if _json_or_empty(note).get("chat_template") == "gemma":
+        return hashlib.sha256(GEMMA_CHAT_TEMPLATE.encode()).hexdigest()
+    own = folder / CHAT_TEMPLATE_FILE
+    return _content_key(own) if own.is_file() else None
+
+
+def _json_or_empty(file: Path) -> dict:
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _content_key(file: Path):
+    stat = file.stat()
+    if stat.st_size <= _HASHED_BYTES:
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    return str(file.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def _build_tokenizer(path: str, chat_template: str | None):
