@@ -1,12 +1,16 @@
 """The worker's job and task processes (server/prefork.py): forked once the worker has imported what they
 need, answering as a fresh process does — exit status, a signal's negative status, the job's environment —
-and started afresh under a launcher."""
+and started afresh under a launcher. The server's first worker is forked too; one started again is fresh."""
 
 import os
 import signal
 import sys
 import time
 
+import pytest
+
+from bench.server_kills import descendants
+from tests.serving import Server
 from tunelab.server.prefork import Forked, Starter
 
 
@@ -41,3 +45,45 @@ def test_a_forked_process_has_the_jobs_environment_and_exits_as_a_fresh_one_woul
 
     launched = starter.start([sys.executable, "-c", "raise SystemExit(7)"], work, launched=True)
     assert not isinstance(launched, Forked) and launched.wait(60) == 7  # a launcher's command, started afresh
+
+
+def _command_line(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read()
+
+
+def _worker_of(server, seconds=30) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = descendants(server.process.pid)
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError("the server started no worker")
+
+
+@pytest.mark.slow
+def test_the_server_forks_its_first_worker_and_starts_a_lost_one_afresh(tmp_path):
+    server = Server(tmp_path / "data")
+    try:
+        first = _worker_of(server)
+        assert _command_line(first) == _command_line(server.process.pid)  # forked: the server's own image
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (again := _worker_of(server)) == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert again != first and b"tunelab.server.worker" in _command_line(again)  # started afresh
+    finally:
+        server.stop()
+    deadline = time.monotonic() + 10
+    while _alive(again) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(again)  # a worker whose server has gone leaves too
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

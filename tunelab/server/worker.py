@@ -1,7 +1,10 @@
 """The worker: the process that runs fine-tuning jobs, never inside a request handler.
 
-    python -m tunelab.server.worker DATA_DIR [--max-jobs N] [--launcher CMD]   # `tunelab serve` starts it
-    python -m tunelab.server.worker DATA_DIR --job ID                          # one job (what it starts)
+    python -m tunelab.server.worker DATA_DIR [--max-jobs N] [--launcher CMD] [--server-pid PID]
+    python -m tunelab.server.worker DATA_DIR --job ID      # one job (what the worker starts)
+
+`tunelab serve` forks its first worker from itself (supervisor.py) and starts one with the first command
+line when that one has died.
 
 It takes the oldest job that is waiting and validates its files (the data toolkit's reader; fewer than 10
 examples fails the job with OpenAI's `invalid_n_examples`). Then it starts the job in a process of its own
@@ -245,11 +248,6 @@ def result_file_id(job_id: str, kind: str) -> str:
     return "file-" + hashlib.sha256(f"{job_id}:{kind}".encode()).hexdigest()[:24]
 
 
-def server_alive() -> bool:
-    """Is the `tunelab serve` that started this worker still running? (Its death re-parents us.)"""
-    return os.getppid() == _PARENT_PID
-
-
 def worker_alive() -> bool:
     """For a job process: is the worker that started it (directly or through a launcher) still running? The
     worker exits when its server does."""
@@ -259,9 +257,6 @@ def worker_alive() -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
     except OSError:
         return False
-
-
-_PARENT_PID = os.getppid()
 
 
 def job_command(data_dir: Path, job_id: str, resume: bool, launcher: str | None) -> list[str]:
@@ -297,12 +292,14 @@ def _tend_tasks(store: Store, data_dir: Path, running: dict, starter: Starter) -
         running[task_id] = starter.start(task_command(data_dir, task_id), lambda: task_worker.run_in_process(data_dir, task_id))
 
 
-def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None:
-    """Validate and start jobs as they come, until the server exits.
+def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None, server: int | None = None) -> None:
+    """Validate and start jobs as they come, until the server exits (`server`: its process id, passed
+    rather than read here, where it may have exited already; by default this process's parent).
 
     One worker per data directory: a second one (a server restarted while the old worker is still
     finishing a step) waits for the first to exit.
     """
+    server = server or os.getppid()  # the server's death re-parents this process
     lock = open(Path(data_dir) / "worker.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     store = Store(data_dir)
@@ -310,7 +307,7 @@ def work(data_dir: Path, max_jobs: int = 1, launcher: str | None = None) -> None
     starter = Starter(dict(os.environ, TUNELAB_WORKER_PID=str(os.getpid())), keep_closed=[lock])
     running: dict = {}  # job id → its process
     tasks: dict = {}
-    while server_alive():
+    while os.getppid() == server:
         try:
             _tend_tasks(store, data_dir, tasks, starter)
             _one_round(store, data_dir, running, max_jobs, launcher, starter)
@@ -356,12 +353,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="with --job: from its last complete checkpoint")
     parser.add_argument("--max-jobs", type=int, default=1)
     parser.add_argument("--launcher")
+    parser.add_argument("--server-pid", type=int, help="the server's process: the worker leaves when it has")
     options = parser.parse_args()
     configure_process()
     if options.job:
         train_in_process(options.data_dir, options.job, options.resume)
     else:
-        work(options.data_dir, options.max_jobs, options.launcher)
+        work(options.data_dir, options.max_jobs, options.launcher, options.server_pid)
 
 
 if __name__ == "__main__":
