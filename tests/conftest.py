@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from tunelab.core.process import FULL_COLLECTION_EVERY
+
 # Under pytest-xdist each worker (and each process it starts) computes on one thread: workers side by side
 # with PyTorch's default of a thread per core oversubscribe the cores, and OpenMP's spinning threads then
 # wait on each other far longer than the work takes. Set before anything imports torch, which reads it once.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+# The tests' own processes hold PyTorch, transformers and every test module: collected fully as seldom as
+# tunelab's processes are (core/process.py).
+gc.set_threshold(*gc.get_threshold()[:2], FULL_COLLECTION_EVERY)
+
 
 def pytest_collection_modifyitems(items):
     """The longest tests first, longest of all first (`heavy(seconds=…)`, measured held to AVX2): with workers

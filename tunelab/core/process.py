@@ -1,6 +1,6 @@
 """Process-wide settings, made by a process's entry point (the CLI, a server worker), never on import.
 
-    configure_process()        # quieter third-party libraries
+    configure_process()        # quieter third-party libraries, fewer full garbage collections
     keep_freed_memory()        # before CPU training: reuse freed memory instead of returning it
 
 Library code does not call these: they change the whole process, which may hold other jobs.
@@ -27,12 +27,25 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
 import warnings
 
+# A full garbage collection scans every object the process holds. Loading PyTorch, transformers and PEFT
+# creates about 400,000 of them, and at Python's default thresholds (700, 10, 10) the collector scans them
+# again and again while they load: about 1 s of the 4.5 s a fresh process spends importing before its work
+# starts (two-core EPYC, medians of five: 4.59 s → 3.61 s, the same as with the collector off). One full
+# collection per hundred of the middle generation's instead of per ten takes that back; young objects are
+# collected as often as before.
+FULL_COLLECTION_EVERY = 100
+
+
 def configure_process() -> None:
-    """Quieter third-party output: our own progress events say what is happening."""
+    """Quieter third-party output (our own progress events say what is happening), and fewer full garbage
+    collections."""
+    young, middle, full = gc.get_threshold()
+    gc.set_threshold(young, middle, max(full, FULL_COLLECTION_EVERY))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
