@@ -108,3 +108,21 @@ def test_a_run_without_matplotlib_succeeds_and_says_it_drew_no_loss_curve(tmp_pa
     warnings = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
                 if "No loss curve picture" in e["message"]]
     assert len(warnings) == 1 and warnings[0]["level"] == "warn"
+
+
+def test_the_loss_curve_is_drawn_again_during_a_run_at_most_every_half_minute(tmp_path, monkeypatch):
+    from tunelab.runs import record
+    from tunelab.runs.rundir import RunDir
+
+    recorder = record.RunRecorder(RunDir(tmp_path / "run"), {"id": "ftjob-test"})
+    recorder.rows = [{"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5}]
+    picture = recorder.run.loss_curve_file
+    assert recorder.refresh_loss_curve() == picture and picture.is_file()  # the first checkpoint draws it
+    picture.unlink()
+    assert recorder.refresh_loss_curve() is None and not picture.exists()  # a checkpoint a step later does not
+    monkeypatch.setattr(record, "REDRAW_SECONDS", 0)
+    assert recorder.refresh_loss_curve() == picture  # once the time has passed, it does
+    monkeypatch.setattr(record, "REDRAW_SECONDS", 30)
+    picture.unlink()
+    assert recorder.plot_loss_curve() == picture  # the run's end always draws it
+    recorder.close()

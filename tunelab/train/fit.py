@@ -112,7 +112,7 @@ class Fit:
                                    state, best=best_weights)
             self.recorder.event(f"Checkpoint saved at step {self.step}", data={"step": self.step,
                                                                                "path": str(path)})
-            self.recorder.plot_loss_curve()  # so the curve grows during runs without validation too
+            self.recorder.refresh_loss_curve()  # so the curve grows during runs without validation too
         self.cluster.barrier()
 
     # --- the loop --------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ class Fit:
         if valid_loss is not None:
             self.events.message(f"step {self.step}/{self.total_steps}: train loss {train_loss:.3f}, "
                                 f"valid loss {valid_loss:.3f}, valid token accuracy {valid_accuracy:.1%}", **row)
-            self.recorder.plot_loss_curve()
+            self.recorder.refresh_loss_curve()
 
     # --- early stopping --------------------------------------------------------------------------------
     def track_best(self, valid_loss: float) -> None:
