@@ -85,7 +85,7 @@ def kill_everything(server) -> int:
             pass
     server.process.wait(10)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in victims):
+    while time.monotonic() < deadline and any(alive(pid) for pid in victims):
         time.sleep(0.05)
     return len(victims)
 
@@ -101,7 +101,8 @@ def kill_worker(server) -> int:
     return len(victims)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Is process `pid` still running (neither gone nor a zombie)?"""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.server_kills import descendants
+from bench.server_kills import alive, descendants
 from tests.serving import Server
 from tunelab.server.prefork import Forked, Starter
 
@@ -76,14 +76,6 @@ def test_the_server_forks_its_first_worker_and_starts_a_lost_one_afresh(tmp_path
     finally:
         server.stop()
     deadline = time.monotonic() + 10
-    while _alive(again) and time.monotonic() < deadline:
+    while alive(again) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(again)  # a worker whose server has gone leaves too
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert not alive(again)  # a worker whose server has gone leaves too

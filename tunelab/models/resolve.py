@@ -238,8 +238,6 @@ def _keep_tokenizer_as_built(tokenizer, out: Path) -> None:
     load: right for Gemma's own vocabulary, wrong for a byte-level one a GGUF export of another tokenizer
     carries (spaces come back as <unk>). When a reload splits a probe text differently, the saved config
     names the generic class, which takes tokenizer.json as it is."""
-    import json
-
     from transformers import AutoTokenizer
 
     expected = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
@@ -254,8 +252,6 @@ def _keep_tokenizer_as_built(tokenizer, out: Path) -> None:
 
 
 def _write_template_note(directory: Path, template: str) -> None:
-    import json
-
     from tunelab.core.files import write_text_atomically
 
     write_text_atomically(directory / TEMPLATE_NOTE, json.dumps({"chat_template": template}) + "\n")
@@ -323,11 +319,19 @@ def _template_key(folder: Path, chat_template: str | None):
     if chat_template:
         template_file = Path(chat_template)
         return _content_key(template_file) if template_file.is_file() else chat_template
-    note = folder / TEMPLATE_NOTE
-    if _json_or_empty(note).get("chat_template") == "gemma":
-        return hashlib.sha256(GEMMA_CHAT_TEMPLATE.encode()).hexdigest()
+    noted = _noted_template(folder)
+    if noted:
+        return hashlib.sha256(noted.encode()).hexdigest()
     own = folder / CHAT_TEMPLATE_FILE
     return _content_key(own) if own.is_file() else None
+
+
+def _noted_template(folder: Path) -> str | None:
+    """Our chat template where the folder's note (a GGUF we converted) names it."""
+    note = folder / TEMPLATE_NOTE
+    if note.is_file() and json.loads(note.read_text()).get("chat_template") == "gemma":
+        return GEMMA_CHAT_TEMPLATE
+    return None
 
 
 def _json_or_empty(file: Path) -> dict:
@@ -346,14 +350,12 @@ def _content_key(file: Path):
 
 
 def _build_tokenizer(path: str, chat_template: str | None):
-    import json
-
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    note = Path(path) / TEMPLATE_NOTE
-    if not chat_template and note.is_file() and json.loads(note.read_text()).get("chat_template") == "gemma":
-        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    noted = None if chat_template else _noted_template(Path(path))
+    if noted:
+        tokenizer.chat_template = noted
     require_chat_template(tokenizer, str(path), chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
