@@ -57,11 +57,17 @@ sandbox:
 demo: setup
 	$(BIN)/tunelab demo
 
+# The suite starts about 140 Python processes (servers, workers, killed runs, CLI commands) besides its
+# own workers: with PYTHONDONTWRITEBYTECODE set, as on these machines, each would compile tunelab's modules
+# again (0.2 s of CPU a process) and each pytest worker its test modules (2.6 s). Python's default, a
+# bytecode cache beside the sources (ignored by git), is kept for the suite's run.
+TEST_ENV := PYTHONDONTWRITEBYTECODE=
+
 test: test-setup
-	$(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist load --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest -q -rs -n $(WORKERS) --dist load --durations=15
 
 test-fast: test-setup
-	$(BIN)/python -m pytest -q -rs -n $(WORKERS) -m "not slow and not reliability"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -rs -n $(WORKERS) -m "not slow and not reliability"
 
 docs: $(DEV_STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict

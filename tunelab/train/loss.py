@@ -34,6 +34,12 @@ SAFE_LOGIT = 60.0
 # exponentiating and summing them costs no trip to memory. 7 MB measured fastest between 4 and 12 MB on a
 # two-core CPU with a 32 MB cache (wider blocks also make the multiplications more efficient).
 CACHE_BLOCK_BYTES = 7 * 2**20
+# ... and the block's rows of the head at most this size, so the second multiplication (the gradient's) reads
+# them from cache rather than from memory again: with few trained tokens a step's logits block would
+# otherwise span 70,000 rows (180 MB in fp32). 5 MB (2,048 fp32 or 4,096 bf16 rows of Gemma 3's head) made
+# the pass 5–15% faster at 26–120 tokens in fp32, AVX2 and AVX-512 alike, and up to 7% in bf16 (two-core
+# EPYC, one thread, medians of five); at 250 tokens it is within noise.
+HEAD_BLOCK_BYTES = 5 * 2**20
 
 
 def _vocabulary_blocked(hidden, weight, targets):
@@ -51,7 +57,8 @@ def _vocabulary_blocked(hidden, weight, targets):
     hidden = hidden.to(weight.dtype)
     tokens, vocabulary = hidden.shape[0], weight.shape[0]
     # A whole number of 128-row tiles: a ragged block width slows the logits multiplication by a quarter.
-    block = max(128, CACHE_BLOCK_BYTES // (4 * max(tokens, 1)) // 128 * 128)
+    row_bytes = weight.shape[1] * weight.element_size()
+    block = max(128, min(CACHE_BLOCK_BYTES // (4 * max(tokens, 1)), HEAD_BLOCK_BYTES // row_bytes) // 128 * 128)
     sums = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
     weighted = torch.zeros(tokens, weight.shape[1], dtype=torch.float32, device=hidden.device)
     best = torch.full((tokens,), -float("inf"), device=hidden.device)
