@@ -37,6 +37,11 @@ SPEC = _as_json_schema(json.loads(SPEC_FILE.read_text()))
 # The spec's own example for /pause answers "status": "paused", a value its enum lacks; OpenAI's API does
 # answer it, so the check follows the example.
 SPEC["components"]["schemas"]["FineTuningJob"]["properties"]["status"]["enum"].append("paused")
+# A list's `first_id` and `last_id` are typed as strings, but an empty list has neither: OpenAI's API (and
+# its SDKs' own test fixtures) answer null there, as tunelab does.
+for properties in (schema.get("properties", {}) for schema in SPEC["components"]["schemas"].values()):
+    for bound in ("first_id", "last_id") if "first_id" in properties else ():
+        properties[bound] = {"anyOf": [properties[bound], {"type": "null"}]}
 
 
 def _schema_for(method: str, path: str, status: int, media: str = "application/json") -> dict:
