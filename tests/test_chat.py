@@ -33,15 +33,18 @@ def test_a_streamed_reply_comes_in_pieces_and_equals_the_batch_reply(run):
     assert "".join(pieces).strip() == chat.last.text == generate_replies(loaded, [messages], max_new_tokens=24)[0].text
 
 
-def test_once_answers_from_a_run_and_from_its_gguf_alike(run):
+def test_once_answers_from_a_run_and_from_its_gguf_alike(run, tmp_path):
     from_run = tunelab("chat", str(run), "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32")
     assert from_run.returncode == 0, from_run.stderr
     exported = tunelab("export", str(run), "--format", "gguf", "--dtype", "f32", "--prompts", str(run.parent / "train.jsonl"),
                        "--verify-prompts", "3", "--json")
     assert exported.returncode == 0, exported.stderr
     gguf = json.loads(exported.stdout)["path"]
-    from_gguf = tunelab("chat", gguf, "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32")
+    # The GGUF is converted into the model cache on first use: a cache of this test's own, not the user's.
+    from_gguf = run_cli("chat", gguf, "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32",
+                        env={"TUNELAB_CACHE": str(tmp_path / "cache")}, text=True)
     assert from_gguf.returncode == 0, from_gguf.stderr
+    assert [path.name for path in (tmp_path / "cache" / "models").iterdir()][0].startswith("run-f32-")
     # The same reply, from llama.cpp when installed, else from transformers' GGUF loader. The run stops on
     # the vocabulary's <eos> as well as <end_of_turn>; llama.cpp does too, but a GGUF's EOS slot holds
     # <end_of_turn>, so transformers may write on past an <eos> the untrained tiny model emits: the GGUF's
