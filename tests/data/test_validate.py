@@ -147,6 +147,34 @@ def test_parallel_scan_finds_what_a_single_pass_finds(tmp_path, monkeypatch, sup
     assert parallel.stats == single.stats
 
 
+def test_a_scan_asked_for_from_a_thread_is_made_without_forking(tmp_path, monkeypatch, support_conversations):
+    """The server validates uploads in its request threads: a fork there could copy a lock another of its
+    threads holds, and the forked scan would wait on it for good (an upload once hung for 300 s so). The
+    scan is made in one pass there, with the same findings."""
+    import os
+    import threading
+
+    from tunelab.data import validate as validate_module
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in support_conversations * 2))
+    monkeypatch.setattr(validate_module, "PARALLEL_FROM_BYTES", 1)
+    monkeypatch.setattr(validate_module.os, "cpu_count", lambda: 2)
+    forks, counting = [], [True]
+    os.register_at_fork(before=lambda: counting[0] and forks.append(threading.current_thread().name))
+    try:
+        in_main = validate_module.validate_file(path)
+        assert forks == ["MainThread"] * 2  # the main thread forks one scanning process per core
+        forks.clear()
+        found = {}
+        request = threading.Thread(target=lambda: found.setdefault("report", validate_module.validate_file(path)))
+        request.start()
+        request.join(60)
+    finally:
+        counting[0] = False
+    assert not forks and found["report"].stats == in_main.stats and found["report"].findings == in_main.findings
+
+
 def test_token_counts_truncation_and_local_estimate(tmp_path, tiny_model_dir, tiny_tokenizer, support_conversations):
     from tunelab.conversation.render import render_conversation
     from tunelab.data.tokens import Counts

@@ -2,4 +2,5 @@
 
 from tunelab.cli.app import run
 
-run()
+if __name__ == "__main__":  # not when a process spawned by this one imports it (multiprocessing's "spawn")
+    run()

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from hashlib import blake2b
 from pathlib import Path
 
 from tunelab.conversation.preference import PreferencePair, is_preference, preference_problems, read_pair
@@ -83,13 +85,19 @@ def _message_text(message: dict) -> str:
     return text
 
 
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of `text` that every process computes alike (Python's own `hash` of a string is seeded
+    afresh in each process, so the hashes of a file's pieces scanned in spawned processes would not meet)."""
+    return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
+
+
 def fingerprints(messages: list[dict]) -> tuple[int, int, int, int]:
     """Hashes of the conversation (case ignored), of it with punctuation, digits and spacing also ignored
     (near-duplicates), of its prompt, and of its last reply (both compared as near-duplicates are)."""
     prompt, reply, later = (text.lower() for text in conversation_texts(messages))
     whole = f"{prompt}\n{reply}\n{later}"
-    return (hash(whole), hash(whole.translate(_IGNORED_FOR_NEAR)), hash(prompt.translate(_IGNORED_FOR_NEAR)),
-            hash(reply.translate(_IGNORED_FOR_NEAR)))
+    return (stable_hash(whole), stable_hash(whole.translate(_IGNORED_FOR_NEAR)),
+            stable_hash(prompt.translate(_IGNORED_FOR_NEAR)), stable_hash(reply.translate(_IGNORED_FOR_NEAR)))
 
 
 @dataclass
@@ -216,26 +224,29 @@ def _scan_file(path: Path, counter, limit, progress) -> _Scan:
     ranges = _line_aligned_ranges(path, workers)
     import multiprocessing
 
-    # Forked workers inherit the loaded tokenizer and the shared progress counter through this global,
-    # rather than having them pickled.
-    context = multiprocessing.get_context("fork")
-    global _worker_state
+    # Forked from the main thread, the workers share the loaded tokenizer rather than unpickling a copy. A
+    # fork copies only the thread that makes it, though, and a lock another thread held at that moment stays
+    # held in the child for good: the server scans uploads in its request threads, beside others (an upload's
+    # scan once waited 300 s so), and from any thread but the main one the workers start afresh instead.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    context = multiprocessing.get_context("fork" if in_main_thread else "spawn")
     bytes_read = context.Value("q", 0)
-    _worker_state = (counter, limit, bytes_read, kind)
-    try:
-        with context.Pool(len(ranges)) as pool:
-            pending = pool.starmap_async(_scan_range_in_worker, [(path, *r) for r in ranges], chunksize=1)
-            while not pending.ready():
-                pending.wait(0.2)
-                if progress:
-                    progress(bytes_read.value)
-            parts = pending.get()
-    finally:
-        _worker_state = None
+    with context.Pool(len(ranges), initializer=_take_worker_state, initargs=(counter, limit, bytes_read, kind)) as pool:
+        pending = pool.starmap_async(_scan_range_in_worker, [(path, *r) for r in ranges], chunksize=1)
+        while not pending.ready():
+            pending.wait(0.2)
+            if progress:
+                progress(bytes_read.value)
+        parts = pending.get()
     return _merge(parts)
 
 
-_worker_state = None  # (token counter, limit, bytes read by all workers, file kind) while a parallel scan runs
+_worker_state = None  # in a scanning worker: (token counter, limit, bytes read by all workers, file kind)
+
+
+def _take_worker_state(*state) -> None:
+    global _worker_state
+    _worker_state = state
 
 
 def _scan_range_in_worker(path, start, end, first_line) -> _Scan:
@@ -394,10 +405,10 @@ def _scan_task(record, line: int, scan: _Scan) -> list[dict] | None:
     roles = Counter(m.get("role") for m in task.messages)
     scan.counts["missing_user"] += roles["user"] == 0
     whole = json.dumps(record, sort_keys=True)
-    scan.whole.append(hash(whole))
-    scan.near.append(hash(whole.lower()))
-    scan.prompt.append(hash(json.dumps(task.messages, sort_keys=True).lower()))
-    scan.reply.append(hash(json.dumps(task.item, sort_keys=True)))
+    scan.whole.append(stable_hash(whole))
+    scan.near.append(stable_hash(whole.lower()))
+    scan.prompt.append(stable_hash(json.dumps(task.messages, sort_keys=True).lower()))
+    scan.reply.append(stable_hash(json.dumps(task.item, sort_keys=True)))
     scan.lines.append(line)
     return task.messages
 
