@@ -40,14 +40,17 @@ def digest(path: Path) -> str:
 
 
 def sandboxes_left() -> list[int]:
-    """This process's children still alive (each sandbox is one; what runs in it dies with its PID namespace)."""
+    """This process's children still alive (each sandbox is one; what runs in it dies with its PID namespace),
+    but for multiprocessing's resource tracker, which an earlier test's spawned processes leave for the
+    process's lifetime."""
     children = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{name}/stat").read_text()
+            command = Path(f"/proc/{name}/cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"multiprocessing.resource_tracker" not in command:
             children.append(int(name))
     return children
 
