@@ -19,9 +19,9 @@ def run(tmp_path_factory, support_conversations):
     return train_tiny_run(tmp_path_factory.mktemp("chat"), support_conversations, n_epochs=2, seed=5)
 
 
-def tunelab(*arguments):
+def tunelab(*arguments, env: dict | None = None):
     """The command in-process (the interactive session below runs in a real process and terminal)."""
-    return run_cli(*arguments, text=True)
+    return run_cli(*arguments, env=env, text=True)
 
 
 def test_a_streamed_reply_comes_in_pieces_and_equals_the_batch_reply(run):
@@ -41,8 +41,8 @@ def test_once_answers_from_a_run_and_from_its_gguf_alike(run, tmp_path):
     assert exported.returncode == 0, exported.stderr
     gguf = json.loads(exported.stdout)["path"]
     # The GGUF is converted into the model cache on first use: a cache of this test's own, not the user's.
-    from_gguf = run_cli("chat", gguf, "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32",
-                        env={"TUNELAB_CACHE": str(tmp_path / "cache")}, text=True)
+    from_gguf = tunelab("chat", gguf, "--once", "Where is my order?", "--max-new-tokens", "16", "--dtype", "fp32",
+                        env={"TUNELAB_CACHE": str(tmp_path / "cache")})
     assert from_gguf.returncode == 0, from_gguf.stderr
     assert [path.name for path in (tmp_path / "cache" / "models").glob("run-f32-*") if path.is_dir()]
     # The same reply, from llama.cpp when installed, else from transformers' GGUF loader. The run stops on

@@ -149,8 +149,8 @@ def test_parallel_scan_finds_what_a_single_pass_finds(tmp_path, monkeypatch, sup
 
 def test_a_scan_asked_for_from_a_thread_is_made_without_forking(tmp_path, monkeypatch, support_conversations):
     """The server validates uploads in its request threads: a fork there could copy a lock another of its
-    threads holds, and the forked scan would wait on it for good (an upload once hung for 300 s so). The
-    scan is made in one pass there, with the same findings."""
+    threads holds, and the forked scan would wait on it for good (an upload once hung for 300 s so). There its
+    processes start afresh, and find what the main thread's forked ones find."""
     import os
     import threading
 
