@@ -136,9 +136,11 @@ def test_usage_errors_exit_2_bad_input_1_and_a_bug_3(tmp_path):
     assert bug.returncode == 3 and "this is a bug in tunelab" in bug.stderr and "Traceback" not in bug.stderr
 
 
+@pytest.mark.parametrize("runs_folder", [True, False], ids=["runs-folder", "no-runs-folder"])
 @pytest.mark.parametrize("command", [["chat", "runs/nope", "--once", "hi"], ["eval", "runs/nope", "--data", "x.jsonl"]])
-def test_a_mistyped_run_fails_at_once_naming_what_was_looked_for(tmp_path, command):
-    (tmp_path / "runs").mkdir()
+def test_a_mistyped_run_fails_at_once_naming_what_was_looked_for(tmp_path, command, runs_folder):
+    if runs_folder:
+        (tmp_path / "runs").mkdir()
     environment = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # no hub reachable (nothing listens there)
     environment.pop("HF_HUB_OFFLINE", None)
     started = time.monotonic()
@@ -147,5 +149,10 @@ def test_a_mistyped_run_fails_at_once_naming_what_was_looked_for(tmp_path, comma
     elapsed = time.monotonic() - started
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: runs/nope: no such run, model directory or .gguf file (looked for {tmp_path}/runs/nope)")
+    if runs_folder:
+        assert lines[0].startswith("error: runs/nope: no such run, model directory or .gguf file "
+                                   f"(looked for {tmp_path}/runs/nope)")
+    else:  # `runs/nope` may then be a hub id as well: both readings are named
+        assert lines[0].startswith(f"error: runs/nope: no such folder here ({tmp_path}/runs/nope), not in the "
+                                   "Hugging Face cache, and the hub (127.0.0.1:9) cannot be reached"), lines[0]
     assert elapsed < 2, elapsed  # Python started, the name checked, nothing heavy imported

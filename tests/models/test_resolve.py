@@ -76,7 +76,7 @@ def test_a_hub_id_is_handed_on_only_when_the_hub_answers(monkeypatch, tmp_path):
     assert resolve_model("google/gemma-3-270m").source == "hub"
     listening.close()  # nothing listens there now: the hub is unreachable
     started = time.monotonic()
-    with pytest.raises(ModelNotFound, match=r"google/gemma-3-270m: not in the Hugging Face cache, and the hub \(127.0.0.1:"):
+    with pytest.raises(ModelNotFound, match=r"google/gemma-3-270m: no such folder here \(.*gemma-3-270m\), not in the Hugging Face cache, and the hub \(127.0.0.1:"):
         resolve_model("google/gemma-3-270m")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFound, match="HF_HUB_OFFLINE is set"):

@@ -102,7 +102,9 @@ def locate_model(spec: str) -> ResolvedModel:
     if cached:
         return ResolvedModel(cached, spec.split("/")[-1], "hub")
     if problem := _hub_unreachable():
-        raise ModelNotFound(f"{spec}: not in the Hugging Face cache, and {problem}{_what_is_here()}")
+        # Named both ways it could be meant: a folder here (a run mistyped before its parent exists) or a hub id.
+        raise ModelNotFound(f"{spec}: no such folder here ({path.absolute()}), not in the Hugging Face cache, "
+                            f"and {problem}{_what_is_here()}")
     return ResolvedModel(spec, spec.split("/")[-1], "hub")
 
 
