@@ -2,7 +2,6 @@
 
 import csv
 import json
-import pytest
 
 from tests.conftest import run_cli
 
@@ -100,6 +99,34 @@ def test_alpaca_and_sharegpt(tmp_path):
     assert report["format"] == "sharegpt" and report["written"] == 1
     assert "speaker 'robot'" in report["dropped"][0]["reason"]
     assert [m["role"] for m in json.loads(out.read_text())["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_trl_prompt_completion_as_text_and_as_conversations(tmp_path):
+    """TRL's prompt-completion data (and OpenAI's legacy completion files), found by `auto`."""
+    text = tmp_path / "completions.csv"
+    text.write_text('prompt,completion,tags\nDo you ship abroad?,"Yes, to 30 countries.","shipping, intl"\n'
+                    "Where is my order?,\n")
+    out = tmp_path / "t.jsonl"
+    report = json.loads(tunelab("data", "convert", text, "--out", out, "--metadata-column", "tags", "--json").stdout)
+    assert report["format"] == "trl" and report["written"] == 1
+    assert report["dropped"] == [{"line": 3, "reason": "empty or missing `completion`"}]
+    assert json.loads(out.read_text()) == {
+        "messages": [{"role": "user", "content": "Do you ship abroad?"},
+                     {"role": "assistant", "content": "Yes, to 30 countries."}],
+        "metadata": {"tags": ["shipping", "intl"]}}
+
+    conversations = tmp_path / "completions.jsonl"
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    conversations.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": prompt, "completion": [{"role": "assistant", "content": "Hello!"}]},
+        {"prompt": prompt, "completion": [{"role": "user", "content": "Hello?"}]},
+        {"prompt": prompt, "completion": "Hello!"}]))
+    out = tmp_path / "c.jsonl"
+    report = json.loads(tunelab("data", "convert", conversations, "--out", out, "--json").stdout)
+    assert report["written"] == 1 and [d["line"] for d in report["dropped"]] == [2, 3]
+    assert report["dropped"][0]["reason"].startswith("`completion` must be assistant messages")
+    assert report["dropped"][1]["reason"].startswith("`prompt` and `completion` must both be text or both lists")
+    assert json.loads(out.read_text())["messages"] == [*prompt, {"role": "assistant", "content": "Hello!"}]
 
 
 def test_convert_refuses_unknown_shapes_and_existing_output(tmp_path):

@@ -195,8 +195,9 @@ def data_convert(
     source: Path = typer.Argument(..., metavar="SOURCE", help="CSV, JSONL or JSON list to convert."),
     out_file: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Chat JSONL to write."),
     fmt: Literal["auto", "openai", "input-output", "alpaca", "sharegpt", "trl"] = typer.Option(
-        "auto", "--format", help="The source's shape; auto looks at the first record. Preference pairs: trl "
-        "(prompt/chosen/rejected), alpaca or sharegpt with chosen/rejected, openai with input and outputs."),
+        "auto", "--format", help="The source's shape; auto looks at the first record. trl: prompt/completion, "
+        "or preference pairs prompt/chosen/rejected; alpaca or sharegpt with chosen/rejected, openai with input "
+        "and outputs: preference pairs too."),
     system: Optional[str] = typer.Option(None, "--system", metavar="TEXT", help="System prompt for every conversation that has none."),
     input_column: str = typer.Option("input", "--input-column", metavar="NAME", help="input-output: the prompt's column or key."),
     output_column: str = typer.Option("ideal_output", "--output-column", metavar="NAME", help="input-output: the reply's column or key."),
@@ -205,9 +206,10 @@ def data_convert(
     force: bool = typer.Option(False, "--force", "-f", help="Replace the output file if it exists."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Convert input/ideal_output pairs, Alpaca or ShareGPT into OpenAI chat JSONL, and preference pairs (TRL's
-    prompt/chosen/rejected, LLaMA-Factory's ranking data) into OpenAI's preference JSONL; says what it dropped.
-    `metadata` (e.g. tags, which `tunelab eval` slices results by) is carried through."""
+    """Convert input/ideal_output pairs, TRL's prompt/completion, Alpaca or ShareGPT into OpenAI chat JSONL,
+    and preference pairs (TRL's prompt/chosen/rejected, LLaMA-Factory's ranking data) into OpenAI's preference
+    JSONL; says what it dropped. `metadata` (e.g. tags, which `tunelab eval` slices results by) is carried
+    through."""
     from tunelab.data.formats import ConversionError, convert_file, metadata_columns
 
     try:

@@ -10,7 +10,10 @@ Formats (`--format auto` looks at the first record):
   LLaMA-Factory's tool use: `function_call` turns become assistant `tool_calls`, `observation` turns `tool`
   messages, and the record's `tools` (a list or a JSON string of one) OpenAI's `tools`;
 - `openai`: `{"messages": [...]}` already; each record is validated as `tunelab data validate` would, and
-  `--system` adds a system message where there is none.
+  `--system` adds a system message where there is none;
+- `trl` with `prompt`/`completion`: TRL's prompt-completion data (also OpenAI's legacy completion format), as
+  text (a user message and the assistant's reply) or as conversations (the prompt's messages, then the
+  completion's assistant messages).
 Preference pairs (for `--method dpo`) become OpenAI's preference lines, `{"input": {"messages": [...]},
 "preferred_output": [assistant], "non_preferred_output": [assistant]}`:
 - `trl`: TRL's `prompt`/`chosen`/`rejected`, as text (the prompt becomes a user message) or as
@@ -61,6 +64,7 @@ CARRIED = {"openai": {"messages", "tools", "parallel_tool_calls", "metadata"},
            "sharegpt": {"conversations", "system", "tools", "metadata"},
            "openai-preference": {"input", *OUTPUTS, *OLDER_SPELLING, "metadata"},
            "trl-preference": {"prompt", "chosen", "rejected", "metadata"},
+           "trl-completion": {"prompt", "completion", "metadata"},
            "sharegpt-ranking": {"conversations", "chosen", "rejected", "system", "tools", "metadata"},
            "alpaca-ranking": {"instruction", "input", "chosen", "rejected", "system", "history", "metadata"}}
 IMAGE_FIELDS = ("images", "image", "videos", "audios")
@@ -215,6 +219,8 @@ def detect_format(record, input_column: str, output_column: str) -> str | None:
         return "alpaca" if "instruction" in record else "trl"
     if isinstance(record.get("messages"), list):
         return "openai"
+    if "prompt" in record and "completion" in record:
+        return "trl"
     if isinstance(record.get("conversations"), list):
         return "sharegpt"
     if "instruction" in record and "output" in record:
@@ -253,6 +259,8 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
         converted = _sharegpt(record, system)
     elif fmt == "openai":
         converted = _openai(record)
+    elif fmt == "trl-completion":
+        converted = _trl_completion(record)
     elif fmt in PREFERENCE_FORMATS:
         converted = PREFERENCE_READERS[fmt](record, system)
     else:
@@ -292,9 +300,9 @@ def convert_record(record, fmt: str, system: str | None, input_column: str = "in
 
 def _shape(fmt: str, record: dict) -> str:
     """The reader for a record of a format family: a preference record of OpenAI's, Alpaca's or ShareGPT's
-    family is read as pairs (`trl` is pairs only)."""
+    family is read as pairs; a `trl` record is a pair unless it is a prompt and its completion."""
     if fmt == "trl":
-        return "trl-preference"
+        return "trl-completion" if "completion" in record and "chosen" not in record else "trl-preference"
     if fmt in ("alpaca", "sharegpt") and "chosen" in record and "rejected" in record:
         return f"{fmt}-ranking"
     if fmt == "openai" and "messages" not in record and "input" in record:
@@ -309,6 +317,24 @@ def _input_output(record: dict, input_column: str, output_column: str) -> Conver
         return Converted(reason=f"empty or missing `{missing}`")
     return Converted({"messages": [{"role": "user", "content": str(prompt)},
                                    {"role": "assistant", "content": str(reply)}]})
+
+
+def _trl_completion(record: dict) -> Converted:
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if _text(prompt) and _text(completion):
+        return Converted({"messages": [{"role": "user", "content": str(prompt)},
+                                       {"role": "assistant", "content": str(completion)}]})
+    if isinstance(prompt, list) and isinstance(completion, list):
+        others = [m for m in completion if not isinstance(m, dict) or m.get("role") != "assistant"]
+        if not completion or others:
+            return Converted(reason="`completion` must be assistant messages when it is a list; found "
+                                    f"{describe(others[0] if others else completion)}")
+        return _openai({"messages": [*prompt, *completion]})  # validated as a chat line
+    for name, value in (("prompt", prompt), ("completion", completion)):
+        if value in (None, "") or isinstance(value, str) and not value.strip():
+            return Converted(reason=f"empty or missing `{name}`")
+    return Converted(reason=f"`prompt` and `completion` must both be text or both lists of messages; found "
+                            f"{describe(prompt)} and {describe(completion)}")
 
 
 def _alpaca(record: dict, system: str | None) -> Converted:
@@ -550,7 +576,8 @@ def convert_file(source: str | Path, out: str | Path, fmt: str = "auto", system:
                         found = f"; its columns are {', '.join(map(repr, record))}" if isinstance(record, dict) else ""
                         raise ConversionError(
                             f"{source}:{line}: cannot tell the format (expected `messages`, `conversations`, "
-                            f"`instruction`/`output`, `{input_column}`/`{output_column}`, or a preference pair: "
+                            f"`instruction`/`output`, `prompt`/`completion`, `{input_column}`/`{output_column}`, "
+                            "or a preference pair: "
                             f"`chosen`/`rejected` or `input`/`preferred_output`){found}; pass --format or "
                             "--input-column/--output-column")
                     report.format = detected
