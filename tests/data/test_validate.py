@@ -71,6 +71,29 @@ def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
     assert [(f["code"], f["line"]) for f in errors] == [(code, 4)], errors
 
 
+@pytest.mark.parametrize("shape, record", [
+    ("TRL's prompt-completion", {"prompt": "Where is BL-1?", "completion": "In transit."}),
+    ("Alpaca", {"instruction": "Where is BL-1?", "input": "", "output": "In transit."}),  # read as a pair: `input`
+    ("input/ideal_output", {"input": "Where is BL-1?", "ideal_output": "In transit."}),
+    ("ShareGPT", {"conversations": [{"from": "human", "value": "Where is BL-1?"}, {"from": "gpt", "value": "Hi."}]})])
+def test_a_file_of_another_shape_is_named_with_the_command_that_converts_it(tmp_path, shape, record):
+    path = tmp_path / "theirs.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps(GOOD) + "\n")
+    findings = json.loads(validate(path).stdout)["findings"]
+    assert [(f["code"], f["line"], f["severity"]) for f in findings if f["code"] == "other_format"] == [
+        ("other_format", 1, "warning")]
+    hint = next(f["message"] for f in findings if f["code"] == "other_format")
+    assert hint == (f"this line is {shape} data, not chat JSONL; convert the file first: "
+                    f"tunelab data convert {path} --out {tmp_path / 'theirs.chat.jsonl'}")
+    # The command it names converts the file (the chat line after it is another shape to `auto`: dropped, named).
+    converted = json.loads(run_cli("data", "convert", str(path), "--out", str(tmp_path / "theirs.chat.jsonl"),
+                                   "--json").stdout)
+    assert converted["written"] == 1 and [d["line"] for d in converted["dropped"]] == [2]
+    # A chat file with one such line among chat lines is not told to convert (convert would drop the chat lines).
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(record) + "\n")
+    assert not [f for f in json.loads(validate(path).stdout)["findings"] if f["code"] == "other_format"]
+
+
 def test_file_level_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")

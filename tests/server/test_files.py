@@ -57,6 +57,20 @@ def test_a_malformed_upload_is_a_400_naming_the_line(client, recorder, tmp_path,
     recorder.check_all()
 
 
+def test_a_data_check_of_another_shape_names_the_conversion_by_the_file_s_own_name(server, tmp_path):
+    """The dashboard's check before upload: an Alpaca file is named as such, with the command that converts it
+    under the name it was sent with, not the server's path to its copy."""
+    alpaca = b"".join(json.dumps({"instruction": f"Say {word}.", "output": f"{word}!"}).encode() + b"\n"
+                      for word in ("hi", "bye"))
+    response = httpx.post(f"{server.base_url}/tunelab/data/check", headers={"Authorization": f"Bearer {API_KEY}"},
+                          files={"file": ("theirs.jsonl", alpaca)}, data={"model": "default"}, timeout=60)
+    assert response.status_code == 200, response.text
+    hints = [f for f in response.json()["findings"] if f["code"] == "other_format"]
+    assert [(f["line"], f["message"]) for f in hints] == [(1, "this line is Alpaca data, not chat JSONL; convert the "
+                                                           "file first: tunelab data convert theirs.jsonl --out "
+                                                           "theirs.chat.jsonl")]
+
+
 def test_over_the_cap_is_413_and_nothing_is_stored(client, recorder, server):
     before = len(client.files.list().data)
     with pytest.raises(openai.APIStatusError) as caught:
