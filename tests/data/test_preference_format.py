@@ -61,3 +61,8 @@ def test_a_valid_pair_in_either_spelling_is_two_conversations_with_one_prompt():
         assert chosen["messages"][:-1] == rejected["messages"][:-1] == [USER]
         assert (chosen["messages"][-1]["content"], rejected["messages"][-1]["content"]) == (GOOD["content"], BAD["content"])
     assert not is_preference({"messages": [USER, GOOD]})
+    # `input` as text is Alpaca's or input/ideal_output data, not a pair (a train on it once said "holds
+    # preference pairs"); as an object, with or without its outputs, it is a pair to check as one.
+    assert not is_preference({"instruction": "Say hi.", "input": "", "output": "Hi."})
+    assert not is_preference({"input": "Where is BL-1?", "ideal_output": "In transit."})
+    assert is_preference({"input": {"messages": [USER]}}) and is_preference({"preferred_output": [GOOD]})

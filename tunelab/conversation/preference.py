@@ -30,9 +30,10 @@ PAIR_KEYS = {"input", *OUTPUTS, *OLDER_SPELLING, "metadata"}
 
 
 def is_preference(record) -> bool:
-    """Does this parsed line look like a preference pair rather than a chat example?"""
-    return isinstance(record, dict) and "messages" not in record and \
-        any(key in record for key in ("input", *OUTPUTS, *OLDER_SPELLING))
+    """Does this parsed line look like a preference pair rather than a chat example? An `input` that is text
+    is not one: Alpaca's and input/ideal_output records have it too, and are other data to convert."""
+    return isinstance(record, dict) and "messages" not in record and (
+        any(key in record for key in (*OUTPUTS, *OLDER_SPELLING)) or isinstance(record.get("input"), dict))
 
 
 def with_current_spelling(record: dict) -> dict:
