@@ -73,7 +73,7 @@ def test_each_error_code_is_flagged_alone_at_its_line(tmp_path, code):
 
 @pytest.mark.parametrize("shape, record", [
     ("TRL's prompt-completion", {"prompt": "Where is BL-1?", "completion": "In transit."}),
-    ("Alpaca", {"instruction": "Where is BL-1?", "input": "", "output": "In transit."}),  # read as a pair: `input`
+    ("Alpaca", {"instruction": "Where is BL-1?", "input": "", "output": "In transit."}),
     ("input/ideal_output", {"input": "Where is BL-1?", "ideal_output": "In transit."}),
     ("ShareGPT", {"conversations": [{"from": "human", "value": "Where is BL-1?"}, {"from": "gpt", "value": "Hi."}]})])
 def test_a_file_of_another_shape_is_named_with_the_command_that_converts_it(tmp_path, shape, record):

@@ -535,9 +535,9 @@ SHAPE_NAMES = {"alpaca": "Alpaca", "sharegpt": "ShareGPT", "input-output": "inpu
 
 
 def _another_shape(path: Path, scan: _Scan) -> None:
-    """A file in another training-data shape (Alpaca, ShareGPT, TRL's) fails every line, for want of `messages`
-    (or as a preference pair, for an `input` key): when its first line is of such a shape (the one `data
-    convert` goes by), the shape is named with the command that converts the file."""
+    """A file in another training-data shape (Alpaca, ShareGPT, TRL's) fails every line for want of `messages`:
+    when its first line is of such a shape (the one `data convert` goes by), the shape is named with the
+    command that converts the file."""
     for line, _, raw in raw_lines(path, 0, None, 1):
         record, unreadable = parse_line(raw)
         if unreadable:
