@@ -153,6 +153,17 @@ HOSTILE_CASES = [
     Case("train-on-preference-pairs", lambda d: (d / "pairs.jsonl").write_bytes(pair_lines()),
          ["train", "--data", "pairs.jsonl", "--model", "{model}", "--out", "run"],
          "pairs.jsonl: holds preference pairs", ["model"]),
+    # Another tool's data given to train: said once, with the command that converts it.
+    Case("train-on-alpaca", lambda d: (d / "alpaca.jsonl").write_text("".join(
+        json.dumps({"instruction": f"Say {n}.", "input": "", "output": f"{n}."}) + "\n" for n in range(12))),
+         ["train", "--data", "alpaca.jsonl", "--model", "{model}", "--out", "run"],
+         "alpaca.jsonl: holds Alpaca data, not chat JSONL; convert the file first: tunelab data convert alpaca.jsonl "
+         "--out alpaca.chat.jsonl", ["model"]),
+    Case("dpo-train-on-trl-pairs", lambda d: (d / "trl.jsonl").write_text("".join(
+        json.dumps({"prompt": f"Say {n}.", "chosen": f"{n}.", "rejected": "No."}) + "\n" for n in range(12))),
+         ["train", "--method", "dpo", "--data", "trl.jsonl", "--model", "{model}", "--out", "run"],
+         "trl.jsonl: holds TRL's preference data, not OpenAI preference JSONL; convert the file first: tunelab data "
+         "convert trl.jsonl --out trl.pairs.jsonl", ["model"]),
     # The same hostile pair files trained on with --method dpo: the reader's errors, before any model loads.
     Case("dpo-train-pair-deep-json", pairs_with_deep_line,
          ["train", "--method", "dpo", "--data", "pairs.jsonl", "--model", "{model}", "--out", "run"],

@@ -16,6 +16,7 @@ from tunelab.conversation.preference import PreferencePair, is_preference, prefe
 from tunelab.conversation.problems import ERROR, DataError, Problem
 from tunelab.conversation.reinforcement import Task, is_task, read_task, task_problems
 from tunelab.conversation.schema import content_text, example_problems, last_assistant_index, reject_constant
+from tunelab.conversation.shapes import conversion_hint
 from tunelab.core.files import input_file_problem
 
 
@@ -32,10 +33,12 @@ def read_numbered_conversations(path: str | Path) -> list[tuple[int, dict]]:
     except DataError as error:
         if input_file_problem(Path(path)):  # not a regular file (a FIFO would block a second read): as it is
             raise
-        if is_preference(_first_record(path)):
+        first = _first_record(path)
+        if is_preference(first):
             raise DataError([Problem(ERROR, "preference_file", 0, "", "holds preference pairs (OpenAI's format for "
                                      "DPO: input, preferred_output, non_preferred_output), not chat examples; this "
                                      "command reads chat examples (to train on pairs: --method dpo)", str(path))]) from None
+        _refuse_another_shape(path, first)
         raise error
 
 
@@ -53,6 +56,7 @@ def read_numbered_pairs(path: str | Path) -> list[tuple[int, PreferencePair]]:
                                      "pairs (input, preferred_output, non_preferred_output); a dpo run trains on "
                                      "pairs (`tunelab data convert` makes them from TRL's or LLaMA-Factory's)",
                                      str(path))]) from None
+        _refuse_another_shape(path, first)
         raise error
 
 
@@ -85,6 +89,13 @@ def is_preference_file(path: str | Path) -> bool:
 def is_task_file(path: str | Path) -> bool:
     """Whether a data file holds reinforcement tasks (prompts awaiting their reply), by its first readable line."""
     return not input_file_problem(Path(path)) and is_task(_first_record(path))
+
+
+def _refuse_another_shape(path: str | Path, first) -> None:
+    """A file of another tool's shape (its first line Alpaca, ShareGPT, TRL's, …) is said to be one, once,
+    with the command that converts it."""
+    if hint := conversion_hint(path, first):
+        raise DataError([Problem(ERROR, "other_format", 0, "", f"holds {hint}", str(path))]) from None
 
 
 def _first_record(path: str | Path):

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from tunelab.conversation.preference import OLDER_SPELLING, OUTPUTS, preference_problems, with_current_spelling
 from tunelab.conversation.schema import content_text, describe, example_problems, reject_constant
+from tunelab.conversation.shapes import detect_format
 from tunelab.core.files import OutputError, atomic_path, check_output_path
 
 FORMATS = ("auto", "openai", "input-output", "alpaca", "sharegpt", "trl")
@@ -206,28 +207,6 @@ def _skip_space(text: str, position: int) -> int:
     while position < len(text) and text[position] in " \t\r\n":
         position += 1
     return position
-
-
-def detect_format(record, input_column: str, output_column: str) -> str | None:
-    if not isinstance(record, dict):
-        return None
-    if "input" in record and any(key in record for key in (*OUTPUTS, *OLDER_SPELLING)):
-        return "openai"
-    if "chosen" in record and "rejected" in record:
-        if isinstance(record.get("conversations"), list):
-            return "sharegpt"
-        return "alpaca" if "instruction" in record else "trl"
-    if isinstance(record.get("messages"), list):
-        return "openai"
-    if "prompt" in record and "completion" in record:
-        return "trl"
-    if isinstance(record.get("conversations"), list):
-        return "sharegpt"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    if input_column in record and output_column in record:
-        return "input-output"
-    return None
 
 
 def metadata_columns(specs: list[str]) -> dict[str, str]:

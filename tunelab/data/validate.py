@@ -36,8 +36,8 @@ from tunelab.conversation.problems import Problem
 from tunelab.conversation.reader import parse_line, raw_lines
 from tunelab.conversation.reinforcement import is_task, read_task, task_problems
 from tunelab.conversation.schema import calls_a_tool, content_text, example_problems, last_assistant_index
+from tunelab.conversation.shapes import conversion_hint
 from tunelab.core.events import NO_EVENTS, Events
-from tunelab.data.formats import detect_format
 
 OPENAI_MIN_EXAMPLES = 10  # OpenAI rejects files with fewer
 SIGNAL_MIN_EXAMPLES = 50  # fewer than 50 examples: not enough signal
@@ -529,11 +529,6 @@ def _file_level_findings(scan: _Scan) -> None:
             add(Problem("warning", code, 0, "", f"{scan.counts[key]} example(s) have no {what} message"))
 
 
-# How `data convert` names the shapes it reads, for a file of one of them given to validate.
-SHAPE_NAMES = {"alpaca": "Alpaca", "sharegpt": "ShareGPT", "input-output": "input/ideal_output",
-               "trl": "TRL's preference", "trl-completion": "TRL's prompt-completion"}
-
-
 def _another_shape(path: Path, scan: _Scan) -> None:
     """A file in another training-data shape (Alpaca, ShareGPT, TRL's) fails every line for want of `messages`:
     when its first line is of such a shape (the one `data convert` goes by), the shape is named with the
@@ -542,18 +537,9 @@ def _another_shape(path: Path, scan: _Scan) -> None:
         record, unreadable = parse_line(raw)
         if unreadable:
             continue
-        shape = detect_format(record, "input", "ideal_output")
-        shape = "trl-completion" if shape == "trl" and "completion" in record else shape
-        if shape in SHAPE_NAMES:
-            scan.findings.append(Problem(
-                "warning", "other_format", line, "", f"this line is {SHAPE_NAMES[shape]} data, not chat JSONL; "
-                f"convert the file first: tunelab data convert {path} --out {converted_path(path)}"))
+        if hint := conversion_hint(path, record):
+            scan.findings.append(Problem("warning", "other_format", line, "", f"this line is {hint}"))
         return
-
-
-def converted_path(path: Path) -> Path:
-    """Where the `other_format` hint suggests writing the chat JSONL converted from `path`."""
-    return path.with_name(f"{path.stem}.chat.jsonl")
 
 
 def distribution(values) -> dict:

@@ -26,7 +26,7 @@ from tunelab.conversation.reader import read_numbered_conversations
 from tunelab.conversation.render import TemplateMismatch, trained_view
 from tunelab.data.cost import openai_cost
 from tunelab.data.tokens import token_counter
-from tunelab.data.validate import converted_path, validate_file
+from tunelab.data.validate import validate_file
 from tunelab.server.errors import APIError
 from tunelab.server.files import file_row
 from tunelab.server.models import resolve_base
@@ -53,9 +53,10 @@ def _checked(path: Path, filename: str, model: str, spec: str) -> dict:
         report["openai_cost"] = None
     for finding in report["findings"]:
         finding.pop("file", None)  # the server's own path to it; the report names the file once, by its name
-        # ... and the conversion command a file of another shape is told to run names it by its name too.
-        finding["message"] = finding["message"].replace(
-            str(converted_path(path)), str(converted_path(Path(filename)))).replace(str(path), filename)
+        # ... and the conversion command a file of another shape is told to run (`data convert PATH --out
+        # PATH-without-suffix.chat.jsonl`) names it by its name too.
+        finding["message"] = finding["message"].replace(str(path), filename).replace(
+            str(path.with_suffix("")), str(Path(filename).with_suffix("")))
     return report
 
 
