@@ -28,7 +28,7 @@ from tunelab.data.cost import openai_cost
 from tunelab.data.tokens import token_counter
 from tunelab.data.validate import validate_file
 from tunelab.server.errors import APIError
-from tunelab.server.files import file_row
+from tunelab.server.files import as_named, file_row
 from tunelab.server.models import resolve_base
 
 router = APIRouter()
@@ -53,10 +53,7 @@ def _checked(path: Path, filename: str, model: str, spec: str) -> dict:
         report["openai_cost"] = None
     for finding in report["findings"]:
         finding.pop("file", None)  # the server's own path to it; the report names the file once, by its name
-        # ... and the conversion command a file of another shape is told to run (`data convert PATH --out
-        # PATH-without-suffix.chat.jsonl`) names it by its name too.
-        finding["message"] = finding["message"].replace(str(path), filename).replace(
-            str(path.with_suffix("")), str(Path(filename).with_suffix("")))
+        finding["message"] = as_named(finding["message"], path, filename)  # e.g. in a conversion command
     return report
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -87,9 +88,18 @@ def _check_training_file(path, filename: str) -> int:
         first = line_errors[0]
         more = f" (and {len(line_errors) - 1} more problem(s))" if len(line_errors) > 1 else ""
         where = f"{first.path}: " if first.path else ""
+        # Another tool's data (Alpaca, ShareGPT, TRL's): what it is, and the command that converts it.
+        hint = next((f"; {as_named(problem.message, path, filename)}" for problem in report.findings
+                     if problem.code == "other_format"), "")
         raise APIError(400, f"Invalid training file: {filename}, line {first.line}: {where}{first.message} "
-                       f"[{first.code}]{more}", param="file", code="invalid_file_format")
+                       f"[{first.code}]{more}{hint}", param="file", code="invalid_file_format")
     return report.examples
+
+
+def as_named(message: str, path: Path, filename: str) -> str:
+    """`message` with the server's path to a file, and paths made from it (a conversion's output), named by
+    the name the client sent the file under."""
+    return message.replace(str(path), filename).replace(str(path.with_suffix("")), str(Path(filename).with_suffix("")))
 
 
 @router.get("/files")
