@@ -72,10 +72,10 @@ def test_a_data_check_of_another_shape_names_the_conversion_by_the_file_s_own_na
     # Uploaded for fine-tuning through the SDK: refused, with the same words.
     client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, http_client=httpx.Client())
     with pytest.raises(openai.BadRequestError) as caught:
-        client.files.create(file=("theirs.jsonl", alpaca), purpose="fine-tune")
+        client.files.create(file=("their data.jsonl", alpaca), purpose="fine-tune")
     assert caught.value.body["message"].endswith("[missing_messages_list] (and 1 more problem(s)); this line is "
                                                  "Alpaca data, not chat JSONL; convert the file first: tunelab data "
-                                                 "convert theirs.jsonl --out theirs.chat.jsonl"), caught.value.body
+                                                 "convert 'their data.jsonl' --out 'their data.chat.jsonl'")
 
 
 def test_over_the_cap_is_413_and_nothing_is_stored(client, recorder, server):

@@ -10,6 +10,7 @@ than finding each of its lines without `messages`.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from tunelab.conversation.preference import OLDER_SPELLING, OUTPUTS
@@ -55,4 +56,4 @@ def conversion_hint(path: str | Path, record) -> str | None:
     path = Path(path)
     converted = path.with_name(f"{path.stem}.{'pairs' if pairs else 'chat'}.jsonl")
     return (f"{SHAPE_NAMES[shape]} data, not {'OpenAI preference' if pairs else 'chat'} JSONL; convert the file "
-            f"first: tunelab data convert {path} --out {converted}")
+            f"first: tunelab data convert {shlex.quote(str(path))} --out {shlex.quote(str(converted))}")

@@ -134,12 +134,14 @@ PARALLEL_FROM_BYTES = 8_000_000  # smaller files are scanned in one process: for
 
 
 def validate_file(path: str | Path, validation: str | Path | None = None, counter=None,
-                  max_tokens: int | None = None, events: Events = NO_EVENTS) -> ValidationReport:
+                  max_tokens: int | None = None, events: Events = NO_EVENTS,
+                  shown_as: str | None = None) -> ValidationReport:
     """All findings and statistics for a training file, and its overlap with a validation file if given.
 
     `counter` (from `tokens.py`) adds token statistics, truncation warnings and the cost; `max_tokens` is
     the limit (default: the counter's own, i.e. what training or OpenAI would cut at). `events` get the
-    progress of the reading, in bytes.
+    progress of the reading, in bytes. `shown_as`: the file's name in advice that names it (a server names an
+    upload by the name the client sent, not by its own path to the copy).
     """
     path = Path(path)
     limit = max_tokens or (counter.default_limit if counter else None)
@@ -153,7 +155,7 @@ def validate_file(path: str | Path, validation: str | Path | None = None, counte
     _duplicate_findings(scan)
     _file_level_findings(scan)
     if scan.kind != "tasks" and any(finding.severity == "error" for finding in scan.findings):
-        _another_shape(path, scan)
+        _another_shape(path, scan, shown_as or str(path))
     scan.findings.sort(key=lambda finding: finding.line)
     report.examples, report.findings = scan.examples, scan.findings
     report.stats = {
@@ -529,7 +531,7 @@ def _file_level_findings(scan: _Scan) -> None:
             add(Problem("warning", code, 0, "", f"{scan.counts[key]} example(s) have no {what} message"))
 
 
-def _another_shape(path: Path, scan: _Scan) -> None:
+def _another_shape(path: Path, scan: _Scan, shown_as: str) -> None:
     """A file in another training-data shape (Alpaca, ShareGPT, TRL's) fails every line for want of `messages`:
     when its first line is of such a shape (the one `data convert` goes by), the shape is named with the
     command that converts the file."""
@@ -537,7 +539,7 @@ def _another_shape(path: Path, scan: _Scan) -> None:
         record, unreadable = parse_line(raw)
         if unreadable:
             continue
-        if hint := conversion_hint(path, record):
+        if hint := conversion_hint(shown_as, record):
             scan.findings.append(Problem("warning", "other_format", line, "", f"this line is {hint}"))
         return
 

@@ -28,7 +28,7 @@ from tunelab.data.cost import openai_cost
 from tunelab.data.tokens import token_counter
 from tunelab.data.validate import validate_file
 from tunelab.server.errors import APIError
-from tunelab.server.files import as_named, file_row
+from tunelab.server.files import file_row
 from tunelab.server.models import resolve_base
 
 router = APIRouter()
@@ -44,7 +44,7 @@ def _counter(spec: str):
 
 
 def _checked(path: Path, filename: str, model: str, spec: str) -> dict:
-    checked = validate_file(path, counter=_counter(spec))
+    checked = validate_file(path, counter=_counter(spec), shown_as=filename)
     report = checked.to_dict()
     report["file"] = filename
     try:  # a base model named as an OpenAI model (an alias): what the same training would cost there
@@ -53,7 +53,6 @@ def _checked(path: Path, filename: str, model: str, spec: str) -> dict:
         report["openai_cost"] = None
     for finding in report["findings"]:
         finding.pop("file", None)  # the server's own path to it; the report names the file once, by its name
-        finding["message"] = as_named(finding["message"], path, filename)  # e.g. in a conversion command
     return report
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -79,7 +78,7 @@ def _store_upload(request: Request, source, filename: str, purpose: str) -> dict
 
 def _check_training_file(path, filename: str) -> int:
     """The number of examples, or a 400 naming the first line that is not a valid chat example."""
-    report = validate_file(path)
+    report = validate_file(path, shown_as=filename)
     line_errors = [p for p in report.errors if p.line > 0]
     if report.examples == 0 and not line_errors:
         raise APIError(400, f"{filename}: the file holds no examples; expected JSONL, one chat example per line",
@@ -89,17 +88,10 @@ def _check_training_file(path, filename: str) -> int:
         more = f" (and {len(line_errors) - 1} more problem(s))" if len(line_errors) > 1 else ""
         where = f"{first.path}: " if first.path else ""
         # Another tool's data (Alpaca, ShareGPT, TRL's): what it is, and the command that converts it.
-        hint = next((f"; {as_named(problem.message, path, filename)}" for problem in report.findings
-                     if problem.code == "other_format"), "")
+        hint = next((f"; {problem.message}" for problem in report.findings if problem.code == "other_format"), "")
         raise APIError(400, f"Invalid training file: {filename}, line {first.line}: {where}{first.message} "
                        f"[{first.code}]{more}{hint}", param="file", code="invalid_file_format")
     return report.examples
-
-
-def as_named(message: str, path: Path, filename: str) -> str:
-    """`message` with the server's path to a file, and paths made from it (a conversion's output), named by
-    the name the client sent the file under."""
-    return message.replace(str(path), filename).replace(str(path.with_suffix("")), str(Path(filename).with_suffix("")))
 
 
 @router.get("/files")
