@@ -99,9 +99,15 @@ alpaca_records = st.fixed_dictionaries(
 input_output_records = st.fixed_dictionaries({"input": contents, "ideal_output": contents}, optional={"notes": texts})
 
 
+# TRL's prompt-completion records: text or messages on either side, or anything else.
+completion_records = st.fixed_dictionaries({"prompt": st.one_of(contents, messages),
+                                           "completion": st.one_of(contents, messages)})
+
+
 @FAST
 @given(record=st.one_of(sharegpt_records.map(lambda r: ("sharegpt", r)), alpaca_records.map(lambda r: ("alpaca", r)),
-                        input_output_records.map(lambda r: ("input-output", r)), conversations.map(lambda r: ("openai", r))),
+                        input_output_records.map(lambda r: ("input-output", r)),
+                        conversations.map(lambda r: ("openai", r)), completion_records.map(lambda r: ("trl", r))),
        system=st.one_of(st.none(), st.just("Be brief.")))
 # Found by a fresh run: fields that must be lists, given as something else, crashed the converter.
 @example(record=("alpaca", {"instruction": "0", "output": "0", "input": None, "history": True}), system=None)
