@@ -212,11 +212,17 @@ def _check_validation_file(validation: Path, training: _Scan, report: Validation
 def file_kind(path: Path) -> str:
     """"preference" when the file's first readable line is a preference pair, "tasks" when it is a
     reinforcement task (a prompt awaiting its reply, with the keys a grader reads), else "chat"."""
-    for _, _, raw in raw_lines(path, 0, None, 1):
+    _, record = _first_readable(path)
+    return "preference" if is_preference(record) else "tasks" if is_task(record) else "chat"
+
+
+def _first_readable(path: Path) -> tuple[int, object]:
+    """(line number, record) of the file's first line that parses; (0, None) when none does."""
+    for line, _, raw in raw_lines(path, 0, None, 1):
         record, unreadable = parse_line(raw)
         if not unreadable:
-            return "preference" if is_preference(record) else "tasks" if is_task(record) else "chat"
-    return "chat"
+            return line, record
+    return 0, None
 
 
 def _scan_file(path: Path, counter, limit, progress) -> _Scan:
@@ -535,13 +541,9 @@ def _another_shape(path: Path, scan: _Scan, shown_as: str) -> None:
     """A file in another training-data shape (Alpaca, ShareGPT, TRL's) fails every line for want of `messages`:
     when its first line is of such a shape (the one `data convert` goes by), the shape is named with the
     command that converts the file."""
-    for line, _, raw in raw_lines(path, 0, None, 1):
-        record, unreadable = parse_line(raw)
-        if unreadable:
-            continue
-        if hint := conversion_hint(shown_as, record):
-            scan.findings.append(Problem("warning", "other_format", line, "", f"this line is {hint}"))
-        return
+    line, record = _first_readable(path)
+    if hint := conversion_hint(shown_as, record):
+        scan.findings.append(Problem("warning", "other_format", line, "", f"this line is {hint}"))
 
 
 def distribution(values) -> dict:
